@@ -1,0 +1,241 @@
+//! Wiring: opens the stores and models named by the settings, and answers
+//! questions (retrieve, then generate, then check the citations).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use rag_core::{
+    Answer, Citation, DocumentStore, Embedder, Error, GenerationRequest, Generator, Hit,
+    SearchFilter, Usage, VectorStore,
+};
+use rag_embed::BertEmbedder;
+use rag_generator::{CandleGenerator, grounding};
+use rag_ingest::{Chunker, Ingestor};
+use rag_retriever::Retriever;
+use rag_store::{EdgeVectorStore, SqlDocumentStore};
+
+use crate::config::Settings;
+use crate::models;
+
+/// Share of an answer's words a passage must contain for an uncited
+/// answer to be attributed to it.
+const MIN_ATTRIBUTION: f32 = 0.5;
+
+pub struct App {
+    pub settings: Settings,
+    pub embedder: Arc<BertEmbedder>,
+    pub vectors: Arc<dyn VectorStore>,
+    pub docs: Arc<dyn DocumentStore>,
+    pub retriever: Retriever,
+    generator: tokio::sync::OnceCell<Arc<CandleGenerator>>,
+}
+
+fn not_fetched(name: &str, path: &std::path::Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "model {name} is not installed at {}; run `rag models fetch` (models directory: $RAG_MODELS_DIR or ./models)",
+        path.display()
+    )
+}
+
+impl App {
+    /// Opens the stores and the embedder; the generator is loaded on first use.
+    pub async fn open(settings: Settings) -> anyhow::Result<Self> {
+        let spec = models::spec(&settings.embedder.model)?;
+        if !spec.is_installed(&settings.models_dir) {
+            return Err(not_fetched(spec.name, &settings.models_dir.join(spec.dir)));
+        }
+        let embedder = Arc::new(
+            BertEmbedder::load(&settings.models_dir.join(spec.dir))
+                .with_context(|| format!("loading the embedder {}", spec.name))?,
+        );
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+        let vectors: Arc<dyn VectorStore> = Arc::new(EdgeVectorStore::open(
+            &settings.data_dir.join("vectors"),
+            embedder.dimension(),
+        )?);
+        let docs: Arc<dyn DocumentStore> =
+            Arc::new(SqlDocumentStore::connect(&settings.database_url()).await?);
+        let retriever = Retriever {
+            embedder: embedder.clone() as Arc<dyn Embedder>,
+            vectors: vectors.clone(),
+            docs: docs.clone(),
+        };
+        Ok(Self {
+            settings,
+            embedder,
+            vectors,
+            docs,
+            retriever,
+            generator: Default::default(),
+        })
+    }
+
+    pub fn ingestor(&self) -> anyhow::Result<Ingestor> {
+        let chunker = Chunker::new(self.embedder.tokenizer().clone(), self.settings.chunking)?;
+        Ok(Ingestor {
+            embedder: self.embedder.clone() as Arc<dyn Embedder>,
+            vectors: self.vectors.clone(),
+            docs: self.docs.clone(),
+            chunker: Arc::new(chunker),
+        })
+    }
+
+    fn generator_path(&self) -> anyhow::Result<PathBuf> {
+        let name = &self.settings.generator.model;
+        if name.ends_with(".gguf") {
+            let path = PathBuf::from(name);
+            anyhow::ensure!(
+                path.exists(),
+                "generator model {} does not exist",
+                path.display()
+            );
+            return Ok(path);
+        }
+        let spec = models::spec(name)?;
+        if !spec.is_installed(&self.settings.models_dir) {
+            return Err(not_fetched(
+                spec.name,
+                &spec.path(&self.settings.models_dir),
+            ));
+        }
+        Ok(spec.path(&self.settings.models_dir))
+    }
+
+    pub async fn generator(&self) -> Result<Arc<CandleGenerator>, Error> {
+        self.generator
+            .get_or_try_init(|| async {
+                let path = self
+                    .generator_path()
+                    .map_err(|e| Error::unavailable(format!("{e:#}")))?;
+                tokio::task::spawn_blocking(move || CandleGenerator::load(&path))
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))?
+                    .map(Arc::new)
+                    .map_err(|e| Error::unavailable(format!("loading the generator: {e:#}")))
+            })
+            .await
+            .cloned()
+    }
+
+    pub async fn retrieve(&self, question: &str, k: Option<usize>) -> Result<Vec<Hit>, Error> {
+        let k = k.unwrap_or(self.settings.retrieval.k);
+        self.retriever
+            .retrieve(question, k, &SearchFilter::default())
+            .await
+    }
+
+    /// Answers from the documents, citing them, or says they do not cover it.
+    pub async fn ask(&self, question: &str, k: Option<usize>) -> Result<Answer, Error> {
+        let started = Instant::now();
+        let hits = self.retrieve(question, k).await?;
+        let retrieval_ms = started.elapsed().as_millis() as u64;
+        let cfg = &self.settings.retrieval;
+        let best = hits.first().map(|h| h.score).unwrap_or(f32::MIN);
+        let relevant: Vec<&Hit> = hits
+            .iter()
+            .filter(|h| h.score >= cfg.min_score && h.score >= best - cfg.relative_cutoff)
+            .collect();
+        let abstain = |usage: Usage| Answer {
+            answer: grounding::NOT_COVERED.to_string(),
+            abstained: true,
+            citations: vec![],
+            usage,
+        };
+        if relevant.is_empty() {
+            return Ok(abstain(Usage {
+                retrieval_ms,
+                ..Default::default()
+            }));
+        }
+
+        let generator = self.generator().await?;
+        let gen_cfg = &self.settings.generator;
+        // Passages in rank order while the prompt and the answer fit.
+        let mut passages: Vec<String> = Vec::new();
+        for hit in &relevant {
+            let mut candidate = passages.clone();
+            candidate.push(grounding::render_passage(candidate.len() + 1, hit));
+            let prompt = generator
+                .render(&grounding::build_messages(question, &candidate))
+                .map_err(|e| Error::internal(format!("chat template: {e:#}")))?;
+            if generator.count_tokens(&prompt) + gen_cfg.max_tokens > generator.context_window() {
+                break;
+            }
+            passages = candidate;
+        }
+        let request = GenerationRequest {
+            messages: grounding::build_messages(question, &passages),
+            max_tokens: gen_cfg.max_tokens,
+            temperature: gen_cfg.temperature,
+            top_p: None,
+            seed: gen_cfg.seed,
+            repeat_penalty: gen_cfg.repeat_penalty,
+            stop: vec![],
+        };
+        let gen_started = Instant::now();
+        let generation = generator.generate(request).await?;
+        let usage = Usage {
+            prompt_tokens: generation.prompt_tokens,
+            completion_tokens: generation.completion_tokens,
+            retrieval_ms,
+            generation_ms: gen_started.elapsed().as_millis() as u64,
+        };
+        let mut checked = grounding::check_citations(&generation.text, passages.len());
+        if grounding::is_refusal(&checked.text) {
+            return Ok(abstain(usage));
+        }
+        if checked.cited.is_empty() {
+            // Small models often answer without citing. An answer that
+            // draws on one passage is attributed to it; one that matches
+            // none is not grounded and is not shown.
+            match grounding::attribute(&checked.text, &passages, MIN_ATTRIBUTION) {
+                Some(n) => {
+                    checked.text = format!("{} [{n}]", checked.text);
+                    checked.cited = vec![n];
+                }
+                None => return Ok(abstain(usage)),
+            }
+        }
+        let citations = checked
+            .cited
+            .iter()
+            .map(|&n| {
+                let hit = relevant[n - 1];
+                Citation {
+                    n,
+                    doc_id: hit.doc_id.clone(),
+                    chunk_id: hit.chunk_id.clone(),
+                    source: hit.source.clone(),
+                    title: hit.title.clone(),
+                    page: hit.page,
+                    quote: best_quote(&checked.text, &hit.text),
+                }
+            })
+            .collect();
+        Ok(Answer {
+            answer: checked.text,
+            abstained: false,
+            citations,
+            usage,
+        })
+    }
+}
+
+/// The sentence of `passage` that shares most words with the answer.
+fn best_quote(answer: &str, passage: &str) -> String {
+    let sentences = passage
+        .split_inclusive(['.', '\n', '!', '?'])
+        .map(str::trim)
+        .filter(|s| s.chars().filter(|c| c.is_alphanumeric()).count() > 10);
+    sentences
+        .max_by(|a, b| grounding::support(a, answer).total_cmp(&grounding::support(b, answer)))
+        .unwrap_or(passage)
+        .trim_start_matches('#')
+        .trim()
+        .chars()
+        .take(400)
+        .collect()
+}

@@ -1,0 +1,139 @@
+//! Settings: defaults, then an optional TOML file (`--config`), then
+//! environment variables `RAG_*` (nested keys with `__`, e.g.
+//! `RAG_RETRIEVAL__K=8`). Only this crate reads files and the environment.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Where the vector store and the SQLite database live.
+    pub data_dir: PathBuf,
+    /// Where `rag models fetch` installs models (`RAG_MODELS_DIR`).
+    pub models_dir: PathBuf,
+    pub database: Database,
+    pub embedder: EmbedderSettings,
+    pub generator: GeneratorSettings,
+    pub retrieval: Retrieval,
+    pub chunking: rag_ingest::ChunkOptions,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            models_dir: PathBuf::from("models"),
+            database: Database::default(),
+            embedder: EmbedderSettings::default(),
+            generator: GeneratorSettings::default(),
+            retrieval: Retrieval::default(),
+            chunking: rag_ingest::ChunkOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Database {
+    /// `sqlite://...` or `postgres://...`; empty means `DATA_DIR/meta.db`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct EmbedderSettings {
+    /// A name from `rag models list`.
+    pub model: String,
+}
+
+impl Default for EmbedderSettings {
+    fn default() -> Self {
+        Self {
+            model: crate::models::DEFAULT_EMBEDDER.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct GeneratorSettings {
+    /// A name from `rag models list`, or a path to a `.gguf` file.
+    pub model: String,
+    pub max_tokens: usize,
+    pub temperature: f64,
+    pub seed: u64,
+    pub repeat_penalty: f32,
+}
+
+impl Default for GeneratorSettings {
+    fn default() -> Self {
+        Self {
+            model: crate::models::DEFAULT_GENERATOR.into(),
+            max_tokens: 200,
+            temperature: 0.0,
+            seed: 42,
+            // Answers copy facts from the passages: no penalty for repeating them.
+            repeat_penalty: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Retrieval {
+    /// Passages retrieved per question.
+    pub k: usize,
+    /// Below this cosine similarity of the best passage, the documents are
+    /// taken not to cover the question and the model is not called.
+    pub min_score: f32,
+    /// Passages scoring below `best - relative_cutoff` are not shown to the
+    /// model (they rarely help and cost prompt tokens).
+    pub relative_cutoff: f32,
+}
+
+impl Default for Retrieval {
+    fn default() -> Self {
+        Self {
+            k: 5,
+            min_score: 0.25,
+            relative_cutoff: 0.25,
+        }
+    }
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            anyhow::ensure!(
+                file.exists(),
+                "config file {} does not exist",
+                file.display()
+            );
+            builder = builder.add_source(config::File::from(file));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("RAG")
+                .prefix_separator("_")
+                .separator("__"),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        if let Some(dir) = data_dir {
+            settings.data_dir = dir.to_owned();
+        }
+        Ok(settings)
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("meta.db").display()
+            )
+        } else {
+            self.database.url.clone()
+        }
+    }
+}

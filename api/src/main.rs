@@ -1,0 +1,409 @@
+//! `rag`: ingest documents, retrieve passages, answer with citations, serve.
+
+mod app;
+mod bench;
+mod config;
+mod models;
+mod server;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rag_core::ConsistencyReport;
+use rag_ingest::{DocumentOutcome, IngestOptions, Progress};
+
+use crate::app::App;
+use crate::config::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "rag",
+    version,
+    about = "Grounded answers from your own documents"
+)]
+struct Cli {
+    /// Folder holding the vector store and the metadata database.
+    #[arg(long, global = true, env = "RAG_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML settings file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest files or folders (recursively): .md, .markdown, .txt, .text.
+    Ingest {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value = "default")]
+        collection: String,
+        /// Tag every document (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Restrict the documents to an access group (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the passages retrieved for a question.
+    Retrieve {
+        question: String,
+        #[arg(long)]
+        k: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer a question from the documents, with numbered sources.
+    Ask {
+        question: String,
+        #[arg(long)]
+        k: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the HTTP API.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+    },
+    /// Check that the metadata and the vectors agree.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure throughput; prints JSON lines.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Install or list models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Prefill and decode tokens/s and time to first token of the generator.
+    Generate {
+        /// A model name from `rag models list`; default: the configured one.
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Install models into $RAG_MODELS_DIR (default ./models); a no-op for
+    /// those already there. Without names: the configured embedder and generator.
+    Fetch { names: Vec<String> },
+    /// List the known models and whether they are installed.
+    List,
+}
+
+fn main() -> ExitCode {
+    // candle's quantized CPU kernels use AVX2 only when the whole build
+    // targets it, and a portable build does not; its dequantized f32 path
+    // (runtime-dispatched gemm) was 13-17x faster at prefill and faster at
+    // decode on our machines (`rag bench generate`, ARCHITECTURE.md). Set
+    // before any thread starts, which is what makes `set_var` sound here.
+    if std::env::var_os("CANDLE_DEQUANTIZE_ALL").is_none()
+        && std::env::var_os("RAG_KEEP_QUANTIZED").is_none()
+    {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1") };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RAG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,qdrant_edge=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(cli.config.as_deref(), cli.data_dir.as_deref())?;
+    match cli.command {
+        Command::Models { command } => models_command(&settings, command),
+        Command::Ingest {
+            paths,
+            collection,
+            tags,
+            groups,
+            json,
+        } => {
+            let files = rag_ingest::collect_files(&paths)?;
+            let app = App::open(settings).await?;
+            let ingestor = app.ingestor()?;
+            let options = IngestOptions {
+                collection,
+                tags,
+                groups,
+            };
+            let bar = progress_bar(files.len() as u64, json);
+            let bar2 = bar.clone();
+            let embedded = std::sync::atomic::AtomicUsize::new(0);
+            let started = std::time::Instant::now();
+            let progress = move |p: Progress| match p {
+                Progress::Started { .. } => {}
+                Progress::Embedded { chunks } => {
+                    let total =
+                        embedded.fetch_add(chunks, std::sync::atomic::Ordering::Relaxed) + chunks;
+                    let rate = total as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                    bar2.set_message(format!("{total} chunks embedded, {rate:.1} chunks/s"));
+                }
+                Progress::Document { done, outcome } => {
+                    bar2.set_position(done as u64);
+                    if let DocumentOutcome::Failed { source, reason } = outcome {
+                        bar2.println(format!("failed: {source}: {reason}"));
+                    }
+                }
+            };
+            let report = ingestor.ingest(&files, &options, &progress).await?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} documents: {} added, {} updated, {} unchanged, {} skipped, {} failed; {} chunks ({} embedded) in {:.1}s",
+                    report.documents,
+                    report.added,
+                    report.updated,
+                    report.unchanged,
+                    report.skipped,
+                    report.failed,
+                    report.chunks,
+                    report.embedded_chunks,
+                    report.seconds
+                );
+                for o in &report.outcomes {
+                    match o {
+                        DocumentOutcome::Skipped { source, reason } => {
+                            println!("skipped {source}: {reason}")
+                        }
+                        DocumentOutcome::Failed { source, reason } => {
+                            println!("failed {source}: {reason}")
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Ok(if report.failed > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Retrieve { question, k, json } => {
+            let app = App::open(settings).await?;
+            let hits = app.retrieve(&question, k).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hits)?);
+            } else {
+                for h in &hits {
+                    println!(
+                        "{}. [{:.3}] {} ({})\n   {}\n",
+                        h.rank,
+                        h.score,
+                        h.title,
+                        h.source,
+                        one_line(&h.text, 200)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ask { question, k, json } => {
+            let app = App::open(settings).await?;
+            let answer = app.ask(&question, k).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                println!("{}\n", answer.answer);
+                if !answer.citations.is_empty() {
+                    println!("Sources:");
+                    for c in &answer.citations {
+                        let page = c.page.map(|p| format!(", page {p}")).unwrap_or_default();
+                        println!(
+                            "  [{}] {} ({}{page})\n      \"{}\"",
+                            c.n,
+                            c.title,
+                            c.source,
+                            one_line(&c.quote, 160)
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { addr } => {
+            let app = Arc::new(App::open(settings).await?);
+            // Load the model before taking traffic.
+            app.generator().await?;
+            server::serve(app, addr).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Generate {
+                    model,
+                    prompt_tokens,
+                    max_tokens,
+                    runs,
+                },
+        } => {
+            let mut settings = settings;
+            if let Some(model) = model {
+                settings.generator.model = model;
+            }
+            let app = App::open(settings).await?;
+            let generator = app.generator().await?;
+            bench::generate(&generator, prompt_tokens, max_tokens, runs).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { json } => {
+            let app = App::open(settings).await?;
+            let report = doctor(&app).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "documents {}, chunks {}, vectors {}, orphan vectors {}, missing vectors {}, duplicate chunks {}",
+                    report.documents,
+                    report.chunks,
+                    report.vectors,
+                    report.orphan_vectors,
+                    report.missing_vectors,
+                    report.duplicate_chunks
+                );
+            }
+            Ok(if report.is_consistent() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+    }
+}
+
+async fn doctor(app: &App) -> anyhow::Result<ConsistencyReport> {
+    use std::collections::{HashMap, HashSet};
+    let rows = app.docs.chunk_ids().await?;
+    let vectors = app.vectors.chunk_ids().await?;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in rows.iter().chain(vectors.iter()) {
+        *counts.entry(id).or_default() += 1;
+    }
+    let row_set: HashSet<&str> = rows.iter().map(String::as_str).collect();
+    let vec_set: HashSet<&str> = vectors.iter().map(String::as_str).collect();
+    Ok(ConsistencyReport {
+        documents: app.docs.document_count().await?,
+        chunks: rows.len(),
+        vectors: vectors.len(),
+        orphan_vectors: vec_set.difference(&row_set).count(),
+        missing_vectors: row_set.difference(&vec_set).count(),
+        duplicate_chunks: (rows.len() - row_set.len()) + (vectors.len() - vec_set.len()),
+    })
+}
+
+fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result<ExitCode> {
+    let dir = settings.models_dir.clone();
+    match command {
+        ModelsCommand::List => {
+            for m in models::MODELS {
+                let state = if m.is_installed(&dir) {
+                    "installed"
+                } else {
+                    "not installed"
+                };
+                let kind = match m.kind {
+                    models::Kind::Embedder => "embedder",
+                    models::Kind::Generator => "generator",
+                };
+                println!(
+                    "{:<30} {:<10} {:<14} {}",
+                    m.name, kind, state, m.description
+                );
+            }
+        }
+        ModelsCommand::Fetch { names } => {
+            let names = if names.is_empty() {
+                vec![
+                    settings.embedder.model.clone(),
+                    settings.generator.model.clone(),
+                ]
+            } else {
+                names
+            };
+            for name in names {
+                let spec = models::spec(&name)?;
+                if spec.fetch(&dir)? {
+                    println!(
+                        "installed {} into {}",
+                        spec.name,
+                        dir.join(spec.dir).display()
+                    );
+                } else {
+                    println!(
+                        "{} is already installed in {}",
+                        spec.name,
+                        dir.join(spec.dir).display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} documents {msg} [{elapsed_precise}, ETA {eta}]",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        format!("{}...", flat.chars().take(max).collect::<String>())
+    } else {
+        flat
+    }
+}

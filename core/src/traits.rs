@@ -1,0 +1,73 @@
+use async_trait::async_trait;
+
+use crate::{
+    ChunkRecord, DocumentRecord, Generation, GenerationRequest, Result, ScoredChunk, SearchFilter,
+    VectorPoint,
+};
+
+/// Turns passages and questions into dense vectors.
+///
+/// Implementations are CPU- or GPU-bound and blocking: async callers run
+/// them on a blocking thread.
+pub trait Embedder: Send + Sync {
+    /// Name of the model, recorded with the data it embedded.
+    fn model_id(&self) -> &str;
+    fn dimension(&self) -> usize;
+    /// One L2-normalised vector per text, in order.
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+}
+
+/// Dense nearest-neighbour search over chunks.
+#[async_trait]
+pub trait VectorStore: Send + Sync {
+    /// Inserts or replaces points by chunk id, durably: when this returns,
+    /// the points survive a crash.
+    async fn upsert(&self, points: Vec<VectorPoint>) -> Result<()>;
+    /// Deletes points by chunk id, durably. Unknown ids are ignored.
+    async fn delete(&self, chunk_ids: &[String]) -> Result<()>;
+    async fn search(
+        &self,
+        vector: &[f32],
+        filter: &SearchFilter,
+        limit: usize,
+    ) -> Result<Vec<ScoredChunk>>;
+    /// Every chunk id in the store, for consistency checks and repair.
+    async fn chunk_ids(&self) -> Result<Vec<String>>;
+    /// Builds search indexes after bulk writes.
+    async fn optimize(&self) -> Result<()>;
+}
+
+/// The metadata database: documents and chunks. It is the source of truth:
+/// a chunk is part of the corpus when, and only when, its row is committed.
+#[async_trait]
+pub trait DocumentStore: Send + Sync {
+    async fn document_by_source(
+        &self,
+        collection: &str,
+        source: &str,
+    ) -> Result<Option<DocumentRecord>>;
+    async fn document(&self, id: &str) -> Result<Option<DocumentRecord>>;
+    async fn documents(&self, collection: Option<&str>) -> Result<Vec<DocumentRecord>>;
+    /// Chunk ids currently committed for a document.
+    async fn chunk_ids_of(&self, document_id: &str) -> Result<Vec<String>>;
+    /// Replaces a document and all its chunks in one transaction.
+    async fn replace_document(&self, doc: &DocumentRecord, chunks: &[ChunkRecord]) -> Result<()>;
+    /// Deletes a document and its chunks in one transaction.
+    async fn delete_document(&self, id: &str) -> Result<()>;
+    async fn chunks(&self, ids: &[String]) -> Result<Vec<ChunkRecord>>;
+    /// Every committed chunk id (with repeats, if the store has any).
+    async fn chunk_ids(&self) -> Result<Vec<String>>;
+    async fn document_count(&self) -> Result<usize>;
+    /// Records the start of an ingest run; returns its id.
+    async fn start_run(&self, started_at: &str) -> Result<String>;
+    async fn finish_run(&self, run_id: &str, finished_at: &str, report_json: &str) -> Result<()>;
+}
+
+/// Produces text from chat messages.
+#[async_trait]
+pub trait Generator: Send + Sync {
+    fn model_id(&self) -> &str;
+    /// Number of tokens the model can attend to, prompt and answer together.
+    fn context_window(&self) -> usize;
+    async fn generate(&self, request: GenerationRequest) -> Result<Generation>;
+}

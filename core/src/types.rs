@@ -1,0 +1,192 @@
+use serde::{Deserialize, Serialize};
+
+/// A document as stored in the metadata database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentRecord {
+    pub id: String,
+    pub collection: String,
+    /// Path relative to the ingested folder, or the file name.
+    pub source: String,
+    pub title: String,
+    /// sha256 of the raw file bytes; decides whether a re-ingest is needed.
+    pub content_hash: String,
+    pub tags: Vec<String>,
+    pub groups: Vec<String>,
+    pub chunk_count: usize,
+    pub ingested_at: String,
+}
+
+/// One passage of a document, the unit that is embedded and retrieved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub id: String,
+    pub document_id: String,
+    /// Position of the chunk within its document, from 0.
+    pub ordinal: usize,
+    pub text: String,
+    /// Heading path, e.g. `Travel > Per diem`; empty when none.
+    pub heading: String,
+    /// 1-based page for paged formats (PDF).
+    pub page: Option<u32>,
+    pub token_count: usize,
+}
+
+/// A chunk with its dense vector, as written to the vector store.
+#[derive(Debug, Clone)]
+pub struct VectorPoint {
+    pub chunk_id: String,
+    pub document_id: String,
+    pub collection: String,
+    pub tags: Vec<String>,
+    pub groups: Vec<String>,
+    pub dense: Vec<f32>,
+}
+
+/// What a vector search is restricted to. Every field is a hard filter
+/// applied inside the search.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SearchFilter {
+    pub collection: Option<String>,
+    /// Any of these tags.
+    pub tags: Vec<String>,
+    /// The caller's access groups: `None` means unrestricted (local, open
+    /// mode); `Some` returns only chunks that share a group with the caller.
+    pub groups: Option<Vec<String>>,
+}
+
+/// A vector-store hit before it is joined with its metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredChunk {
+    pub chunk_id: String,
+    pub score: f32,
+}
+
+/// A retrieved passage, joined with the metadata of its document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub rank: usize,
+    pub score: f32,
+    pub doc_id: String,
+    pub chunk_id: String,
+    pub source: String,
+    pub title: String,
+    pub page: Option<u32>,
+    pub heading: String,
+    pub text: String,
+}
+
+/// A numbered source of an answer. `n` is the number the answer cites as `[n]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citation {
+    pub n: usize,
+    pub doc_id: String,
+    pub chunk_id: String,
+    pub source: String,
+    pub title: String,
+    pub page: Option<u32>,
+    pub quote: String,
+}
+
+/// Costs of one answer: what an operator needs to know what it cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub retrieval_ms: u64,
+    pub generation_ms: u64,
+}
+
+/// A grounded answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub answer: String,
+    /// True when the documents do not cover the question.
+    pub abstained: bool,
+    pub citations: Vec<Citation>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// Sampling settings of one generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationRequest {
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub seed: u64,
+    pub repeat_penalty: f32,
+    pub stop: Vec<String>,
+}
+
+impl GenerationRequest {
+    pub fn greedy(messages: Vec<ChatMessage>, max_tokens: usize) -> Self {
+        Self {
+            messages,
+            max_tokens,
+            temperature: 0.0,
+            top_p: None,
+            seed: 42,
+            repeat_penalty: 1.1,
+            stop: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish_reason: FinishReason,
+}
+
+/// Counts that tell whether the metadata and the vectors agree.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConsistencyReport {
+    pub documents: usize,
+    pub chunks: usize,
+    pub vectors: usize,
+    /// Vectors with no chunk row.
+    pub orphan_vectors: usize,
+    /// Chunk rows with no vector.
+    pub missing_vectors: usize,
+    /// Chunk ids stored more than once.
+    pub duplicate_chunks: usize,
+}
+
+impl ConsistencyReport {
+    pub fn is_consistent(&self) -> bool {
+        self.orphan_vectors == 0 && self.missing_vectors == 0 && self.duplicate_chunks == 0
+    }
+}

@@ -1,0 +1,135 @@
+//! Sentence embeddings with candle's BERT on CPU.
+//!
+//! all-MiniLM-L6-v2: mean pooling over the attention mask, then L2
+//! normalisation, as sentence-transformers does for that model.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use rag_core::{Embedder, Error, Result};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+/// Longest input the model was trained with; longer text is truncated.
+const MAX_TOKENS: usize = 256;
+/// Passages per forward pass. Batches are sorted by length first so that
+/// little compute goes to padding.
+const BATCH: usize = 16;
+
+pub struct BertEmbedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dimension: usize,
+    model_id: String,
+}
+
+impl BertEmbedder {
+    /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from `dir`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let device = Device::Cpu;
+        let config: Config = serde_json::from_slice(
+            &std::fs::read(dir.join("config.json"))
+                .with_context(|| format!("reading {}", dir.join("config.json").display()))?,
+        )?;
+        let tokenizer = load_tokenizer(&dir.join("tokenizer.json"))?;
+        let weights = dir.join("model.safetensors");
+        // SAFETY: the file is mapped read-only and not modified while mapped.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device)? };
+        let model = BertModel::load(vb, &config)?;
+        let model_id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bert".into());
+        Ok(Self {
+            model,
+            tokenizer,
+            device,
+            dimension: config.hidden_size,
+            model_id,
+        })
+    }
+
+    /// The tokenizer the model reads with; chunk sizes are counted in it.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let mut tokenizer = self.tokenizer.clone();
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
+        let encodings = tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(anyhow::Error::msg)?;
+        let ids: Vec<Tensor> = encodings
+            .iter()
+            .map(|e| Tensor::new(e.get_ids(), &self.device))
+            .collect::<candle_core::Result<_>>()?;
+        let masks: Vec<Tensor> = encodings
+            .iter()
+            .map(|e| Tensor::new(e.get_attention_mask(), &self.device))
+            .collect::<candle_core::Result<_>>()?;
+        let ids = Tensor::stack(&ids, 0)?;
+        let mask = Tensor::stack(&masks, 0)?;
+        let type_ids = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
+        // Mean over the real tokens only.
+        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?;
+        let counts = mask_f.sum(1)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?;
+        let normalised = mean.broadcast_div(&norm)?;
+        Ok(normalised.to_vec2()?)
+    }
+}
+
+fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::from_file(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: MAX_TOKENS,
+            ..Default::default()
+        }))
+        .map_err(anyhow::Error::msg)?;
+    tokenizer.with_padding(None);
+    Ok(tokenizer)
+}
+
+impl Embedder for BertEmbedder {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        // Sort by length so each batch pads to a similar length, then put
+        // the vectors back in the caller's order.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut out = vec![Vec::new(); texts.len()];
+        for batch in order.chunks(BATCH) {
+            let batch_texts: Vec<&str> = batch.iter().map(|&i| texts[i]).collect();
+            let vectors = self
+                .embed_batch(&batch_texts)
+                .map_err(|e| Error::internal(format!("embedding failed: {e:#}")))?;
+            for (&i, v) in batch.iter().zip(vectors) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Shares one embedder between the ingest pipeline and the retriever.
+pub type SharedEmbedder = Arc<BertEmbedder>;

@@ -1,0 +1,232 @@
+//! The grounded prompt and the checks applied to the model's answer.
+
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+use rag_core::{ChatMessage, Hit, Role};
+use regex::Regex;
+
+/// What the answer says when the documents do not cover the question.
+pub const NOT_COVERED: &str = "The documents do not cover this question.";
+
+const SYSTEM: &str = "You are a company assistant. Answer the question using only the numbered \
+passages. After each fact, cite the passage it comes from with its number in square brackets, \
+like [1]. If the passages do not answer the question, reply only: The documents do not cover \
+this question.";
+
+/// Renders one passage as the model sees it.
+pub fn render_passage(n: usize, hit: &Hit) -> String {
+    let mut label = hit.title.clone();
+    if hit.heading.starts_with(&hit.title) {
+        label = hit.heading.clone();
+    } else if !hit.heading.is_empty() {
+        label = format!("{label} > {}", hit.heading);
+    }
+    if let Some(page) = hit.page {
+        label = format!("{label}, page {page}");
+    }
+    format!(
+        "[{n}] ({label})\n{}",
+        strip_title_heading(hit.text.trim(), &hit.title)
+    )
+}
+
+/// Drops a first line that only repeats the title (`# Title`).
+fn strip_title_heading<'a>(text: &'a str, title: &str) -> &'a str {
+    match text.split_once('\n') {
+        Some((first, rest)) if first.trim_start_matches('#').trim() == title.trim() => {
+            rest.trim_start()
+        }
+        _ => text,
+    }
+}
+
+/// The chat messages for a question over numbered passages (1-based, in
+/// the order given).
+pub fn build_messages(question: &str, passages: &[String]) -> Vec<ChatMessage> {
+    let body = format!(
+        "Passages:\n\n{}\n\nQuestion: {}\nAnswer in a full sentence, citing passages like [1].",
+        passages.join("\n\n"),
+        question.trim()
+    );
+    vec![
+        ChatMessage::new(Role::System, SYSTEM),
+        ChatMessage::new(Role::User, body),
+    ]
+}
+
+static CITATION: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[(\d+(?:\s*,\s*\d+)*)\]").unwrap());
+
+/// Citations found in an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedAnswer {
+    /// The answer with citations to unknown passages removed.
+    pub text: String,
+    /// Passage numbers cited, ascending, each within `1..=passages`.
+    pub cited: Vec<usize>,
+    /// Citations removed because they named a passage that was not given.
+    pub removed: usize,
+}
+
+/// Keeps citations that name a passage that was given (`1..=passages`) and
+/// drops the rest, so no citation can point outside what was retrieved.
+pub fn check_citations(answer: &str, passages: usize) -> CheckedAnswer {
+    let mut cited = BTreeSet::new();
+    let mut removed = 0;
+    let text = CITATION.replace_all(answer, |caps: &regex::Captures| {
+        let kept: Vec<usize> = caps[1]
+            .split(',')
+            .filter_map(|n| n.trim().parse::<usize>().ok())
+            .filter(|n| {
+                let ok = (1..=passages).contains(n);
+                if !ok {
+                    removed += 1;
+                }
+                ok
+            })
+            .collect();
+        cited.extend(kept.iter().copied());
+        if kept.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "[{}]",
+                kept.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    });
+    let text = text
+        .replace(" .", ".")
+        .replace("  ", " ")
+        .trim()
+        .to_string();
+    CheckedAnswer {
+        text,
+        cited: cited.into_iter().collect(),
+        removed,
+    }
+}
+
+static REFUSAL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)(documents?|passages?|context|provided (text|information)|sources?) (do(es)? not|don't|doesn't) (cover|contain|mention|say|answer|provide|include|specify)|not (covered|mentioned|found|specified) in the (documents?|passages?|context)|no (information|mention) (about|of|on) |i (do not|don't) know|cannot answer",
+    )
+    .unwrap()
+});
+
+/// True when the model itself says the passages do not answer.
+pub fn is_refusal(answer: &str) -> bool {
+    answer.trim().is_empty() || REFUSAL.is_match(answer)
+}
+
+static WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[A-Za-z0-9]+").unwrap());
+
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "is", "are", "was", "be", "by",
+    "with", "as", "at", "it", "this", "that", "you", "your", "can", "from", "if", "not", "do",
+    "does", "will", "should", "may", "must", "have", "has", "our", "we", "they", "their", "per",
+];
+
+fn content_words(text: &str) -> BTreeSet<String> {
+    WORD.find_iter(text)
+        .map(|m| m.as_str().to_lowercase())
+        .filter(|w| !STOP_WORDS.contains(&w.as_str()))
+        .collect()
+}
+
+/// Share of the answer's content words that occur in the passage.
+pub fn support(answer: &str, passage: &str) -> f32 {
+    let a = content_words(answer);
+    if a.is_empty() {
+        return 0.0;
+    }
+    let p = content_words(passage);
+    a.iter().filter(|w| p.contains(*w)).count() as f32 / a.len() as f32
+}
+
+/// When a small model answers without citing, attribute the answer to the
+/// passage whose words it uses most, if it uses enough of them. Returns the
+/// 1-based passage number.
+pub fn attribute(answer: &str, passages: &[String], min_support: f32) -> Option<usize> {
+    passages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i + 1, support(answer, p)))
+        .filter(|(_, s)| *s >= min_support)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(n, _)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn citations_to_unknown_passages_are_removed() {
+        let c = check_citations(
+            "Per diem is $59 [2]. Hotels are booked in Concur [7]. See [1, 9].",
+            3,
+        );
+        assert_eq!(c.cited, [1, 2]);
+        assert_eq!(c.removed, 2);
+        assert_eq!(
+            c.text,
+            "Per diem is $59 [2]. Hotels are booked in Concur. See [1]."
+        );
+        let none = check_citations("No sources [0].", 3);
+        assert!(none.cited.is_empty());
+        assert_eq!(none.removed, 1);
+    }
+
+    #[test]
+    fn refusals_are_detected() {
+        assert!(is_refusal(NOT_COVERED));
+        assert!(is_refusal(
+            "The passages do not mention the parking policy."
+        ));
+        assert!(is_refusal("I don't know."));
+        assert!(!is_refusal("You get 13 days of sick leave a year [1]."));
+    }
+
+    #[test]
+    fn attribution_picks_the_passage_the_answer_uses() {
+        let passages = vec![
+            "[1] (Leave)\nEmployees earn 13 days of sick leave each year.".to_string(),
+            "[2] (Travel)\nBook flights through the travel desk.".to_string(),
+        ];
+        assert_eq!(
+            attribute("You earn 13 days of sick leave yearly.", &passages, 0.5),
+            Some(1)
+        );
+        assert_eq!(attribute("Bananas are yellow.", &passages, 0.5), None);
+    }
+
+    #[test]
+    fn passages_are_numbered_with_their_labels() {
+        let hit = Hit {
+            rank: 1,
+            score: 0.9,
+            doc_id: "d".into(),
+            chunk_id: "c".into(),
+            source: "travel.md".into(),
+            title: "Travel".into(),
+            page: Some(3),
+            heading: "Travel > Per diem".into(),
+            text: " Rates vary. ".into(),
+        };
+        assert_eq!(
+            render_passage(2, &hit),
+            "[2] (Travel > Per diem, page 3)\nRates vary."
+        );
+        let msgs = build_messages("What is per diem?", &[render_passage(1, &hit)]);
+        assert_eq!(msgs.len(), 2);
+        assert!(
+            msgs[1].content.contains("[1] (Travel")
+                && msgs[1].content.contains("What is per diem?")
+        );
+    }
+}

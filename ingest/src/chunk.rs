@@ -1,0 +1,160 @@
+use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
+use tokenizers::Tokenizer;
+
+use crate::LoadedDocument;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChunkOptions {
+    /// Largest chunk, in tokens of the embedder's tokenizer.
+    pub max_tokens: usize,
+    /// Tokens shared by neighbouring chunks.
+    pub overlap_tokens: usize,
+}
+
+impl Default for ChunkOptions {
+    fn default() -> Self {
+        // all-MiniLM-L6-v2 reads at most 256 tokens; the title and heading
+        // prefix added for embedding must fit beside the chunk.
+        Self {
+            max_tokens: 200,
+            overlap_tokens: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextChunk {
+    pub text: String,
+    /// Heading path at the chunk's start, `A > B`; empty when none.
+    pub heading: String,
+    pub token_count: usize,
+}
+
+/// Splits documents into token-sized chunks, Markdown-aware: it breaks at
+/// headings, then paragraphs, then sentences.
+pub struct Chunker {
+    tokenizer: Tokenizer,
+    options: ChunkOptions,
+}
+
+impl Chunker {
+    pub fn new(mut tokenizer: Tokenizer, options: ChunkOptions) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            options.overlap_tokens < options.max_tokens,
+            "chunk overlap ({}) must be smaller than the chunk size ({})",
+            options.overlap_tokens,
+            options.max_tokens
+        );
+        // Counting must see whole texts: no truncation, no padding.
+        tokenizer
+            .with_truncation(None)
+            .map_err(anyhow::Error::msg)?;
+        tokenizer.with_padding(None);
+        Ok(Self { tokenizer, options })
+    }
+
+    pub fn count_tokens(&self, text: &str) -> usize {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.len())
+            .unwrap_or(0)
+    }
+
+    pub fn chunk(&self, doc: &LoadedDocument) -> Vec<TextChunk> {
+        let config = ChunkConfig::new(self.options.max_tokens)
+            .with_overlap(self.options.overlap_tokens)
+            .expect("overlap checked in new")
+            .with_sizer(&self.tokenizer);
+        let pieces: Vec<(usize, &str)> = if doc.markdown {
+            MarkdownSplitter::new(config)
+                .chunk_indices(&doc.body)
+                .collect()
+        } else {
+            TextSplitter::new(config).chunk_indices(&doc.body).collect()
+        };
+        let headings = if doc.markdown {
+            heading_offsets(&doc.body)
+        } else {
+            vec![]
+        };
+        pieces
+            .into_iter()
+            .filter(|(_, text)| text.chars().any(char::is_alphanumeric))
+            .map(|(offset, text)| {
+                // The heading path in force at the end of the chunk's first line.
+                let first_line_end = offset + text.find('\n').unwrap_or(text.len());
+                TextChunk {
+                    text: text.to_string(),
+                    heading: breadcrumb(&headings, first_line_end),
+                    token_count: self.count_tokens(text),
+                }
+            })
+            .collect()
+    }
+}
+
+/// `(byte offset, level, text)` of every ATX heading outside code fences.
+fn heading_offsets(body: &str) -> Vec<(usize, usize, String)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let mut in_fence = false;
+    for line in body.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+            in_fence = !in_fence;
+        } else if !in_fence && trimmed.starts_with('#') {
+            let level = trimmed.chars().take_while(|&c| c == '#').count();
+            let text = trimmed[level..].trim();
+            if level <= 6 && !text.is_empty() && trimmed[level..].starts_with([' ', '\t']) {
+                out.push((offset, level, text.trim_end_matches('#').trim().to_string()));
+            }
+        }
+        offset += line.len();
+    }
+    out
+}
+
+fn breadcrumb(headings: &[(usize, usize, String)], at: usize) -> String {
+    let mut stack: Vec<(usize, &str)> = Vec::new();
+    for (offset, level, text) in headings {
+        if *offset > at {
+            break;
+        }
+        while stack.last().is_some_and(|(l, _)| l >= level) {
+            stack.pop();
+        }
+        stack.push((*level, text));
+    }
+    stack
+        .iter()
+        .map(|(_, t)| *t)
+        .collect::<Vec<_>>()
+        .join(" > ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breadcrumbs_follow_heading_levels() {
+        let body = "# Travel\nintro\n## Per diem\nrates\n```\n# not a heading\n```\n## Lodging\nhotels\n# Leave\nx";
+        let h = heading_offsets(body);
+        assert_eq!(
+            h.iter()
+                .map(|(_, l, t)| (*l, t.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "Travel"), (2, "Per diem"), (2, "Lodging"), (1, "Leave")]
+        );
+        assert_eq!(
+            breadcrumb(&h, body.find("rates").unwrap()),
+            "Travel > Per diem"
+        );
+        assert_eq!(
+            breadcrumb(&h, body.find("hotels").unwrap()),
+            "Travel > Lodging"
+        );
+        assert_eq!(breadcrumb(&h, body.len()), "Leave");
+        assert_eq!(breadcrumb(&h, 0), "Travel");
+    }
+}

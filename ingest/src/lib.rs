@@ -1,0 +1,16 @@
+//! From files to stored, embedded chunks.
+//!
+//! `load` turns a file into a [`LoadedDocument`] (title, tags, clean text),
+//! `chunk` splits it into passages sized in the embedder's own tokens, and
+//! [`Ingestor`] writes vectors and rows so that a crash at any moment leaves
+//! a store that the next run repairs (see ARCHITECTURE.md, "Ingest order").
+
+mod chunk;
+mod load;
+mod pipeline;
+
+pub use chunk::{ChunkOptions, Chunker, TextChunk};
+pub use load::{LoadedDocument, SUPPORTED_EXTENSIONS, load_file, load_text};
+pub use pipeline::{
+    DocumentOutcome, IngestOptions, IngestReport, Ingestor, Progress, collect_files, repair,
+};

@@ -1,0 +1,181 @@
+use std::path::Path;
+use std::sync::LazyLock;
+
+use rag_core::{Error, Result};
+use regex::Regex;
+use serde::Deserialize;
+
+/// File extensions the loaders read.
+pub const SUPPORTED_EXTENSIONS: &[&str] = &["md", "markdown", "txt", "text"];
+
+/// A parsed document, before chunking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedDocument {
+    pub title: String,
+    pub tags: Vec<String>,
+    /// Clean text: Markdown for `.md` files (headings kept, template tags
+    /// and link targets removed), plain text otherwise.
+    pub body: String,
+    pub markdown: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FrontMatter {
+    title: Option<String>,
+    #[serde(default)]
+    tags: Option<serde_json::Value>,
+    #[serde(default)]
+    keywords: Option<serde_json::Value>,
+}
+
+/// Reads and parses one file; the extension picks the loader.
+pub fn load_file(path: &Path) -> Result<LoadedDocument> {
+    let ext = extension(path);
+    if !SUPPORTED_EXTENSIONS.contains(&ext.as_str()) {
+        return Err(Error::invalid(format!(
+            "{}: unsupported file type; supported: {}",
+            path.display(),
+            SUPPORTED_EXTENSIONS
+                .iter()
+                .map(|e| format!(".{e}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::invalid(format!("{}: cannot read: {e}", path.display())))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::invalid(format!("{}: not valid UTF-8 text", path.display())))?;
+    let fallback = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(load_text(
+        &text,
+        matches!(ext.as_str(), "md" | "markdown"),
+        &fallback,
+    ))
+}
+
+pub(crate) fn extension(path: &Path) -> String {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+}
+
+/// Parses text already in memory; `fallback_title` is used when the text
+/// names none.
+pub fn load_text(text: &str, markdown: bool, fallback_title: &str) -> LoadedDocument {
+    if !markdown {
+        return LoadedDocument {
+            title: fallback_title.to_string(),
+            tags: vec![],
+            body: text.trim().to_string(),
+            markdown: false,
+        };
+    }
+    let matter = gray_matter::Matter::<gray_matter::engine::YAML>::new();
+    let (front, content) = match matter.parse::<FrontMatter>(text) {
+        Ok(parsed) => (parsed.data.unwrap_or_default(), parsed.content),
+        Err(_) => (FrontMatter::default(), text.to_string()),
+    };
+    let body = clean_markdown(&content);
+    let title = front
+        .title
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| first_heading(&body))
+        .unwrap_or_else(|| fallback_title.to_string());
+    let mut tags = list_of(front.tags);
+    tags.extend(list_of(front.keywords));
+    tags.dedup();
+    LoadedDocument {
+        title: title.trim().to_string(),
+        tags,
+        body,
+        markdown: true,
+    }
+}
+
+fn list_of(value: Option<serde_json::Value>) -> Vec<String> {
+    match value {
+        Some(serde_json::Value::String(s)) => s
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        Some(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .filter_map(|i| i.as_str().map(|s| s.trim().to_string()))
+            .filter(|t| !t.is_empty())
+            .collect(),
+        _ => vec![],
+    }
+}
+
+fn first_heading(body: &str) -> Option<String> {
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix('#')
+                .map(|h| h.trim_start_matches('#').trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+}
+
+static TEMPLATE_TAG: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\{%-?[\s\S]*?-?%\}|\{\{[\s\S]*?\}\}").unwrap());
+static LINK: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"!?\[([^\]]*)\]\([^)\s]*(?:\s+\x22[^\x22]*\x22)?\)").unwrap());
+static HTML_COMMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"<!--[\s\S]*?-->").unwrap());
+static BLANK_LINES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\n{3,}").unwrap());
+
+/// Drops what should not be indexed: template tags (`{% include %}`,
+/// `{% alert %}`, `{{ var }}`), HTML comments, and link targets (the link
+/// text stays).
+fn clean_markdown(content: &str) -> String {
+    let text = TEMPLATE_TAG.replace_all(content, "");
+    let text = HTML_COMMENT.replace_all(&text, "");
+    let text = LINK.replace_all(&text, "$1");
+    let text = text.replace("\\#", "#").replace("\\~", "~");
+    BLANK_LINES.replace_all(text.trim(), "\n\n").into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_front_matter_and_cleanup() {
+        let doc = load_text(
+            "---\ntitle: Advanced sick leave\nkeywords: sick leave, sick\n---\n\
+             You can request [the form](https://x.example/a). {% alert %}Note{% endalert %}\n\n\n\n## Approval\n\
+             Use the [template]({% page \"/tools/x\" %}).",
+            true,
+            "fallback",
+        );
+        assert_eq!(doc.title, "Advanced sick leave");
+        assert_eq!(doc.tags, ["sick leave", "sick"]);
+        assert_eq!(
+            doc.body,
+            "You can request the form. Note\n\n## Approval\nUse the template."
+        );
+    }
+
+    #[test]
+    fn title_falls_back_to_heading_then_file_name() {
+        assert_eq!(load_text("# Expenses\nbody", true, "f").title, "Expenses");
+        assert_eq!(load_text("body only", true, "notes").title, "notes");
+        assert_eq!(load_text("  plain  ", false, "readme").body, "plain");
+    }
+
+    #[test]
+    fn unsupported_types_are_refused_with_the_supported_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.exe");
+        std::fs::write(&p, b"MZ").unwrap();
+        let err = load_file(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("unsupported file type") && err.contains(".md"),
+            "{err}"
+        );
+    }
+}
