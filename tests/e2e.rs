@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use serde_json::Value;
 
@@ -46,10 +46,13 @@ fn run_ok(cmd: &mut Command) -> String {
 }
 
 /// One data directory with the fixture wiki ingested, shared by the tests
-/// that only read it.
-fn fixture_data() -> &'static Path {
+/// that only read it. Only one process may open a data directory, so the
+/// tests take turns: the guard holds the directory for the caller.
+fn fixture_data() -> (MutexGuard<'static, ()>, &'static Path) {
+    static TURN: Mutex<()> = Mutex::new(());
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
+    let guard = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let report: Value = serde_json::from_str(&run_ok(rag(dir.path()).args([
             "ingest",
@@ -60,8 +63,8 @@ fn fixture_data() -> &'static Path {
         assert_eq!(report["failed"], 0, "{report}");
         assert_eq!(report["added"], 16, "{report}");
         dir
-    })
-    .path()
+    });
+    (guard, dir.path())
 }
 
 struct Question {
@@ -91,18 +94,19 @@ fn questions() -> Vec<Question> {
         .collect()
 }
 
-fn retrieve(question: &str) -> Vec<Value> {
-    let out = run_ok(rag(fixture_data()).args(["retrieve", question, "--k", "5", "--json"]));
+fn retrieve(data: &Path, question: &str) -> Vec<Value> {
+    let out = run_ok(rag(data).args(["retrieve", question, "--k", "5", "--json"]));
     serde_json::from_str::<Vec<Value>>(&out).unwrap()
 }
 
 #[test]
 fn gold_source_is_in_the_top_5_for_at_least_90_percent() {
+    let (_turn, data) = fixture_data();
     let qs: Vec<_> = questions().into_iter().filter(|q| q.answerable).collect();
     assert!(qs.len() >= 20);
     let mut found = 0;
     for q in &qs {
-        let hits = retrieve(&q.question);
+        let hits = retrieve(data, &q.question);
         assert!(hits.len() <= 5);
         for (i, h) in hits.iter().enumerate() {
             assert_eq!(h["rank"], i + 1);
@@ -131,14 +135,15 @@ fn gold_source_is_in_the_top_5_for_at_least_90_percent() {
 
 #[test]
 fn answers_cite_retrieved_chunks_and_unanswerable_questions_abstain() {
+    let (_turn, data) = fixture_data();
     let qs = questions();
     let (mut abstained_unanswerable, mut unanswerable, mut answered) = (0, 0, 0);
     for q in &qs {
-        let retrieved: HashSet<String> = retrieve(&q.question)
+        let retrieved: HashSet<String> = retrieve(data, &q.question)
             .iter()
             .map(|h| h["chunk_id"].as_str().unwrap().to_string())
             .collect();
-        let out = run_ok(rag(fixture_data()).args(["ask", &q.question, "--json"]));
+        let out = run_ok(rag(data).args(["ask", &q.question, "--json"]));
         let a: Value = serde_json::from_str(&out).unwrap();
         let text = a["answer"].as_str().unwrap();
         let citations = a["citations"].as_array().unwrap();
@@ -303,7 +308,7 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 
 #[test]
 fn serve_answers_healthz_and_ask() {
-    let data = fixture_data();
+    let (_turn, data) = fixture_data();
     let mut child = rag(data)
         .args(["serve", "--addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())

@@ -68,9 +68,21 @@ fn check_k(k: Option<usize>) -> Result<(), ApiError> {
     }
 }
 
+/// Parses a JSON body; the error names the field at fault.
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON body{at}: {}", e.inner()),
+        )
+    })
 }
 
 async fn ask(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
