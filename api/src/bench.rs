@@ -58,3 +58,80 @@ pub async fn generate(
     }
     Ok(())
 }
+
+/// Passages per second of the embedder on a corpus's real chunks, and, with
+/// `peer`, of ONNX Runtime on the same weights, passages and thread count,
+/// in the same run.
+pub async fn embed(
+    app: &crate::app::App,
+    corpus: &std::path::Path,
+    limit: usize,
+    peer: bool,
+) -> anyhow::Result<()> {
+    use rag_core::Embedder;
+
+    let files = rag_ingest::collect_files(&[corpus.to_path_buf()])?;
+    let chunker = rag_ingest::Chunker::new(app.embedder.tokenizer().clone(), app.settings.chunking)?;
+    let mut passages = Vec::new();
+    for (path, _) in &files {
+        let Ok(doc) = rag_ingest::load_file(path) else { continue };
+        for c in chunker.chunk(&doc) {
+            passages.push(rag_ingest::embedding_text(&doc.title, &c.heading, &c.text));
+        }
+        if passages.len() >= limit {
+            break;
+        }
+    }
+    passages.truncate(limit);
+    anyhow::ensure!(!passages.is_empty(), "no passages found under {}", corpus.display());
+    let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+
+    let embedder = app.embedder.clone();
+    let warm = refs[..refs.len().min(16)].to_vec();
+    embedder.embed(&warm)?;
+    let started = Instant::now();
+    let vectors = embedder.embed(&refs)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let ours = passages.len() as f64 / seconds;
+    println!(
+        "{}",
+        json!({"engine": "rag-candle", "passages": passages.len(), "seconds": seconds,
+               "passages_per_s": ours, "threads": threads})
+    );
+    if !peer {
+        return Ok(());
+    }
+    let scratch = tempfile_dir()?;
+    let passages_file = scratch.join("passages.json");
+    let check_file = scratch.join("reference.json");
+    std::fs::write(&passages_file, serde_json::to_vec(&passages)?)?;
+    std::fs::write(&check_file, serde_json::to_vec(&vectors[..vectors.len().min(8)])?)?;
+    let spec = crate::models::spec(&app.settings.embedder.model)?;
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg("scripts/bench/embed_peer.py")
+        .arg(app.settings.models_dir.join(spec.dir))
+        .arg(&passages_file)
+        .args(["--threads", &threads.to_string(), "--check"])
+        .arg(&check_file)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the peer failed (it needs onnx, onnxruntime, tokenizers, numpy; set PYTHON): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout)?;
+    let peer: serde_json::Value = serde_json::from_str(line.trim())?;
+    println!("{}", line.trim());
+    let theirs = peer["passages_per_s"].as_f64().unwrap_or(f64::NAN);
+    println!("{}", json!({"ratio_rag_over_peer": ours / theirs}));
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("rag-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -94,6 +94,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Passages/s of the embedder on a corpus's chunks; `--peer` adds ONNX
+    /// Runtime on the same weights and passages (scripts/bench/embed_peer.py).
+    Embed {
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        limit: usize,
+        #[arg(long)]
+        peer: bool,
+    },
     /// Prefill and decode tokens/s and time to first token of the generator.
     Generate {
         /// A model name from `rag models list`; default: the configured one.
@@ -288,6 +298,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = App::open(settings).await?;
             let generator = app.generator().await?;
             bench::generate(&generator, prompt_tokens, max_tokens, runs).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Embed { corpus, limit, peer } } => {
+            let app = App::open(settings).await?;
+            bench::embed(&app, &corpus, limit, peer).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => {

@@ -386,7 +386,7 @@ impl Ingestor {
 
 /// What the embedder reads for a chunk: the page title and heading path
 /// give a passage its context ("Per diem" alone says little).
-pub(crate) fn embedding_text(title: &str, heading: &str, text: &str) -> String {
+pub fn embedding_text(title: &str, heading: &str, text: &str) -> String {
     match (
         title.is_empty(),
         heading.is_empty() || text.trim_start().starts_with('#'),

@@ -28,9 +28,9 @@ def read_safetensors(path):
         data = f.read()
     out = {}
     for name, meta in header.items():
-        if name == "__metadata__":
+        # Skip metadata and integer buffers (position_ids).
+        if name == "__metadata__" or meta["dtype"] != "F32":
             continue
-        assert meta["dtype"] == "F32", meta["dtype"]
         start, end = meta["data_offsets"]
         out[name] = np.frombuffer(data[start:end], dtype=np.float32).reshape(meta["shape"])
     return out
