@@ -30,6 +30,9 @@ struct Part {
     member: &'static str,
 }
 
+/// Makes a file from installed ones: (model folder, scratch folder).
+type Derive = fn(&Path, &Path) -> anyhow::Result<()>;
+
 pub struct ModelSpec {
     pub name: &'static str,
     pub kind: Kind,
@@ -41,7 +44,7 @@ pub struct ModelSpec {
     /// The file the loader opens (the GGUF for generators; the folder for embedders).
     pub entry: &'static str,
     /// Files made from the installed ones (name, how).
-    derived: &'static [(&'static str, fn(&Path, &Path) -> anyhow::Result<()>)],
+    derived: &'static [(&'static str, Derive)],
 }
 
 pub static MODELS: &[ModelSpec] = &[
@@ -216,11 +219,11 @@ impl ModelSpec {
             }
             out.sync_all()?;
             let got = hex::encode(hasher.finalize());
-            if let Some(want) = sha {
-                if got != *want {
-                    let _ = std::fs::remove_file(&partial);
-                    bail!("{name}: sha256 {got} does not match the pinned {want}");
-                }
+            if let Some(want) = sha
+                && got != *want
+            {
+                let _ = std::fs::remove_file(&partial);
+                bail!("{name}: sha256 {got} does not match the pinned {want}");
             }
             std::fs::rename(&partial, target.join(name))?;
         }

@@ -66,14 +66,7 @@ impl BertEmbedder {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let mut tokenizer = self.tokenizer.clone();
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
-        let encodings = tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(anyhow::Error::msg)?;
+        let encodings = encode_padded(&self.tokenizer, texts)?;
         let ids: Vec<Tensor> = encodings
             .iter()
             .map(|e| Tensor::new(e.get_ids(), &self.device))
@@ -125,6 +118,21 @@ impl Embedder for BertEmbedder {
                 .map_err(|e| Error::internal(format!("embedding failed: {e:#}")))
         })
     }
+}
+
+/// Tokenizes a batch, padded to its longest text.
+pub(crate) fn encode_padded(
+    tokenizer: &Tokenizer,
+    texts: &[&str],
+) -> anyhow::Result<Vec<tokenizers::Encoding>> {
+    let mut tokenizer = tokenizer.clone();
+    tokenizer.with_padding(Some(PaddingParams {
+        strategy: PaddingStrategy::BatchLongest,
+        ..Default::default()
+    }));
+    tokenizer
+        .encode_batch(texts.to_vec(), true)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Runs `embed` over batches of texts of similar length (little padding),

@@ -10,9 +10,9 @@ use std::sync::{Mutex, OnceLock};
 use ort::session::Session;
 use ort::value::Tensor;
 use rag_core::{Embedder, Error, Result};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
+use tokenizers::Tokenizer;
 
-use crate::{BATCH, load_tokenizer};
+use crate::{BATCH, encode_padded, load_tokenizer};
 
 pub struct OrtEmbedder {
     session: Mutex<Session>,
@@ -62,14 +62,7 @@ impl OrtEmbedder {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let mut tokenizer = self.tokenizer.clone();
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
-        let encodings = tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(anyhow::Error::msg)?;
+        let encodings = encode_padded(&self.tokenizer, texts)?;
         let rows = encodings.len();
         let cols = encodings.first().map(|e| e.len()).unwrap_or(0);
         let ids: Vec<i64> = encodings

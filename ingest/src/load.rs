@@ -32,15 +32,7 @@ struct FrontMatter {
 pub fn load_file(path: &Path) -> Result<LoadedDocument> {
     let ext = extension(path);
     if !SUPPORTED_EXTENSIONS.contains(&ext.as_str()) {
-        return Err(Error::invalid(format!(
-            "{}: unsupported file type; supported: {}",
-            path.display(),
-            SUPPORTED_EXTENSIONS
-                .iter()
-                .map(|e| format!(".{e}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        return Err(unsupported(path));
     }
     let bytes = std::fs::read(path)
         .map_err(|e| Error::invalid(format!("{}: cannot read: {e}", path.display())))?;
@@ -54,6 +46,19 @@ pub fn load_file(path: &Path) -> Result<LoadedDocument> {
         &text,
         matches!(ext.as_str(), "md" | "markdown"),
         &fallback,
+    ))
+}
+
+/// The error for a file no loader reads, listing those that are read.
+pub(crate) fn unsupported(path: &Path) -> Error {
+    let supported: Vec<String> = SUPPORTED_EXTENSIONS
+        .iter()
+        .map(|e| format!(".{e}"))
+        .collect();
+    Error::invalid(format!(
+        "{}: unsupported file type; supported: {}",
+        path.display(),
+        supported.join(", ")
     ))
 }
 

@@ -9,7 +9,7 @@ use rag_core::{
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::load::extension;
+use crate::load::{extension, unsupported};
 use crate::{Chunker, SUPPORTED_EXTENSIONS, load_file};
 
 /// Passages embedded per call; also the unit of progress.
@@ -122,15 +122,7 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
             }
         } else {
             if !SUPPORTED_EXTENSIONS.contains(&extension(path).as_str()) {
-                return Err(Error::invalid(format!(
-                    "{}: unsupported file type; supported: {}",
-                    path.display(),
-                    SUPPORTED_EXTENSIONS
-                        .iter()
-                        .map(|e| format!(".{e}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+                return Err(unsupported(path));
             }
             let name = path
                 .file_name()

@@ -91,6 +91,27 @@ fn chunk_from_row(row: &sqlx::any::AnyRow) -> Result<ChunkRecord> {
     })
 }
 
+/// Deletes a document's row and its chunks' rows inside `tx`.
+async fn delete_rows(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: &str) -> Result<()> {
+    for sql in [
+        "DELETE FROM chunks WHERE document_id = $1",
+        "DELETE FROM documents WHERE id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+fn ids_of(rows: &[sqlx::any::AnyRow]) -> Result<Vec<String>> {
+    rows.iter()
+        .map(|r| r.try_get::<String, _>("id").map_err(db_error))
+        .collect()
+}
+
 const DOC_COLUMNS: &str =
     "id, collection, source, title, content_hash, tags, access_groups, chunk_count, ingested_at";
 
@@ -151,23 +172,12 @@ impl DocumentStore for SqlDocumentStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("id").map_err(db_error))
-            .collect()
+        ids_of(&rows)
     }
 
     async fn replace_document(&self, doc: &DocumentRecord, chunks: &[ChunkRecord]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        sqlx::query("DELETE FROM chunks WHERE document_id = $1")
-            .bind(&doc.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        sqlx::query("DELETE FROM documents WHERE id = $1")
-            .bind(&doc.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        delete_rows(&mut tx, &doc.id).await?;
         sqlx::query(
             "INSERT INTO documents (id, collection, source, title, content_hash, tags, \
              access_groups, chunk_count, ingested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -205,16 +215,7 @@ impl DocumentStore for SqlDocumentStore {
 
     async fn delete_document(&self, id: &str) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        sqlx::query("DELETE FROM chunks WHERE document_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        sqlx::query("DELETE FROM documents WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        delete_rows(&mut tx, id).await?;
         tx.commit().await.map_err(db_error)
     }
 
@@ -245,9 +246,7 @@ impl DocumentStore for SqlDocumentStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("id").map_err(db_error))
-            .collect()
+        ids_of(&rows)
     }
 
     async fn document_count(&self) -> Result<usize> {
