@@ -309,14 +309,16 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 #[test]
 fn serve_answers_healthz_and_ask() {
     let (_turn, data) = fixture_data();
-    let mut child = rag(data)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        rag(data)
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
+    BufReader::new(child.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let addr = line
@@ -343,6 +345,88 @@ fn serve_answers_healthz_and_ask() {
         body.contains("\"error\"") && body.contains("question"),
         "{body}"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
+}
+
+/// Stops a server even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two folders of the handbook (about 460 chunks): large enough that an
+/// ingest is still running when it is killed.
+fn handbook_subset() -> Vec<PathBuf> {
+    ["travel-and-leave", "tools"]
+        .iter()
+        .map(|f| {
+            let dir = root().join("../shared/data/handbook/pages").join(f);
+            assert!(
+                dir.is_dir(),
+                "{} is missing (../shared beside the checkout)",
+                dir.display()
+            );
+            dir
+        })
+        .collect()
+}
+
+fn doctor(data: &Path) -> Value {
+    serde_json::from_str(&run_ok(rag(data).args(["doctor", "--json"]))).unwrap()
+}
+
+#[test]
+fn ingests_killed_at_any_moment_resume_to_the_clean_state() {
+    let corpus = handbook_subset();
+    let clean = tempfile::tempdir().unwrap();
+    run_ok(rag(clean.path()).arg("ingest").args(&corpus));
+    let expected = doctor(clean.path());
+    assert!(expected["chunks"].as_u64().unwrap() > 300, "{expected}");
+
+    let dir = tempfile::tempdir().unwrap();
+    // Kill points spread over start-up, embedding and commits; fixed so a
+    // failure can be replayed.
+    let delays_ms = [400u64, 900, 1400, 600, 1100, 700, 1600, 500];
+    let mut killed_mid_way = 0;
+    for delay in delays_ms {
+        let mut child = rag(dir.path())
+            .arg("ingest")
+            .args(&corpus)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_way += 1;
+        }
+        child.kill().unwrap(); // SIGKILL: no destructor, no flush
+        child.wait().unwrap();
+    }
+    assert!(
+        killed_mid_way >= 6,
+        "only {killed_mid_way} kills landed during an ingest"
+    );
+    // The rerun finishes the work and repairs what the kills left.
+    let report: Value = serde_json::from_str(&run_ok(
+        rag(dir.path()).arg("ingest").args(&corpus).arg("--json"),
+    ))
+    .unwrap();
+    assert!(
+        report["unchanged"].as_u64().unwrap() > 0,
+        "the kills committed nothing: {report}"
+    );
+    assert!(
+        report["added"].as_u64().unwrap() > 0,
+        "the kills left no work: {report}"
+    );
+    let got = doctor(dir.path());
+    assert_eq!(got, expected, "a resumed store differs from a clean ingest");
+    assert_eq!(got["orphan_vectors"], 0);
+    assert_eq!(got["missing_vectors"], 0);
+    assert_eq!(got["duplicate_chunks"], 0);
 }
