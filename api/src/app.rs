@@ -16,7 +16,7 @@ use rag_ingest::{Chunker, Ingestor};
 use rag_retriever::Retriever;
 use rag_store::{EdgeVectorStore, SqlDocumentStore};
 
-use crate::config::Settings;
+use crate::config::{EmbedderRuntime, Settings};
 use crate::models;
 
 /// Share of an answer's words a passage must contain for an uncited
@@ -49,9 +49,8 @@ impl App {
             return Err(not_fetched(spec.name, &settings.models_dir.join(spec.dir)));
         }
         let model_dir = settings.models_dir.join(spec.dir);
-        let (embedder, tokenizer): (Arc<dyn Embedder>, _) = match settings.embedder.runtime.as_str()
-        {
-            "onnx" => {
+        let (embedder, tokenizer): (Arc<dyn Embedder>, _) = match settings.embedder.runtime {
+            EmbedderRuntime::Onnx => {
                 let runtime = models::spec(models::ONNX_RUNTIME)?;
                 if !runtime.is_installed(&settings.models_dir) {
                     return Err(not_fetched(
@@ -59,12 +58,7 @@ impl App {
                         &runtime.path(&settings.models_dir),
                     ));
                 }
-                let threads = match settings.embedder.threads {
-                    0 => std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1),
-                    n => n,
-                };
+                let threads = settings.embedder.threads();
                 let e = OrtEmbedder::load(&model_dir, &runtime.path(&settings.models_dir), threads)
                     .with_context(|| {
                         format!("loading the embedder {} on ONNX Runtime", spec.name)
@@ -72,13 +66,12 @@ impl App {
                 let tokenizer = e.tokenizer().clone();
                 (Arc::new(e), tokenizer)
             }
-            "candle" => {
+            EmbedderRuntime::Candle => {
                 let e = BertEmbedder::load(&model_dir)
                     .with_context(|| format!("loading the embedder {} on candle", spec.name))?;
                 let tokenizer = e.tokenizer().clone();
                 (Arc::new(e), tokenizer)
             }
-            other => anyhow::bail!("embedder.runtime is {other:?}; use \"onnx\" or \"candle\""),
         };
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;

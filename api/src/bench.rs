@@ -89,9 +89,8 @@ pub async fn embed(
         corpus.display()
     );
     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // The peer gets the thread count the embedder was opened with.
+    let threads = app.settings.embedder.threads();
 
     let embedder = app.embedder.clone();
     let warm = refs[..refs.len().min(16)].to_vec();
@@ -102,13 +101,17 @@ pub async fn embed(
     let ours = passages.len() as f64 / seconds;
     println!(
         "{}",
-        json!({"engine": format!("rag-{}", app.settings.embedder.runtime), "passages": passages.len(), "seconds": seconds,
+        json!({"engine": format!("rag-{}", app.settings.embedder.runtime.as_str()), "passages": passages.len(), "seconds": seconds,
                "passages_per_s": ours, "threads": threads})
     );
     if !peer {
         return Ok(());
     }
-    let scratch = tempfile_dir()?;
+    // Removed when dropped, on the error paths too.
+    let scratch = tempfile::tempdir()?;
+    let scratch = scratch.path();
+    let script = scratch.join("embed_peer.py");
+    std::fs::write(&script, crate::models::MINILM_ONNX_SCRIPT)?;
     let passages_file = scratch.join("passages.json");
     let check_file = scratch.join("reference.json");
     std::fs::write(&passages_file, serde_json::to_vec(&passages)?)?;
@@ -119,7 +122,7 @@ pub async fn embed(
     let spec = crate::models::spec(&app.settings.embedder.model)?;
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(&python)
-        .arg("scripts/bench/embed_peer.py")
+        .arg(&script)
         .arg(app.settings.models_dir.join(spec.dir))
         .arg(&passages_file)
         .args(["--threads", &threads.to_string(), "--check"])
@@ -135,12 +138,5 @@ pub async fn embed(
     println!("{}", line.trim());
     let theirs = peer["passages_per_s"].as_f64().unwrap_or(f64::NAN);
     println!("{}", json!({"ratio_rag_over_peer": ours / theirs}));
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
-}
-
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("rag-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

@@ -46,17 +46,47 @@ pub struct Database {
 pub struct EmbedderSettings {
     /// A name from `rag models list`.
     pub model: String,
-    /// `onnx` (ONNX Runtime, the faster) or `candle`.
-    pub runtime: String,
+    pub runtime: EmbedderRuntime,
     /// CPU threads for ONNX Runtime; 0 means all cores.
     pub threads: usize,
+}
+
+/// What runs the embedding model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedderRuntime {
+    /// ONNX Runtime: the faster (ARCHITECTURE.md), and the default.
+    Onnx,
+    /// candle's BERT: no native library needed.
+    Candle,
+}
+
+impl EmbedderRuntime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmbedderRuntime::Onnx => "onnx",
+            EmbedderRuntime::Candle => "candle",
+        }
+    }
+}
+
+impl EmbedderSettings {
+    /// The thread count to run with: `threads`, or every core when it is 0.
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
 }
 
 impl Default for EmbedderSettings {
     fn default() -> Self {
         Self {
             model: crate::models::DEFAULT_EMBEDDER.into(),
-            runtime: "onnx".into(),
+            runtime: EmbedderRuntime::Onnx,
             threads: 0,
         }
     }

@@ -381,7 +381,7 @@ fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result
         ModelsCommand::Fetch { names } => {
             let names = if names.is_empty() {
                 let mut names = vec![settings.embedder.model.clone()];
-                if settings.embedder.runtime == "onnx" {
+                if settings.embedder.runtime == config::EmbedderRuntime::Onnx {
                     names.push(models::ONNX_RUNTIME.to_string());
                 }
                 names.push(settings.generator.model.clone());

@@ -237,9 +237,10 @@ impl ModelSpec {
     }
 }
 
-/// The script that writes the ONNX graph of MiniLM from its safetensors
-/// (no package ships one); compiled in so `rag` runs from any folder.
-const EXPORT_SCRIPT: &str = include_str!("../../scripts/bench/embed_peer.py");
+/// The script that writes the ONNX graph of MiniLM from its safetensors (no
+/// package ships one) and runs it as the `bench embed` peer; compiled in so
+/// `rag` runs from any folder.
+pub const MINILM_ONNX_SCRIPT: &str = include_str!("../../scripts/bench/embed_peer.py");
 
 /// Writes `model.onnx` into `dir`, with `onnx` and `numpy` installed in a
 /// virtual environment under the models folder's scratch space.
@@ -260,7 +261,7 @@ fn export_onnx(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
         ]))?;
     }
     let script = scratch.join("export_onnx.py");
-    std::fs::write(&script, EXPORT_SCRIPT)?;
+    std::fs::write(&script, MINILM_ONNX_SCRIPT)?;
     let partial = dir.join("model.onnx.partial");
     run(Command::new(&venv_python)
         .arg(&script)

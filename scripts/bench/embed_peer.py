@@ -7,7 +7,7 @@ post-norm encoder layers, then mean pooling over the attention mask and L2
 normalisation, as sentence-transformers does. The graph is checked against
 the vectors `rag bench embed` prints before any timing is trusted.
 
-usage: embed_peer.py MODEL_DIR PASSAGES_JSON [--threads N] [--batch N] [--onnx-out FILE]
+usage: embed_peer.py MODEL_DIR PASSAGES_JSON [--threads N] [--batch N] [--check REF_JSON]
        embed_peer.py MODEL_DIR --export-only FILE   (used by `rag models fetch`)
 prints one JSON line: {engine, passages, seconds, passages_per_s, threads, batch}
 """
@@ -134,9 +134,10 @@ def main():
     ap.add_argument("--export-only", help="write the ONNX graph to this file and exit")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--onnx-out")
     ap.add_argument("--check", help="JSON file with reference vectors for the first passages")
     args = ap.parse_args()
+    if not args.export_only and not args.passages:
+        ap.error("PASSAGES_JSON is required unless --export-only is given")
 
     config = json.load(open(f"{args.model_dir}/config.json"))
     model = build_graph(read_safetensors(f"{args.model_dir}/model.safetensors"), config)
@@ -146,8 +147,6 @@ def main():
 
     import onnxruntime as ort
     from tokenizers import Tokenizer
-    if args.onnx_out:
-        onnx.save(model, args.onnx_out)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1
