@@ -111,7 +111,14 @@ fn gold_source_is_in_the_top_5_for_at_least_90_percent() {
         for (i, h) in hits.iter().enumerate() {
             assert_eq!(h["rank"], i + 1);
             for field in [
-                "score", "doc_id", "chunk_id", "source", "title", "page", "text",
+                "score",
+                "similarity",
+                "doc_id",
+                "chunk_id",
+                "source",
+                "title",
+                "page",
+                "text",
             ] {
                 assert!(h.get(field).is_some(), "hit lacks {field}: {h}");
             }
@@ -429,4 +436,258 @@ fn ingests_killed_at_any_moment_resume_to_the_clean_state() {
     assert_eq!(got["orphan_vectors"], 0);
     assert_eq!(got["missing_vectors"], 0);
     assert_eq!(got["duplicate_chunks"], 0);
+}
+
+fn retrieve_json(data: &Path, args: &[&str]) -> Vec<Value> {
+    let out = run_ok(rag(data).arg("retrieve").args(args).arg("--json"));
+    serde_json::from_str::<Vec<Value>>(&out).unwrap()
+}
+
+fn sources(hits: &[Value]) -> Vec<String> {
+    hits.iter()
+        .map(|h| h["source"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_mode_finds_the_page_and_filters_hold_inside_the_search() {
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path();
+    let wiki = root().join("fixtures/wiki");
+    run_ok(
+        rag(data)
+            .args(["ingest", "--collection", "people", "--group", "hr"])
+            .arg(wiki.join("leave")),
+    );
+    run_ok(
+        rag(data)
+            .args([
+                "ingest",
+                "--collection",
+                "people",
+                "--group",
+                "eng",
+                "--tag",
+                "howto",
+            ])
+            .arg(wiki.join("engineering")),
+    );
+    run_ok(
+        rag(data)
+            .args(["ingest", "--collection", "it", "--group", "eng"])
+            .arg(wiki.join("it")),
+    );
+    let question = "How many days of annual leave do I get?";
+    for mode in ["dense", "sparse", "hybrid"] {
+        let open = retrieve_json(data, &[question, "--mode", mode, "--k", "3"]);
+        assert_eq!(open[0]["source"], "vacation.md", "{mode}: {open:?}");
+        // Scores are the mode's; similarity is the cosine in every mode.
+        for h in &open {
+            let sim = h["similarity"].as_f64().unwrap();
+            assert!((-1.0..=1.0).contains(&sim), "{mode}: {h}");
+        }
+
+        // A caller of another group never sees the leave pages, however
+        // well they match; a caller without groups sees nothing.
+        let eng = retrieve_json(
+            data,
+            &[question, "--mode", mode, "--k", "10", "--group", "eng"],
+        );
+        assert!(
+            !sources(&eng)
+                .iter()
+                .any(|s| s.contains("leave") || s == "vacation.md"),
+            "{mode}: {:?}",
+            sources(&eng)
+        );
+        let hr = retrieve_json(
+            data,
+            &[question, "--mode", mode, "--group", "hr", "--group", "x"],
+        );
+        assert_eq!(hr[0]["source"], "vacation.md", "{mode}");
+
+        // Collection and tag filters.
+        let it = retrieve_json(
+            data,
+            &[question, "--mode", mode, "--k", "10", "--collection", "it"],
+        );
+        let it_pages = ["laptops.md", "passwords-and-2fa.md", "vpn.md"];
+        assert!(
+            sources(&it).iter().all(|s| it_pages.contains(&s.as_str())),
+            "{mode}: {it:?}"
+        );
+        let tagged = retrieve_json(
+            data,
+            &[question, "--mode", mode, "--k", "10", "--tag", "howto"],
+        );
+        assert!(
+            sources(&tagged)
+                .iter()
+                .all(|s| s == "code-review.md" || s == "deployments.md"),
+            "{mode}: {tagged:?}"
+        );
+    }
+    // An unknown mode is refused with the list of modes.
+    let out = rag(data)
+        .args(["retrieve", question, "--mode", "fuzzy"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn neighbour_expansion_and_reranking_reshape_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let docs = dir.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    // One long sentence: small chunks must cut it mid-thought.
+    let sentence = "The quarterly robot maintenance window starts on the first Monday of \
+        each quarter and the operations team notifies every customer at least ten working \
+        days ahead through the status page and by email so that nobody plans a production \
+        run on that day and the spare parts inventory is counted during the same window";
+    std::fs::write(docs.join("maintenance.txt"), format!("{sentence}.\n")).unwrap();
+    let small = |cmd: &mut Command| {
+        cmd.env("RAG_CHUNKING__MAX_TOKENS", "24")
+            .env("RAG_CHUNKING__OVERLAP_TOKENS", "0");
+    };
+    let mut ingest = rag(&data);
+    small(&mut ingest);
+    run_ok(ingest.args(["ingest"]).arg(&docs));
+    let question = "When does the robot maintenance window start?";
+
+    let mut plain = rag(&data);
+    small(&mut plain);
+    let out = run_ok(plain.args(["retrieve", question, "--k", "1", "--json"]));
+    let plain: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let first = plain[0]["text"].as_str().unwrap().to_string();
+    assert!(
+        !first.trim_end().ends_with('.'),
+        "the chunk should be cut: {first:?}"
+    );
+
+    let mut expanded = rag(&data);
+    small(&mut expanded);
+    expanded.env("RAG_RETRIEVAL__EXPAND_NEIGHBOURS", "true");
+    let out = run_ok(expanded.args(["retrieve", question, "--k", "1", "--json"]));
+    let expanded: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let text = expanded[0]["text"].as_str().unwrap();
+    assert_eq!(expanded[0]["chunk_id"], plain[0]["chunk_id"]);
+    assert!(
+        text.starts_with(first.trim_end()) && text.len() > first.len() + 20,
+        "expanded: {text:?}\nplain: {first:?}"
+    );
+    assert!(
+        sentence.starts_with(text.trim_end()) || sentence.contains(text.trim()),
+        "{text:?}"
+    );
+
+    // The reranker's scores are cosines, and the hits come sorted by them.
+    let mut reranked = rag(&data);
+    small(&mut reranked);
+    reranked.env("RAG_RETRIEVAL__RERANK", "true");
+    let out = run_ok(reranked.args(["retrieve", question, "--k", "4", "--json"]));
+    let hits: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
+    assert!(scores.len() >= 2, "{hits:?}");
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert!(
+        scores.iter().all(|s| (-1.0..=1.0).contains(s)),
+        "{scores:?}"
+    );
+}
+
+#[test]
+fn eval_retrieval_scores_a_beir_folder_and_reuses_its_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let beir = dir.path().join("tiny");
+    std::fs::create_dir_all(beir.join("qrels")).unwrap();
+    let docs = [
+        (
+            "d1",
+            "Annual leave",
+            "Every employee has 28 days of paid annual leave per year.",
+        ),
+        (
+            "d2",
+            "Laptops",
+            "New starters receive a laptop on their first day from IT.",
+        ),
+        (
+            "d3",
+            "Per diem",
+            "Travellers claim a daily allowance for meals on business trips.",
+        ),
+        (
+            "d4",
+            "VPN",
+            "Connect to the company network from home with the VPN client.",
+        ),
+        (
+            "d5",
+            "Code review",
+            "Every change needs one approving review before it merges.",
+        ),
+    ];
+    let corpus: String = docs
+        .iter()
+        .map(|(id, title, text)| {
+            serde_json::json!({"_id": id, "title": title, "text": text}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(beir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(
+        beir.join("queries.jsonl"),
+        [
+            r#"{"_id": "q1", "text": "how many days of paid annual leave"}"#,
+            r#"{"_id": "q2", "text": "daily meal allowance on business trips"}"#,
+            r#"{"_id": "q3", "text": "connect to the network from home with the VPN"}"#,
+            r#"{"_id": "q4", "text": "not judged, so not asked"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        beir.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t1\nq3\td4\t2\nq3\td2\t0\n",
+    )
+    .unwrap();
+    let scratch = dir.path().join("scratch");
+    let run = || -> Value {
+        let out = run_ok(
+            rag(&dir.path().join("unused"))
+                .args(["eval", "retrieval", "--json", "--beir"])
+                .arg(&beir)
+                .arg("--scratch")
+                .arg(&scratch),
+        );
+        serde_json::from_str(&out).unwrap()
+    };
+    let report = run();
+    assert_eq!(report["queries"], 3, "{report}");
+    assert_eq!(report["documents"], 5, "{report}");
+    assert_eq!(report["embedded_chunks"], 5, "{report}");
+    for mode in ["dense", "sparse", "hybrid"] {
+        let m = &report["modes"][mode];
+        // Each question names its document plainly: first place everywhere.
+        for metric in ["ndcg_at_10", "recall_at_10", "recall_at_100", "mrr_at_10"] {
+            assert_eq!(m[metric].as_f64(), Some(1.0), "{mode} {metric}: {report}");
+        }
+    }
+    // Unchanged corpus: nothing embedded again, same figures.
+    let again = run();
+    assert_eq!(again["embedded_chunks"], 0, "{again}");
+    assert_eq!(
+        again["modes"]["hybrid"]["ndcg_at_10"],
+        report["modes"]["hybrid"]["ndcg_at_10"]
+    );
+
+    // A folder without qrels for the split is refused, naming the file.
+    let out = rag(dir.path())
+        .args(["eval", "retrieval", "--split", "dev", "--beir"])
+        .arg(&beir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dev.tsv"));
 }

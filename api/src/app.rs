@@ -7,17 +7,26 @@ use std::time::Instant;
 
 use anyhow::Context;
 use rag_core::{
-    Answer, Citation, DocumentStore, Embedder, Error, GenerationRequest, Generator, Hit,
-    SearchFilter, Usage, VectorStore,
+    Answer, Citation, DocumentStore, Embedder, Error, GenerationRequest, Generator, Hit, Reranker,
+    SearchFilter, SearchMode, Usage, VectorStore,
 };
 use rag_embed::{BertEmbedder, OrtEmbedder};
 use rag_generator::{CandleGenerator, grounding};
 use rag_ingest::{Chunker, Ingestor};
-use rag_retriever::Retriever;
+use rag_retriever::{EmbeddingReranker, RetrieveOptions, Retriever};
 use rag_store::{EdgeVectorStore, SqlDocumentStore};
 
 use crate::config::{EmbedderRuntime, Settings};
 use crate::models;
+
+/// What a caller may set of one retrieval; the rest comes from the
+/// settings.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub k: Option<usize>,
+    pub mode: Option<SearchMode>,
+    pub filter: SearchFilter,
+}
 
 /// Share of an answer's words a passage must contain for an uncited
 /// answer to be attributed to it.
@@ -85,6 +94,11 @@ impl App {
             embedder: embedder.clone(),
             vectors: vectors.clone(),
             docs: docs.clone(),
+            reranker: settings.retrieval.rerank.then(|| {
+                Arc::new(EmbeddingReranker {
+                    embedder: embedder.clone(),
+                }) as Arc<dyn Reranker>
+            }),
         };
         Ok(Self {
             settings,
@@ -144,23 +158,39 @@ impl App {
             .cloned()
     }
 
-    pub async fn retrieve(&self, question: &str, k: Option<usize>) -> Result<Vec<Hit>, Error> {
-        let k = k.unwrap_or(self.settings.retrieval.k);
+    /// The retrieval options of the settings, with a query's overrides.
+    pub fn retrieve_options(&self, query: &Query) -> RetrieveOptions {
+        let cfg = &self.settings.retrieval;
+        RetrieveOptions {
+            k: query.k.unwrap_or(cfg.k),
+            mode: query.mode.unwrap_or(cfg.mode),
+            fusion: cfg.fusion,
+            filter: query.filter.clone(),
+            dedup_similarity: cfg.dedup_similarity,
+            mmr_lambda: cfg.mmr_lambda,
+            expand_neighbours: cfg.expand_neighbours,
+            exact: false,
+            hnsw_ef: cfg.hnsw_ef,
+        }
+    }
+
+    pub async fn retrieve(&self, question: &str, query: &Query) -> Result<Vec<Hit>, Error> {
         self.retriever
-            .retrieve(question, k, &SearchFilter::default())
+            .retrieve_with(question, &self.retrieve_options(query))
             .await
     }
 
     /// Answers from the documents, citing them, or says they do not cover it.
-    pub async fn ask(&self, question: &str, k: Option<usize>) -> Result<Answer, Error> {
+    pub async fn ask(&self, question: &str, query: &Query) -> Result<Answer, Error> {
         let started = Instant::now();
-        let hits = self.retrieve(question, k).await?;
+        let hits = self.retrieve(question, query).await?;
         let retrieval_ms = started.elapsed().as_millis() as u64;
         let cfg = &self.settings.retrieval;
-        let best = hits.first().map(|h| h.score).unwrap_or(f32::MIN);
+        // Similarity, not the ranking score: it means the same in every mode.
+        let best = hits.iter().map(|h| h.similarity).fold(f32::MIN, f32::max);
         let relevant: Vec<&Hit> = hits
             .iter()
-            .filter(|h| h.score >= cfg.min_score && h.score >= best - cfg.relative_cutoff)
+            .filter(|h| h.similarity >= cfg.min_score && h.similarity >= best - cfg.relative_cutoff)
             .collect();
         let abstain = |usage: Usage| Answer {
             answer: grounding::NOT_COVERED.to_string(),

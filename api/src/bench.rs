@@ -140,3 +140,225 @@ pub async fn embed(
     println!("{}", json!({"ratio_rag_over_peer": ours / theirs}));
     Ok(())
 }
+
+/// Latency percentiles, in milliseconds.
+fn percentiles(mut ms: Vec<f64>) -> serde_json::Value {
+    ms.sort_by(f64::total_cmp);
+    let at = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+    json!({"p50_ms": at(0.5), "p95_ms": at(0.95)})
+}
+
+/// Query latency (embed, search, fetch) and the approximate index's
+/// recall@10 against exact search, at the corpus's own size and at larger
+/// ones.
+///
+/// The corpus is ingested for real (into the scratch data directory the
+/// caller opened `app` on, reused while unchanged). Larger stores are made
+/// of those real chunks and their real vectors, plus copies of them whose
+/// vectors are moved by Gaussian noise to a cosine of about 0.85 from the
+/// original: no corpus of 100k chunks can be embedded on this machine in a
+/// benchmark's time, and near-copies are the hard case for an index.
+pub async fn query(
+    app: &crate::app::App,
+    corpus: &std::path::Path,
+    sizes: &[usize],
+    queries: usize,
+) -> anyhow::Result<()> {
+    use rag_core::{
+        ChunkRecord, DocumentRecord, SearchFilter, SearchMode, VectorPoint, VectorQuery,
+    };
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+
+    let files = rag_ingest::collect_files(&[corpus.to_path_buf()])?;
+    let report = app
+        .ingestor()?
+        .ingest(&files, &Default::default(), &|_| {})
+        .await?;
+    let mut ids = app.docs.chunk_ids().await?;
+    ids.sort();
+    let texts: Vec<String> = {
+        let rows: std::collections::HashMap<String, ChunkRecord> = app
+            .docs
+            .chunks(&ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+        ids.iter().map(|id| rows[id].text.clone()).collect()
+    };
+    let vectors: Vec<Vec<f32>> = app
+        .vectors
+        .vectors(&ids)
+        .await?
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow::anyhow!("a chunk without its vector: run `rag doctor`"))?;
+    let real = ids.len();
+    anyhow::ensure!(real > 0, "no chunks under {}", corpus.display());
+    // Questions: the opening words of chunks spread over the corpus.
+    let questions: Vec<String> = (0..queries.min(real))
+        .map(|i| {
+            let words: Vec<&str> = texts[i * real / queries.min(real)]
+                .split_whitespace()
+                .filter(|w| !w.starts_with('#'))
+                .take(10)
+                .collect();
+            words.join(" ")
+        })
+        .collect();
+    let q_vectors = app
+        .embedder
+        .embed(&questions.iter().map(String::as_str).collect::<Vec<_>>())?;
+    println!(
+        "{}",
+        json!({"corpus": corpus.display().to_string(), "real_chunks": real,
+               "embedded_now": report.embedded_chunks, "queries": questions.len()})
+    );
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let noise = rand_distr::Normal::new(0.0f32, 0.0316).expect("valid sigma");
+    let mut all_sizes = vec![real];
+    all_sizes.extend(sizes.iter().copied().filter(|&s| s > real));
+    for size in all_sizes {
+        let scratch = tempfile::tempdir()?;
+        let store =
+            rag_store::EdgeVectorStore::open(&scratch.path().join("vectors"), vectors[0].len())?;
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            scratch.path().join("meta.db").display()
+        );
+        let docs = rag_store::SqlDocumentStore::connect(&url).await?;
+        let build = Instant::now();
+        // Ten chunks a document, as in a wiki of mid-sized pages.
+        for (d, range) in (0..size).collect::<Vec<_>>().chunks(10).enumerate() {
+            let doc_id = rag_core::document_id("bench", &format!("doc-{d}"));
+            let mut points = Vec::with_capacity(range.len());
+            let mut rows = Vec::with_capacity(range.len());
+            for (ordinal, &i) in range.iter().enumerate() {
+                let text = &texts[i % real];
+                let id = rag_core::chunk_id(&doc_id, text, ordinal);
+                let mut dense = vectors[i % real].clone();
+                if i >= real {
+                    dense.iter_mut().for_each(|x| *x += noise.sample(&mut rng));
+                    let norm = dense.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    dense.iter_mut().for_each(|x| *x /= norm);
+                }
+                points.push(VectorPoint {
+                    chunk_id: id.clone(),
+                    document_id: doc_id.clone(),
+                    collection: "bench".into(),
+                    tags: vec![],
+                    groups: vec![],
+                    dense,
+                    text: text.clone(),
+                });
+                rows.push(ChunkRecord {
+                    id,
+                    document_id: doc_id.clone(),
+                    ordinal,
+                    text: text.clone(),
+                    heading: String::new(),
+                    page: None,
+                    token_count: 0,
+                });
+            }
+            use rag_core::{DocumentStore, VectorStore};
+            store.upsert(points).await?;
+            let record = DocumentRecord {
+                id: doc_id.clone(),
+                collection: "bench".into(),
+                source: format!("doc-{d}"),
+                title: format!("Document {d}"),
+                content_hash: String::new(),
+                tags: vec![],
+                groups: vec![],
+                chunk_count: rows.len(),
+                ingested_at: String::new(),
+            };
+            docs.replace_document(&record, &rows).await?;
+        }
+        use rag_core::{DocumentStore, VectorStore};
+        store.optimize().await?;
+        let build_s = build.elapsed().as_secs_f64();
+
+        for mode in [SearchMode::Dense, SearchMode::Sparse, SearchMode::Hybrid] {
+            let (mut embed_ms, mut search_ms, mut fetch_ms, mut total_ms) =
+                (vec![], vec![], vec![], vec![]);
+            for q in &questions {
+                let t0 = Instant::now();
+                let dense = app.embedder.embed(&[q.as_str()])?.remove(0);
+                let t1 = Instant::now();
+                let hits = store
+                    .search(&VectorQuery {
+                        dense,
+                        text: q.clone(),
+                        mode,
+                        fusion: Default::default(),
+                        filter: SearchFilter::default(),
+                        limit: 15,
+                        exact: false,
+                        hnsw_ef: None,
+                    })
+                    .await?;
+                let t2 = Instant::now();
+                let ids: Vec<String> = hits.into_iter().map(|h| h.chunk_id).collect();
+                let rows = docs.chunks(&ids).await?;
+                for r in rows.iter().take(5) {
+                    docs.document(&r.document_id).await?;
+                }
+                let t3 = Instant::now();
+                let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
+                embed_ms.push(ms(t0, t1));
+                search_ms.push(ms(t1, t2));
+                fetch_ms.push(ms(t2, t3));
+                total_ms.push(ms(t0, t3));
+            }
+            println!(
+                "{}",
+                json!({"chunks": size, "mode": mode.as_str(), "build_s": build_s,
+                       "total": percentiles(total_ms), "embed": percentiles(embed_ms),
+                       "search": percentiles(search_ms), "fetch": percentiles(fetch_ms)})
+            );
+        }
+
+        // The index against exact search, on the real questions' vectors,
+        // at the engine's default breadth and at wider ones.
+        for ef in [None, Some(128), Some(256), Some(512)] {
+            let mut recall = 0.0;
+            let mut ms = Vec::new();
+            for (q, v) in questions.iter().zip(&q_vectors) {
+                let search = |exact| VectorQuery {
+                    dense: v.clone(),
+                    text: q.clone(),
+                    mode: SearchMode::Dense,
+                    fusion: Default::default(),
+                    filter: SearchFilter::default(),
+                    limit: 10,
+                    exact,
+                    hnsw_ef: ef,
+                };
+                let t = Instant::now();
+                let approx: std::collections::HashSet<String> = store
+                    .search(&search(false))
+                    .await?
+                    .into_iter()
+                    .map(|h| h.chunk_id)
+                    .collect();
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                let exact = store.search(&search(true)).await?;
+                let found = exact
+                    .iter()
+                    .filter(|h| approx.contains(&h.chunk_id))
+                    .count();
+                recall += found as f64 / exact.len().max(1) as f64;
+            }
+            println!(
+                "{}",
+                json!({"chunks": size, "hnsw_ef": ef, "ann_recall_at_10": recall / questions.len() as f64,
+                       "search": percentiles(ms)})
+            );
+        }
+    }
+    Ok(())
+}

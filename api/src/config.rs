@@ -127,14 +127,38 @@ pub struct Retrieval {
     /// Passages scoring below `best - relative_cutoff` are not shown to the
     /// model (they rarely help and cost prompt tokens).
     pub relative_cutoff: f32,
+    /// dense, sparse (BM25) or hybrid (both, fused).
+    pub mode: rag_core::SearchMode,
+    /// Reciprocal rank fusion of the hybrid mode.
+    pub fusion: rag_core::Fusion,
+    /// Hits at least this similar to a better one are dropped.
+    pub dedup_similarity: f32,
+    /// Maximal marginal relevance, 0 (diverse) to 1 (relevant); off when unset.
+    pub mmr_lambda: Option<f32>,
+    /// A hit that ends mid-sentence takes in the next chunk.
+    pub expand_neighbours: bool,
+    /// Rescore candidates with the reranker (the embedder's cosine on the
+    /// bare passage until a cross-encoder ships).
+    pub rerank: bool,
+    /// Breadth of the approximate vector search (HNSW ef); unset: the
+    /// engine's default. `rag bench query` shows recall against it.
+    pub hnsw_ef: Option<usize>,
 }
 
 impl Default for Retrieval {
     fn default() -> Self {
+        let shaping = rag_retriever::RetrieveOptions::default();
         Self {
             k: 5,
             min_score: 0.25,
             relative_cutoff: 0.25,
+            mode: shaping.mode,
+            fusion: shaping.fusion,
+            dedup_similarity: shaping.dedup_similarity,
+            mmr_lambda: shaping.mmr_lambda,
+            expand_neighbours: shaping.expand_neighbours,
+            rerank: false,
+            hnsw_ef: shaping.hnsw_ef,
         }
     }
 }

@@ -3,6 +3,7 @@
 mod app;
 mod bench;
 mod config;
+mod eval;
 mod models;
 mod server;
 
@@ -14,10 +15,10 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use rag_core::ConsistencyReport;
+use rag_core::{ConsistencyReport, SearchFilter, SearchMode};
 use rag_ingest::{DocumentOutcome, IngestOptions, Progress};
 
-use crate::app::App;
+use crate::app::{App, Query};
 use crate::config::Settings;
 
 #[derive(Parser)]
@@ -59,6 +60,8 @@ enum Command {
         question: String,
         #[arg(long)]
         k: Option<usize>,
+        #[command(flatten)]
+        query: QueryArgs,
         #[arg(long)]
         json: bool,
     },
@@ -67,8 +70,15 @@ enum Command {
         question: String,
         #[arg(long)]
         k: Option<usize>,
+        #[command(flatten)]
+        query: QueryArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// Evaluations over datasets with judgements.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
     },
     /// Serve the HTTP API.
     Serve {
@@ -92,6 +102,38 @@ enum Command {
     },
 }
 
+/// Retrieval options of `retrieve` and `ask`.
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// dense, sparse or hybrid; default: `retrieval.mode` of the settings.
+    #[arg(long)]
+    mode: Option<SearchMode>,
+    /// Only this collection.
+    #[arg(long)]
+    collection: Option<String>,
+    /// Only passages with this tag (repeat for any of several).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Search as a caller in this access group (repeatable); without it the
+    /// local CLI sees every group.
+    #[arg(long = "group")]
+    groups: Vec<String>,
+}
+
+impl QueryArgs {
+    fn into_query(self, k: Option<usize>) -> Query {
+        Query {
+            k,
+            mode: self.mode,
+            filter: SearchFilter {
+                collection: self.collection,
+                tags: self.tags,
+                groups: (!self.groups.is_empty()).then_some(self.groups),
+            },
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Passages/s of the embedder on a corpus's chunks; `--peer` adds ONNX
@@ -104,6 +146,20 @@ enum BenchCommand {
         #[arg(long)]
         peer: bool,
     },
+    /// Query latency p50/p95 (embed, search, fetch) per search mode, and the
+    /// index's recall@10 against exact search, at the corpus's size and at
+    /// `--sizes` chunks (the real chunks plus noisy copies of their vectors).
+    Query {
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Where the corpus is ingested; default DATA_DIR/bench/NAME.
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+    },
     /// Prefill and decode tokens/s and time to first token of the generator.
     Generate {
         /// A model name from `rag models list`; default: the configured one.
@@ -115,6 +171,28 @@ enum BenchCommand {
         max_tokens: usize,
         #[arg(long, default_value_t = 1)]
         runs: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Retrieval quality on a BEIR-format folder (corpus.jsonl, queries.jsonl,
+    /// qrels/SPLIT.tsv): nDCG@10, recall@10, recall@100 and MRR@10 per mode.
+    /// The corpus is ingested into a scratch data directory, reused while
+    /// unchanged.
+    Retrieval {
+        #[arg(long)]
+        beir: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Modes to score, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "dense,sparse,hybrid")]
+        mode: Vec<SearchMode>,
+        /// Scratch data directory; default DATA_DIR/eval/NAME-OF-THE-FOLDER.
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -180,25 +258,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 groups,
             };
             let bar = progress_bar(files.len() as u64, json);
-            let bar2 = bar.clone();
-            let embedded = std::sync::atomic::AtomicUsize::new(0);
-            let started = std::time::Instant::now();
-            let progress = move |p: Progress| match p {
-                Progress::Started { .. } => {}
-                Progress::Embedded { chunks } => {
-                    let total =
-                        embedded.fetch_add(chunks, std::sync::atomic::Ordering::Relaxed) + chunks;
-                    let rate = total as f64 / started.elapsed().as_secs_f64().max(1e-3);
-                    bar2.set_message(format!("{total} chunks embedded, {rate:.1} chunks/s"));
-                }
-                Progress::Document { done, outcome } => {
-                    bar2.set_position(done as u64);
-                    if let DocumentOutcome::Failed { source, reason } = outcome {
-                        bar2.println(format!("failed: {source}: {reason}"));
-                    }
-                }
-            };
-            let report = ingestor.ingest(&files, &options, &progress).await?;
+            let report = ingestor
+                .ingest(&files, &options, &ingest_progress(bar.clone()))
+                .await?;
             bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -233,9 +295,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Retrieve { question, k, json } => {
+        Command::Retrieve {
+            question,
+            k,
+            query,
+            json,
+        } => {
             let app = App::open(settings).await?;
-            let hits = app.retrieve(&question, k).await?;
+            let hits = app.retrieve(&question, &query.into_query(k)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&hits)?);
             } else {
@@ -252,9 +319,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ask { question, k, json } => {
+        Command::Ask {
+            question,
+            k,
+            query,
+            json,
+        } => {
             let app = App::open(settings).await?;
-            let answer = app.ask(&question, k).await?;
+            let answer = app.ask(&question, &query.into_query(k)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&answer)?);
             } else {
@@ -272,6 +344,72 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         );
                     }
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            command:
+                EvalCommand::Retrieval {
+                    beir,
+                    split,
+                    mode,
+                    scratch,
+                    json,
+                },
+        } => {
+            let data = eval::load(&beir, &split)?;
+            let name = dir_name(&beir);
+            let mut settings = settings;
+            settings.data_dir =
+                scratch.unwrap_or_else(|| settings.data_dir.join("eval").join(&name));
+            // The scratch store is its own: never the configured database.
+            settings.database.url = String::new();
+            let app = App::open(settings).await?;
+            let bar = progress_bar(data.corpus.len() as u64, json);
+            let options = IngestOptions {
+                collection: eval::COLLECTION.into(),
+                ..Default::default()
+            };
+            let report = app
+                .ingestor()?
+                .ingest_inputs(&data.corpus, &options, &ingest_progress(bar.clone()))
+                .await?;
+            bar.finish_and_clear();
+            let mut modes = serde_json::Map::new();
+            for m in mode {
+                let scores = eval::score(&app, &data, m).await?;
+                if !json {
+                    println!(
+                        "{m:>6}: nDCG@10 {:.4}  recall@10 {:.4}  recall@100 {:.4}  MRR@10 {:.4}  ({:.1} ms/query)",
+                        scores.ndcg_at_10,
+                        scores.recall_at_10,
+                        scores.recall_at_100,
+                        scores.mrr_at_10,
+                        scores.ms_per_query
+                    );
+                }
+                modes.insert(m.to_string(), serde_json::to_value(scores)?);
+            }
+            let out = serde_json::json!({
+                "dataset": name,
+                "split": split,
+                "queries": data.queries.len(),
+                "documents": data.corpus.len(),
+                "chunks": report.chunks,
+                "embedded_chunks": report.embedded_chunks,
+                "ingest_seconds": report.seconds,
+                "embedder": app.embedder.model_id(),
+                "modes": modes,
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "{name} {split}: {} queries over {} documents ({} chunks)",
+                    data.queries.len(),
+                    data.corpus.len(),
+                    report.chunks
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -310,6 +448,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let app = App::open(settings).await?;
             bench::embed(&app, &corpus, limit, peer).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Query {
+                    corpus,
+                    sizes,
+                    queries,
+                    scratch,
+                },
+        } => {
+            let mut settings = settings;
+            settings.data_dir =
+                scratch.unwrap_or_else(|| settings.data_dir.join("bench").join(dir_name(&corpus)));
+            settings.database.url = String::new();
+            let app = App::open(settings).await?;
+            bench::query(&app, &corpus, &sizes, queries).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { json } => {
@@ -408,6 +563,34 @@ fn models_command(settings: &Settings, command: ModelsCommand) -> anyhow::Result
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Shows ingest progress on `bar`: documents done, chunks embedded, rate.
+fn ingest_progress(bar: ProgressBar) -> impl Fn(Progress) + Send + Sync {
+    let embedded = std::sync::atomic::AtomicUsize::new(0);
+    let started = std::time::Instant::now();
+    move |p: Progress| match p {
+        Progress::Started { .. } => {}
+        Progress::Embedded { chunks } => {
+            let total = embedded.fetch_add(chunks, std::sync::atomic::Ordering::Relaxed) + chunks;
+            let rate = total as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!("{total} chunks embedded, {rate:.1} chunks/s"));
+        }
+        Progress::Document { done, outcome } => {
+            bar.set_position(done as u64);
+            if let DocumentOutcome::Failed { source, reason } = outcome {
+                bar.println(format!("failed: {source}: {reason}"));
+            }
+        }
+    }
+}
+
+/// The last component of a folder's path, for naming its scratch store.
+fn dir_name(path: &std::path::Path) -> String {
+    path.canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "corpus".into())
 }
 
 fn progress_bar(len: u64, quiet: bool) -> ProgressBar {

@@ -8,12 +8,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rag_core::Error;
+use rag_core::{Error, SearchFilter, SearchMode};
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
-use crate::app::App;
+use crate::app::{App, Query};
 
 /// Largest JSON body accepted.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -56,15 +56,36 @@ impl IntoResponse for ApiError {
 pub struct AskRequest {
     pub question: String,
     pub k: Option<usize>,
+    /// `dense`, `sparse` or `hybrid`; the configured mode when absent.
+    pub mode: Option<SearchMode>,
+    pub collection: Option<String>,
+    /// Only passages with any of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
-fn check_k(k: Option<usize>) -> Result<(), ApiError> {
-    match k {
-        Some(k) if k == 0 || k > MAX_K => Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("k must be between 1 and {MAX_K}, got {k}"),
-        )),
-        _ => Ok(()),
+impl AskRequest {
+    /// The retrieval part of the request, checked.
+    fn query(&self) -> Result<Query, ApiError> {
+        if let Some(k) = self.k
+            && (k == 0 || k > MAX_K)
+        {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("k must be between 1 and {MAX_K}, got {k}"),
+            ));
+        }
+        Ok(Query {
+            k: self.k,
+            mode: self.mode,
+            filter: SearchFilter {
+                collection: self.collection.clone(),
+                tags: self.tags.clone(),
+                // Until API keys carry groups (the HTTP API issue), the open
+                // mode serves every group, like the local CLI.
+                groups: None,
+            },
+        })
     }
 }
 
@@ -87,8 +108,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 async fn ask(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: AskRequest = parse(&body)?;
-    check_k(req.k)?;
-    Ok(Json(app.ask(&req.question, req.k).await?).into_response())
+    Ok(Json(app.ask(&req.question, &req.query()?).await?).into_response())
 }
 
 async fn retrieve(
@@ -96,8 +116,7 @@ async fn retrieve(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let req: AskRequest = parse(&body)?;
-    check_k(req.k)?;
-    Ok(Json(app.retrieve(&req.question, req.k).await?).into_response())
+    Ok(Json(app.retrieve(&req.question, &req.query()?).await?).into_response())
 }
 
 async fn healthz() -> &'static str {

@@ -1,8 +1,8 @@
 use async_trait::async_trait;
 
 use crate::{
-    ChunkRecord, DocumentRecord, Generation, GenerationRequest, Result, ScoredChunk, SearchFilter,
-    VectorPoint,
+    ChunkRecord, DocumentRecord, Generation, GenerationRequest, Result, ScoredChunk, VectorPoint,
+    VectorQuery,
 };
 
 /// Turns passages and questions into dense vectors.
@@ -17,7 +17,9 @@ pub trait Embedder: Send + Sync {
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
 }
 
-/// Dense nearest-neighbour search over chunks.
+/// Dense, sparse (BM25) and hybrid search over chunks. The sparse vectors
+/// are the store's concern: it computes them from `VectorPoint::text` and
+/// `VectorQuery::text` (Qdrant's own BM25, with its English tokenizer).
 #[async_trait]
 pub trait VectorStore: Send + Sync {
     /// Inserts or replaces points by chunk id, durably: when this returns,
@@ -25,12 +27,11 @@ pub trait VectorStore: Send + Sync {
     async fn upsert(&self, points: Vec<VectorPoint>) -> Result<()>;
     /// Deletes points by chunk id, durably. Unknown ids are ignored.
     async fn delete(&self, chunk_ids: &[String]) -> Result<()>;
-    async fn search(
-        &self,
-        vector: &[f32],
-        filter: &SearchFilter,
-        limit: usize,
-    ) -> Result<Vec<ScoredChunk>>;
+    /// The best `query.limit` chunks under `query.filter`, best first. The
+    /// filter is applied inside the search, never after it.
+    async fn search(&self, query: &VectorQuery) -> Result<Vec<ScoredChunk>>;
+    /// The dense vectors of these chunks, in order; `None` for unknown ids.
+    async fn vectors(&self, chunk_ids: &[String]) -> Result<Vec<Option<Vec<f32>>>>;
     /// Every chunk id in the store, for consistency checks and repair.
     async fn chunk_ids(&self) -> Result<Vec<String>>;
     /// Builds search indexes after bulk writes.
@@ -55,12 +56,24 @@ pub trait DocumentStore: Send + Sync {
     /// Deletes a document and its chunks in one transaction.
     async fn delete_document(&self, id: &str) -> Result<()>;
     async fn chunks(&self, ids: &[String]) -> Result<Vec<ChunkRecord>>;
+    /// The chunk at `ordinal` of a document, if any.
+    async fn chunk_at(&self, document_id: &str, ordinal: usize) -> Result<Option<ChunkRecord>>;
     /// Every committed chunk id (with repeats, if the store has any).
     async fn chunk_ids(&self) -> Result<Vec<String>>;
     async fn document_count(&self) -> Result<usize>;
     /// Records the start of an ingest run; returns its id.
     async fn start_run(&self, started_at: &str) -> Result<String>;
     async fn finish_run(&self, run_id: &str, finished_at: &str, report_json: &str) -> Result<()>;
+}
+
+/// Re-scores retrieved passages against the question, e.g. a cross-encoder.
+///
+/// Blocking, like [`Embedder`]. Higher is better; scores are only compared
+/// with each other.
+pub trait Reranker: Send + Sync {
+    fn name(&self) -> &str;
+    /// One score per passage, in order.
+    fn score(&self, question: &str, passages: &[&str]) -> Result<Vec<f32>>;
 }
 
 /// Produces text from chat messages.

@@ -40,6 +40,9 @@ pub struct VectorPoint {
     pub tags: Vec<String>,
     pub groups: Vec<String>,
     pub dense: Vec<f32>,
+    /// The text the sparse (BM25) vector is computed from: the same text
+    /// the embedder read.
+    pub text: String,
 }
 
 /// What a vector search is restricted to. Every field is a hard filter
@@ -54,18 +57,116 @@ pub struct SearchFilter {
     pub groups: Option<Vec<String>>,
 }
 
+/// How candidates are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// Nearest neighbours of the question's embedding.
+    Dense,
+    /// BM25 over stemmed words, without stop words.
+    Sparse,
+    /// Both, fused by reciprocal rank: the best on the SciFact evaluation
+    /// (ARCHITECTURE.md), hence the default.
+    #[default]
+    Hybrid,
+}
+
+impl SearchMode {
+    pub const ALL: [SearchMode; 3] = [SearchMode::Dense, SearchMode::Sparse, SearchMode::Hybrid];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SearchMode::Dense => "dense",
+            SearchMode::Sparse => "sparse",
+            SearchMode::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl std::fmt::Display for SearchMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SearchMode {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                crate::Error::invalid(format!(
+                    "unknown search mode {s:?}; use dense, sparse or hybrid"
+                ))
+            })
+    }
+}
+
+/// Weights of reciprocal rank fusion: a candidate at rank `r` (from 0) of
+/// a list scores `weight / (rrf_k + r + 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Fusion {
+    pub rrf_k: usize,
+    pub dense_weight: f32,
+    pub sparse_weight: f32,
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        // k = 60 is the constant of the RRF paper (Cormack et al., 2009).
+        Self {
+            rrf_k: 60,
+            dense_weight: 1.0,
+            sparse_weight: 1.0,
+        }
+    }
+}
+
+/// One search of the vector store.
+#[derive(Debug, Clone)]
+pub struct VectorQuery {
+    /// The question's embedding; always given, since the similarity of
+    /// each hit to it is what abstention is decided on.
+    pub dense: Vec<f32>,
+    /// The question's text, for the sparse side.
+    pub text: String,
+    pub mode: SearchMode,
+    pub fusion: Fusion,
+    pub filter: SearchFilter,
+    pub limit: usize,
+    /// Exact (brute-force) search instead of the approximate index: for
+    /// measuring the index's recall.
+    pub exact: bool,
+    /// Breadth of the approximate search (HNSW `ef`): higher finds more of
+    /// the true neighbours, slower; `None` leaves the engine's default.
+    pub hnsw_ef: Option<usize>,
+}
+
 /// A vector-store hit before it is joined with its metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredChunk {
     pub chunk_id: String,
+    /// The ranking score of the mode: cosine, BM25 or fused.
     pub score: f32,
+    /// Cosine similarity of the chunk's embedding to the question's, in
+    /// every mode.
+    pub similarity: f32,
+    /// The chunk's dense vector (for near-duplicate removal and diversity).
+    pub vector: Vec<f32>,
 }
 
 /// A retrieved passage, joined with the metadata of its document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     pub rank: usize,
+    /// The ranking score of the search mode (cosine, BM25 or fused).
     pub score: f32,
+    /// Cosine similarity to the question, comparable across modes: what
+    /// abstention thresholds apply to.
+    pub similarity: f32,
     pub doc_id: String,
     pub chunk_id: String,
     pub source: String,

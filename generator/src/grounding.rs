@@ -210,6 +210,7 @@ mod tests {
         let hit = Hit {
             rank: 1,
             score: 0.9,
+            similarity: 0.9,
             doc_id: "d".into(),
             chunk_id: "c".into(),
             source: "travel.md".into(),

@@ -12,6 +12,6 @@ mod pipeline;
 pub use chunk::{ChunkOptions, Chunker, TextChunk};
 pub use load::{LoadedDocument, SUPPORTED_EXTENSIONS, load_file, load_text};
 pub use pipeline::{
-    DocumentOutcome, IngestOptions, IngestReport, Ingestor, Progress, collect_files,
+    DocumentOutcome, IngestOptions, IngestReport, Ingestor, Input, Progress, collect_files,
     embedding_text, repair,
 };

@@ -1,5 +1,5 @@
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::load::{extension, unsupported};
-use crate::{Chunker, SUPPORTED_EXTENSIONS, load_file};
+use crate::{Chunker, LoadedDocument, SUPPORTED_EXTENSIONS, load_file};
 
 /// Passages embedded per call; also the unit of progress.
 const EMBED_BATCH: usize = 32;
@@ -148,6 +148,48 @@ pub async fn repair(docs: &dyn DocumentStore, vectors: &dyn VectorStore) -> Resu
     Ok(orphans.len())
 }
 
+/// One document to ingest.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A file; its extension picks the loader.
+    File { path: PathBuf, source: String },
+    /// Plain text already in memory, e.g. a line of a BEIR corpus.
+    Text {
+        source: String,
+        title: String,
+        body: String,
+    },
+}
+
+impl Input {
+    pub fn source(&self) -> &str {
+        match self {
+            Input::File { source, .. } | Input::Text { source, .. } => source,
+        }
+    }
+
+    /// The bytes whose hash decides whether the document changed.
+    fn bytes(&self) -> Result<Vec<u8>> {
+        match self {
+            Input::File { path, .. } => std::fs::read(path)
+                .map_err(|e| Error::invalid(format!("{}: cannot read: {e}", path.display()))),
+            Input::Text { title, body, .. } => Ok(format!("{title}\n{body}").into_bytes()),
+        }
+    }
+
+    fn load(&self) -> Result<LoadedDocument> {
+        match self {
+            Input::File { path, .. } => load_file(path),
+            Input::Text { title, body, .. } => Ok(LoadedDocument {
+                title: title.clone(),
+                tags: vec![],
+                body: body.clone(),
+                markdown: false,
+            }),
+        }
+    }
+}
+
 pub struct Ingestor {
     pub embedder: Arc<dyn Embedder>,
     pub vectors: Arc<dyn VectorStore>,
@@ -173,6 +215,23 @@ impl Ingestor {
         options: &IngestOptions,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<IngestReport> {
+        let inputs: Vec<Input> = files
+            .iter()
+            .map(|(path, source)| Input::File {
+                path: path.clone(),
+                source: source.clone(),
+            })
+            .collect();
+        self.ingest_inputs(&inputs, options, progress).await
+    }
+
+    /// [`Ingestor::ingest`] over documents from files or from memory.
+    pub async fn ingest_inputs(
+        &self,
+        files: &[Input],
+        options: &IngestOptions,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<IngestReport> {
         let started = Instant::now();
         let run_id = self.docs.start_run(&now()).await?;
         let mut report = IngestReport {
@@ -182,13 +241,14 @@ impl Ingestor {
         progress(Progress::Started {
             documents: files.len(),
         });
-        for (i, (path, source)) in files.iter().enumerate() {
-            let outcome = match self.ingest_one(path, source, options, progress).await {
+        for (i, input) in files.iter().enumerate() {
+            let source = input.source();
+            let outcome = match self.ingest_one(input, options, progress).await {
                 Ok(outcome) => outcome,
                 // A store that fails stops the run; a bad file fails alone.
                 Err(e @ (Error::Unavailable(_) | Error::Internal(_))) => return Err(e),
                 Err(e) => DocumentOutcome::Failed {
-                    source: source.clone(),
+                    source: source.to_string(),
                     reason: e.to_string(),
                 },
             };
@@ -229,13 +289,12 @@ impl Ingestor {
 
     async fn ingest_one(
         &self,
-        path: &Path,
-        source: &str,
+        input: &Input,
         options: &IngestOptions,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<DocumentOutcome> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::invalid(format!("{}: cannot read: {e}", path.display())))?;
+        let source = input.source();
+        let bytes = input.bytes()?;
         let mut hasher = Sha256::new();
         hasher.update(&bytes);
         // Options change what is stored, so they are part of the identity.
@@ -255,7 +314,7 @@ impl Ingestor {
             });
         }
 
-        let loaded = load_file(path)?;
+        let loaded = input.load()?;
         let chunker = self.chunker.clone();
         let pieces = {
             let loaded = loaded.clone();
@@ -308,22 +367,26 @@ impl Ingestor {
                 .map(|c| embedding_text(&loaded.title, &c.heading, &c.text))
                 .collect();
             let embedder = self.embedder.clone();
-            let vectors = tokio::task::spawn_blocking(move || {
+            let (texts, vectors) = tokio::task::spawn_blocking(move || {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                embedder.embed(&refs)
+                let vectors = embedder.embed(&refs);
+                (texts, vectors)
             })
             .await
-            .map_err(|e| Error::internal(e.to_string()))??;
+            .map_err(|e| Error::internal(e.to_string()))?;
+            let vectors = vectors?;
             let points = batch
                 .iter()
+                .zip(texts)
                 .zip(vectors)
-                .map(|(c, dense)| VectorPoint {
+                .map(|((c, text), dense)| VectorPoint {
                     chunk_id: c.id.clone(),
                     document_id: doc_id.clone(),
                     collection: options.collection.clone(),
                     tags: options.tags.iter().chain(&loaded.tags).cloned().collect(),
                     groups: options.groups.clone(),
                     dense,
+                    text,
                 })
                 .collect();
             self.vectors.upsert(points).await?;

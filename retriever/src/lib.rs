@@ -1,58 +1,181 @@
 //! From a question to ranked passages.
 //!
-//! The question is embedded, the vector store finds the nearest chunks
-//! under the caller's filters, and each hit is joined with its committed
-//! chunk row and document. Hits without a committed row (vectors of an
-//! ingest still in flight, or left by a crash) are dropped here, which is
-//! what lets ingest switch a document's version atomically in SQL.
+//! The question is embedded, the vector store finds candidates under the
+//! caller's filters (dense, BM25 or both fused), and each candidate is
+//! joined with its committed chunk row and document. Candidates without a
+//! committed row (vectors of an ingest still in flight, or left by a crash)
+//! are dropped here, which is what lets ingest switch a document's version
+//! atomically in SQL. Then the list is shaped: near-duplicates go, an
+//! optional reranker and maximal-marginal-relevance reorder it, and a hit
+//! cut mid-sentence can take in the chunk that follows it.
+
+pub mod metrics;
+mod shape;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rag_core::{DocumentStore, Embedder, Error, Hit, Result, SearchFilter, VectorStore};
+use rag_core::{
+    ChunkRecord, DocumentRecord, DocumentStore, Embedder, Error, Fusion, Hit, Reranker, Result,
+    SearchFilter, SearchMode, VectorQuery, VectorStore,
+};
 
-/// Extra candidates fetched per requested hit, to make up for dropped ones.
-const OVERFETCH: usize = 2;
+pub use shape::{EmbeddingReranker, cut_mid_sentence, join_overlapping, mmr_order};
+
+/// Candidates fetched per requested hit: some are dropped (uncommitted,
+/// near-duplicates) and reranking and diversity need a choice.
+const OVERFETCH: usize = 3;
+
+/// How one retrieval runs. The defaults are what `retrieve`, `ask` and the
+/// API use.
+#[derive(Debug, Clone)]
+pub struct RetrieveOptions {
+    pub k: usize,
+    pub mode: SearchMode,
+    pub fusion: Fusion,
+    pub filter: SearchFilter,
+    /// A hit whose embedding has at least this cosine similarity to a
+    /// better hit's is a near-duplicate and dropped (1.0 keeps all but
+    /// identical ones).
+    pub dedup_similarity: f32,
+    /// Maximal marginal relevance: `Some(lambda)` trades relevance (1.0)
+    /// against diversity (0.0).
+    pub mmr_lambda: Option<f32>,
+    /// Append the next chunk of the document to a hit that ends
+    /// mid-sentence.
+    pub expand_neighbours: bool,
+    /// Search the exact neighbours instead of the approximate index.
+    pub exact: bool,
+    /// See [`VectorQuery::hnsw_ef`].
+    pub hnsw_ef: Option<usize>,
+}
+
+impl Default for RetrieveOptions {
+    fn default() -> Self {
+        Self {
+            k: 5,
+            mode: SearchMode::default(),
+            fusion: Fusion::default(),
+            filter: SearchFilter::default(),
+            dedup_similarity: 0.98,
+            mmr_lambda: None,
+            expand_neighbours: false,
+            exact: false,
+            hnsw_ef: None,
+        }
+    }
+}
 
 pub struct Retriever {
     pub embedder: Arc<dyn Embedder>,
     pub vectors: Arc<dyn VectorStore>,
     pub docs: Arc<dyn DocumentStore>,
+    pub reranker: Option<Arc<dyn Reranker>>,
+}
+
+/// A joined candidate, before shaping.
+struct Candidate {
+    hit: Hit,
+    vector: Vec<f32>,
+    ordinal: usize,
 }
 
 impl Retriever {
+    /// The `k` best passages for a question under the default options.
     pub async fn retrieve(
         &self,
         question: &str,
         k: usize,
         filter: &SearchFilter,
     ) -> Result<Vec<Hit>> {
+        let options = RetrieveOptions {
+            k,
+            filter: filter.clone(),
+            ..Default::default()
+        };
+        self.retrieve_with(question, &options).await
+    }
+
+    pub async fn retrieve_with(
+        &self,
+        question: &str,
+        options: &RetrieveOptions,
+    ) -> Result<Vec<Hit>> {
         let question = question.trim();
         if question.is_empty() {
             return Err(Error::invalid("the question is empty"));
         }
-        if k == 0 {
+        if options.k == 0 {
             return Ok(vec![]);
         }
+        let dense = self.embed(question).await?;
+        let scored = self
+            .vectors
+            .search(&VectorQuery {
+                dense: dense.clone(),
+                text: question.to_string(),
+                mode: options.mode,
+                fusion: options.fusion,
+                filter: options.filter.clone(),
+                limit: options.k * OVERFETCH,
+                exact: options.exact,
+                hnsw_ef: options.hnsw_ef,
+            })
+            .await?;
+        let mut candidates = self.join(scored).await?;
+
+        shape::drop_near_duplicates(&mut candidates, options.dedup_similarity, |c| {
+            (&c.vector, &c.hit.text)
+        });
+        if let Some(reranker) = &self.reranker {
+            self.rerank(reranker.clone(), question, &mut candidates)
+                .await?;
+        }
+        if let Some(lambda) = options.mmr_lambda {
+            let relevance: Vec<f32> = candidates.iter().map(|c| c.hit.score).collect();
+            let vectors: Vec<&[f32]> = candidates.iter().map(|c| c.vector.as_slice()).collect();
+            let order = mmr_order(&relevance, &vectors, lambda, options.k);
+            let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+            candidates = order.into_iter().filter_map(|i| slots[i].take()).collect();
+        }
+        candidates.truncate(options.k);
+        if options.expand_neighbours {
+            for c in &mut candidates {
+                self.expand(c).await?;
+            }
+        }
+        Ok(candidates
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Hit {
+                rank: i + 1,
+                ..c.hit
+            })
+            .collect())
+    }
+
+    async fn embed(&self, question: &str) -> Result<Vec<f32>> {
         let embedder = self.embedder.clone();
         let q = question.to_string();
-        let vector = tokio::task::spawn_blocking(move || embedder.embed(&[q.as_str()]))
+        tokio::task::spawn_blocking(move || embedder.embed(&[q.as_str()]))
             .await
             .map_err(|e| Error::internal(e.to_string()))??
             .pop()
-            .ok_or_else(|| Error::internal("the embedder returned no vector"))?;
-        let scored = self.vectors.search(&vector, filter, k * OVERFETCH).await?;
+            .ok_or_else(|| Error::internal("the embedder returned no vector"))
+    }
+
+    /// Joins hits with their committed rows, in rank order.
+    async fn join(&self, scored: Vec<rag_core::ScoredChunk>) -> Result<Vec<Candidate>> {
         let ids: Vec<String> = scored.iter().map(|s| s.chunk_id.clone()).collect();
-        let chunks: HashMap<String, rag_core::ChunkRecord> = self
+        let chunks: HashMap<String, ChunkRecord> = self
             .docs
             .chunks(&ids)
             .await?
             .into_iter()
             .map(|c| (c.id.clone(), c))
             .collect();
-
-        let mut documents = HashMap::new();
-        let mut hits = Vec::with_capacity(k);
+        let mut documents: HashMap<String, Option<DocumentRecord>> = HashMap::new();
+        let mut out = Vec::with_capacity(scored.len());
         for s in scored {
             let Some(chunk) = chunks.get(&s.chunk_id) else {
                 continue;
@@ -64,21 +187,66 @@ impl Retriever {
             let Some(Some(doc)) = documents.get(&chunk.document_id) else {
                 continue;
             };
-            hits.push(Hit {
-                rank: hits.len() + 1,
-                score: s.score,
-                doc_id: doc.id.clone(),
-                chunk_id: chunk.id.clone(),
-                source: doc.source.clone(),
-                title: doc.title.clone(),
-                page: chunk.page,
-                heading: chunk.heading.clone(),
-                text: chunk.text.clone(),
+            out.push(Candidate {
+                hit: Hit {
+                    rank: out.len() + 1,
+                    score: s.score,
+                    similarity: s.similarity,
+                    doc_id: doc.id.clone(),
+                    chunk_id: chunk.id.clone(),
+                    source: doc.source.clone(),
+                    title: doc.title.clone(),
+                    page: chunk.page,
+                    heading: chunk.heading.clone(),
+                    text: chunk.text.clone(),
+                },
+                vector: s.vector,
+                ordinal: chunk.ordinal,
             });
-            if hits.len() == k {
-                break;
-            }
         }
-        Ok(hits)
+        Ok(out)
+    }
+
+    /// Reorders candidates by the reranker's score; the reranker's score
+    /// becomes the hit's score.
+    async fn rerank(
+        &self,
+        reranker: Arc<dyn Reranker>,
+        question: &str,
+        candidates: &mut [Candidate],
+    ) -> Result<()> {
+        let passages: Vec<String> = candidates.iter().map(|c| c.hit.text.clone()).collect();
+        let q = question.to_string();
+        let scores = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+            reranker.score(&q, &refs)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
+        if scores.len() != candidates.len() {
+            return Err(Error::internal(format!(
+                "the reranker scored {} passages of {}",
+                scores.len(),
+                candidates.len()
+            )));
+        }
+        for (c, s) in candidates.iter_mut().zip(scores) {
+            c.hit.score = s;
+        }
+        candidates.sort_by(|a, b| b.hit.score.total_cmp(&a.hit.score));
+        Ok(())
+    }
+
+    /// Appends the document's next chunk when the hit ends mid-sentence.
+    async fn expand(&self, c: &mut Candidate) -> Result<()> {
+        if !cut_mid_sentence(&c.hit.text) {
+            return Ok(());
+        }
+        if let Some(next) = self.docs.chunk_at(&c.hit.doc_id, c.ordinal + 1).await?
+            && next.heading == c.hit.heading
+        {
+            c.hit.text = join_overlapping(&c.hit.text, &next.text);
+        }
+        Ok(())
     }
 }

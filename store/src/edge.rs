@@ -2,18 +2,32 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
+use qdrant_edge::external::ordered_float::{NotNan, OrderedFloat};
 use qdrant_edge::{
-    AnyVariants, Condition, Distance, EdgeConfig, EdgeShard, EdgeVectorParams, FieldCondition,
-    Filter, Match, NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId,
-    PointInsertOperations, PointOperations, PointStruct, QueryEnum, QueryRequest, ScoringQuery,
-    ScrollRequest, UpdateOperation, Vectors, WithPayloadInterface, WithVector,
+    AnyVariants, Condition, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParamsBuilder,
+    EdgeVectorParams, FieldCondition, Filter, Fusion, Match, Modifier, NamedQuery,
+    PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
+    PointStruct, Prefetch, QueryEnum, QueryRequest, ScoredPoint, ScoringQuery, ScrollRequest,
+    SearchParams, SparseVector, UpdateOperation, Vector, VectorInternal, VectorStructInternal,
+    Vectors, WithPayloadInterface, WithVector,
 };
 use qdrant_edge::{CreateIndex, FieldIndexOperations};
-use rag_core::{Error, Result, ScoredChunk, SearchFilter, VectorPoint, VectorStore};
+use rag_core::{
+    Error, Result, ScoredChunk, SearchFilter, SearchMode, VectorPoint, VectorQuery, VectorStore,
+};
 use serde_json::json;
 use uuid::Uuid;
 
 const DENSE: &str = "dense";
+const SPARSE: &str = "bm25";
+/// BM25's expected passage length, in tokens after stop words are removed:
+/// the mean over the handbook's chunks at the default chunk size (about 200
+/// embedder tokens) is close to it. Changing it needs a re-ingest.
+const BM25_AVG_LEN: f64 = 100.0;
+/// Candidates each side of a hybrid search brings to the fusion, per hit
+/// asked for.
+const PREFETCH_FACTOR: usize = 4;
 /// Payload fields that filters use; each gets a keyword index.
 const INDEXED_FIELDS: [&str; 4] = ["collection", "doc_id", "tags", "groups"];
 
@@ -24,6 +38,7 @@ const INDEXED_FIELDS: [&str; 4] = ["collection", "doc_id", "tags", "groups"];
 /// clear error instead of a corrupted store.
 pub struct EdgeVectorStore {
     shard: EdgeShard,
+    bm25: EdgeBm25,
     path: PathBuf,
     /// The engine's `flush` expects no concurrent writer; every write and
     /// flush goes through this lock.
@@ -45,6 +60,14 @@ impl EdgeVectorStore {
                     DENSE,
                     EdgeVectorParams::builder(dimension, Distance::Cosine).build(),
                 )
+                // The engine keeps document frequencies and applies IDF at
+                // query time, so weights stay right as the corpus changes.
+                .sparse_vector(
+                    SPARSE,
+                    EdgeSparseVectorParamsBuilder::new()
+                        .modifier(Modifier::Idf)
+                        .build(),
+                )
                 .build();
             EdgeShard::new(path, config)
         }
@@ -59,8 +82,21 @@ impl EdgeVectorStore {
                 params.size
             )));
         }
+        if !shard.config().sparse_vectors.contains_key(SPARSE) {
+            return Err(Error::invalid(format!(
+                "the vector store at {} was made by an older version without BM25 vectors; \
+                 delete the data directory and ingest again",
+                path.display()
+            )));
+        }
+        let bm25 = EdgeBm25::new(EdgeBm25Config {
+            avg_len: NotNan::new(BM25_AVG_LEN).expect("not NaN"),
+            ..Default::default()
+        })
+        .map_err(|e| Error::internal(format!("BM25: {e}")))?;
         let store = Self {
             shard,
+            bm25,
             path: path.to_owned(),
             writes: Mutex::new(()),
         };
@@ -143,6 +179,37 @@ fn chunk_id_of(id: &PointId) -> String {
     }
 }
 
+fn dense_of(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
+    match vector {
+        Some(VectorStructInternal::Named(mut named)) => match named.remove(DENSE) {
+            Some(VectorInternal::Dense(v)) => Some(v),
+            _ => None,
+        },
+        Some(VectorStructInternal::Single(v)) => Some(v),
+        _ => None,
+    }
+}
+
+fn scored_chunk(point: ScoredPoint, question: &[f32]) -> Result<ScoredChunk> {
+    let vector = dense_of(point.vector)
+        .ok_or_else(|| Error::internal("the vector store returned a hit without its vector"))?;
+    // Stored vectors are normalised (cosine distance); the question may
+    // not be.
+    let norm = question
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    let similarity = vector.iter().zip(question).map(|(a, b)| a * b).sum::<f32>() / norm;
+    Ok(ScoredChunk {
+        chunk_id: chunk_id_of(&point.id),
+        score: point.score,
+        similarity,
+        vector,
+    })
+}
+
 fn filter_of(filter: &SearchFilter) -> Option<Filter> {
     let mut must = Vec::new();
     let key = |k: &str| k.try_into().expect("static payload key");
@@ -192,12 +259,13 @@ impl VectorStore for EdgeVectorStore {
                     "tags": p.tags,
                     "groups": p.groups,
                 });
-                Ok(PointStruct::new(
-                    point_id(&p.chunk_id)?,
-                    Vectors::new_named([(DENSE, p.dense)]),
-                    payload,
+                let sparse: SparseVector = self.bm25.embed_document(&p.text);
+                let vectors: [(&str, Vector); 2] =
+                    [(DENSE, p.dense.into()), (SPARSE, sparse.into())];
+                Ok(
+                    PointStruct::new(point_id(&p.chunk_id)?, Vectors::new_named(vectors), payload)
+                        .into(),
                 )
-                .into())
             })
             .collect::<Result<Vec<_>>>()?;
         self.write(UpdateOperation::PointOperation(
@@ -218,34 +286,91 @@ impl VectorStore for EdgeVectorStore {
         ))
     }
 
-    async fn search(
-        &self,
-        vector: &[f32],
-        filter: &SearchFilter,
-        limit: usize,
-    ) -> Result<Vec<ScoredChunk>> {
-        let request = QueryRequest {
-            prefetches: vec![],
-            query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
-                query: vector.to_vec().into(),
+    async fn search(&self, query: &VectorQuery) -> Result<Vec<ScoredChunk>> {
+        let filter = filter_of(&query.filter);
+        let params = (query.exact || query.hnsw_ef.is_some()).then(|| SearchParams {
+            exact: query.exact,
+            hnsw_ef: query.hnsw_ef,
+            ..Default::default()
+        });
+        let dense = || {
+            ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::Dense(query.dense.clone()),
                 using: Some(DENSE.to_string()),
-            }))),
-            filter: filter_of(filter),
+            }))
+        };
+        let sparse_vector = self.bm25.embed_query(&query.text);
+        let sparse = || {
+            ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::Sparse(sparse_vector.clone()),
+                using: Some(SPARSE.to_string()),
+            }))
+        };
+        // A question of stop words only has no sparse side.
+        let has_words = !sparse_vector.indices.is_empty();
+        let (prefetches, scoring) = match query.mode {
+            SearchMode::Dense => (vec![], dense()),
+            SearchMode::Sparse if !has_words => return Ok(vec![]),
+            SearchMode::Sparse => (vec![], sparse()),
+            SearchMode::Hybrid if !has_words => (vec![], dense()),
+            SearchMode::Hybrid => {
+                let prefetch = |q: ScoringQuery| Prefetch {
+                    prefetches: vec![],
+                    query: Some(q),
+                    limit: query.limit * PREFETCH_FACTOR,
+                    params,
+                    filter: filter.clone(),
+                    score_threshold: None,
+                };
+                let f = query.fusion;
+                (
+                    vec![prefetch(dense()), prefetch(sparse())],
+                    ScoringQuery::Fusion(Fusion::Rrf {
+                        k: f.rrf_k,
+                        weights: Some(vec![
+                            OrderedFloat(f.dense_weight),
+                            OrderedFloat(f.sparse_weight),
+                        ]),
+                    }),
+                )
+            }
+        };
+        let request = QueryRequest {
+            prefetches,
+            query: Some(scoring),
+            filter,
             score_threshold: None,
-            limit,
+            limit: query.limit,
             offset: 0,
-            params: None,
-            with_vector: WithVector::Bool(false),
+            params,
+            with_vector: WithVector::Selector(vec![DENSE.into()]),
             with_payload: WithPayloadInterface::Bool(false),
         };
         let points = self.shard.query(request).map_err(engine_error)?;
-        Ok(points
+        points
             .into_iter()
-            .map(|p| ScoredChunk {
-                chunk_id: chunk_id_of(&p.id),
-                score: p.score,
-            })
-            .collect())
+            .map(|p| scored_chunk(p, &query.dense))
+            .collect()
+    }
+
+    async fn vectors(&self, chunk_ids: &[String]) -> Result<Vec<Option<Vec<f32>>>> {
+        let ids = chunk_ids
+            .iter()
+            .map(|c| point_id(c))
+            .collect::<Result<Vec<_>>>()?;
+        let records = self
+            .shard
+            .retrieve(
+                &ids,
+                Some(WithPayloadInterface::Bool(false)),
+                Some(WithVector::Selector(vec![DENSE.into()])),
+            )
+            .map_err(engine_error)?;
+        let mut found: std::collections::HashMap<String, Vec<f32>> = records
+            .into_iter()
+            .filter_map(|r| Some((chunk_id_of(&r.id), dense_of(r.vector)?)))
+            .collect();
+        Ok(chunk_ids.iter().map(|c| found.remove(c)).collect())
     }
 
     async fn chunk_ids(&self) -> Result<Vec<String>> {
@@ -284,14 +409,16 @@ impl VectorStore for EdgeVectorStore {
 mod tests {
     use super::*;
 
-    fn point(chunk: &str, doc: &str, groups: &[&str], dense: Vec<f32>) -> VectorPoint {
+    fn point(chunk: &str, doc: &str, groups: &[&str], dense: Vec<f32>, text: &str) -> VectorPoint {
+        let norm = dense.iter().map(|x| x * x).sum::<f32>().sqrt();
         VectorPoint {
             chunk_id: chunk.into(),
             document_id: doc.into(),
             collection: "default".into(),
             tags: vec![],
             groups: groups.iter().map(|g| g.to_string()).collect(),
-            dense,
+            dense: dense.iter().map(|x| x / norm).collect(),
+            text: text.into(),
         }
     }
 
@@ -299,59 +426,154 @@ mod tests {
         format!("{n:032x}")
     }
 
+    fn query(dense: &[f32], text: &str, mode: SearchMode, groups: Option<&[&str]>) -> VectorQuery {
+        VectorQuery {
+            dense: dense.to_vec(),
+            text: text.into(),
+            mode,
+            fusion: Default::default(),
+            filter: SearchFilter {
+                groups: groups.map(|g| g.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            },
+            limit: 10,
+            exact: false,
+            hnsw_ef: None,
+        }
+    }
+
+    async fn ids(store: &EdgeVectorStore, q: &VectorQuery) -> Vec<String> {
+        store
+            .search(q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.chunk_id)
+            .collect()
+    }
+
+    fn corpus() -> Vec<VectorPoint> {
+        vec![
+            point(
+                &id(1),
+                "d1",
+                &["hr"],
+                vec![1.0, 0.0, 0.0],
+                "Salary bands for every engineering level",
+            ),
+            point(
+                &id(2),
+                "d1",
+                &["eng"],
+                vec![0.0, 1.0, 0.0],
+                "Deploying the robot firmware to the fleet",
+            ),
+            point(
+                &id(3),
+                "d2",
+                &["hr", "eng"],
+                vec![0.7, 0.7, 0.0],
+                "Onboarding: laptops, badges and salaries",
+            ),
+            point(
+                &id(4),
+                "d3",
+                &[],
+                vec![0.0, 0.0, 1.0],
+                "The cafeteria menu changes weekly",
+            ),
+        ]
+    }
+
     #[tokio::test]
-    async fn upsert_search_delete_and_reopen() {
+    async fn dense_sparse_and_hybrid_rank_what_they_should() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EdgeVectorStore::open(dir.path(), 3).unwrap();
+        store.upsert(corpus()).await.unwrap();
+
+        // Dense: nearest by angle; similarity is the cosine.
+        let hits = store
+            .search(&query(&[1.0, 0.1, 0.0], "", SearchMode::Dense, None))
+            .await
+            .unwrap();
+        assert_eq!(hits[0].chunk_id, id(1));
+        assert!((hits[0].similarity - hits[0].score).abs() < 1e-5);
+        assert_eq!(hits[0].vector.len(), 3);
+
+        // Sparse: words, stemmed ("salaries" finds "salary"), stop words
+        // ignored; a chunk without the words is not a hit.
+        let q = query(&[0.0, 0.0, 1.0], "the salaries", SearchMode::Sparse, None);
+        let mut sparse = ids(&store, &q).await;
+        sparse.sort();
+        assert_eq!(sparse, [id(1), id(3)]);
+        // Stop words alone give no sparse hits at all.
+        let q = query(&[0.0, 0.0, 1.0], "the and of", SearchMode::Sparse, None);
+        assert!(ids(&store, &q).await.is_empty());
+
+        // Hybrid: a chunk both sides rank high wins over one only one side
+        // finds; similarity is still the cosine.
+        let q = query(
+            &[0.6, 0.8, 0.0],
+            "onboarding salaries firmware",
+            SearchMode::Hybrid,
+            None,
+        );
+        let hits = store.search(&q).await.unwrap();
+        let order: Vec<&str> = hits.iter().map(|h| h.chunk_id.as_str()).collect();
+        assert_eq!(order[0], id(3), "{order:?}");
+        assert!(order.contains(&id(1).as_str()) && order.contains(&id(2).as_str()));
+        let cos3 = (0.6 * 0.7 + 0.8 * 0.7) / (0.7f32 * 0.7 * 2.0).sqrt();
+        assert!((hits[0].similarity - cos3).abs() < 1e-4);
+    }
+
+    #[tokio::test]
+    async fn group_filters_hold_in_every_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EdgeVectorStore::open(dir.path(), 3).unwrap();
+        store.upsert(corpus()).await.unwrap();
+        // A question aimed squarely at the HR-only chunk, both ways.
+        let (dense, text) = ([1.0, 0.0, 0.0], "salary bands engineering level");
+        for mode in SearchMode::ALL {
+            let open = ids(&store, &query(&dense, text, mode, None)).await;
+            assert!(open.contains(&id(1)), "{mode}: unrestricted must see it");
+
+            let eng = ids(&store, &query(&dense, text, mode, Some(&["eng"]))).await;
+            assert!(
+                !eng.contains(&id(1)),
+                "{mode}: an hr chunk leaked to eng: {eng:?}"
+            );
+            assert!(
+                !eng.contains(&id(4)),
+                "{mode}: a group-less chunk is nobody's"
+            );
+            assert!(!eng.is_empty() || mode == SearchMode::Sparse, "{mode}");
+
+            let nobody = ids(&store, &query(&dense, text, mode, Some(&[]))).await;
+            assert!(
+                nobody.is_empty(),
+                "{mode}: a caller without groups got {nobody:?}"
+            );
+        }
+        // Sparse with a word only the eng chunk has still finds it for eng.
+        let q = query(&dense, "firmware", SearchMode::Sparse, Some(&["eng"]));
+        assert_eq!(ids(&store, &q).await, [id(2)]);
+    }
+
+    #[tokio::test]
+    async fn deletes_persist_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = EdgeVectorStore::open(dir.path(), 3).unwrap();
-            store
-                .upsert(vec![
-                    point(&id(1), "d1", &["hr"], vec![1.0, 0.0, 0.0]),
-                    point(&id(2), "d1", &["eng"], vec![0.0, 1.0, 0.0]),
-                    point(&id(3), "d2", &["hr", "eng"], vec![0.7, 0.7, 0.0]),
-                ])
-                .await
-                .unwrap();
-            let hits = store
-                .search(&[1.0, 0.1, 0.0], &SearchFilter::default(), 2)
-                .await
-                .unwrap();
-            assert_eq!(
-                hits.iter().map(|h| h.chunk_id.clone()).collect::<Vec<_>>(),
-                [id(1), id(3)]
-            );
-
-            let eng_only = SearchFilter {
-                groups: Some(vec!["eng".into()]),
-                ..Default::default()
-            };
-            let hits = store.search(&[1.0, 0.0, 0.0], &eng_only, 10).await.unwrap();
-            let ids: Vec<_> = hits.iter().map(|h| h.chunk_id.clone()).collect();
-            assert!(
-                !ids.contains(&id(1)),
-                "a chunk of another group leaked: {ids:?}"
-            );
-            assert_eq!(ids.len(), 2);
-
-            let nobody = SearchFilter {
-                groups: Some(vec![]),
-                ..Default::default()
-            };
-            assert!(
-                store
-                    .search(&[1.0, 0.0, 0.0], &nobody, 10)
-                    .await
-                    .unwrap()
-                    .is_empty()
-            );
-
+            store.upsert(corpus()).await.unwrap();
             store.delete(&[id(2)]).await.unwrap();
         }
-        // Reopen: what was written and flushed is still there.
+        // Reopen: what was written and flushed is still there, BM25 too.
         let store = EdgeVectorStore::open(dir.path(), 3).unwrap();
-        let mut ids = store.chunk_ids().await.unwrap();
-        ids.sort();
-        assert_eq!(ids, [id(1), id(3)]);
+        let mut all = store.chunk_ids().await.unwrap();
+        all.sort();
+        assert_eq!(all, [id(1), id(3), id(4)]);
+        let q = query(&[0.0, 0.0, 1.0], "cafeteria", SearchMode::Sparse, None);
+        assert_eq!(ids(&store, &q).await, [id(4)]);
         assert!(
             EdgeVectorStore::open(dir.path(), 4).is_err(),
             "dimension mismatch must be refused"

@@ -241,6 +241,19 @@ impl DocumentStore for SqlDocumentStore {
         Ok(out)
     }
 
+    async fn chunk_at(&self, document_id: &str, ordinal: usize) -> Result<Option<ChunkRecord>> {
+        let row = sqlx::query(
+            "SELECT id, document_id, ordinal, body, heading, page, token_count FROM chunks \
+             WHERE document_id = $1 AND ordinal = $2",
+        )
+        .bind(document_id)
+        .bind(ordinal as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(chunk_from_row).transpose()
+    }
+
     async fn chunk_ids(&self) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT id FROM chunks")
             .fetch_all(&self.pool)
