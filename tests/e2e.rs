@@ -352,6 +352,33 @@ fn serve_answers_healthz_and_ask() {
         body.contains("\"error\"") && body.contains("question"),
         "{body}"
     );
+    // Retrieval options over HTTP: mode and filters, checked.
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/retrieve",
+        r#"{"question":"VPN client","mode":"sparse","tags":["no-such-tag"]}"#,
+    );
+    assert_eq!((status, body.trim()), (200, "[]"));
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/retrieve",
+        r#"{"question":"VPN client","mode":"sparse","collection":"default","k":2}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let hits: Vec<Value> = serde_json::from_str(&body).unwrap();
+    // Sparse hits only chunks that share a word with the question.
+    assert!((1..=2).contains(&hits.len()), "{hits:?}");
+    assert_eq!(hits[0]["source"], "it/vpn.md");
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/retrieve",
+        r#"{"question":"VPN","mode":"fuzzy"}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("mode"), "{body}");
     drop(child);
 }
 
