@@ -718,3 +718,138 @@ fn eval_retrieval_scores_a_beir_folder_and_reuses_its_ingest() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("dev.tsv"));
 }
+
+#[test]
+fn formats_updates_prune_and_delete_leave_no_trace() {
+    use rag_ingest::testing::{build_pdf, pdf_bytes};
+    let dir = tempfile::tempdir().unwrap();
+    let (data, docs) = (dir.path().join("data"), dir.path().join("docs"));
+    std::fs::create_dir_all(docs.join("sub")).unwrap();
+    std::fs::write(
+        docs.join("welcome.md"),
+        "---\ntitle: Welcome\ntags: [onboarding]\n---\n# Welcome\n\nThe office opens at 8:30 every weekday.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("sub/parking.html"),
+        "<html><head><title>Parking</title><script>var x='tracking pixel';</script></head>\
+         <body><nav>Home | Menu</nav><main><h1>Parking</h1><p>Staff park on level minus two \
+         of the Harbour garage.</p></main></body></html>",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("manual.pdf"),
+        pdf_bytes(build_pdf(
+            &[
+                Some(&["Robot arm manual", "Unpack the arm on a flat bench."]),
+                Some(&["Calibration"]),
+                Some(&["The torque sensor is recalibrated every 400 operating hours."]),
+            ],
+            Some("Robot arm manual"),
+        )),
+    )
+    .unwrap();
+    std::fs::write(docs.join("broken.pdf"), b"%PDF-1.4 garbage").unwrap();
+    std::fs::write(docs.join("scan.pdf"), pdf_bytes(build_pdf(&[None], None))).unwrap();
+    std::fs::write(docs.join("tool.exe"), b"MZ").unwrap();
+
+    let ingest = |extra: &[&str]| -> (Value, i32) {
+        let out = rag(&data)
+            .arg("ingest")
+            .arg(&docs)
+            .args(extra)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        (report, out.status.code().unwrap())
+    };
+    let (report, code) = ingest(&[]);
+    // Bad files fail alone, with their reason; the run goes on; exit 2.
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["added"], 3, "{report}");
+    assert_eq!(report["failed"], 2, "{report}");
+    let reasons = report["outcomes"].to_string();
+    assert!(reasons.contains("not a readable PDF"), "{reasons}");
+    assert!(reasons.contains("no extractable text"), "{reasons}");
+    assert!(
+        !reasons.contains("tool.exe"),
+        "unsupported files in folders are left out"
+    );
+    std::fs::remove_file(docs.join("broken.pdf")).unwrap();
+    std::fs::remove_file(docs.join("scan.pdf")).unwrap();
+
+    // PDF hits know their page; HTML hits hold the main text only.
+    let hits = retrieve_json(
+        &data,
+        &["How often is the torque sensor recalibrated?", "--k", "1"],
+    );
+    assert_eq!(hits[0]["source"], "manual.pdf");
+    assert_eq!(hits[0]["title"], "Robot arm manual");
+    assert_eq!(hits[0]["page"], 3, "{hits:?}");
+    let hits = retrieve_json(&data, &["Where do staff park?", "--k", "1"]);
+    assert_eq!(hits[0]["source"], "sub/parking.html");
+    let text = hits[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("Harbour garage") && !text.contains("tracking") && !text.contains("Menu"),
+        "{text}"
+    );
+    let tagged = retrieve_json(&data, &["office hours", "--tag", "onboarding"]);
+    assert_eq!(sources(&tagged), ["welcome.md"]);
+
+    // An edited page is replaced: only its new text is found.
+    std::fs::write(
+        docs.join("welcome.md"),
+        "# Welcome\n\nThe office opens at 9:00 every weekday.\n",
+    )
+    .unwrap();
+    let (report, code) = ingest(&[]);
+    assert_eq!(
+        (code, &report["updated"], &report["unchanged"]),
+        (0, &Value::from(1), &Value::from(2)),
+        "{report}"
+    );
+    let hits = retrieve_json(
+        &data,
+        &[
+            "When does the office open?",
+            "--mode",
+            "sparse",
+            "--k",
+            "10",
+        ],
+    );
+    let all: String = hits.iter().map(|h| h["text"].as_str().unwrap()).collect();
+    assert!(all.contains("9:00") && !all.contains("8:30"), "{all}");
+
+    // A page gone from the folder: kept without --prune, removed with it.
+    std::fs::remove_file(docs.join("sub/parking.html")).unwrap();
+    let (report, _) = ingest(&[]);
+    assert_eq!(report["pruned"], serde_json::json!([]));
+    assert_eq!(doctor(&data)["documents"], 3);
+    let (report, code) = ingest(&["--prune"]);
+    assert_eq!(
+        (code, &report["pruned"]),
+        (0, &serde_json::json!(["sub/parking.html"])),
+        "{report}"
+    );
+    let d = doctor(&data);
+    assert_eq!(d["documents"], 2, "{d}");
+    assert_eq!(d["vectors"], d["chunks"], "{d}");
+    let hits = retrieve_json(&data, &["Where do staff park?", "--k", "5"]);
+    assert!(!sources(&hits).contains(&"sub/parking.html".to_string()));
+
+    // Delete by source: rows and vectors go; an unknown name fails.
+    let chunks_before = d["chunks"].as_u64().unwrap();
+    let out = run_ok(rag(&data).args(["delete", "manual.pdf"]));
+    assert!(out.contains("deleted manual.pdf"), "{out}");
+    let d = doctor(&data);
+    assert_eq!(d["documents"], 1, "{d}");
+    assert!(d["chunks"].as_u64().unwrap() < chunks_before);
+    assert_eq!(d["vectors"], d["chunks"], "{d}");
+    assert_eq!(d["orphan_vectors"], 0);
+    let out = rag(&data).args(["delete", "manual.pdf"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no document manual.pdf"));
+}

@@ -52,8 +52,20 @@ enum Command {
         /// Restrict the documents to an access group (repeatable).
         #[arg(long = "group")]
         groups: Vec<String>,
+        /// Also delete the collection's documents that are not among these
+        /// files (pages removed from the wiki).
+        #[arg(long)]
+        prune: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Delete documents, by source (as `ingest` names it) or id: their rows
+    /// and vectors, all of them.
+    Delete {
+        #[arg(required = true)]
+        documents: Vec<String>,
+        #[arg(long, default_value = "default")]
+        collection: String,
     },
     /// Print the passages retrieved for a question.
     Retrieve {
@@ -247,6 +259,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             collection,
             tags,
             groups,
+            prune,
             json,
         } => {
             let files = rag_ingest::collect_files(&paths)?;
@@ -258,10 +271,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 groups,
             };
             let bar = progress_bar(files.len() as u64, json);
-            let report = ingestor
+            let mut report = ingestor
                 .ingest(&files, &options, &ingest_progress(bar.clone()))
                 .await?;
             bar.finish_and_clear();
+            if prune {
+                let keep = files.iter().map(|(_, source)| source.as_str()).collect();
+                report.pruned = ingestor.prune(&options.collection, &keep).await?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -287,6 +304,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         _ => {}
                     }
+                }
+                for source in &report.pruned {
+                    println!("pruned {source}: no longer in the folder");
                 }
             }
             Ok(if report.failed > 0 {
@@ -411,6 +431,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     report.chunks
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete {
+            documents,
+            collection,
+        } => {
+            let app = App::open(settings).await?;
+            let ingestor = app.ingestor()?;
+            let mut missing = Vec::new();
+            for name in &documents {
+                let doc = match app.docs.document_by_source(&collection, name).await? {
+                    Some(doc) => Some(doc),
+                    None => app.docs.document(name).await?,
+                };
+                match doc {
+                    Some(doc) => {
+                        ingestor.delete(&doc.id).await?;
+                        println!("deleted {} ({} chunks)", doc.source, doc.chunk_count);
+                    }
+                    None => missing.push(name.as_str()),
+                }
+            }
+            anyhow::ensure!(
+                missing.is_empty(),
+                "no document {} in collection {collection:?} (give a source as ingest named it, or a document id)",
+                missing.join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { addr } => {

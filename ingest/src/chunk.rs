@@ -27,6 +27,8 @@ pub struct TextChunk {
     pub text: String,
     /// Heading path at the chunk's start, `A > B`; empty when none.
     pub heading: String,
+    /// The page the chunk is on, for paged formats; chunks never span pages.
+    pub page: Option<u32>,
     pub token_count: usize,
 }
 
@@ -61,19 +63,30 @@ impl Chunker {
     }
 
     pub fn chunk(&self, doc: &LoadedDocument) -> Vec<TextChunk> {
+        if doc.pages.is_empty() {
+            return self.chunk_text(doc, &doc.body, None);
+        }
+        // Page by page, so that every chunk knows its page.
+        let mut out = Vec::new();
+        for (i, &(number, start)) in doc.pages.iter().enumerate() {
+            let end = doc.pages.get(i + 1).map_or(doc.body.len(), |p| p.1);
+            out.extend(self.chunk_text(doc, &doc.body[start..end], Some(number)));
+        }
+        out
+    }
+
+    fn chunk_text(&self, doc: &LoadedDocument, body: &str, page: Option<u32>) -> Vec<TextChunk> {
         let config = ChunkConfig::new(self.options.max_tokens)
             .with_overlap(self.options.overlap_tokens)
             .expect("overlap checked in new")
             .with_sizer(&self.tokenizer);
         let pieces: Vec<(usize, &str)> = if doc.markdown {
-            MarkdownSplitter::new(config)
-                .chunk_indices(&doc.body)
-                .collect()
+            MarkdownSplitter::new(config).chunk_indices(body).collect()
         } else {
-            TextSplitter::new(config).chunk_indices(&doc.body).collect()
+            TextSplitter::new(config).chunk_indices(body).collect()
         };
         let headings = if doc.markdown {
-            heading_offsets(&doc.body)
+            heading_offsets(body)
         } else {
             vec![]
         };
@@ -86,6 +99,7 @@ impl Chunker {
                 TextChunk {
                     text: text.to_string(),
                     heading: breadcrumb(&headings, first_line_end),
+                    page,
                     token_count: self.count_tokens(text),
                 }
             })

@@ -6,12 +6,20 @@
 //! a store that the next run repairs (see ARCHITECTURE.md, "Ingest order").
 
 mod chunk;
+mod formats;
 mod load;
 mod pipeline;
 
 pub use chunk::{ChunkOptions, Chunker, TextChunk};
-pub use load::{LoadedDocument, SUPPORTED_EXTENSIONS, load_file, load_text};
+pub use load::{LoadedDocument, SUPPORTED_EXTENSIONS, load_bytes, load_file, load_text};
 pub use pipeline::{
     DocumentOutcome, IngestOptions, IngestReport, Ingestor, Input, Progress, collect_files,
     embedding_text, repair,
 };
+
+/// Test helpers shared with the end-to-end tests.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::formats::pdf_fixture::{build as build_pdf, bytes as pdf_bytes};
+    pub use lopdf;
+}

@@ -6,7 +6,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 /// File extensions the loaders read.
-pub const SUPPORTED_EXTENSIONS: &[&str] = &["md", "markdown", "txt", "text"];
+pub const SUPPORTED_EXTENSIONS: &[&str] = &["md", "markdown", "txt", "text", "html", "htm", "pdf"];
 
 /// A parsed document, before chunking.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +17,9 @@ pub struct LoadedDocument {
     /// and link targets removed), plain text otherwise.
     pub body: String,
     pub markdown: bool,
+    /// For paged formats (PDF): `(page number, byte offset in body where
+    /// the page starts)`, in order; empty otherwise.
+    pub pages: Vec<(u32, usize)>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -30,23 +33,36 @@ struct FrontMatter {
 
 /// Reads and parses one file; the extension picks the loader.
 pub fn load_file(path: &Path) -> Result<LoadedDocument> {
-    let ext = extension(path);
-    if !SUPPORTED_EXTENSIONS.contains(&ext.as_str()) {
+    if !SUPPORTED_EXTENSIONS.contains(&extension(path).as_str()) {
         return Err(unsupported(path));
     }
     let bytes = std::fs::read(path)
         .map_err(|e| Error::invalid(format!("{}: cannot read: {e}", path.display())))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| Error::invalid(format!("{}: not valid UTF-8 text", path.display())))?;
-    let fallback = path
+    load_bytes(path, &bytes)
+}
+
+/// Parses a file's bytes; `name` (a path or a file name, never opened)
+/// gives the extension and the fallback title.
+pub fn load_bytes(name: &Path, bytes: &[u8]) -> Result<LoadedDocument> {
+    let ext = extension(name);
+    if !SUPPORTED_EXTENSIONS.contains(&ext.as_str()) {
+        return Err(unsupported(name));
+    }
+    let fallback = name
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(load_text(
-        &text,
-        matches!(ext.as_str(), "md" | "markdown"),
-        &fallback,
-    ))
+    let with_name = |e: Error| Error::invalid(format!("{}: {e}", name.display()));
+    if ext == "pdf" {
+        return crate::formats::load_pdf(bytes, &fallback).map_err(with_name);
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Error::invalid(format!("{}: not valid UTF-8 text", name.display())))?;
+    Ok(match ext.as_str() {
+        "html" | "htm" => crate::formats::load_html(text, &fallback),
+        "md" | "markdown" => load_text(text, true, &fallback),
+        _ => load_text(text, false, &fallback),
+    })
 }
 
 /// The error for a file no loader reads, listing those that are read.
@@ -77,6 +93,7 @@ pub fn load_text(text: &str, markdown: bool, fallback_title: &str) -> LoadedDocu
             tags: vec![],
             body: text.trim().to_string(),
             markdown: false,
+            pages: vec![],
         };
     }
     let matter = gray_matter::Matter::<gray_matter::engine::YAML>::new();
@@ -98,6 +115,7 @@ pub fn load_text(text: &str, markdown: bool, fallback_title: &str) -> LoadedDocu
         tags,
         body,
         markdown: true,
+        pages: vec![],
     }
 }
 
@@ -133,6 +151,11 @@ static LINK: LazyLock<Regex> =
 static HTML_COMMENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"<!--[\s\S]*?-->").unwrap());
 static BLANK_LINES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\n{3,}").unwrap());
 
+/// Trims the text and leaves at most one blank line between paragraphs.
+pub(crate) fn collapse_blank_lines(text: &str) -> String {
+    BLANK_LINES.replace_all(text.trim(), "\n\n").into_owned()
+}
+
 /// Drops what should not be indexed: template tags (`{% include %}`,
 /// `{% alert %}`, `{{ var }}`), HTML comments, and link targets (the link
 /// text stays).
@@ -141,7 +164,7 @@ fn clean_markdown(content: &str) -> String {
     let text = HTML_COMMENT.replace_all(&text, "");
     let text = LINK.replace_all(&text, "$1");
     let text = text.replace("\\#", "#").replace("\\~", "~");
-    BLANK_LINES.replace_all(text.trim(), "\n\n").into_owned()
+    collapse_blank_lines(&text)
 }
 
 #[cfg(test)]

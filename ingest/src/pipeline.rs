@@ -73,6 +73,8 @@ pub struct IngestReport {
     pub embedded_chunks: usize,
     /// Leftovers of an interrupted run removed before starting.
     pub repaired_vectors: usize,
+    /// Documents removed by `--prune` (sources gone from the folder).
+    pub pruned: Vec<String>,
     pub seconds: f64,
     pub outcomes: Vec<DocumentOutcome>,
 }
@@ -185,6 +187,7 @@ impl Input {
                 tags: vec![],
                 body: body.clone(),
                 markdown: false,
+                pages: vec![],
             }),
         }
     }
@@ -348,7 +351,7 @@ impl Ingestor {
                     ordinal,
                     text: piece.text.clone(),
                     heading: piece.heading.clone(),
-                    page: None,
+                    page: piece.page,
                     token_count: piece.token_count,
                 }
             })
@@ -428,6 +431,19 @@ impl Ingestor {
                 embedded,
             },
         })
+    }
+
+    /// Deletes the documents of `collection` whose source is not in
+    /// `keep` (files gone from an ingested folder); returns their sources.
+    pub async fn prune(&self, collection: &str, keep: &HashSet<&str>) -> Result<Vec<String>> {
+        let mut gone = Vec::new();
+        for doc in self.docs.documents(Some(collection)).await? {
+            if !keep.contains(doc.source.as_str()) {
+                self.delete(&doc.id).await?;
+                gone.push(doc.source);
+            }
+        }
+        Ok(gone)
     }
 
     /// Deletes a document: its rows first (it disappears from answers at

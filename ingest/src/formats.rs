@@ -1,0 +1,329 @@
+//! HTML and PDF: the two formats that need a parser rather than a cleanup.
+
+use rag_core::{Error, Result};
+use scraper::{ElementRef, Html, Node, Selector};
+
+use crate::LoadedDocument;
+
+/// Elements whose text is never content: code, styling, navigation and
+/// page furniture.
+const SKIPPED: &[&str] = &[
+    "script", "style", "noscript", "template", "nav", "header", "footer", "aside", "form",
+    "button", "svg", "iframe", "head",
+];
+
+/// The main text of an HTML page as Markdown-like text (headings become
+/// `#` lines, so the chunker keeps a breadcrumb), with the title from
+/// `<title>`, else the first `<h1>`, else `fallback_title`.
+pub fn load_html(html: &str, fallback_title: &str) -> LoadedDocument {
+    let page = Html::parse_document(html);
+    let select = |s: &str| Selector::parse(s).expect("static selector");
+    let text_of = |e: ElementRef| e.text().collect::<Vec<_>>().join(" ");
+    let clean = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let title = page
+        .select(&select("title"))
+        .next()
+        .map(|t| clean(text_of(t)))
+        .filter(|t| !t.is_empty())
+        .or_else(|| {
+            page.select(&select("h1"))
+                .next()
+                .map(|t| clean(text_of(t)))
+                .filter(|t| !t.is_empty())
+        })
+        .unwrap_or_else(|| fallback_title.to_string());
+    // The page's main content when it marks it, else the whole body.
+    let root = ["main", "article", "[role=main]", "body"]
+        .iter()
+        .find_map(|s| page.select(&select(s)).next())
+        .unwrap_or_else(|| page.root_element());
+    let mut out = String::new();
+    walk(root, &mut out);
+    let body = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let body = crate::load::collapse_blank_lines(&body);
+    LoadedDocument {
+        title,
+        tags: vec![],
+        body,
+        markdown: true,
+        pages: vec![],
+    }
+}
+
+fn walk(element: ElementRef, out: &mut String) {
+    for child in element.children() {
+        match child.value() {
+            Node::Text(text) => out.push_str(text),
+            Node::Element(e) => {
+                let name = e.name();
+                if SKIPPED.contains(&name) {
+                    continue;
+                }
+                let Some(child) = ElementRef::wrap(child) else {
+                    continue;
+                };
+                match name {
+                    "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => {
+                        let level = name[1..].parse::<usize>().unwrap_or(1);
+                        let text: String = child.text().collect::<Vec<_>>().join(" ");
+                        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                        if !text.is_empty() {
+                            out.push_str(&format!("\n\n{} {text}\n\n", "#".repeat(level)));
+                        }
+                    }
+                    "br" => out.push('\n'),
+                    "li" => {
+                        out.push_str("\n- ");
+                        walk(child, out);
+                        out.push('\n');
+                    }
+                    "tr" => {
+                        out.push('\n');
+                        walk(child, out);
+                    }
+                    "td" | "th" => {
+                        out.push_str(" | ");
+                        walk(child, out);
+                    }
+                    "p" | "div" | "section" | "article" | "main" | "ul" | "ol" | "table"
+                    | "blockquote" | "pre" | "dl" | "dt" | "dd" | "figure" | "figcaption" => {
+                        out.push_str("\n\n");
+                        walk(child, out);
+                        out.push_str("\n\n");
+                    }
+                    _ => walk(child, out),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The text of a PDF, page by page. Encrypted, unreadable and image-only
+/// files are refused with the reason.
+pub fn load_pdf(bytes: &[u8], fallback_title: &str) -> Result<LoadedDocument> {
+    let doc = lopdf::Document::load_mem(bytes).map_err(|e| {
+        let msg = e.to_string();
+        if msg.to_lowercase().contains("decrypt") || msg.to_lowercase().contains("password") {
+            Error::invalid(format!(
+                "encrypted PDF: it needs a password to open ({msg}); remove the protection and try again"
+            ))
+        } else {
+            Error::invalid(format!("not a readable PDF: {msg}"))
+        }
+    })?;
+    if doc.is_encrypted() && doc.encryption_state.is_none() {
+        return Err(Error::invalid(
+            "encrypted PDF: it needs a password to open; remove the protection and try again",
+        ));
+    }
+    let mut body = String::new();
+    let mut pages = Vec::new();
+    for number in doc.get_pages().keys() {
+        let text = doc.extract_text(&[*number]).unwrap_or_default();
+        let text = text.lines().map(str::trim).collect::<Vec<_>>().join("\n");
+        let text = crate::load::collapse_blank_lines(&text);
+        if !text.chars().any(char::is_alphanumeric) {
+            continue;
+        }
+        if !body.is_empty() {
+            body.push_str("\n\n");
+        }
+        pages.push((*number, body.len()));
+        body.push_str(&text);
+    }
+    if pages.is_empty() {
+        return Err(Error::invalid(
+            "the PDF has no extractable text (scanned or image-only? text recognition is not supported)",
+        ));
+    }
+    let title = pdf_title(&doc).unwrap_or_else(|| fallback_title.to_string());
+    Ok(LoadedDocument {
+        title,
+        tags: vec![],
+        body,
+        markdown: false,
+        pages,
+    })
+}
+
+/// The `/Title` of the document information dictionary, when set.
+fn pdf_title(doc: &lopdf::Document) -> Option<String> {
+    let info = doc.trailer.get(b"Info").ok()?;
+    let info = match info {
+        lopdf::Object::Reference(id) => doc.get_object(*id).ok()?,
+        other => other,
+    };
+    let title = info.as_dict().ok()?.get(b"Title").ok()?;
+    let title = lopdf::decode_text_string(title).ok()?;
+    let title = title.trim().to_string();
+    (!title.is_empty()).then_some(title)
+}
+
+/// Writes PDFs for tests: one page per entry, each line a text line
+/// (`None`: a page with no text, as a scan would be).
+#[doc(hidden)]
+pub mod pdf_fixture {
+    use lopdf::content::{Content, Operation};
+    use lopdf::{Document, Object, Stream, dictionary};
+
+    pub fn build(pages: &[Option<&[&str]>], title: Option<&str>) -> Document {
+        let mut doc = Document::with_version("1.5");
+        let pages_id = doc.new_object_id();
+        let font_id = doc.add_object(dictionary! {
+            "Type" => "Font", "Subtype" => "Type1", "BaseFont" => "Helvetica",
+        });
+        let resources_id = doc.add_object(dictionary! {
+            "Font" => dictionary! { "F1" => font_id },
+        });
+        let mut kids = Vec::new();
+        for page in pages {
+            let mut operations = Vec::new();
+            if let Some(lines) = page {
+                operations.push(Operation::new("BT", vec![]));
+                operations.push(Operation::new("Tf", vec!["F1".into(), 12.into()]));
+                operations.push(Operation::new("Td", vec![72.into(), 720.into()]));
+                operations.push(Operation::new("TL", vec![14.into()]));
+                for line in *lines {
+                    operations.push(Operation::new("Tj", vec![Object::string_literal(*line)]));
+                    operations.push(Operation::new("T*", vec![]));
+                }
+                operations.push(Operation::new("ET", vec![]));
+            } else {
+                // A filled rectangle: marks on the page, no text.
+                operations.push(Operation::new(
+                    "re",
+                    vec![72.into(), 72.into(), 400.into(), 600.into()],
+                ));
+                operations.push(Operation::new("f", vec![]));
+            }
+            let content = Content { operations };
+            let content_id = doc.add_object(Stream::new(dictionary! {}, content.encode().unwrap()));
+            kids.push(
+                doc.add_object(dictionary! {
+                    "Type" => "Page", "Parent" => pages_id, "Contents" => content_id,
+                })
+                .into(),
+            );
+        }
+        let count = kids.len() as i64;
+        doc.objects.insert(
+            pages_id,
+            Object::Dictionary(dictionary! {
+                "Type" => "Pages", "Kids" => kids, "Count" => count,
+                "Resources" => resources_id,
+                "MediaBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
+            }),
+        );
+        let catalog_id = doc.add_object(dictionary! { "Type" => "Catalog", "Pages" => pages_id });
+        doc.trailer.set("Root", catalog_id);
+        if let Some(title) = title {
+            let info_id = doc.add_object(dictionary! {
+                "Title" => Object::string_literal(title),
+            });
+            doc.trailer.set("Info", info_id);
+        }
+        doc
+    }
+
+    pub fn bytes(mut doc: Document) -> Vec<u8> {
+        let mut out = Vec::new();
+        doc.save_to(&mut out).unwrap();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pdf_fixture::{build, bytes};
+    use super::*;
+
+    #[test]
+    fn html_keeps_main_text_and_headings_only() {
+        let html = r#"<!doctype html><html><head><title>Travel policy | Intranet</title>
+            <style>.x { color: red }</style><script>var secret = "tracking";</script></head>
+            <body><nav><a href="/">Home</a> <a href="/leave">Leave</a></nav>
+            <header>Company intranet</header>
+            <main><h1>Travel policy</h1><p>Book trips in the   travel tool.</p>
+            <h2>Per diem</h2><ul><li>Lunch: 15 EUR</li><li>Dinner: 25 EUR</li></ul>
+            <table><tr><th>City</th><th>Rate</th></tr><tr><td>Lisbon</td><td>120</td></tr></table>
+            </main><footer>Copyright</footer></body></html>"#;
+        let doc = load_html(html, "fallback");
+        assert_eq!(doc.title, "Travel policy | Intranet");
+        assert!(doc.markdown);
+        for gone in ["secret", "color", "Home", "Company intranet", "Copyright"] {
+            assert!(!doc.body.contains(gone), "{gone:?} leaked: {}", doc.body);
+        }
+        assert!(
+            doc.body
+                .contains("# Travel policy\n\nBook trips in the travel tool."),
+            "{}",
+            doc.body
+        );
+        assert!(doc.body.contains("## Per diem"), "{}", doc.body);
+        assert!(doc.body.contains("- Lunch: 15 EUR\n"), "{}", doc.body);
+        assert!(doc.body.contains("| Lisbon | 120"), "{}", doc.body);
+
+        // Without <title>, the first <h1>; without either, the file name.
+        assert_eq!(
+            load_html("<body><h1>Leave</h1><p>x</p></body>", "f").title,
+            "Leave"
+        );
+        assert_eq!(load_html("<p>just text</p>", "notes").title, "notes");
+    }
+
+    #[test]
+    fn pdf_text_comes_page_by_page_with_the_title() {
+        let pdf = bytes(build(
+            &[
+                Some(&["Expense policy", "Receipts are kept for seven years."]),
+                None,
+                Some(&["Mileage is paid at 0.30 EUR per km."]),
+            ],
+            Some("Expenses handbook"),
+        ));
+        let doc = load_pdf(&pdf, "file").unwrap();
+        assert_eq!(doc.title, "Expenses handbook");
+        // The empty second page is left out; page numbers stay true.
+        assert_eq!(doc.pages.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 3]);
+        let page3 = &doc.body[doc.pages[1].1..];
+        assert!(page3.contains("Mileage is paid"), "{page3:?}");
+        assert!(
+            doc.body[..doc.pages[1].1].contains("seven years"),
+            "{}",
+            doc.body
+        );
+        // No title in the file: the fallback.
+        let pdf = bytes(build(&[Some(&["text"])], None));
+        assert_eq!(load_pdf(&pdf, "scan-01").unwrap().title, "scan-01");
+    }
+
+    #[test]
+    fn bad_pdfs_fail_with_their_reason() {
+        let err = load_pdf(b"%PDF-1.5\nthis is not really a pdf", "x").unwrap_err();
+        assert!(err.to_string().contains("not a readable PDF"), "{err}");
+
+        let image_only = bytes(build(&[None, None], None));
+        let err = load_pdf(&image_only, "x").unwrap_err();
+        assert!(err.to_string().contains("no extractable text"), "{err}");
+
+        let mut doc = build(&[Some(&["Salaries are confidential."])], None);
+        let id = lopdf::Object::string_literal(b"0123456789abcdef".to_vec());
+        doc.trailer.set("ID", vec![id.clone(), id]);
+        let state = lopdf::EncryptionState::try_from(lopdf::EncryptionVersion::V2 {
+            document: &doc,
+            owner_password: "owner",
+            user_password: "secret",
+            key_length: 128,
+            permissions: lopdf::Permissions::all(),
+        })
+        .unwrap();
+        doc.encrypt(&state).unwrap();
+        let err = load_pdf(&bytes(doc), "x").unwrap_err();
+        assert!(err.to_string().contains("encrypted PDF"), "{err}");
+    }
+}
