@@ -11,4 +11,14 @@ cargo build --release --locked -p rag-api
 # The `rag` binary sets this itself (ARCHITECTURE.md, "Dequantized weights
 # on CPU"); the library tests that load models directly get it from here.
 export CANDLE_DEQUANTIZE_ALL=1
+# Postgres for the store tests when the packages are there (.ci/run
+# installs them); without it those tests are skipped.
+if [ -z "${RAG_TEST_POSTGRES_URL:-}" ]; then
+    if url=$(scripts/start-postgres.sh); then
+        export RAG_TEST_POSTGRES_URL="$url"
+    elif [ -n "${RAG_REQUIRE_POSTGRES:-}" ]; then
+        echo "PostgreSQL is required (RAG_REQUIRE_POSTGRES) but could not be started" >&2
+        exit 1
+    fi
+fi
 cargo test --release --locked --workspace

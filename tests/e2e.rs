@@ -853,3 +853,75 @@ fn formats_updates_prune_and_delete_leave_no_trace() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no document manual.pdf"));
 }
+
+/// A fresh database on the test Postgres server, or `None` when there is
+/// none (`RAG_TEST_POSTGRES_URL`; see scripts/start-postgres.sh).
+fn postgres_database() -> Option<String> {
+    let Ok(server) = std::env::var("RAG_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("RAG_REQUIRE_POSTGRES").is_none(),
+            "RAG_REQUIRE_POSTGRES is set but RAG_TEST_POSTGRES_URL is not"
+        );
+        eprintln!("skipped: RAG_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let name = format!("rag_e2e_{}", uuid::Uuid::new_v4().simple());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&server).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+    let (base, _) = server.rsplit_once('/').unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+#[test]
+fn cluster_mode_metadata_on_postgres() {
+    let Some(url) = postgres_database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pg = |cmd: &mut Command| {
+        cmd.env("RAG_DATABASE__URL", &url);
+    };
+    let mut ingest = rag(dir.path());
+    pg(&mut ingest);
+    let report: Value = serde_json::from_str(&run_ok(ingest.args([
+        "ingest",
+        "fixtures/wiki/leave",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(report["added"], 3, "{report}");
+    let mut again = rag(dir.path());
+    pg(&mut again);
+    let report: Value = serde_json::from_str(&run_ok(again.args([
+        "ingest",
+        "fixtures/wiki/leave",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(report["embedded_chunks"], 0, "{report}");
+    let mut retrieve = rag(dir.path());
+    pg(&mut retrieve);
+    let hits: Vec<Value> = serde_json::from_str(&run_ok(retrieve.args([
+        "retrieve",
+        "How many days of annual leave?",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(hits[0]["source"], "vacation.md");
+    let mut doctor = rag(dir.path());
+    pg(&mut doctor);
+    let d: Value = serde_json::from_str(&run_ok(doctor.args(["doctor", "--json"]))).unwrap();
+    assert_eq!(
+        (d["documents"].as_u64(), d["orphan_vectors"].as_u64()),
+        (Some(3), Some(0)),
+        "{d}"
+    );
+    // Nothing went to SQLite: the data directory holds vectors only.
+    assert!(!dir.path().join("meta.db").exists());
+}

@@ -49,6 +49,14 @@ pub trait DocumentStore: Send + Sync {
     ) -> Result<Option<DocumentRecord>>;
     async fn document(&self, id: &str) -> Result<Option<DocumentRecord>>;
     async fn documents(&self, collection: Option<&str>) -> Result<Vec<DocumentRecord>>;
+    /// One page of documents ordered by collection and source, and the
+    /// total count under the same filter.
+    async fn documents_page(
+        &self,
+        collection: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<DocumentRecord>, usize)>;
     /// Chunk ids currently committed for a document.
     async fn chunk_ids_of(&self, document_id: &str) -> Result<Vec<String>>;
     /// Replaces a document and all its chunks in one transaction.

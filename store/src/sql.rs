@@ -143,6 +143,40 @@ impl DocumentStore for SqlDocumentStore {
         row.as_ref().map(document_from_row).transpose()
     }
 
+    async fn documents_page(
+        &self,
+        collection: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<DocumentRecord>, usize)> {
+        // One statement shape for both cases: `$1 IS NULL` turns the
+        // collection filter off.
+        let sql = format!(
+            "SELECT {DOC_COLUMNS} FROM documents WHERE ($1 IS NULL OR collection = $1) \
+             ORDER BY collection, source LIMIT $2 OFFSET $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(collection)
+            .bind(limit as i64)
+            .bind(offset as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let total = sqlx::query(
+            "SELECT COUNT(*) AS n FROM documents WHERE ($1 IS NULL OR collection = $1)",
+        )
+        .bind(collection)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?
+        .try_get::<i64, _>("n")
+        .map_err(db_error)? as usize;
+        Ok((
+            rows.iter().map(document_from_row).collect::<Result<_>>()?,
+            total,
+        ))
+    }
+
     async fn documents(&self, collection: Option<&str>) -> Result<Vec<DocumentRecord>> {
         let rows = match collection {
             Some(c) => {
@@ -327,7 +361,40 @@ mod tests {
     async fn replace_and_delete_documents_on_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
-        let store = SqlDocumentStore::connect(&url).await.unwrap();
+        exercise(&url).await;
+    }
+
+    /// The same on Postgres: `RAG_TEST_POSTGRES_URL` names a server
+    /// (scripts/start-postgres.sh starts one); each run gets a new database.
+    /// Without it the test is skipped, unless `RAG_REQUIRE_POSTGRES` is set
+    /// (as `.ci/run` does), which makes a missing server a failure.
+    #[tokio::test]
+    async fn replace_and_delete_documents_on_postgres() {
+        let Ok(server) = std::env::var("RAG_TEST_POSTGRES_URL") else {
+            assert!(
+                std::env::var_os("RAG_REQUIRE_POSTGRES").is_none(),
+                "RAG_REQUIRE_POSTGRES is set but RAG_TEST_POSTGRES_URL is not"
+            );
+            eprintln!("skipped: RAG_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        install_default_drivers();
+        let admin = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&server)
+            .await
+            .expect("the test Postgres server answers");
+        let name = format!("rag_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let (base, _) = server.rsplit_once('/').unwrap();
+        exercise(&format!("{base}/{name}")).await;
+    }
+
+    async fn exercise(url: &str) {
+        let store = SqlDocumentStore::connect(url).await.unwrap();
         let d = doc("a.md", "h1");
         let chunks = vec![chunk(&d, 0, "one"), chunk(&d, 1, "two")];
         store.replace_document(&d, &chunks).await.unwrap();
@@ -354,13 +421,33 @@ mod tests {
             "h2"
         );
 
+        // Pages, with and without a collection filter; chunk by ordinal.
+        let other = DocumentRecord {
+            collection: "other".into(),
+            ..doc("b.md", "h")
+        };
+        store.replace_document(&other, &[]).await.unwrap();
+        let (page, total) = store.documents_page(None, 0, 1).await.unwrap();
+        assert_eq!((page.len(), total), (1, 2));
+        assert_eq!(page[0].source, "a.md");
+        let (page, total) = store.documents_page(None, 1, 10).await.unwrap();
+        assert_eq!((page[0].source.as_str(), total), ("b.md", 2));
+        let (page, total) = store.documents_page(Some("other"), 0, 10).await.unwrap();
+        assert_eq!((page.len(), total), (1, 1));
+        assert_eq!(
+            store.chunk_at(&d.id, 0).await.unwrap().unwrap().text,
+            "three"
+        );
+        assert!(store.chunk_at(&d.id, 1).await.unwrap().is_none());
+        store.delete_document(&other.id).await.unwrap();
+
         store.delete_document(&d.id).await.unwrap();
         assert!(store.chunk_ids().await.unwrap().is_empty());
         assert_eq!(store.document_count().await.unwrap(), 0);
 
         // Reopening runs the migrations again without harm.
         drop(store);
-        let store = SqlDocumentStore::connect(&url).await.unwrap();
+        let store = SqlDocumentStore::connect(url).await.unwrap();
         let run = store.start_run("t0").await.unwrap();
         store.finish_run(&run, "t1", "{}").await.unwrap();
     }
