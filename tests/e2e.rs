@@ -316,23 +316,7 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 #[test]
 fn serve_answers_healthz_and_ask() {
     let (_turn, data) = fixture_data();
-    let mut child = KillOnDrop(
-        rag(data)
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .expect(&line)
-        .to_string();
+    let (child, addr) = start_server(data);
 
     let (status, body) = http(&addr, "GET", "/healthz", "");
     assert_eq!((status, body.trim()), (200, "ok"));
@@ -924,4 +908,274 @@ fn cluster_mode_metadata_on_postgres() {
     );
     // Nothing went to SQLite: the data directory holds vectors only.
     assert!(!dir.path().join("meta.db").exists());
+}
+
+/// Sends a request with any body; write errors are ignored (a server may
+/// answer before it has read everything).
+fn http_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|_| stream.write_all(body));
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+const BOUNDARY: &str = "rag-test-boundary-7d1f";
+
+/// A multipart/form-data body: `(field, Some(file name), bytes)` for files,
+/// `(field, None, value)` for plain fields.
+fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, file, bytes) in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        match file {
+            Some(name) => body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n\
+                     Content-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{field}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+fn upload(addr: &str, parts: &[(&str, Option<&str>, &[u8])]) -> (u16, Value) {
+    let (status, body) = http_raw(
+        addr,
+        "POST",
+        "/v1/documents",
+        &format!("multipart/form-data; boundary={BOUNDARY}"),
+        &multipart(parts),
+    );
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{status}: {body}")),
+    )
+}
+
+fn start_server(data: &Path) -> (KillOnDrop, String) {
+    let mut child = KillOnDrop(
+        rag(data)
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect(&line)
+        .to_string();
+    (child, addr)
+}
+
+fn wait_for_job(addr: &str, id: &str) -> Value {
+    for _ in 0..600 {
+        let (status, body) = http(addr, "GET", &format!("/v1/jobs/{id}"), "");
+        assert_eq!(status, 200, "{body}");
+        let job: Value = serde_json::from_str(&body).unwrap();
+        if job["state"] == "done" || job["state"] == "failed" {
+            return job;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("job {id} did not finish");
+}
+
+#[test]
+fn documents_over_http_upload_list_get_and_delete() {
+    use rag_ingest::testing::{build_pdf, pdf_bytes};
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server(dir.path());
+    let pdf = pdf_bytes(build_pdf(
+        &[
+            Some(&["Forklift rules"]),
+            Some(&["Forklifts in hall B must not exceed 6 km/h."]),
+        ],
+        Some("Warehouse safety"),
+    ));
+    let (status, accepted) = upload(
+        &addr,
+        &[
+            ("collection", None, b"ops"),
+            ("tags", None, b"safety, warehouse"),
+            ("groups", None, b"ops"),
+            ("file", Some("warehouse.pdf"), &pdf),
+            (
+                "file",
+                Some("../../etc/shifts.md"),
+                b"# Shifts\n\nThe night shift starts at 22:00.\n",
+            ),
+            ("file", Some("tool.exe"), b"MZ"),
+        ],
+    );
+    assert_eq!(status, 202, "{accepted}");
+    // The bad file is refused alone, with the status it would get alone.
+    assert_eq!(accepted["job"]["rejected"][0]["file"], "tool.exe");
+    assert_eq!(accepted["job"]["rejected"][0]["status"], 415);
+    // Path components of an upload's name are dropped: it is a name only.
+    assert_eq!(
+        accepted["job"]["files"],
+        serde_json::json!(["warehouse.pdf", "shifts.md"])
+    );
+    let job = wait_for_job(&addr, accepted["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["report"]["added"], 2, "{job}");
+    assert_eq!(job["done"], 2);
+
+    let (status, body) = http(&addr, "GET", "/v1/documents?collection=ops&limit=1", "");
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["documents"].as_array().unwrap().len()
+        ),
+        (Some(2), 1)
+    );
+    assert_eq!(page["documents"][0]["source"], "shifts.md");
+    let (_, body) = http(
+        &addr,
+        "GET",
+        "/v1/documents?collection=ops&offset=1&limit=1",
+        "",
+    );
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let pdf_doc = page["documents"][0].clone();
+    assert_eq!(pdf_doc["source"], "warehouse.pdf");
+    assert_eq!(pdf_doc["groups"], serde_json::json!(["ops"]));
+    assert_eq!(pdf_doc["tags"], serde_json::json!(["safety", "warehouse"]));
+    let id = pdf_doc["id"].as_str().unwrap();
+    let (status, body) = http(&addr, "GET", &format!("/v1/documents/{id}"), "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["title"],
+        "Warehouse safety"
+    );
+
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/retrieve",
+        r#"{"question":"How fast may forklifts drive in hall B?","collection":"ops","k":1}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let hits: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (hits[0]["source"].as_str(), hits[0]["page"].as_u64()),
+        (Some("warehouse.pdf"), Some(2))
+    );
+
+    // Delete: gone from listings and answers; a second delete is 404.
+    let (status, body) = http(&addr, "DELETE", &format!("/v1/documents/{id}"), "");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http(&addr, "GET", &format!("/v1/documents/{id}"), "");
+    assert_eq!(status, 404);
+    let (status, _) = http(&addr, "DELETE", &format!("/v1/documents/{id}"), "");
+    assert_eq!(status, 404);
+    let (_, body) = http(
+        &addr,
+        "POST",
+        "/v1/retrieve",
+        r#"{"question":"forklifts hall B speed","collection":"ops","k":5}"#,
+    );
+    assert!(!body.contains("warehouse.pdf"), "{body}");
+}
+
+#[test]
+fn document_endpoints_answer_every_error_with_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server(dir.path());
+    let error = |status: u16, body: &str| -> (u16, String) {
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{status}: {body}"));
+        (status, v["error"]["message"].as_str().unwrap().to_string())
+    };
+    // 415: not multipart at all; a lone file of an unsupported type.
+    let (s, b) = http(&addr, "POST", "/v1/documents", r#"{"file": "x"}"#);
+    let (s, m) = error(s, &b);
+    assert_eq!(s, 415, "{m}");
+    assert!(m.contains("multipart/form-data"), "{m}");
+    let (s, v) = upload(&addr, &[("file", Some("slides.pptx"), b"PK")]);
+    assert_eq!(s, 415, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(".pdf"),
+        "{v}"
+    );
+    // 422: a file of a supported type that cannot be read, with the reason.
+    let (s, v) = upload(&addr, &[("file", Some("broken.pdf"), b"%PDF-1.4 nonsense")]);
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a readable PDF"),
+        "{v}"
+    );
+    let (s, v) = upload(&addr, &[("file", Some("latin1.txt"), b"caf\xe9")]);
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("UTF-8"),
+        "{v}"
+    );
+    // 413: a file over the size limit.
+    let big = vec![b'a'; 26 << 20];
+    let (s, v) = upload(&addr, &[("file", Some("big.txt"), &big)]);
+    assert_eq!(s, 413, "{v}");
+    // 400: no file, an unknown field, a bad page size.
+    let (s, v) = upload(&addr, &[("collection", None, b"x")]);
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = upload(&addr, &[("colection", None, b"x")]);
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colection"),
+        "{v}"
+    );
+    let (s, b) = http(&addr, "GET", "/v1/documents?limit=0", "");
+    assert_eq!(error(s, &b).0, 400);
+    let (s, b) = http(&addr, "GET", "/v1/documents?limit=ten", "");
+    assert_eq!(error(s, &b).0, 400);
+    // 404: unknown job and document.
+    let (s, b) = http(&addr, "GET", "/v1/jobs/nope", "");
+    assert_eq!(error(s, &b).0, 404);
+    let (s, b) = http(&addr, "GET", "/v1/documents/nope", "");
+    assert_eq!(error(s, &b).0, 404);
+    let (s, b) = http(&addr, "DELETE", "/v1/documents/nope", "");
+    assert_eq!(error(s, &b).0, 404);
+    // Nothing above created a document.
+    let (_, b) = http(&addr, "GET", "/v1/documents", "");
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["total"], 0);
 }

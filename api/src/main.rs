@@ -4,6 +4,7 @@ mod app;
 mod bench;
 mod config;
 mod eval;
+mod jobs;
 mod models;
 mod server;
 

@@ -3,22 +3,34 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rag_core::{Error, SearchFilter, SearchMode};
+use rag_ingest::{IngestOptions, Input};
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
-use crate::app::{App, Query};
+use crate::app::App;
+use crate::jobs::{Jobs, Rejected};
 
 /// Largest JSON body accepted.
 const BODY_LIMIT: usize = 64 * 1024;
 /// Largest `k` a request may ask for.
 const MAX_K: usize = 50;
+/// Largest upload request, all files together.
+const MAX_UPLOAD_BYTES: usize = 100 << 20;
+/// Largest file in an upload.
+const MAX_FILE_BYTES: usize = 25 << 20;
+/// Documents per page of `GET /v1/documents`.
+const MAX_PAGE: usize = 500;
+/// Upload jobs that may wait behind the running one.
+const JOB_QUEUE: usize = 32;
 
 /// An error as the API reports it: `{"error": {"code", "message"}}`.
 pub struct ApiError(StatusCode, String);
@@ -66,7 +78,7 @@ pub struct AskRequest {
 
 impl AskRequest {
     /// The retrieval part of the request, checked.
-    fn query(&self) -> Result<Query, ApiError> {
+    fn query(&self) -> Result<crate::app::Query, ApiError> {
         if let Some(k) = self.k
             && (k == 0 || k > MAX_K)
         {
@@ -75,7 +87,7 @@ impl AskRequest {
                 format!("k must be between 1 and {MAX_K}, got {k}"),
             ));
         }
-        Ok(Query {
+        Ok(crate::app::Query {
             k: self.k,
             mode: self.mode,
             filter: SearchFilter {
@@ -106,15 +118,17 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-async fn ask(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+async fn ask(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let app = &state.app;
     let req: AskRequest = parse(&body)?;
     Ok(Json(app.ask(&req.question, &req.query()?).await?).into_response())
 }
 
 async fn retrieve(
-    State(app): State<Arc<App>>,
+    State(state): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let app = &state.app;
     let req: AskRequest = parse(&body)?;
     Ok(Json(app.retrieve(&req.question, &req.query()?).await?).into_response())
 }
@@ -123,14 +137,257 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub app: Arc<App>,
+    pub jobs: Arc<Jobs>,
+}
+
+fn rejection(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError(status, message.into())
+}
+
+/// The file name of an upload, reduced to its last component: it names the
+/// document and picks the loader, and is never used as a path.
+fn upload_name(raw: &str) -> Option<String> {
+    let last = raw.rsplit(['/', '\\']).next().unwrap_or_default();
+    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
+    let clean = clean.trim().to_string();
+    (!clean.is_empty() && clean != "." && clean != "..").then_some(clean)
+}
+
+fn list_field(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// `POST /v1/documents`: multipart with one or more files and the fields
+/// `collection`, `tags` and `groups` (comma-separated or repeated). Each
+/// file is checked now (type, size, readable); the good ones are queued as
+/// one job (202), the bad ones are listed as rejected. Alone, a bad file
+/// gets its own status: 413, 415 or 422.
+async fn upload(
+    State(state): State<AppState>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let mut multipart = multipart.map_err(|e| {
+        rejection(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("send multipart/form-data with one or more `file` fields: {e}"),
+        )
+    })?;
+    let mut options = IngestOptions::default();
+    let mut inputs = Vec::new();
+    let mut rejected = Vec::new();
+    let multipart_error = |e: MultipartError| rejection(e.status(), e.body_text());
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let Some(file_name) = field.file_name().map(str::to_string) else {
+            let value = field.text().await.map_err(multipart_error)?;
+            match name.as_str() {
+                "collection" => options.collection = value.trim().to_string(),
+                "tags" | "tag" => options.tags.extend(list_field(&value)),
+                "groups" | "group" => options.groups.extend(list_field(&value)),
+                other => {
+                    return Err(rejection(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown field `{other}`; fields: file, collection, tags, groups"),
+                    ));
+                }
+            }
+            continue;
+        };
+        let Some(source) = upload_name(&file_name) else {
+            return Err(rejection(
+                StatusCode::BAD_REQUEST,
+                format!("file name {file_name:?} is empty or not a name"),
+            ));
+        };
+        let ext = source
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_lowercase())
+            .unwrap_or_default();
+        if !rag_ingest::SUPPORTED_EXTENSIONS.contains(&ext.as_str()) {
+            rejected.push(Rejected {
+                file: source.clone(),
+                status: 415,
+                reason: format!(
+                    "unsupported file type; supported: {}",
+                    rag_ingest::SUPPORTED_EXTENSIONS
+                        .iter()
+                        .map(|e| format!(".{e}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+            continue;
+        }
+        let mut bytes = Vec::new();
+        let mut field = field;
+        let mut too_big = false;
+        while let Some(piece) = field.chunk().await.map_err(multipart_error)? {
+            if bytes.len() + piece.len() > MAX_FILE_BYTES {
+                too_big = true;
+                break;
+            }
+            bytes.extend_from_slice(&piece);
+        }
+        if too_big {
+            rejected.push(Rejected {
+                file: source.clone(),
+                status: 413,
+                reason: format!("larger than the {} MiB a file may be", MAX_FILE_BYTES >> 20),
+            });
+            continue;
+        }
+        let bytes = Arc::new(bytes);
+        let check = (source.clone(), bytes.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            rag_ingest::load_bytes(std::path::Path::new(&check.0), &check.1)
+        })
+        .await
+        .map_err(|e| ApiError::from(Error::internal(e.to_string())))?;
+        if let Err(e) = loaded {
+            rejected.push(Rejected {
+                file: source.clone(),
+                status: 422,
+                reason: e.to_string(),
+            });
+            continue;
+        }
+        inputs.push(Input::Bytes { source, bytes });
+    }
+    if options.collection.is_empty() {
+        return Err(rejection(StatusCode::BAD_REQUEST, "`collection` is empty"));
+    }
+    if inputs.is_empty() {
+        return Err(match rejected.first() {
+            None => rejection(
+                StatusCode::BAD_REQUEST,
+                "no file in the request; send one or more `file` fields",
+            ),
+            Some(first) => rejection(
+                StatusCode::from_u16(first.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
+                rejected
+                    .iter()
+                    .map(|r| format!("{}: {}", r.file, r.reason))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        });
+    }
+    let job = state.jobs.submit(inputs, options, rejected)?;
+    let body = json!({
+        "job_id": job.id,
+        "status_url": format!("/v1/jobs/{}", job.id),
+        "job": job,
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let job = state
+        .jobs
+        .get(&id)
+        .ok_or_else(|| rejection(StatusCode::NOT_FOUND, format!("no job {id}")))?;
+    Ok(Json(job).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    collection: Option<String>,
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/documents?collection=&offset=&limit=`, ordered by collection
+/// and source.
+async fn list_documents(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| rejection(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(rejection(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_PAGE}, got {limit}"),
+        ));
+    }
+    let (documents, total) = state
+        .app
+        .docs
+        .documents_page(q.collection.as_deref(), q.offset, limit)
+        .await?;
+    Ok(Json(json!({
+        "documents": documents, "total": total, "offset": q.offset, "limit": limit,
+    }))
+    .into_response())
+}
+
+async fn get_document(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let doc = state
+        .app
+        .docs
+        .document(&id)
+        .await?
+        .ok_or_else(|| rejection(StatusCode::NOT_FOUND, format!("no document {id}")))?;
+    Ok(Json(doc).into_response())
+}
+
+/// `DELETE /v1/documents/{id}`: rows first (gone from answers at once),
+/// then vectors.
+async fn delete_document(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let _writes = state.jobs.writes.lock().await;
+    let doc = state
+        .app
+        .docs
+        .document(&id)
+        .await?
+        .ok_or_else(|| rejection(StatusCode::NOT_FOUND, format!("no document {id}")))?;
+    state
+        .app
+        .ingestor()
+        .map_err(|e| Error::internal(format!("{e:#}")))?
+        .delete(&doc.id)
+        .await?;
+    Ok(
+        Json(json!({"deleted": doc.id, "source": doc.source, "chunks": doc.chunk_count}))
+            .into_response(),
+    )
+}
+
 pub fn router(app: Arc<App>) -> Router {
+    let jobs = Jobs::start(app.clone(), JOB_QUEUE);
+    let state = AppState { app, jobs };
+    let documents = Router::new()
+        .route("/v1/documents", post(upload).get(list_documents))
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/ask", post(ask))
         .route("/v1/retrieve", post(retrieve))
+        .route("/v1/jobs/{id}", get(job))
+        .route(
+            "/v1/documents/{id}",
+            get(get_document).delete(delete_document),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .merge(documents)
         .layer(TraceLayer::new_for_http())
-        .with_state(app)
+        .with_state(state)
 }
 
 pub async fn serve(app: Arc<App>, addr: SocketAddr) -> anyhow::Result<()> {

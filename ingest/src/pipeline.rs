@@ -1,5 +1,5 @@
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -155,6 +155,12 @@ pub async fn repair(docs: &dyn DocumentStore, vectors: &dyn VectorStore) -> Resu
 pub enum Input {
     /// A file; its extension picks the loader.
     File { path: PathBuf, source: String },
+    /// A file's bytes, e.g. an upload; `source` (its file name) gives the
+    /// type and is never used as a path on disk.
+    Bytes {
+        source: String,
+        bytes: std::sync::Arc<Vec<u8>>,
+    },
     /// Plain text already in memory, e.g. a line of a BEIR corpus.
     Text {
         source: String,
@@ -166,7 +172,9 @@ pub enum Input {
 impl Input {
     pub fn source(&self) -> &str {
         match self {
-            Input::File { source, .. } | Input::Text { source, .. } => source,
+            Input::File { source, .. }
+            | Input::Bytes { source, .. }
+            | Input::Text { source, .. } => source,
         }
     }
 
@@ -175,6 +183,7 @@ impl Input {
         match self {
             Input::File { path, .. } => std::fs::read(path)
                 .map_err(|e| Error::invalid(format!("{}: cannot read: {e}", path.display()))),
+            Input::Bytes { bytes, .. } => Ok(bytes.to_vec()),
             Input::Text { title, body, .. } => Ok(format!("{title}\n{body}").into_bytes()),
         }
     }
@@ -182,6 +191,7 @@ impl Input {
     fn load(&self) -> Result<LoadedDocument> {
         match self {
             Input::File { path, .. } => load_file(path),
+            Input::Bytes { source, bytes } => crate::load_bytes(Path::new(source), bytes),
             Input::Text { title, body, .. } => Ok(LoadedDocument {
                 title: title.clone(),
                 tags: vec![],
