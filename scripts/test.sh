@@ -21,4 +21,14 @@ if [ -z "${RAG_TEST_POSTGRES_URL:-}" ]; then
         exit 1
     fi
 fi
+# The ingest benchmark's peer (Python ONNX Runtime); its test is skipped
+# without it.
+if [ -z "${RAG_BENCH_PYTHON:-}" ]; then
+    if python=$(scripts/bench-venv.sh); then
+        export RAG_BENCH_PYTHON="$python"
+    elif [ -n "${RAG_REQUIRE_PEER:-}" ]; then
+        echo "the benchmark peer is required (RAG_REQUIRE_PEER) but its environment could not be made" >&2
+        exit 1
+    fi
+fi
 cargo test --release --locked --workspace

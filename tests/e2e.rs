@@ -1179,3 +1179,47 @@ fn document_endpoints_answer_every_error_with_its_status() {
     let (_, b) = http(&addr, "GET", "/v1/documents", "");
     assert_eq!(serde_json::from_str::<Value>(&b).unwrap()["total"], 0);
 }
+
+#[test]
+fn bench_ingest_prints_the_embedder_the_pipeline_and_the_peer_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = rag(dir.path());
+    cmd.args(["bench", "ingest", "--corpus", "fixtures/wiki"]);
+    // The peer needs Python with onnxruntime (scripts/bench-venv.sh).
+    let peer = std::env::var("RAG_BENCH_PYTHON").ok();
+    match &peer {
+        Some(python) => {
+            cmd.arg("--peer").env("PYTHON", python);
+        }
+        None => {
+            assert!(
+                std::env::var_os("RAG_REQUIRE_PEER").is_none(),
+                "RAG_REQUIRE_PEER is set but RAG_BENCH_PYTHON is not"
+            );
+            eprintln!("peer skipped: RAG_BENCH_PYTHON is not set");
+        }
+    }
+    let out = run_ok(&mut cmd);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let stage = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["stage"] == name)
+            .unwrap_or_else(|| panic!("no {name} line in {out}"))
+    };
+    // Both measure the same 16 chunks of the fixture wiki.
+    assert_eq!(stage("embedder")["chunks"], 16, "{out}");
+    assert_eq!(stage("pipeline")["chunks"], 16, "{out}");
+    assert!(stage("pipeline")["chunks_per_s"].as_f64().unwrap() > 0.0);
+    if peer.is_some() {
+        let ratios = lines.last().unwrap();
+        for key in ["ratio_embedder_over_peer", "ratio_pipeline_over_peer"] {
+            let r = ratios[key].as_f64().unwrap_or(f64::NAN);
+            assert!(r.is_finite() && r > 0.0, "{key}: {out}");
+        }
+        assert!(out.contains("python-onnxruntime"), "{out}");
+    }
+}

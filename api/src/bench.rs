@@ -59,30 +59,35 @@ pub async fn generate(
     Ok(())
 }
 
-/// Passages per second of the embedder on a corpus's real chunks, and, with
-/// `peer`, of ONNX Runtime on the same weights, passages and thread count,
-/// in the same run.
-pub async fn embed(
+/// Ingest throughput on a corpus, three ways in one run: the embedder alone
+/// on the corpus's chunks, the whole pipeline (read, chunk, embed, BM25,
+/// upsert, commit) into a scratch store, and, with `peer`, Python ONNX
+/// Runtime on the same graph, passages and thread count
+/// (scripts/bench/embed_peer.py, which first checks that its vectors match
+/// ours).
+pub async fn ingest(
     app: &crate::app::App,
     corpus: &std::path::Path,
     limit: usize,
     peer: bool,
 ) -> anyhow::Result<()> {
-    let files = rag_ingest::collect_files(&[corpus.to_path_buf()])?;
+    let mut files = rag_ingest::collect_files(&[corpus.to_path_buf()])?;
     let chunker = rag_ingest::Chunker::new(app.tokenizer.clone(), app.settings.chunking)?;
     let mut passages = Vec::new();
+    let mut used = 0;
     for (path, _) in &files {
+        if passages.len() >= limit {
+            break;
+        }
+        used += 1;
         let Ok(doc) = rag_ingest::load_file(path) else {
             continue;
         };
         for c in chunker.chunk(&doc) {
             passages.push(rag_ingest::embedding_text(&doc.title, &c.heading, &c.text));
         }
-        if passages.len() >= limit {
-            break;
-        }
     }
-    passages.truncate(limit);
+    files.truncate(used);
     anyhow::ensure!(
         !passages.is_empty(),
         "no passages found under {}",
@@ -91,18 +96,42 @@ pub async fn embed(
     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
     // The peer gets the thread count the embedder was opened with.
     let threads = app.settings.embedder.threads();
+    let engine = format!("rag-{}", app.settings.embedder.runtime.as_str());
 
     let embedder = app.embedder.clone();
-    let warm = refs[..refs.len().min(16)].to_vec();
-    embedder.embed(&warm)?;
+    embedder.embed(&refs[..refs.len().min(16)])?; // warm-up
     let started = Instant::now();
     let vectors = embedder.embed(&refs)?;
     let seconds = started.elapsed().as_secs_f64();
-    let ours = passages.len() as f64 / seconds;
+    let alone = passages.len() as f64 / seconds;
     println!(
         "{}",
-        json!({"engine": format!("rag-{}", app.settings.embedder.runtime.as_str()), "passages": passages.len(), "seconds": seconds,
-               "passages_per_s": ours, "threads": threads})
+        json!({"stage": "embedder", "engine": engine, "chunks": passages.len(), "seconds": seconds,
+               "chunks_per_s": alone, "threads": threads})
+    );
+
+    // The pipeline, from files to committed rows, in a scratch data dir.
+    let scratch = tempfile::tempdir()?;
+    let store =
+        rag_store::EdgeVectorStore::open(&scratch.path().join("vectors"), embedder.dimension())?;
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        scratch.path().join("meta.db").display()
+    );
+    let ingestor = rag_ingest::Ingestor {
+        embedder: embedder.clone(),
+        vectors: std::sync::Arc::new(store),
+        docs: std::sync::Arc::new(rag_store::SqlDocumentStore::connect(&url).await?),
+        chunker: std::sync::Arc::new(chunker),
+    };
+    let report = ingestor
+        .ingest(&files, &Default::default(), &|_| {})
+        .await?;
+    let pipeline = report.chunks as f64 / report.seconds;
+    println!(
+        "{}",
+        json!({"stage": "pipeline", "engine": engine, "documents": report.documents, "chunks": report.chunks,
+               "seconds": report.seconds, "chunks_per_s": pipeline, "threads": threads})
     );
     if !peer {
         return Ok(());
@@ -137,7 +166,10 @@ pub async fn embed(
     let peer: serde_json::Value = serde_json::from_str(line.trim())?;
     println!("{}", line.trim());
     let theirs = peer["passages_per_s"].as_f64().unwrap_or(f64::NAN);
-    println!("{}", json!({"ratio_rag_over_peer": ours / theirs}));
+    println!(
+        "{}",
+        json!({"ratio_embedder_over_peer": alone / theirs, "ratio_pipeline_over_peer": pipeline / theirs})
+    );
     Ok(())
 }
 

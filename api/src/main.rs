@@ -149,12 +149,14 @@ impl QueryArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Passages/s of the embedder on a corpus's chunks; `--peer` adds ONNX
-    /// Runtime on the same weights and passages (scripts/bench/embed_peer.py).
-    Embed {
+    /// Chunks/s of the embedder alone and of the whole ingest pipeline on a
+    /// corpus; `--peer` adds Python ONNX Runtime on the same graph, passages
+    /// and threads (scripts/bench/embed_peer.py) and prints the ratios.
+    Ingest {
         #[arg(long)]
         corpus: PathBuf,
-        #[arg(long, default_value_t = 512)]
+        /// Stop reading files once this many chunks are collected.
+        #[arg(long, default_value_t = usize::MAX)]
         limit: usize,
         #[arg(long)]
         peer: bool,
@@ -488,14 +490,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench {
             command:
-                BenchCommand::Embed {
+                BenchCommand::Ingest {
                     corpus,
                     limit,
                     peer,
                 },
         } => {
             let app = App::open(settings).await?;
-            bench::embed(&app, &corpus, limit, peer).await?;
+            bench::ingest(&app, &corpus, limit, peer).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -238,7 +238,7 @@ impl ModelSpec {
 }
 
 /// The script that writes the ONNX graph of MiniLM from its safetensors (no
-/// package ships one) and runs it as the `bench embed` peer; compiled in so
+/// package ships one) and runs it as the `bench ingest` peer; compiled in so
 /// `rag` runs from any folder.
 pub const MINILM_ONNX_SCRIPT: &str = include_str!("../../scripts/bench/embed_peer.py");
 

@@ -1,4 +1,4 @@
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,8 +12,11 @@ use sha2::{Digest, Sha256};
 use crate::load::{extension, unsupported};
 use crate::{Chunker, LoadedDocument, SUPPORTED_EXTENSIONS, load_file};
 
-/// Passages embedded per call; also the unit of progress.
-const EMBED_BATCH: usize = 32;
+/// Passages embedded per call, across documents; also the unit of
+/// progress. The embedder sorts them by length into its own batches.
+const EMBED_BATCH: usize = 64;
+/// Documents read and chunked ahead of the embedder.
+const PREPARED_QUEUE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
@@ -203,6 +206,58 @@ impl Input {
     }
 }
 
+/// A document after reading and chunking.
+enum Prepared {
+    /// Nothing to embed: its outcome is known.
+    Done(DocumentOutcome),
+    Embed(Box<Pending>),
+}
+
+/// A document waiting for its chunks' vectors.
+struct Pending {
+    record: DocumentRecord,
+    chunks: Vec<ChunkRecord>,
+    /// Indices into `chunks` of those to embed (new text).
+    to_embed: Vec<usize>,
+    /// How many of `to_embed` are embedded and upserted.
+    embedded: usize,
+    /// Chunk ids of the previous version.
+    old_ids: HashSet<String>,
+    update: bool,
+}
+
+impl Pending {
+    fn left(&self) -> usize {
+        self.to_embed.len() - self.embedded
+    }
+}
+
+impl IngestReport {
+    fn record(&mut self, outcome: &DocumentOutcome) {
+        self.documents += 1;
+        match outcome {
+            DocumentOutcome::Added {
+                chunks, embedded, ..
+            } => {
+                self.added += 1;
+                self.chunks += chunks;
+                self.embedded_chunks += embedded;
+            }
+            DocumentOutcome::Updated {
+                chunks, embedded, ..
+            } => {
+                self.updated += 1;
+                self.chunks += chunks;
+                self.embedded_chunks += embedded;
+            }
+            DocumentOutcome::Unchanged { .. } => self.unchanged += 1,
+            DocumentOutcome::Skipped { .. } => self.skipped += 1,
+            DocumentOutcome::Failed { .. } => self.failed += 1,
+        }
+        self.outcomes.push(outcome.clone());
+    }
+}
+
 pub struct Ingestor {
     pub embedder: Arc<dyn Embedder>,
     pub vectors: Arc<dyn VectorStore>,
@@ -239,6 +294,13 @@ impl Ingestor {
     }
 
     /// [`Ingestor::ingest`] over documents from files or from memory.
+    ///
+    /// Two stages joined by a bounded queue: one reads, hashes and chunks
+    /// documents (parsing runs on blocking threads), the other embeds
+    /// chunks in batches that cross document boundaries (a wiki has many
+    /// short pages: per-page batches would be small), upserts them, and
+    /// commits each document once all its chunks are in. The write order
+    /// per document is the one above.
     pub async fn ingest_inputs(
         &self,
         files: &[Input],
@@ -254,43 +316,25 @@ impl Ingestor {
         progress(Progress::Started {
             documents: files.len(),
         });
-        for (i, input) in files.iter().enumerate() {
-            let source = input.source();
-            let outcome = match self.ingest_one(input, options, progress).await {
-                Ok(outcome) => outcome,
-                // A store that fails stops the run; a bad file fails alone.
-                Err(e @ (Error::Unavailable(_) | Error::Internal(_))) => return Err(e),
-                Err(e) => DocumentOutcome::Failed {
-                    source: source.to_string(),
-                    reason: e.to_string(),
-                },
-            };
-            report.documents += 1;
-            match &outcome {
-                DocumentOutcome::Added {
-                    chunks, embedded, ..
-                } => {
-                    report.added += 1;
-                    report.chunks += chunks;
-                    report.embedded_chunks += embedded;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Prepared>>(PREPARED_QUEUE);
+        let produce = async move {
+            for input in files {
+                let prepared = self.prepare(input, options).await.or_else(|e| match e {
+                    // A store that fails stops the run; a bad file fails alone.
+                    Error::Unavailable(_) | Error::Internal(_) => Err(e),
+                    e => Ok(Prepared::Done(DocumentOutcome::Failed {
+                        source: input.source().to_string(),
+                        reason: e.to_string(),
+                    })),
+                });
+                if tx.send(prepared).await.is_err() {
+                    break; // the consumer stopped on an error
                 }
-                DocumentOutcome::Updated {
-                    chunks, embedded, ..
-                } => {
-                    report.updated += 1;
-                    report.chunks += chunks;
-                    report.embedded_chunks += embedded;
-                }
-                DocumentOutcome::Unchanged { .. } => report.unchanged += 1,
-                DocumentOutcome::Skipped { .. } => report.skipped += 1,
-                DocumentOutcome::Failed { .. } => report.failed += 1,
             }
-            progress(Progress::Document {
-                done: i + 1,
-                outcome: outcome.clone(),
-            });
-            report.outcomes.push(outcome);
-        }
+        };
+        let consume = self.embed_and_commit(rx, options, &mut report, progress);
+        let ((), consumed) = tokio::join!(produce, consume);
+        consumed?;
         if report.embedded_chunks > 0 {
             self.vectors.optimize().await?;
         }
@@ -300,12 +344,111 @@ impl Ingestor {
         Ok(report)
     }
 
-    async fn ingest_one(
+    async fn embed_and_commit(
         &self,
-        input: &Input,
+        mut rx: tokio::sync::mpsc::Receiver<Result<Prepared>>,
         options: &IngestOptions,
+        report: &mut IngestReport,
         progress: &(dyn Fn(Progress) + Send + Sync),
-    ) -> Result<DocumentOutcome> {
+    ) -> Result<()> {
+        let mut record = |outcome: DocumentOutcome| {
+            report.record(&outcome);
+            progress(Progress::Document {
+                done: report.documents,
+                outcome,
+            });
+        };
+        // Documents with chunks still to embed, in arrival order.
+        let mut waiting: VecDeque<Pending> = VecDeque::new();
+        let mut open = true;
+        loop {
+            // Take in prepared documents until a batch is full; wait only
+            // when there is nothing to embed.
+            while open && waiting.iter().map(Pending::left).sum::<usize>() < EMBED_BATCH {
+                let next = if waiting.is_empty() {
+                    rx.recv().await
+                } else {
+                    match rx.try_recv() {
+                        Ok(next) => Some(next),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+                    }
+                };
+                match next {
+                    None => open = false,
+                    Some(prepared) => match prepared? {
+                        Prepared::Done(outcome) => record(outcome),
+                        Prepared::Embed(p) if p.left() == 0 => record(self.commit(*p).await?),
+                        Prepared::Embed(p) => waiting.push_back(*p),
+                    },
+                }
+            }
+            if waiting.is_empty() {
+                if open {
+                    continue;
+                }
+                return Ok(());
+            }
+            // One batch across the waiting documents, in order.
+            let mut batch: Vec<(usize, usize)> = Vec::new(); // (waiting index, chunk index)
+            'fill: for (d, p) in waiting.iter().enumerate() {
+                for &c in &p.to_embed[p.embedded..] {
+                    if batch.len() == EMBED_BATCH {
+                        break 'fill;
+                    }
+                    batch.push((d, c));
+                }
+            }
+            let texts: Vec<String> = batch
+                .iter()
+                .map(|&(d, c)| {
+                    let p = &waiting[d];
+                    let chunk = &p.chunks[c];
+                    embedding_text(&p.record.title, &chunk.heading, &chunk.text)
+                })
+                .collect();
+            let embedder = self.embedder.clone();
+            let (texts, vectors) = tokio::task::spawn_blocking(move || {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let vectors = embedder.embed(&refs);
+                (texts, vectors)
+            })
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?;
+            let points = batch
+                .iter()
+                .zip(texts)
+                .zip(vectors?)
+                .map(|((&(d, c), text), dense)| {
+                    let p = &waiting[d];
+                    VectorPoint {
+                        chunk_id: p.chunks[c].id.clone(),
+                        document_id: p.record.id.clone(),
+                        collection: options.collection.clone(),
+                        tags: p.record.tags.clone(),
+                        groups: p.record.groups.clone(),
+                        dense,
+                        text,
+                    }
+                })
+                .collect();
+            self.vectors.upsert(points).await?;
+            for &(d, _) in &batch {
+                waiting[d].embedded += 1;
+            }
+            progress(Progress::Embedded {
+                chunks: batch.len(),
+            });
+            while waiting.front().is_some_and(|p| p.left() == 0) {
+                let done = waiting.pop_front().expect("front exists");
+                record(self.commit(done).await?);
+            }
+        }
+    }
+
+    /// Reads, hashes and chunks one document: either its outcome is known
+    /// already (unchanged, skipped) or it waits for embedding.
+    async fn prepare(&self, input: &Input, options: &IngestOptions) -> Result<Prepared> {
         let source = input.source();
         let bytes = input.bytes()?;
         let mut hasher = Sha256::new();
@@ -322,29 +465,30 @@ impl Ingestor {
             .as_ref()
             .is_some_and(|p| p.content_hash == content_hash)
         {
-            return Ok(DocumentOutcome::Unchanged {
+            return Ok(Prepared::Done(DocumentOutcome::Unchanged {
                 source: source.into(),
-            });
+            }));
         }
 
-        let loaded = input.load()?;
         let chunker = self.chunker.clone();
-        let pieces = {
-            let loaded = loaded.clone();
-            tokio::task::spawn_blocking(move || chunker.chunk(&loaded))
-                .await
-                .map_err(|e| Error::internal(e.to_string()))?
-        };
+        let input_owned = input.clone();
+        let (loaded, pieces) = tokio::task::spawn_blocking(move || {
+            let loaded = input_owned.load()?;
+            let pieces = chunker.chunk(&loaded);
+            Ok::<_, Error>((loaded, pieces))
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
         if pieces.is_empty() {
             // An empty page (or a redirect stub) has nothing to answer from;
             // an earlier version of it must not linger either.
             if previous.is_some() {
                 self.delete(&doc_id).await?;
             }
-            return Ok(DocumentOutcome::Skipped {
+            return Ok(Prepared::Done(DocumentOutcome::Skipped {
                 source: source.into(),
                 reason: "no text to index (empty or redirect-only page)".into(),
-            });
+            }));
         }
 
         let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -372,44 +516,11 @@ impl Ingestor {
             None => HashSet::new(),
         };
         // Chunks whose text is unchanged keep their id, and their vector.
-        let to_embed: Vec<&ChunkRecord> =
-            chunks.iter().filter(|c| !old_ids.contains(&c.id)).collect();
-        for batch in to_embed.chunks(EMBED_BATCH) {
-            let texts: Vec<String> = batch
-                .iter()
-                .map(|c| embedding_text(&loaded.title, &c.heading, &c.text))
-                .collect();
-            let embedder = self.embedder.clone();
-            let (texts, vectors) = tokio::task::spawn_blocking(move || {
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                let vectors = embedder.embed(&refs);
-                (texts, vectors)
-            })
-            .await
-            .map_err(|e| Error::internal(e.to_string()))?;
-            let vectors = vectors?;
-            let points = batch
-                .iter()
-                .zip(texts)
-                .zip(vectors)
-                .map(|((c, text), dense)| VectorPoint {
-                    chunk_id: c.id.clone(),
-                    document_id: doc_id.clone(),
-                    collection: options.collection.clone(),
-                    tags: options.tags.iter().chain(&loaded.tags).cloned().collect(),
-                    groups: options.groups.clone(),
-                    dense,
-                    text,
-                })
-                .collect();
-            self.vectors.upsert(points).await?;
-            progress(Progress::Embedded {
-                chunks: batch.len(),
-            });
-        }
-
+        let to_embed: Vec<usize> = (0..chunks.len())
+            .filter(|&i| !old_ids.contains(&chunks[i].id))
+            .collect();
         let record = DocumentRecord {
-            id: doc_id.clone(),
+            id: doc_id,
             collection: options.collection.clone(),
             source: source.to_string(),
             title: loaded.title.clone(),
@@ -417,29 +528,50 @@ impl Ingestor {
             tags: options.tags.iter().chain(&loaded.tags).cloned().collect(),
             groups: options.groups.clone(),
             chunk_count: chunks.len(),
-            ingested_at: now(),
+            ingested_at: String::new(),
         };
-        self.docs.replace_document(&record, &chunks).await?;
+        Ok(Prepared::Embed(Box::new(Pending {
+            record,
+            chunks,
+            to_embed,
+            embedded: 0,
+            old_ids,
+            update: previous.is_some(),
+        })))
+    }
 
+    /// Switches a fully embedded document to its new version (one SQL
+    /// transaction), then deletes the vectors of chunks that left it.
+    async fn commit(&self, pending: Pending) -> Result<DocumentOutcome> {
+        let Pending {
+            mut record,
+            chunks,
+            to_embed,
+            old_ids,
+            update,
+            ..
+        } = pending;
+        record.ingested_at = now();
+        self.docs.replace_document(&record, &chunks).await?;
         let new_ids: HashSet<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
         let stale: Vec<String> = old_ids
             .into_iter()
             .filter(|id| !new_ids.contains(id.as_str()))
             .collect();
         self.vectors.delete(&stale).await?;
-
-        let (n, embedded) = (chunks.len(), to_embed.len());
-        Ok(match previous {
-            Some(_) => DocumentOutcome::Updated {
-                source: source.into(),
-                chunks: n,
+        let (source, chunks, embedded) = (record.source, chunks.len(), to_embed.len());
+        Ok(if update {
+            DocumentOutcome::Updated {
+                source,
+                chunks,
                 embedded,
-            },
-            None => DocumentOutcome::Added {
-                source: source.into(),
-                chunks: n,
+            }
+        } else {
+            DocumentOutcome::Added {
+                source,
+                chunks,
                 embedded,
-            },
+            }
         })
     }
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Peer for `rag bench embed`: the same all-MiniLM-L6-v2 weights run by ONNX Runtime.
+"""Peer for `rag bench ingest`: the same all-MiniLM-L6-v2 weights run by ONNX Runtime.
 
 No package ships an ONNX graph of the model, so this builds one from the
 safetensors with the `onnx` helper API (no torch): BERT embeddings, 6
 post-norm encoder layers, then mean pooling over the attention mask and L2
 normalisation, as sentence-transformers does. The graph is checked against
-the vectors `rag bench embed` prints before any timing is trusted.
+the vectors `rag bench ingest` prints before any timing is trusted.
 
 usage: embed_peer.py MODEL_DIR PASSAGES_JSON [--threads N] [--batch N] [--check REF_JSON]
        embed_peer.py MODEL_DIR --export-only FILE   (used by `rag models fetch`)
