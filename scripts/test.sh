@@ -32,3 +32,8 @@ if [ -z "${RAG_BENCH_PYTHON:-}" ]; then
     fi
 fi
 cargo test --release --locked --workspace
+# The answer-quality gate: the fixture questions against the minimums in
+# fixtures/eval-thresholds.toml (exit 4 below them). Report in target/eval-fixtures.
+./target/release/rag --data-dir target/eval-data eval answers \
+    --questions fixtures/questions.jsonl --corpus fixtures/wiki \
+    --out target/eval-fixtures --fresh --thresholds fixtures/eval-thresholds.toml

@@ -1223,3 +1223,99 @@ fn bench_ingest_prints_the_embedder_the_pipeline_and_the_peer_ratio() {
         assert!(out.contains("python-onnxruntime"), "{out}");
     }
 }
+
+#[test]
+fn eval_answers_reports_resumes_compares_and_gates() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = dir.path().join("q.jsonl");
+    std::fs::write(
+        &questions,
+        [
+            r#"{"id":"a","question":"How many days of paid annual leave does every employee get?","answerable":true,"gold_sources":["leave/vacation.md"],"answer":"28 days per calendar year","must_include":["28"],"kind":"leave"}"#,
+            r#"{"id":"b","question":"Which password manager does the company use?","answerable":true,"gold_sources":["it/passwords-and-2fa.md"],"must_include":["Bitwarden"],"kind":"it"}"#,
+            r#"{"id":"c","question":"What is the name of the CEO's cat?","answerable":false,"gold_sources":[],"kind":"unanswerable"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let eval = |extra: &[&str]| {
+        rag(&dir.path().join("data"))
+            .args([
+                "eval",
+                "answers",
+                "--corpus",
+                "fixtures/wiki",
+                "--questions",
+            ])
+            .arg(&questions)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = eval(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 3, "{results}");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let o = &summary["overall"];
+    assert_eq!(
+        (o["questions"].as_u64(), o["unanswerable"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(o["recall_at_5"], 1.0, "{summary}");
+    assert_eq!(o["abstention_accuracy"], 1.0, "{summary}");
+    assert!(summary["per_kind"]["leave"].is_object());
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 3);
+    assert!(
+        std::fs::read_to_string(out.join("report.md"))
+            .unwrap()
+            .contains("| recall@5 | 100.0% |")
+    );
+
+    // A second run resumes: nothing asked again, same results file.
+    let again = eval(&[]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("resuming: 3 of 3"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
+        results
+    );
+
+    // A baseline adds its column; thresholds out of reach exit 4 and say why.
+    let base = dir.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::copy(out.join("summary.json"), base.join("summary.json")).unwrap();
+    let limits = dir.path().join("limits.toml");
+    std::fs::write(&limits, "recall_at_5 = 0.5\nmust_include_accuracy = 1.01\n").unwrap();
+    let gated = eval(&[
+        "--baseline",
+        base.to_str().unwrap(),
+        "--thresholds",
+        limits.to_str().unwrap(),
+    ]);
+    assert_eq!(gated.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&gated.stderr);
+    assert!(
+        stderr.contains("must_include_accuracy") && !stderr.contains("recall_at_5 ="),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read_to_string(out.join("report.md"))
+            .unwrap()
+            .contains("baseline")
+    );
+    assert!(
+        std::fs::read_to_string(out.join("report.html"))
+            .unwrap()
+            .contains("class=\"baseline\"")
+    );
+}

@@ -4,6 +4,7 @@ mod app;
 mod bench;
 mod config;
 mod eval;
+mod eval_answers;
 mod jobs;
 mod models;
 mod server;
@@ -191,6 +192,36 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum EvalCommand {
+    /// Answer quality on a question file (JSON lines: id, question,
+    /// answerable, gold_sources, answer, must_include, kind): retrieval hits,
+    /// must-include accuracy, F1, citation precision, abstention, latency,
+    /// tokens and cost, overall and per kind. Writes results.jsonl,
+    /// summary.json, report.md and report.html to --out; a killed run
+    /// resumes where it stopped.
+    Answers {
+        #[arg(long)]
+        questions: PathBuf,
+        /// Ingest this folder into a scratch data directory first (reused
+        /// while unchanged); without it, the configured data directory.
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value = "eval-out")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// A previous run's --out folder, compared in the reports.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// TOML of `metric = minimum`: exit 4 when a metric falls short.
+        #[arg(long)]
+        thresholds: Option<PathBuf>,
+        /// Price per 1,000 tokens (prompt and completion) for the cost column.
+        #[arg(long, default_value_t = 0.0)]
+        price_per_1k_tokens: f64,
+        /// Start again instead of resuming the results in --out.
+        #[arg(long)]
+        fresh: bool,
+    },
     /// Retrieval quality on a BEIR-format folder (corpus.jsonl, queries.jsonl,
     /// qrels/SPLIT.tsv): nDCG@10, recall@10, recall@100 and MRR@10 per mode.
     /// The corpus is ingested into a scratch data directory, reused while
@@ -369,6 +400,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            command:
+                EvalCommand::Answers {
+                    questions,
+                    corpus,
+                    out,
+                    concurrency,
+                    baseline,
+                    thresholds,
+                    price_per_1k_tokens,
+                    fresh,
+                },
+        } => {
+            eval_answers_command(
+                settings,
+                EvalAnswersArgs {
+                    questions,
+                    corpus,
+                    out,
+                    concurrency,
+                    baseline,
+                    thresholds,
+                    price_per_1k_tokens,
+                    fresh,
+                },
+            )
+            .await
         }
         Command::Eval {
             command:
@@ -633,6 +692,131 @@ fn ingest_progress(bar: ProgressBar) -> impl Fn(Progress) + Send + Sync {
             }
         }
     }
+}
+
+struct EvalAnswersArgs {
+    questions: PathBuf,
+    corpus: Option<PathBuf>,
+    out: PathBuf,
+    concurrency: usize,
+    baseline: Option<PathBuf>,
+    thresholds: Option<PathBuf>,
+    price_per_1k_tokens: f64,
+    fresh: bool,
+}
+
+async fn eval_answers_command(
+    mut settings: Settings,
+    args: EvalAnswersArgs,
+) -> anyhow::Result<ExitCode> {
+    use eval_answers as ea;
+    let questions = ea::load_questions(&args.questions)?;
+    let baseline: Option<ea::Report> = match &args.baseline {
+        Some(dir) => {
+            let path = dir.join("summary.json");
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("baseline {}: {e}", path.display()))?;
+            Some(serde_json::from_str(&text)?)
+        }
+        None => None,
+    };
+    if let Some(corpus) = &args.corpus {
+        settings.data_dir = settings.data_dir.join("eval").join(dir_name(corpus));
+        settings.database.url = String::new();
+    }
+    let app = Arc::new(App::open(settings).await?);
+    if let Some(corpus) = &args.corpus {
+        let files = rag_ingest::collect_files(std::slice::from_ref(corpus))?;
+        let bar = progress_bar(files.len() as u64, false);
+        let report = app
+            .ingestor()?
+            .ingest(
+                &files,
+                &IngestOptions::default(),
+                &ingest_progress(bar.clone()),
+            )
+            .await?;
+        bar.finish_and_clear();
+        eprintln!(
+            "corpus: {} documents, {} chunks ({} embedded now)",
+            report.documents, report.chunks, report.embedded_chunks
+        );
+    }
+    let files = ea::OutFiles::new(&args.out)?;
+    if args.fresh {
+        let _ = std::fs::remove_file(&files.results);
+    }
+    let wanted: std::collections::HashSet<&str> = questions.iter().map(|q| q.id.as_str()).collect();
+    let mut results: Vec<ea::QuestionResult> = ea::done_results(&files.results)?
+        .into_iter()
+        .filter(|r| wanted.contains(r.id.as_str()))
+        .collect();
+    let done: std::collections::HashSet<String> = results.iter().map(|r| r.id.clone()).collect();
+    let todo: Vec<ea::Question> = questions
+        .iter()
+        .filter(|q| !done.contains(&q.id))
+        .cloned()
+        .collect();
+    if !done.is_empty() {
+        eprintln!(
+            "resuming: {} of {} questions already answered",
+            done.len(),
+            questions.len()
+        );
+    }
+    // Load the model before the clock starts for the first question.
+    app.generator().await?;
+    let bar = ProgressBar::new(todo.len() as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} questions [{elapsed_precise}, ETA {eta}]",
+            )
+            .expect("valid template"),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for q in todo {
+        let (app, slots) = (app.clone(), slots.clone());
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            ea::evaluate(&app, &q, &SearchFilter::default()).await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let r = joined??;
+        ea::append_result(&files.results, &r)?;
+        results.push(r);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let order: std::collections::HashMap<&str, usize> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (q.id.as_str(), i))
+        .collect();
+    results.sort_by_key(|r| order[r.id.as_str()]);
+    let report = ea::report(&results, &app, args.price_per_1k_tokens);
+    std::fs::write(&files.summary, serde_json::to_string_pretty(&report)?)?;
+    let markdown = ea::markdown(&report, baseline.as_ref());
+    std::fs::write(&files.markdown, &markdown)?;
+    std::fs::write(&files.html, ea::html(&report, &results, baseline.as_ref()))?;
+    println!("{markdown}");
+    println!("wrote {}", args.out.display());
+    if let Some(path) = &args.thresholds {
+        let failures = ea::check_thresholds(path, &report.overall)?;
+        if !failures.is_empty() {
+            eprintln!("below the thresholds of {}:", path.display());
+            for f in &failures {
+                eprintln!("  {f}");
+            }
+            return Ok(ExitCode::from(4));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The last component of a folder's path, for naming its scratch store.
