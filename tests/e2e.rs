@@ -145,6 +145,7 @@ fn answers_cite_retrieved_chunks_and_unanswerable_questions_abstain() {
     let (_turn, data) = fixture_data();
     let qs = questions();
     let (mut abstained_unanswerable, mut unanswerable, mut answered) = (0, 0, 0);
+    let (mut cited, mut verified) = (0, 0);
     for q in &qs {
         let retrieved: HashSet<String> = retrieve(data, &q.question)
             .iter()
@@ -167,7 +168,12 @@ fn answers_cite_retrieved_chunks_and_unanswerable_questions_abstain() {
                 "citation [{n}] not in the answer {text:?}"
             );
             assert!(!c["quote"].as_str().unwrap().is_empty());
+            cited += 1;
+            verified += usize::from(c["verified"] == true);
         }
+        let counted = citations.iter().filter(|c| c["verified"] == true).count();
+        assert_eq!(a["verified_citations"], counted, "{a}");
+        assert!(a["removed_citations"].is_u64(), "{a}");
         for field in [
             "prompt_tokens",
             "completion_tokens",
@@ -199,6 +205,11 @@ fn answers_cite_retrieved_chunks_and_unanswerable_questions_abstain() {
     assert!(
         answered * 2 > answerable,
         "only {answered}/{answerable} answerable questions answered"
+    );
+    // Answers restate their passages: most citations check out.
+    assert!(
+        verified * 2 > cited,
+        "only {verified}/{cited} citations verified"
     );
 }
 

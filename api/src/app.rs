@@ -196,6 +196,8 @@ impl App {
             answer: grounding::NOT_COVERED.to_string(),
             abstained: true,
             citations: vec![],
+            verified_citations: 0,
+            removed_citations: 0,
             usage,
         };
         if relevant.is_empty() {
@@ -253,7 +255,8 @@ impl App {
                 None => return Ok(abstain(usage)),
             }
         }
-        let citations = checked
+        let min_support = self.settings.generator.verify_min_support;
+        let citations: Vec<Citation> = checked
             .cited
             .iter()
             .map(|&n| {
@@ -266,12 +269,15 @@ impl App {
                     title: hit.title.clone(),
                     page: hit.page,
                     quote: best_quote(&checked.text, &hit.text),
+                    verified: grounding::verify_citation(&checked.text, n, &hit.text, min_support),
                 }
             })
             .collect();
         Ok(Answer {
             answer: checked.text,
             abstained: false,
+            verified_citations: citations.iter().filter(|c| c.verified).count(),
+            removed_citations: checked.removed,
             citations,
             usage,
         })

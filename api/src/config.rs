@@ -101,6 +101,9 @@ pub struct GeneratorSettings {
     pub temperature: f64,
     pub seed: u64,
     pub repeat_penalty: f32,
+    /// A citation is verified when every sentence citing it has at least
+    /// this share of its content words in the cited passage.
+    pub verify_min_support: f32,
 }
 
 impl Default for GeneratorSettings {
@@ -112,6 +115,7 @@ impl Default for GeneratorSettings {
             seed: 42,
             // Answers copy facts from the passages: no penalty for repeating them.
             repeat_penalty: 1.0,
+            verify_min_support: 0.5,
         }
     }
 }

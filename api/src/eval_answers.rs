@@ -84,6 +84,7 @@ pub struct CitedSource {
     pub n: usize,
     pub source: String,
     pub correct: bool,
+    pub verified: bool,
 }
 
 /// Lower-cased words without punctuation and articles, as SQuAD's
@@ -181,6 +182,7 @@ pub async fn evaluate(
                 n: c.n,
                 source: c.source.clone(),
                 correct: gold.contains(c.source.as_str()) || quotes,
+                verified: c.verified,
             }
         })
         .collect();
@@ -231,9 +233,8 @@ pub struct Summary {
     /// Answers with at least one citation (what citation precision is
     /// computed over).
     pub cited_answers: usize,
-    /// Citation verification lands with the generator work; until then
-    /// this stays `None`.
-    pub citations_verified: Option<f64>,
+    /// Share of citations whose passage supports the sentences citing it.
+    pub citations_verified: f64,
     /// Unanswerable questions that were abstained on.
     pub abstention_accuracy: f64,
     /// Answerable questions that were abstained on.
@@ -298,7 +299,10 @@ pub fn summarize(results: &[&QuestionResult], price_per_1k: f64) -> Summary {
             .iter()
             .filter(|r| r.citation_precision.is_some())
             .count(),
-        citations_verified: None,
+        citations_verified: {
+            let all: Vec<&CitedSource> = results.iter().flat_map(|r| &r.citations).collect();
+            mean(all.iter().map(|c| c.verified as u8 as f64))
+        },
         abstention_accuracy: mean(unanswerable.iter().map(|r| r.abstained as u8 as f64)),
         false_abstention_rate: mean(answerable.iter().map(|r| r.abstained as u8 as f64)),
         p50_ms: percentile(&latencies, 0.5),
@@ -400,7 +404,7 @@ fn pct(x: f64) -> String {
 /// one without any), shown as a dash.
 type Row = (&'static str, fn(&Summary) -> Option<String>);
 
-const ROWS: [Row; 13] = [
+const ROWS: [Row; 14] = [
     ("questions", |s| Some(s.questions.to_string())),
     ("recall@1", |s| {
         (s.answerable > 0).then(|| pct(s.recall_at_1))
@@ -422,6 +426,9 @@ const ROWS: [Row; 13] = [
     }),
     ("citation precision", |s| {
         (s.cited_answers > 0).then(|| pct(s.citation_precision))
+    }),
+    ("citations verified", |s| {
+        (s.cited_answers > 0).then(|| pct(s.citations_verified))
     }),
     ("abstention accuracy (unanswerable)", |s| {
         (s.unanswerable > 0).then(|| pct(s.abstention_accuracy))

@@ -186,6 +186,8 @@ pub struct Citation {
     pub title: String,
     pub page: Option<u32>,
     pub quote: String,
+    /// Every sentence citing it shares enough words with the passage.
+    pub verified: bool,
 }
 
 /// Costs of one answer: what an operator needs to know what it cost.
@@ -204,6 +206,10 @@ pub struct Answer {
     /// True when the documents do not cover the question.
     pub abstained: bool,
     pub citations: Vec<Citation>,
+    /// How many of `citations` are verified.
+    pub verified_citations: usize,
+    /// Citations the model made to passages it was not given, removed.
+    pub removed_citations: usize,
     pub usage: Usage,
 }
 

@@ -58,6 +58,10 @@ pub fn build_messages(question: &str, passages: &[String]) -> Vec<ChatMessage> {
 static CITATION: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\[(\d+(?:\s*,\s*\d+)*)\]").unwrap());
 
+/// Citation markers at the start of a text, after any spaces.
+static LEADING_CITATIONS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^\s*(?:\[\d+(?:\s*,\s*\d+)*\]\s*)+").unwrap());
+
 /// Citations found in an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedAnswer {
@@ -148,6 +152,58 @@ pub fn support(answer: &str, passage: &str) -> f32 {
     a.iter().filter(|w| p.contains(*w)).count() as f32 / a.len() as f32
 }
 
+/// The sentences of an answer that cite passage `n` (`[n]` or `[.., n]`),
+/// without their citation markers. A marker standing after the sentence's
+/// full stop (`... a year. [1]`) belongs to that sentence.
+pub fn sentences_citing(answer: &str, n: usize) -> Vec<String> {
+    let mut sentences: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut chars = answer.chars().peekable();
+    while let Some(c) = chars.next() {
+        current.push(c);
+        if matches!(c, '.' | '!' | '?' | '\n') && chars.peek().is_none_or(|n| n.is_whitespace()) {
+            sentences.push(std::mem::take(&mut current));
+        }
+    }
+    sentences.push(current);
+    // Markers at the start of a segment (`... leave. [1] Next ...`) belong
+    // to the sentence before.
+    let mut merged: Vec<String> = Vec::new();
+    for s in sentences {
+        let lead = LEADING_CITATIONS.find(&s).map_or(0, |m| m.end());
+        match merged.last_mut() {
+            Some(last) if lead > 0 => {
+                last.push_str(&s[..lead]);
+                merged.push(s[lead..].to_string());
+            }
+            _ => merged.push(s),
+        }
+    }
+    merged
+        .into_iter()
+        .filter(|s| {
+            CITATION.captures_iter(s).any(|caps| {
+                caps[1]
+                    .split(',')
+                    .any(|m| m.trim().parse::<usize>() == Ok(n))
+            })
+        })
+        .map(|s| {
+            let bare = CITATION.replace_all(&s, "");
+            let words: Vec<&str> = bare.split_whitespace().collect();
+            words.join(" ").replace(" .", ".").replace(" ,", ",")
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether the passage supports what cites it: every sentence citing `n`
+/// has at least `min_support` of its content words in the passage.
+pub fn verify_citation(answer: &str, n: usize, passage: &str, min_support: f32) -> bool {
+    let sentences = sentences_citing(answer, n);
+    !sentences.is_empty() && sentences.iter().all(|s| support(s, passage) >= min_support)
+}
+
 /// When a small model answers without citing, attribute the answer to the
 /// passage whose words it uses most, if it uses enough of them. Returns the
 /// 1-based passage number.
@@ -180,6 +236,31 @@ mod tests {
         let none = check_citations("No sources [0].", 3);
         assert!(none.cited.is_empty());
         assert_eq!(none.removed, 1);
+    }
+
+    #[test]
+    fn citations_are_verified_against_their_passage() {
+        let answer = "Employees get 28 days of paid annual leave. [1] Unused days expire in March [2]. \
+                      The office has a rooftop pool [1].";
+        assert_eq!(
+            sentences_citing(answer, 1),
+            [
+                "Employees get 28 days of paid annual leave.",
+                "The office has a rooftop pool."
+            ]
+        );
+        assert_eq!(
+            sentences_citing(answer, 2),
+            ["Unused days expire in March."]
+        );
+        assert!(sentences_citing(answer, 3).is_empty());
+        let leave = "Every employee has 28 days of paid annual leave per year.";
+        let expiry = "Unused days expire at the end of March.";
+        // Passage 1 supports its first sentence, not the invented pool.
+        assert!(!verify_citation(answer, 1, leave, 0.5));
+        assert!(verify_citation(answer, 2, expiry, 0.5));
+        assert!(verify_citation("Leave is 28 days [1, 2].", 1, leave, 0.5));
+        assert!(!verify_citation("Leave is 28 days [1].", 2, leave, 0.5));
     }
 
     #[test]
