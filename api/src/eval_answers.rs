@@ -217,8 +217,10 @@ pub async fn evaluate(
     })
 }
 
-/// Aggregates over a set of results.
+/// Aggregates over a set of results. Fields a baseline written by an
+/// older version lacks read as their defaults.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Summary {
     pub questions: usize,
     pub answerable: usize,
@@ -233,8 +235,9 @@ pub struct Summary {
     /// Answers with at least one citation (what citation precision is
     /// computed over).
     pub cited_answers: usize,
-    /// Share of citations whose passage supports the sentences citing it.
-    pub citations_verified: f64,
+    /// Share of citations whose passage supports the sentences citing it;
+    /// `None` without citations.
+    pub citations_verified: Option<f64>,
     /// Unanswerable questions that were abstained on.
     pub abstention_accuracy: f64,
     /// Answerable questions that were abstained on.
@@ -301,7 +304,7 @@ pub fn summarize(results: &[&QuestionResult], price_per_1k: f64) -> Summary {
             .count(),
         citations_verified: {
             let all: Vec<&CitedSource> = results.iter().flat_map(|r| &r.citations).collect();
-            mean(all.iter().map(|c| c.verified as u8 as f64))
+            (!all.is_empty()).then(|| mean(all.iter().map(|c| c.verified as u8 as f64)))
         },
         abstention_accuracy: mean(unanswerable.iter().map(|r| r.abstained as u8 as f64)),
         false_abstention_rate: mean(answerable.iter().map(|r| r.abstained as u8 as f64)),
@@ -427,9 +430,7 @@ const ROWS: [Row; 14] = [
     ("citation precision", |s| {
         (s.cited_answers > 0).then(|| pct(s.citation_precision))
     }),
-    ("citations verified", |s| {
-        (s.cited_answers > 0).then(|| pct(s.citations_verified))
-    }),
+    ("citations verified", |s| s.citations_verified.map(pct)),
     ("abstention accuracy (unanswerable)", |s| {
         (s.unanswerable > 0).then(|| pct(s.abstention_accuracy))
     }),

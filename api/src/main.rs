@@ -738,8 +738,8 @@ async fn eval_answers_command(
             .await?;
         bar.finish_and_clear();
         eprintln!(
-            "corpus: {} documents, {} chunks ({} embedded now)",
-            report.documents, report.chunks, report.embedded_chunks
+            "corpus: {} documents ({} unchanged since the last run), {} chunks embedded now",
+            report.documents, report.unchanged, report.embedded_chunks
         );
     }
     let files = ea::OutFiles::new(&args.out)?;
