@@ -879,39 +879,23 @@ fn cluster_mode_metadata_on_postgres() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let pg = |cmd: &mut Command| {
-        cmd.env("RAG_DATABASE__URL", &url);
+    // `rag ARGS --json` with the metadata on Postgres.
+    let on_pg = |args: &[&str]| -> Value {
+        let out = run_ok(
+            rag(dir.path())
+                .env("RAG_DATABASE__URL", &url)
+                .args(args)
+                .arg("--json"),
+        );
+        serde_json::from_str(&out).unwrap()
     };
-    let mut ingest = rag(dir.path());
-    pg(&mut ingest);
-    let report: Value = serde_json::from_str(&run_ok(ingest.args([
-        "ingest",
-        "fixtures/wiki/leave",
-        "--json",
-    ])))
-    .unwrap();
+    let report = on_pg(&["ingest", "fixtures/wiki/leave"]);
     assert_eq!(report["added"], 3, "{report}");
-    let mut again = rag(dir.path());
-    pg(&mut again);
-    let report: Value = serde_json::from_str(&run_ok(again.args([
-        "ingest",
-        "fixtures/wiki/leave",
-        "--json",
-    ])))
-    .unwrap();
+    let report = on_pg(&["ingest", "fixtures/wiki/leave"]);
     assert_eq!(report["embedded_chunks"], 0, "{report}");
-    let mut retrieve = rag(dir.path());
-    pg(&mut retrieve);
-    let hits: Vec<Value> = serde_json::from_str(&run_ok(retrieve.args([
-        "retrieve",
-        "How many days of annual leave?",
-        "--json",
-    ])))
-    .unwrap();
+    let hits = on_pg(&["retrieve", "How many days of annual leave?"]);
     assert_eq!(hits[0]["source"], "vacation.md");
-    let mut doctor = rag(dir.path());
-    pg(&mut doctor);
-    let d: Value = serde_json::from_str(&run_ok(doctor.args(["doctor", "--json"]))).unwrap();
+    let d = on_pg(&["doctor"]);
     assert_eq!(
         (d["documents"].as_u64(), d["orphan_vectors"].as_u64()),
         (Some(3), Some(0)),

@@ -198,30 +198,7 @@ enum EvalCommand {
     /// tokens and cost, overall and per kind. Writes results.jsonl,
     /// summary.json, report.md and report.html to --out; a killed run
     /// resumes where it stopped.
-    Answers {
-        #[arg(long)]
-        questions: PathBuf,
-        /// Ingest this folder into a scratch data directory first (reused
-        /// while unchanged); without it, the configured data directory.
-        #[arg(long)]
-        corpus: Option<PathBuf>,
-        #[arg(long, default_value = "eval-out")]
-        out: PathBuf,
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
-        /// A previous run's --out folder, compared in the reports.
-        #[arg(long)]
-        baseline: Option<PathBuf>,
-        /// TOML of `metric = minimum`: exit 4 when a metric falls short.
-        #[arg(long)]
-        thresholds: Option<PathBuf>,
-        /// Price per 1,000 tokens (prompt and completion) for the cost column.
-        #[arg(long, default_value_t = 0.0)]
-        price_per_1k_tokens: f64,
-        /// Start again instead of resuming the results in --out.
-        #[arg(long)]
-        fresh: bool,
-    },
+    Answers(EvalAnswersArgs),
     /// Retrieval quality on a BEIR-format folder (corpus.jsonl, queries.jsonl,
     /// qrels/SPLIT.tsv): nDCG@10, recall@10, recall@100 and MRR@10 per mode.
     /// The corpus is ingested into a scratch data directory, reused while
@@ -402,33 +379,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval {
-            command:
-                EvalCommand::Answers {
-                    questions,
-                    corpus,
-                    out,
-                    concurrency,
-                    baseline,
-                    thresholds,
-                    price_per_1k_tokens,
-                    fresh,
-                },
-        } => {
-            eval_answers_command(
-                settings,
-                EvalAnswersArgs {
-                    questions,
-                    corpus,
-                    out,
-                    concurrency,
-                    baseline,
-                    thresholds,
-                    price_per_1k_tokens,
-                    fresh,
-                },
-            )
-            .await
-        }
+            command: EvalCommand::Answers(args),
+        } => eval_answers_command(settings, args).await,
         Command::Eval {
             command:
                 EvalCommand::Retrieval {
@@ -694,14 +646,30 @@ fn ingest_progress(bar: ProgressBar) -> impl Fn(Progress) + Send + Sync {
     }
 }
 
+/// Options of `rag eval answers`.
+#[derive(clap::Args)]
 struct EvalAnswersArgs {
+    #[arg(long)]
     questions: PathBuf,
+    /// Ingest this folder into a scratch data directory first (reused
+    /// while unchanged); without it, the configured data directory.
+    #[arg(long)]
     corpus: Option<PathBuf>,
+    #[arg(long, default_value = "eval-out")]
     out: PathBuf,
+    #[arg(long, default_value_t = 1)]
     concurrency: usize,
+    /// A previous run's --out folder, compared in the reports.
+    #[arg(long)]
     baseline: Option<PathBuf>,
+    /// TOML of `metric = minimum`: exit 4 when a metric falls short.
+    #[arg(long)]
     thresholds: Option<PathBuf>,
+    /// Price per 1,000 tokens (prompt and completion) for the cost column.
+    #[arg(long, default_value_t = 0.0)]
     price_per_1k_tokens: f64,
+    /// Start again instead of resuming the results in --out.
+    #[arg(long)]
     fresh: bool,
 }
 

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rag_core::{Error, SearchFilter, SearchMode};
+use rag_core::{DocumentRecord, Error, SearchFilter, SearchMode};
 use rag_ingest::{IngestOptions, Input};
 use serde::Deserialize;
 use serde_json::json;
@@ -331,17 +331,21 @@ async fn list_documents(
     .into_response())
 }
 
+/// The document `id`, or 404.
+async fn find_document(state: &AppState, id: &str) -> Result<DocumentRecord, ApiError> {
+    state
+        .app
+        .docs
+        .document(id)
+        .await?
+        .ok_or_else(|| rejection(StatusCode::NOT_FOUND, format!("no document {id}")))
+}
+
 async fn get_document(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let doc = state
-        .app
-        .docs
-        .document(&id)
-        .await?
-        .ok_or_else(|| rejection(StatusCode::NOT_FOUND, format!("no document {id}")))?;
-    Ok(Json(doc).into_response())
+    Ok(Json(find_document(&state, &id).await?).into_response())
 }
 
 /// `DELETE /v1/documents/{id}`: rows first (gone from answers at once),
@@ -351,12 +355,7 @@ async fn delete_document(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let _writes = state.jobs.writes.lock().await;
-    let doc = state
-        .app
-        .docs
-        .document(&id)
-        .await?
-        .ok_or_else(|| rejection(StatusCode::NOT_FOUND, format!("no document {id}")))?;
+    let doc = find_document(&state, &id).await?;
     state
         .app
         .ingestor()
