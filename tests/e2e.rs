@@ -331,6 +331,18 @@ fn serve_answers_healthz_and_ask() {
 
     let (status, body) = http(&addr, "GET", "/healthz", "");
     assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = http(&addr, "GET", "/readyz", "");
+    assert_eq!(status, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["documents"].as_u64()),
+        (Some("ready"), Some(16))
+    );
+    let (status, body) = http(&addr, "GET", "/v1/models", "");
+    assert_eq!(status, 200, "{body}");
+    let models: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], ready["generator"]);
     let (status, body) = http(
         &addr,
         "POST",

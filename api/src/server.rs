@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rag_core::{DocumentRecord, Error, SearchFilter, SearchMode};
+use rag_core::{DocumentRecord, Error, Generator, SearchFilter, SearchMode};
 use rag_ingest::{IngestOptions, Input};
 use serde::Deserialize;
 use serde_json::json;
@@ -135,6 +135,44 @@ async fn retrieve(
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// `GET /readyz`: 200 when the generator is loaded and both stores answer,
+/// else 503 with what is not ready.
+async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let app = &state.app;
+    let documents = app.docs.document_count().await?;
+    // A one-hit search reaches the vector store (an empty one answers too).
+    app.vectors
+        .search(&rag_core::VectorQuery {
+            dense: vec![0.0; app.embedder.dimension()],
+            text: String::new(),
+            mode: SearchMode::Dense,
+            fusion: Default::default(),
+            filter: SearchFilter::default(),
+            limit: 1,
+            exact: false,
+            hnsw_ef: None,
+        })
+        .await?;
+    let generator = app.generator().await?;
+    Ok(Json(json!({
+        "status": "ready",
+        "documents": documents,
+        "generator": generator.model_id(),
+        "embedder": app.embedder.model_id(),
+    }))
+    .into_response())
+}
+
+/// `GET /v1/models`: the generator, in OpenAI's list shape.
+async fn models(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let generator = state.app.generator().await?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{"id": generator.model_id(), "object": "model", "owned_by": "rag"}],
+    }))
+    .into_response())
 }
 
 /// What every handler shares.
@@ -376,6 +414,8 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/models", get(models))
         .route("/v1/ask", post(ask))
         .route("/v1/retrieve", post(retrieve))
         .route("/v1/jobs/{id}", get(job))
