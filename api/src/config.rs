@@ -168,6 +168,15 @@ impl Default for Retrieval {
 }
 
 impl Settings {
+    /// These settings on a scratch data directory of their own (an
+    /// evaluation's or a benchmark's): SQLite inside it, never the
+    /// configured database.
+    pub fn scratch(mut self, data_dir: PathBuf) -> Self {
+        self.data_dir = data_dir;
+        self.database.url = String::new();
+        self
+    }
+
     pub fn load(file: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Result<Self> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {

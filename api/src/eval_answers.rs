@@ -560,53 +560,34 @@ fn histogram(latencies: &[u64]) -> String {
 }
 
 pub fn html(report: &Report, results: &[QuestionResult], baseline: Option<&Report>) -> String {
+    // A kind's accuracy: abstention for unanswerable questions, the
+    // must-include share otherwise.
+    let kind_score = |k: &str, s: &Summary| {
+        if k == "unanswerable" || s.answerable == 0 {
+            s.abstention_accuracy
+        } else {
+            s.must_include_accuracy
+        }
+    };
     let kinds: Vec<(String, f64, Option<f64>)> = report
         .per_kind
         .iter()
         .map(|(k, s)| {
-            let score = if k == "unanswerable" || s.answerable == 0 {
-                s.abstention_accuracy
-            } else {
-                s.must_include_accuracy
-            };
-            let base = baseline.and_then(|b| b.per_kind.get(k)).map(|b| {
-                if k == "unanswerable" || b.answerable == 0 {
-                    b.abstention_accuracy
-                } else {
-                    b.must_include_accuracy
-                }
-            });
-            (k.clone(), score, base)
+            let base = baseline
+                .and_then(|b| b.per_kind.get(k))
+                .map(|b| kind_score(k, b));
+            (k.clone(), kind_score(k, s), base)
         })
         .collect();
-    let o = &report.overall;
-    let b = baseline.map(|b| &b.overall);
+    let (o, b) = (&report.overall, baseline.map(|b| &b.overall));
+    let row =
+        |name: &str, metric: fn(&Summary) -> f64| (name.to_string(), metric(o), b.map(metric));
     let overall = vec![
-        (
-            "recall@5".to_string(),
-            o.recall_at_5,
-            b.map(|b| b.recall_at_5),
-        ),
-        (
-            "must-include accuracy".into(),
-            o.must_include_accuracy,
-            b.map(|b| b.must_include_accuracy),
-        ),
-        (
-            "citation precision".into(),
-            o.citation_precision,
-            b.map(|b| b.citation_precision),
-        ),
-        (
-            "abstention accuracy".into(),
-            o.abstention_accuracy,
-            b.map(|b| b.abstention_accuracy),
-        ),
-        (
-            "false abstention".into(),
-            o.false_abstention_rate,
-            b.map(|b| b.false_abstention_rate),
-        ),
+        row("recall@5", |s| s.recall_at_5),
+        row("must-include accuracy", |s| s.must_include_accuracy),
+        row("citation precision", |s| s.citation_precision),
+        row("abstention accuracy", |s| s.abstention_accuracy),
+        row("false abstention", |s| s.false_abstention_rate),
     ];
     let latencies: Vec<u64> = results.iter().map(|r| r.total_ms).collect();
     let table: String = results

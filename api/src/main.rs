@@ -393,11 +393,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let data = eval::load(&beir, &split)?;
             let name = dir_name(&beir);
-            let mut settings = settings;
-            settings.data_dir =
-                scratch.unwrap_or_else(|| settings.data_dir.join("eval").join(&name));
-            // The scratch store is its own: never the configured database.
-            settings.database.url = String::new();
+            let dir = scratch.unwrap_or_else(|| settings.data_dir.join("eval").join(&name));
+            let settings = settings.scratch(dir);
             let app = App::open(settings).await?;
             let bar = progress_bar(data.corpus.len() as u64, json);
             let options = IngestOptions {
@@ -520,10 +517,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     scratch,
                 },
         } => {
-            let mut settings = settings;
-            settings.data_dir =
+            let dir =
                 scratch.unwrap_or_else(|| settings.data_dir.join("bench").join(dir_name(&corpus)));
-            settings.database.url = String::new();
+            let settings = settings.scratch(dir);
             let app = App::open(settings).await?;
             bench::query(&app, &corpus, &sizes, queries).await?;
             Ok(ExitCode::SUCCESS)
@@ -689,8 +685,8 @@ async fn eval_answers_command(
         None => None,
     };
     if let Some(corpus) = &args.corpus {
-        settings.data_dir = settings.data_dir.join("eval").join(dir_name(corpus));
-        settings.database.url = String::new();
+        let dir = settings.data_dir.join("eval").join(dir_name(corpus));
+        settings = settings.scratch(dir);
     }
     let app = Arc::new(App::open(settings).await?);
     if let Some(corpus) = &args.corpus {

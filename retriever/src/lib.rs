@@ -81,21 +81,6 @@ struct Candidate {
 }
 
 impl Retriever {
-    /// The `k` best passages for a question under the default options.
-    pub async fn retrieve(
-        &self,
-        question: &str,
-        k: usize,
-        filter: &SearchFilter,
-    ) -> Result<Vec<Hit>> {
-        let options = RetrieveOptions {
-            k,
-            filter: filter.clone(),
-            ..Default::default()
-        };
-        self.retrieve_with(question, &options).await
-    }
-
     pub async fn retrieve_with(
         &self,
         question: &str,
