@@ -15,6 +15,9 @@ pub enum Error {
     /// A backend (store, model) cannot serve now; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
+    /// Too many requests are waiting: the caller should retry shortly.
+    #[error("{0}")]
+    Busy(String),
     /// Anything else: a bug or a broken installation.
     #[error("{0}")]
     Internal(String),
@@ -29,6 +32,9 @@ impl Error {
     }
     pub fn unavailable(msg: impl fmt::Display) -> Self {
         Error::Unavailable(msg.to_string())
+    }
+    pub fn busy(msg: impl fmt::Display) -> Self {
+        Error::Busy(msg.to_string())
     }
     pub fn internal(msg: impl fmt::Display) -> Self {
         Error::Internal(msg.to_string())

@@ -12,5 +12,5 @@ mod types;
 
 pub use error::{Error, Result};
 pub use ids::{chunk_id, document_id};
-pub use traits::{DocumentStore, Embedder, Generator, Reranker, VectorStore};
+pub use traits::{DocumentStore, Embedder, Generator, Reranker, TextSink, VectorStore};
 pub use types::*;

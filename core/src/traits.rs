@@ -1,8 +1,8 @@
 use async_trait::async_trait;
 
 use crate::{
-    ChunkRecord, DocumentRecord, Generation, GenerationRequest, Result, ScoredChunk, VectorPoint,
-    VectorQuery,
+    ChatMessage, ChunkRecord, DocumentRecord, Generation, GenerationRequest, Result, ScoredChunk,
+    VectorPoint, VectorQuery,
 };
 
 /// Turns passages and questions into dense vectors.
@@ -84,11 +84,29 @@ pub trait Reranker: Send + Sync {
     fn score(&self, question: &str, passages: &[&str]) -> Result<Vec<f32>>;
 }
 
-/// Produces text from chat messages.
+/// Receives an answer's text as it is generated, piece by piece. The pieces
+/// concatenated are the generation's text before trimming.
+pub type TextSink<'a> = &'a mut (dyn FnMut(&str) + Send);
+
+/// Produces text from chat messages: a model in-process, or a server.
 #[async_trait]
 pub trait Generator: Send + Sync {
     fn model_id(&self) -> &str;
     /// Number of tokens the model can attend to, prompt and answer together.
     fn context_window(&self) -> usize;
-    async fn generate(&self, request: GenerationRequest) -> Result<Generation>;
+    /// Tokens the prompt of `messages` takes. Backends without the model's
+    /// tokenizer estimate, erring on the high side (3 bytes a token).
+    fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize> {
+        Ok(messages.iter().map(|m| m.content.len() / 3 + 8).sum())
+    }
+    /// Generates the whole answer, sending each piece of text to `sink` as
+    /// soon as it is known.
+    async fn generate_stream(
+        &self,
+        request: GenerationRequest,
+        sink: TextSink<'_>,
+    ) -> Result<Generation>;
+    async fn generate(&self, request: GenerationRequest) -> Result<Generation> {
+        self.generate_stream(request, &mut |_| {}).await
+    }
 }

@@ -197,6 +197,13 @@ pub struct Usage {
     pub completion_tokens: usize,
     pub retrieval_ms: u64,
     pub generation_ms: u64,
+    /// Passages given to the model.
+    #[serde(default)]
+    pub passages_used: usize,
+    /// Relevant passages left out because the prompt would not fit the
+    /// model's context window with the answer's tokens reserved.
+    #[serde(default)]
+    pub passages_left_out: usize,
 }
 
 /// A grounded answer.
@@ -247,6 +254,10 @@ pub struct GenerationRequest {
     pub seed: u64,
     pub repeat_penalty: f32,
     pub stop: Vec<String>,
+    /// Keep generating past the end-of-sequence token, to `max_tokens`:
+    /// for benchmarks, where the answer does not matter.
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl GenerationRequest {
@@ -259,6 +270,7 @@ impl GenerationRequest {
             seed: 42,
             repeat_penalty: 1.1,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

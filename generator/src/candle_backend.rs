@@ -4,11 +4,12 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use async_trait::async_trait;
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use candle_transformers::models::{quantized_llama, quantized_qwen2, qwen2};
 use rag_core::{
-    ChatMessage, Error, FinishReason, Generation, GenerationRequest, Generator, Result,
+    ChatMessage, Error, FinishReason, Generation, GenerationRequest, Generator, Result, TextSink,
 };
 use tokenizers::Tokenizer;
 
@@ -20,13 +21,17 @@ const REPEAT_LAST_N: usize = 64;
 enum Model {
     Llama(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
+    /// Unquantized weights (safetensors), bf16 on CUDA.
+    Qwen2Full(qwen2::ModelForCausalLM),
 }
 
 impl Model {
+    /// Logits of the last position, `(batch, vocab)`, in f32.
     fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
         match self {
             Model::Llama(m) => m.forward(input, pos),
             Model::Qwen2(m) => m.forward(input, pos),
+            Model::Qwen2Full(m) => m.forward(input, pos)?.squeeze(1)?.to_dtype(DType::F32),
         }
     }
 
@@ -34,8 +39,50 @@ impl Model {
         match self {
             Model::Llama(m) => m.clear_kv_cache(),
             Model::Qwen2(m) => m.clear_kv_cache(),
+            Model::Qwen2Full(m) => m.clear_kv_cache(),
         }
     }
+}
+
+/// The device named `cpu` or `cuda` (GPU 0).
+pub fn device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| {
+            anyhow::anyhow!(
+                "no CUDA device: {e} (is this binary built with `--features cuda`, and is a GPU with its driver present?)"
+            )
+        }),
+        other => anyhow::bail!("unknown device {other:?}; use cpu or cuda"),
+    }
+}
+
+/// A Hugging Face `config.json` of the qwen2 family as candle's config,
+/// with the defaults transformers leaves out (v5 nests `rope_theta` and may
+/// write `sliding_window: null`).
+fn qwen2_config(raw: &serde_json::Value) -> anyhow::Result<qwen2::Config> {
+    let mut cfg = raw.clone();
+    let layers = cfg["num_hidden_layers"].clone();
+    let defaults = [
+        ("sliding_window", cfg["max_position_embeddings"].clone()),
+        ("max_window_layers", layers),
+        ("use_sliding_window", serde_json::json!(false)),
+        ("tie_word_embeddings", serde_json::json!(false)),
+        ("hidden_act", serde_json::json!("silu")),
+        ("rms_norm_eps", serde_json::json!(1e-6)),
+        (
+            "rope_theta",
+            raw["rope_parameters"]["rope_theta"]
+                .as_f64()
+                .map_or(serde_json::json!(1_000_000.0), |t| serde_json::json!(t)),
+        ),
+    ];
+    for (key, value) in defaults {
+        if cfg[key].is_null() {
+            cfg[key] = value;
+        }
+    }
+    Ok(serde_json::from_value(cfg)?)
 }
 
 /// A quantized GGUF model run in-process by candle.
@@ -74,10 +121,20 @@ fn metadata_u32(content: &gguf_file::Content, key: &str) -> Option<u32> {
 const CHATML: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 impl CandleGenerator {
-    /// Loads a GGUF model on the CPU. The tokenizer is `tokenizer.json`
-    /// beside the file when there is one, else built from the GGUF itself.
+    /// Loads a model on the CPU: see [`CandleGenerator::load_on`].
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let device = Device::Cpu;
+        Self::load_on(path, &Device::Cpu)
+    }
+
+    /// Loads a GGUF file, or a folder of safetensors weights with its
+    /// `config.json` and `tokenizer.json` (qwen2 family; bf16 on CUDA, f32 on
+    /// the CPU). A GGUF's tokenizer is `tokenizer.json` beside the file when
+    /// there is one, else built from the GGUF itself.
+    pub fn load_on(path: &Path, device: &Device) -> anyhow::Result<Self> {
+        if path.is_dir() {
+            return Self::load_safetensors(path, device);
+        }
+        let device = device.clone();
         let mut file = std::fs::File::open(path)
             .with_context(|| format!("opening the model {}", path.display()))?;
         let content = gguf_file::Content::read(&mut file)
@@ -139,6 +196,87 @@ impl CandleGenerator {
         })
     }
 
+    fn load_safetensors(dir: &Path, device: &Device) -> anyhow::Result<Self> {
+        let read_json = |name: &str| -> anyhow::Result<serde_json::Value> {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        };
+        let raw = read_json("config.json")?;
+        let family = raw["model_type"].as_str().unwrap_or_default();
+        anyhow::ensure!(
+            family == "qwen2",
+            "{}: model_type {family:?} is not supported for safetensors weights; supported: qwen2 (other families: use a GGUF file)",
+            dir.display()
+        );
+        let config = qwen2_config(&raw)?;
+        let dtype = if device.is_cuda() {
+            match raw["torch_dtype"].as_str().or(raw["dtype"].as_str()) {
+                Some("float16") => DType::F16,
+                _ => DType::BF16,
+            }
+        } else {
+            DType::F32
+        };
+        let mut files: Vec<_> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        anyhow::ensure!(
+            !files.is_empty(),
+            "{}: no .safetensors files",
+            dir.display()
+        );
+        // SAFETY: the files are mapped read-only and not changed while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
+        let model = Model::Qwen2Full(qwen2::ModelForCausalLM::new(&config, vb)?);
+        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| anyhow::anyhow!("{}/tokenizer.json: {e}", dir.display()))?;
+        let tokenizer_config = read_json("tokenizer_config.json").unwrap_or_default();
+        let special = |key: &str| -> String {
+            let v = &tokenizer_config[key];
+            v.as_str()
+                .or_else(|| v["content"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let template = tokenizer_config["chat_template"]
+            .as_str()
+            .map_or_else(|| CHATML.to_string(), str::to_string);
+        let (bos_token, eos_token) = (special("bos_token"), special("eos_token"));
+        let mut stop_ids: Vec<u32> = tokenizer.token_to_id(&eos_token).into_iter().collect();
+        for end in ["<|im_end|>", "<|endoftext|>"] {
+            stop_ids.extend(tokenizer.token_to_id(end));
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                model: Mutex::new(model),
+                tokenizer,
+                template,
+                bos_token,
+                eos_token,
+                stop_ids,
+                device: device.clone(),
+                context_window: config.max_position_embeddings,
+                model_id: dir
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            }),
+        })
+    }
+
+    /// `cpu` or `cuda`.
+    pub fn device_name(&self) -> &'static str {
+        if self.shared.device.is_cuda() {
+            "cuda"
+        } else {
+            "cpu"
+        }
+    }
+
     /// The prompt text for `messages`, rendered by the model's own chat
     /// template.
     pub fn render(&self, messages: &[ChatMessage]) -> anyhow::Result<String> {
@@ -171,7 +309,15 @@ impl CandleGenerator {
             .unwrap_or(0)
     }
 
-    fn run(&self, request: &GenerationRequest) -> anyhow::Result<Generation> {
+    /// Generates on the calling thread, sending text to `sink` as it is
+    /// decoded. Text that could be the start of a stop sequence, or an
+    /// incomplete UTF-8 character, is held back until it is settled. When
+    /// `sink` returns false (nobody listens any more) generation stops.
+    fn run(
+        &self,
+        request: &GenerationRequest,
+        sink: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<Generation> {
         let prompt = self.render(&request.messages)?;
         let prompt_ids = self
             .shared
@@ -210,6 +356,14 @@ impl CandleGenerator {
         let mut finish = FinishReason::Length;
         let mut input = Tensor::new(prompt_ids.as_slice(), &self.shared.device)?.unsqueeze(0)?;
         let mut pos = 0;
+        let hold_back = request
+            .stop
+            .iter()
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(1);
+        let mut sent = 0;
         while generated.len() < request.max_tokens {
             let logits = model.forward(&input, pos)?.squeeze(0)?;
             pos += input.dim(1)?;
@@ -224,7 +378,7 @@ impl CandleGenerator {
                 )?
             };
             let next = sampler.sample(&logits)?;
-            if self.shared.stop_ids.contains(&next) {
+            if !request.ignore_eos && self.shared.stop_ids.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
             }
@@ -245,7 +399,24 @@ impl CandleGenerator {
                 finish = FinishReason::Stop;
                 break;
             }
+            let mut end = text.len().saturating_sub(hold_back);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            if text[..end].ends_with(char::REPLACEMENT_CHARACTER) {
+                end -= char::REPLACEMENT_CHARACTER.len_utf8();
+            }
+            if end > sent && text.is_char_boundary(sent) {
+                let listening = sink(&text[sent..end]);
+                sent = end;
+                if !listening {
+                    break;
+                }
+            }
             input = Tensor::new(&[next], &self.shared.device)?.unsqueeze(0)?;
+        }
+        if text.len() > sent && text.is_char_boundary(sent) {
+            sink(&text[sent..]);
         }
         Ok(Generation {
             text: text.trim().to_string(),
@@ -266,9 +437,28 @@ impl Generator for CandleGenerator {
         self.shared.context_window
     }
 
-    async fn generate(&self, request: GenerationRequest) -> Result<Generation> {
+    fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize> {
+        let prompt = self
+            .render(messages)
+            .map_err(|e| Error::internal(format!("chat template: {e:#}")))?;
+        Ok(self.count_tokens(&prompt))
+    }
+
+    async fn generate_stream(
+        &self,
+        request: GenerationRequest,
+        sink: TextSink<'_>,
+    ) -> Result<Generation> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.run(&request))
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let worker = tokio::task::spawn_blocking(move || {
+            // The receiver goes away when the caller stopped listening.
+            this.run(&request, &mut |piece| tx.send(piece.to_string()).is_ok())
+        });
+        while let Some(piece) = rx.recv().await {
+            sink(&piece);
+        }
+        worker
             .await
             .map_err(|e| Error::internal(e.to_string()))?
             .map_err(|e| Error::internal(format!("generation failed: {e:#}")))

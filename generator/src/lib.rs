@@ -4,10 +4,15 @@
 //!   functions, shared by every backend.
 //! - [`CandleGenerator`]: quantized GGUF models (llama, qwen2 families) run
 //!   in-process with candle.
+//! - [`OpenAiGenerator`]: any OpenAI-compatible server (vLLM, TGI, Ollama,
+//!   llama.cpp, another `rag serve`).
 
+pub mod bench;
 mod candle_backend;
 mod gguf_tokenizer;
 pub mod grounding;
+mod openai;
 
-pub use candle_backend::CandleGenerator;
+pub use candle_backend::{CandleGenerator, device};
 pub use gguf_tokenizer::tokenizer_from_gguf;
+pub use openai::{OpenAiConfig, OpenAiGenerator};

@@ -81,3 +81,116 @@ async fn qwen2_family_qwen25_coder() {
     )
     .await;
 }
+
+/// The streamed pieces add up to the answer, for each family.
+async fn check_stream(path: PathBuf) {
+    let generator = CandleGenerator::load(&path).unwrap();
+    let request = GenerationRequest::greedy(
+        vec![ChatMessage::new(
+            Role::User,
+            "Write two sentences about the sea, with an emoji.",
+        )],
+        40,
+    );
+    let whole = generator.generate(request.clone()).await.unwrap();
+    let mut pieces: Vec<String> = Vec::new();
+    let streamed = generator
+        .generate_stream(request, &mut |p| pieces.push(p.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(streamed, whole);
+    assert!(pieces.len() > 5, "{pieces:?}");
+    assert_eq!(pieces.concat().trim(), whole.text);
+}
+
+#[tokio::test]
+async fn streaming_matches_for_both_families() {
+    check_stream(model(
+        "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ))
+    .await;
+    check_stream(model(
+        "Qwen2.5-Coder-0.5B-Instruct/Qwen2.5-Coder-0.5B-Instruct.gguf",
+    ))
+    .await;
+}
+
+/// Unquantized safetensors weights (the format run on CUDA in bf16) load
+/// from a Hugging Face folder written the way transformers 5 writes it
+/// (`rope_parameters`, `sliding_window: null`), here with tiny random
+/// weights in f32 on the CPU, and generate reproducibly.
+#[tokio::test]
+async fn safetensors_qwen2_folder_loads_and_generates() {
+    use candle_core::{DType, Device, Tensor};
+    let gguf = model("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut file = std::fs::File::open(&gguf).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let tokenizer = rag_generator::tokenizer_from_gguf(&content).unwrap();
+    let vocab = tokenizer.get_vocab_size(true);
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("tiny-qwen2");
+    std::fs::create_dir(&folder).unwrap();
+    tokenizer
+        .save(folder.join("tokenizer.json"), false)
+        .unwrap();
+    let (hidden, inter, layers, heads, kv) = (32, 64, 2, 4, 2);
+    std::fs::write(
+        folder.join("config.json"),
+        serde_json::json!({
+            "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+            "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter,
+            "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": kv, "max_position_embeddings": 512,
+            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+            "sliding_window": null, "tie_word_embeddings": true, "dtype": "bfloat16"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let dev = Device::Cpu;
+    let head = hidden / heads;
+    let mut tensors = std::collections::HashMap::new();
+    let mut add = |name: String, shape: &[usize]| {
+        let t = (Tensor::randn(0f32, 0.5, shape, &dev).unwrap()).to_dtype(DType::F32);
+        tensors.insert(name, t.unwrap());
+    };
+    add("model.embed_tokens.weight".into(), &[vocab, hidden]);
+    add("model.norm.weight".into(), &[hidden]);
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (n, shape) in [
+            ("self_attn.q_proj.weight", vec![heads * head, hidden]),
+            ("self_attn.q_proj.bias", vec![heads * head]),
+            ("self_attn.k_proj.weight", vec![kv * head, hidden]),
+            ("self_attn.k_proj.bias", vec![kv * head]),
+            ("self_attn.v_proj.weight", vec![kv * head, hidden]),
+            ("self_attn.v_proj.bias", vec![kv * head]),
+            ("self_attn.o_proj.weight", vec![hidden, heads * head]),
+            ("mlp.gate_proj.weight", vec![inter, hidden]),
+            ("mlp.up_proj.weight", vec![inter, hidden]),
+            ("mlp.down_proj.weight", vec![hidden, inter]),
+            ("input_layernorm.weight", vec![hidden]),
+            ("post_attention_layernorm.weight", vec![hidden]),
+        ] {
+            add(format!("{p}.{n}"), &shape);
+        }
+    }
+    candle_core::safetensors::save(&tensors, folder.join("model.safetensors")).unwrap();
+
+    let generator = CandleGenerator::load_on(&folder, &Device::Cpu).unwrap();
+    assert_eq!(generator.model_id(), "tiny-qwen2");
+    assert_eq!(generator.context_window(), 512);
+    let request = GenerationRequest {
+        ignore_eos: true,
+        ..GenerationRequest::greedy(vec![ChatMessage::new(Role::User, "Hello there.")], 12)
+    };
+    let a = generator.generate(request.clone()).await.unwrap();
+    assert_eq!(a.completion_tokens, 12, "ignore_eos runs to max_tokens");
+    let b = generator.generate(request).await.unwrap();
+    assert_eq!(a, b, "greedy is reproducible");
+    let runs = rag_generator::bench::generate(&generator, 64, 8, 1)
+        .await
+        .unwrap();
+    assert_eq!(runs[0].completion_tokens, 8);
+    assert!(runs[0].decode_tokens_per_s > 0.0 && runs[0].prompt_tokens >= 60);
+}

@@ -1,0 +1,28 @@
+//! `bench_generate MODEL [cpu|cuda] [PROMPT_TOKENS] [MAX_TOKENS] [RUNS]`:
+//! the measurement of `rag bench generate` in a small binary, for machines
+//! the whole service is not carried to (a lent GPU). Prints JSON lines.
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let model = args.first().ok_or_else(|| {
+        anyhow::anyhow!(
+            "usage: bench_generate MODEL [cpu|cuda] [PROMPT_TOKENS] [MAX_TOKENS] [RUNS]"
+        )
+    })?;
+    let arg = |i: usize, default: usize| -> anyhow::Result<usize> {
+        args.get(i).map_or(Ok(default), |a| Ok(a.parse()?))
+    };
+    let device = rag_generator::device(args.get(1).map_or("cpu", String::as_str))?;
+    let (prompt_tokens, max_tokens, runs) = (arg(2, 1024)?, arg(3, 256)?, arg(4, 2)?);
+    let generator = rag_generator::CandleGenerator::load_on(std::path::Path::new(model), &device)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    for run in runtime.block_on(rag_generator::bench::generate(
+        &generator,
+        prompt_tokens,
+        max_tokens,
+        runs,
+    ))? {
+        println!("{}", serde_json::to_string(&run)?);
+    }
+    Ok(())
+}
