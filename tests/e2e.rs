@@ -342,7 +342,8 @@ fn serve_answers_healthz_and_ask() {
     assert_eq!(status, 200, "{body}");
     let models: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(models["object"], "list");
-    assert_eq!(models["data"][0]["id"], ready["generator"]);
+    assert_eq!(models["data"][0]["id"], "rag");
+    assert_eq!(models["data"][1]["id"], ready["generator"]);
     let (status, body) = http(
         &addr,
         "POST",
@@ -987,8 +988,13 @@ fn upload(addr: &str, parts: &[(&str, Option<&str>, &[u8])]) -> (u16, Value) {
 }
 
 fn start_server(data: &Path) -> (KillOnDrop, String) {
+    start_server_with(data, &[])
+}
+
+fn start_server_with(data: &Path, env: &[(&str, &str)]) -> (KillOnDrop, String) {
     let mut child = KillOnDrop(
         rag(data)
+            .envs(env.iter().copied())
             .args(["serve", "--addr", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1325,4 +1331,324 @@ fn eval_answers_reports_resumes_compares_and_gates() {
             .unwrap()
             .contains("class=\"baseline\"")
     );
+}
+
+/// The body of a chunked HTTP/1.1 response, joined.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    out
+}
+
+/// The `data:` payloads of a Server-Sent Events body, in order.
+fn sse_data(body: &str) -> Vec<String> {
+    dechunk(body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A streamed chat completion: (the deltas joined, the last JSON chunk).
+fn stream_chat(addr: &str, body: &str) -> (String, Value) {
+    let (status, raw) = http(addr, "POST", "/v1/chat/completions", body);
+    assert_eq!(status, 200, "{raw}");
+    let events = sse_data(&raw);
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    (text, chunks.last().unwrap().clone())
+}
+
+#[test]
+fn chat_completions_answer_stream_and_refuse_bad_requests() {
+    let (_turn, data) = fixture_data();
+    let (_server, addr) = start_server(data);
+    let ask = r#"{"model":"rag","temperature":0,"messages":[
+        {"role":"system","content":"You are the wiki assistant."},
+        {"role":"user","content":"Which password manager does the company use?"}]}"#;
+    let (status, body) = http(&addr, "POST", "/v1/chat/completions", ask);
+    assert_eq!(status, 200, "{body}");
+    let full: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(full["object"], "chat.completion");
+    let content = full["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(full["abstained"], false, "{full}");
+    assert_eq!(full["citations"][0]["source"], "it/passwords-and-2fa.md");
+    assert!(content.contains("[1]"), "{content}");
+    let usage = &full["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 50, "{usage}");
+    assert!(usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+        )
+    );
+    assert!(usage["generation_ms"].as_u64().unwrap() > 0, "{usage}");
+    assert!(usage["retrieval_ms"].is_u64(), "{usage}");
+
+    // Streamed at temperature 0: the same text, piece by piece, and the
+    // citations in the last chunk.
+    let streamed_request =
+        ask.replacen("\"temperature\":0", "\"temperature\":0,\"stream\":true", 1);
+    let (text, last) = stream_chat(&addr, &streamed_request);
+    assert_eq!(text, content);
+    assert_eq!(last["answer"], content);
+    assert_eq!(last["citations"], full["citations"]);
+    assert_eq!(
+        last["choices"][0]["finish_reason"],
+        full["choices"][0]["finish_reason"]
+    );
+    assert_eq!(
+        last["usage"]["completion_tokens"],
+        usage["completion_tokens"]
+    );
+
+    // A follow-up leans on the question before it.
+    let follow_up = r#"{"messages":[
+        {"role":"user","content":"Which VPN client do we use?"},
+        {"role":"assistant","content":"WireGuard [1]."},
+        {"role":"user","content":"How do I install it?"}]}"#;
+    let (status, body) = http(&addr, "POST", "/v1/chat/completions", follow_up);
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["citations"][0]["source"], "it/vpn.md", "{answer}");
+
+    // Not in the documents: abstains without calling the model, streamed too.
+    let (text, last) = stream_chat(
+        &addr,
+        r#"{"stream":true,"messages":[{"role":"user","content":"What is the boiling point of tungsten?"}]}"#,
+    );
+    assert_eq!(last["abstained"], true, "{last}");
+    assert_eq!(text, last["answer"].as_str().unwrap());
+    assert_eq!(last["usage"]["completion_tokens"], 0);
+
+    // The model alone under its own name, without retrieval.
+    let (_, body) = http(&addr, "GET", "/v1/models", "");
+    let models: Value = serde_json::from_str(&body).unwrap();
+    let model = models["data"][1]["id"].as_str().unwrap();
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &format!(
+            r#"{{"model":"{model}","max_tokens":8,"messages":[{{"role":"user","content":"Count from one to ten in words."}}]}}"#
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let raw: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(raw["usage"]["completion_tokens"], 8, "{raw}");
+    assert_eq!(raw["choices"][0]["finish_reason"], "length");
+    assert!(raw.get("citations").is_none(), "{raw}");
+
+    // Bad requests: the status and a message naming what to fix.
+    for (body, status, says) in [
+        ("{not json", 400, "invalid JSON"),
+        (r#"{"messages":"hi"}"#, 400, "messages"),
+        (r#"{"messages":[]}"#, 400, "messages"),
+        (
+            r#"{"messages":[{"role":"assistant","content":"hi"}]}"#,
+            400,
+            "last message",
+        ),
+        (
+            r#"{"messages":[{"role":"wizard","content":"hi"}]}"#,
+            400,
+            "role",
+        ),
+        (
+            r#"{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}"#,
+            404,
+            "GET /v1/models",
+        ),
+        (
+            r#"{"max_tokens":0,"messages":[{"role":"user","content":"hi"}]}"#,
+            400,
+            "max_tokens",
+        ),
+        (
+            r#"{"temperature":3,"messages":[{"role":"user","content":"hi"}]}"#,
+            400,
+            "temperature",
+        ),
+        (
+            r#"{"rag":{"k":0},"messages":[{"role":"user","content":"hi"}]}"#,
+            400,
+            "rag.k",
+        ),
+        (
+            r#"{"rag":{"colection":"x"},"messages":[{"role":"user","content":"hi"}]}"#,
+            400,
+            "colection",
+        ),
+    ] {
+        let (got, reply) = http(&addr, "POST", "/v1/chat/completions", body);
+        assert_eq!(got, status, "{body} -> {reply}");
+        let error: Value = serde_json::from_str(&reply).unwrap();
+        assert!(
+            error["error"]["message"].as_str().unwrap().contains(says),
+            "{body} -> {reply}"
+        );
+        assert!(error["error"]["code"].is_string(), "{reply}");
+    }
+
+    // Metrics in Prometheus' format, from what was just asked.
+    let (status, metrics) = http(&addr, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    for series in [
+        r#"rag_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}"#,
+        r#"rag_http_requests_total{method="POST",route="/v1/chat/completions",status="404"}"#,
+        r#"rag_http_request_duration_seconds_bucket{method="POST",route="/v1/chat/completions",le="0.5"}"#,
+        r#"rag_stage_duration_seconds_bucket{stage="retrieval",le="0.1"}"#,
+        r#"rag_stage_duration_seconds_count{stage="generation"}"#,
+        r#"rag_tokens_total{kind="completion"}"#,
+        r#"rag_answers_total{outcome="abstained"} 1"#,
+        "rag_generation_queue_depth 0",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from\n{metrics}");
+    }
+}
+
+#[test]
+fn a_full_generation_queue_answers_429_with_retry_after() {
+    let (_turn, data) = fixture_data();
+    let (_server, addr) = start_server_with(data, &[("RAG_GENERATOR__QUEUE_DEPTH", "1")]);
+    let ask = r#"{"stream":true,"max_tokens":60,"messages":[{"role":"user","content":"Which password manager does the company use?"}]}"#;
+    // The first question holds the only place while its answer streams.
+    let mut first = TcpStream::connect(&addr).unwrap();
+    write!(
+        first,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ask}",
+        ask.len()
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        first.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"));
+    let mut second = TcpStream::connect(&addr).unwrap();
+    write!(
+        second,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ask}",
+        ask.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    second.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 429"), "{response}");
+    assert!(
+        response.to_lowercase().contains("retry-after: 1"),
+        "{response}"
+    );
+    assert!(response.contains("queue_depth"), "{response}");
+    // The first answer still finishes, and then there is room again.
+    let mut rest = String::new();
+    first.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("[DONE]"), "{rest}");
+    let (status, body) = http(&addr, "POST", "/v1/chat/completions", ask);
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The remote backend against a real OpenAI-compatible server: a second
+/// `rag serve` running the candle model. Same model, same prompt, greedy:
+/// the answer through the server is the answer in-process.
+#[test]
+fn remote_generator_against_a_second_rag_serve() {
+    let (_turn, data) = fixture_data();
+    let question = "Which password manager does the company use?";
+    let local: Value =
+        serde_json::from_str(&run_ok(rag(data).args(["ask", question, "--json"]))).unwrap();
+
+    let model_dir = tempfile::tempdir().unwrap();
+    let (_model_server, model_addr) = start_server(model_dir.path());
+    let (_, body) = http(&model_addr, "GET", "/v1/models", "");
+    let models: Value = serde_json::from_str(&body).unwrap();
+    let model = models["data"][1]["id"].as_str().unwrap().to_string();
+    let url = format!("http://{model_addr}/v1");
+    let remote_env = [
+        ("RAG_GENERATOR__BACKEND", "openai"),
+        ("RAG_GENERATOR__URL", url.as_str()),
+        ("RAG_GENERATOR__MODEL", model.as_str()),
+        ("RAG_GENERATOR__CONTEXT_WINDOW", "32768"),
+    ];
+    let remote: Value = serde_json::from_str(&run_ok(
+        rag(data).envs(remote_env).args(["ask", question, "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(remote["answer"], local["answer"], "{remote}\n{local}");
+    assert_eq!(remote["citations"], local["citations"]);
+    assert_eq!(
+        remote["usage"]["prompt_tokens"],
+        local["usage"]["prompt_tokens"]
+    );
+
+    // Streaming through both servers.
+    let (_front, front_addr) = start_server_with(data, &remote_env);
+    let (text, last) = stream_chat(
+        &front_addr,
+        &format!(r#"{{"stream":true,"messages":[{{"role":"user","content":"{question}"}}]}}"#),
+    );
+    assert_eq!(text, local["answer"].as_str().unwrap());
+    assert_eq!(last["citations"], local["citations"]);
+    drop(_front);
+
+    // A server that is not there: 503 with Retry-After, saying which.
+    let gone = format!("http://127.0.0.1:{}/v1", free_port());
+    let (_broken, broken_addr) = start_server_with(
+        data,
+        &[
+            ("RAG_GENERATOR__BACKEND", "openai"),
+            ("RAG_GENERATOR__URL", gone.as_str()),
+            ("RAG_GENERATOR__MODEL", "qwen"),
+            ("RAG_GENERATOR__MAX_RETRIES", "1"),
+        ],
+    );
+    let request = format!(r#"{{"messages":[{{"role":"user","content":"{question}"}}]}}"#);
+    let mut stream = TcpStream::connect(&broken_addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{request}",
+        request.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(
+        response.to_lowercase().contains("retry-after: 5"),
+        "{response}"
+    );
+    assert!(response.contains("cannot be reached"), "{response}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

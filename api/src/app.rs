@@ -8,15 +8,15 @@ use std::time::Instant;
 use anyhow::Context;
 use rag_core::{
     Answer, Citation, DocumentStore, Embedder, Error, GenerationRequest, Generator, Hit, Reranker,
-    SearchFilter, SearchMode, Usage, VectorStore,
+    SearchFilter, SearchMode, TextSink, Usage, VectorStore,
 };
 use rag_embed::{BertEmbedder, OrtEmbedder};
-use rag_generator::{CandleGenerator, grounding};
+use rag_generator::{CandleGenerator, OpenAiConfig, OpenAiGenerator, grounding};
 use rag_ingest::{Chunker, Ingestor};
 use rag_retriever::{EmbeddingReranker, RetrieveOptions, Retriever};
 use rag_store::{EdgeVectorStore, SqlDocumentStore};
 
-use crate::config::{EmbedderRuntime, Settings};
+use crate::config::{EmbedderRuntime, GeneratorBackend, Settings};
 use crate::models;
 
 /// What a caller may set of one retrieval; the rest comes from the
@@ -26,6 +26,22 @@ pub struct Query {
     pub k: Option<usize>,
     pub mode: Option<SearchMode>,
     pub filter: SearchFilter,
+    pub sampling: Sampling,
+}
+
+/// A request's overrides of the generator settings.
+#[derive(Debug, Clone, Default)]
+pub struct Sampling {
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+}
+
+/// A place in the generation queue (see [`App::reserve`]).
+pub struct GenerationSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Share of an answer's words a passage must contain for an uncited
@@ -40,7 +56,10 @@ pub struct App {
     pub vectors: Arc<dyn VectorStore>,
     pub docs: Arc<dyn DocumentStore>,
     pub retriever: Retriever,
-    generator: tokio::sync::OnceCell<Arc<CandleGenerator>>,
+    generator: tokio::sync::OnceCell<Arc<dyn Generator>>,
+    /// One permit per generation running or waiting: a full queue refuses
+    /// new questions at once (429) instead of letting them pile up.
+    generation_slots: Arc<tokio::sync::Semaphore>,
 }
 
 fn not_fetched(name: &str, path: &std::path::Path) -> anyhow::Error {
@@ -101,13 +120,16 @@ impl App {
             }),
         };
         Ok(Self {
-            settings,
             embedder,
             tokenizer,
             vectors,
             docs,
+            generation_slots: Arc::new(tokio::sync::Semaphore::new(
+                settings.generator.queue_depth.max(1),
+            )),
             retriever,
             generator: Default::default(),
+            settings,
         })
     }
 
@@ -121,7 +143,8 @@ impl App {
         })
     }
 
-    fn generator_path(&self) -> anyhow::Result<PathBuf> {
+    /// The GGUF file of the configured candle model.
+    pub fn generator_path(&self) -> anyhow::Result<PathBuf> {
         let name = &self.settings.generator.model;
         if name.ends_with(".gguf") {
             let path = PathBuf::from(name);
@@ -142,20 +165,42 @@ impl App {
         Ok(spec.path(&self.settings.models_dir))
     }
 
-    pub async fn generator(&self) -> Result<Arc<CandleGenerator>, Error> {
+    /// The configured generator: the candle model (loaded on first use) or
+    /// the OpenAI-compatible server.
+    pub async fn generator(&self) -> Result<Arc<dyn Generator>, Error> {
         self.generator
             .get_or_try_init(|| async {
-                let path = self
-                    .generator_path()
-                    .map_err(|e| Error::unavailable(format!("{e:#}")))?;
-                tokio::task::spawn_blocking(move || CandleGenerator::load(&path))
-                    .await
-                    .map_err(|e| Error::internal(e.to_string()))?
-                    .map(Arc::new)
-                    .map_err(|e| Error::unavailable(format!("loading the generator: {e:#}")))
+                let cfg = &self.settings.generator;
+                match cfg.backend {
+                    GeneratorBackend::Candle => {
+                        let path = self
+                            .generator_path()
+                            .map_err(|e| Error::unavailable(format!("{e:#}")))?;
+                        tokio::task::spawn_blocking(move || CandleGenerator::load(&path))
+                            .await
+                            .map_err(|e| Error::internal(e.to_string()))?
+                            .map(|g| Arc::new(g) as Arc<dyn Generator>)
+                            .map_err(|e| {
+                                Error::unavailable(format!("loading the generator: {e:#}"))
+                            })
+                    }
+                    GeneratorBackend::Openai => {
+                        let mut remote = OpenAiConfig::new(&cfg.url, &cfg.model);
+                        remote.api_key = (!cfg.api_key.is_empty()).then(|| cfg.api_key.clone());
+                        remote.context_window = cfg.context_window;
+                        remote.timeout = std::time::Duration::from_secs(cfg.timeout_s.max(1));
+                        remote.max_retries = cfg.max_retries;
+                        Ok(Arc::new(OpenAiGenerator::new(remote)?) as Arc<dyn Generator>)
+                    }
+                }
             })
             .await
             .cloned()
+    }
+
+    /// Generations running or waiting now.
+    pub fn generations_in_flight(&self) -> usize {
+        self.settings.generator.queue_depth.max(1) - self.generation_slots.available_permits()
     }
 
     /// The retrieval options of the settings, with a query's overrides.
@@ -182,9 +227,102 @@ impl App {
 
     /// Answers from the documents, citing them, or says they do not cover it.
     pub async fn ask(&self, question: &str, query: &Query) -> Result<Answer, Error> {
+        self.ask_stream(self.reserve()?, question, query, &mut |_| {})
+            .await
+    }
+
+    /// [`App::ask_stream`]'s work, counted in the metrics by outcome.
+    async fn answer(
+        &self,
+        question: &str,
+        query: &Query,
+        sink: TextSink<'_>,
+    ) -> Result<Answer, Error> {
+        let answer = self.answer_uncounted(question, query, sink).await;
+        crate::metrics::answer(&answer);
+        answer
+    }
+
+    /// A place in the generation queue, or [`Error::Busy`] at once when it
+    /// is full. Held until the answer is done.
+    pub fn reserve(&self) -> Result<GenerationSlot, Error> {
+        self.generation_slots
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| GenerationSlot { _permit: permit })
+            .map_err(|_| {
+                Error::busy(format!(
+                    "{} questions are already being answered or waiting (generator.queue_depth); retry shortly",
+                    self.settings.generator.queue_depth
+                ))
+            })
+    }
+
+    /// The model alone, without retrieval: the messages as given.
+    pub async fn generate(
+        &self,
+        _slot: GenerationSlot,
+        messages: Vec<rag_core::ChatMessage>,
+        sampling: &Sampling,
+        sink: TextSink<'_>,
+    ) -> Result<rag_core::Generation, Error> {
+        let generator = self.generator().await?;
+        let request = self.generation_request(messages, sampling);
+        let prompt_tokens = generator.count_prompt_tokens(&request.messages)?;
+        if prompt_tokens + request.max_tokens > generator.context_window() {
+            return Err(Error::invalid(format!(
+                "the messages ({prompt_tokens} tokens) and max_tokens ({}) exceed the model's context of {} tokens",
+                request.max_tokens,
+                generator.context_window()
+            )));
+        }
+        let started = Instant::now();
+        let generation = generator.generate_stream(request, sink).await?;
+        crate::metrics::generation(&generation, started.elapsed());
+        Ok(generation)
+    }
+
+    fn generation_request(
+        &self,
+        messages: Vec<rag_core::ChatMessage>,
+        sampling: &Sampling,
+    ) -> GenerationRequest {
+        let cfg = &self.settings.generator;
+        GenerationRequest {
+            messages,
+            max_tokens: sampling.max_tokens.unwrap_or(cfg.max_tokens),
+            temperature: sampling.temperature.unwrap_or(cfg.temperature),
+            top_p: sampling.top_p,
+            seed: sampling.seed.unwrap_or(cfg.seed),
+            repeat_penalty: cfg.repeat_penalty,
+            stop: sampling.stop.clone(),
+            ignore_eos: false,
+        }
+    }
+
+    /// [`App::ask`], sending the model's text to `sink` as it is generated.
+    /// The returned answer is the checked one: citations to passages that
+    /// were not given removed, or the abstention when the model declined.
+    pub async fn ask_stream(
+        &self,
+        _slot: GenerationSlot,
+        question: &str,
+        query: &Query,
+        sink: TextSink<'_>,
+    ) -> Result<Answer, Error> {
+        self.answer(question, query, sink).await
+    }
+
+    async fn answer_uncounted(
+        &self,
+        question: &str,
+        query: &Query,
+        sink: TextSink<'_>,
+    ) -> Result<Answer, Error> {
         let started = Instant::now();
         let hits = self.retrieve(question, query).await?;
         let retrieval_ms = started.elapsed().as_millis() as u64;
+        crate::metrics::stage("retrieval", started.elapsed());
         let cfg = &self.settings.retrieval;
         // Similarity, not the ranking score: it means the same in every mode.
         let best = hits.iter().map(|h| h.similarity).fold(f32::MIN, f32::max);
@@ -208,36 +346,42 @@ impl App {
         }
 
         let generator = self.generator().await?;
-        let gen_cfg = &self.settings.generator;
+        let max_tokens = query
+            .sampling
+            .max_tokens
+            .unwrap_or(self.settings.generator.max_tokens);
         // Passages in rank order while the prompt and the answer fit.
         let mut passages: Vec<String> = Vec::new();
         for hit in &relevant {
             let mut candidate = passages.clone();
             candidate.push(grounding::render_passage(candidate.len() + 1, hit));
-            let prompt = generator
-                .render(&grounding::build_messages(question, &candidate))
-                .map_err(|e| Error::internal(format!("chat template: {e:#}")))?;
-            if generator.count_tokens(&prompt) + gen_cfg.max_tokens > generator.context_window() {
+            let prompt_tokens =
+                generator.count_prompt_tokens(&grounding::build_messages(question, &candidate))?;
+            if prompt_tokens + max_tokens > generator.context_window() {
                 break;
             }
             passages = candidate;
         }
-        let request = GenerationRequest {
-            messages: grounding::build_messages(question, &passages),
-            max_tokens: gen_cfg.max_tokens,
-            temperature: gen_cfg.temperature,
-            top_p: None,
-            seed: gen_cfg.seed,
-            repeat_penalty: gen_cfg.repeat_penalty,
-            stop: vec![],
-        };
+        if passages.is_empty() {
+            return Err(Error::invalid(format!(
+                "the question and one passage do not fit the model's context of {} tokens with {max_tokens} answer tokens reserved; ask for fewer max_tokens",
+                generator.context_window()
+            )));
+        }
+        let request = self.generation_request(
+            grounding::build_messages(question, &passages),
+            &query.sampling,
+        );
         let gen_started = Instant::now();
-        let generation = generator.generate(request).await?;
+        let generation = generator.generate_stream(request, sink).await?;
+        crate::metrics::generation(&generation, gen_started.elapsed());
         let usage = Usage {
             prompt_tokens: generation.prompt_tokens,
             completion_tokens: generation.completion_tokens,
             retrieval_ms,
             generation_ms: gen_started.elapsed().as_millis() as u64,
+            passages_used: passages.len(),
+            passages_left_out: relevant.len() - passages.len(),
         };
         let mut checked = grounding::check_citations(&generation.text, passages.len());
         if grounding::is_refusal(&checked.text) {

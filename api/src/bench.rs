@@ -3,59 +3,82 @@
 
 use std::time::Instant;
 
-use rag_core::{ChatMessage, GenerationRequest, Generator, Role};
 use rag_generator::CandleGenerator;
 use serde_json::json;
 
-/// Prefill and decode speed of a generator, and the time to first token.
+/// Prefill and decode speed of a generator, and with `peer` the same
+/// figures from mistral.rs on the same GGUF, prompt length, answer length
+/// and thread count (scripts/bench/generate_peer.py), with the ratios.
 pub async fn generate(
     generator: &CandleGenerator,
+    path: &std::path::Path,
     prompt_tokens: usize,
     max_tokens: usize,
     runs: usize,
+    peer: bool,
 ) -> anyhow::Result<()> {
-    // A prompt of about `prompt_tokens` tokens of ordinary prose.
-    let sentence =
-        "The travel policy says that trips are booked in the travel tool after approval. ";
-    let per = generator.count_tokens(sentence).max(1);
-    let question = format!(
-        "{}\nSummarise the text above in one long paragraph.",
-        sentence.repeat(prompt_tokens / per)
-    );
-    let messages = vec![ChatMessage::new(Role::User, question)];
-    for run in 0..runs {
-        let first = generator
-            .generate(GenerationRequest::greedy(messages.clone(), 1))
-            .await?;
-        let started = Instant::now();
-        let first_again = generator
-            .generate(GenerationRequest::greedy(messages.clone(), 1))
-            .await?;
-        let ttft = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        let full = generator
-            .generate(GenerationRequest::greedy(messages.clone(), max_tokens))
-            .await?;
-        let total = started.elapsed().as_secs_f64();
-        let decoded = full.completion_tokens.saturating_sub(1);
-        debug_assert_eq!(first.prompt_tokens, first_again.prompt_tokens);
-        println!(
-            "{}",
-            json!({
-                "engine": "rag-candle",
-                "model": generator.model_id(),
-                "device": "cpu",
-                "run": run,
-                "prompt_tokens": full.prompt_tokens,
-                "completion_tokens": full.completion_tokens,
-                "ttft_s": ttft,
-                "prefill_tokens_per_s": full.prompt_tokens as f64 / ttft,
-                "decode_tokens_per_s": decoded as f64 / (total - ttft).max(1e-9),
-                "total_s": total,
-                "dequantized": std::env::var("CANDLE_DEQUANTIZE_ALL").is_ok(),
-            })
-        );
+    let ours = rag_generator::bench::generate(generator, prompt_tokens, max_tokens, runs).await?;
+    for run in &ours {
+        println!("{}", serde_json::to_string(run)?);
     }
+    if !peer {
+        return Ok(());
+    }
+    let python = std::env::var("RAG_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/generate_peer.py");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(path)
+        .args(["--prompt-tokens", &ours[0].prompt_tokens.to_string()])
+        .args(["--max-tokens", &max_tokens.to_string()])
+        .args(["--runs", &runs.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("running the peer with {python}: {e}"))?;
+    // The same question, word for word.
+    let question = rag_generator::bench::prompt(generator, prompt_tokens);
+    std::io::Write::write_all(&mut child.stdin.take().expect("piped"), question.as_bytes())?;
+    let output = child.wait_with_output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the peer failed ({}; set RAG_BENCH_PYTHON to the venv of scripts/bench-venv.sh): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut peer_runs = Vec::new();
+    // mistral.rs logs to stdout too: results are the JSON lines.
+    for line in String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+    {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("peer printed {line:?}: {e}"))?;
+        println!("{value}");
+        peer_runs.push(value);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let peer_figure =
+        |key: &str| median(peer_runs.iter().filter_map(|r| r[key].as_f64()).collect());
+    let decode = median(ours.iter().map(|r| r.decode_tokens_per_s).collect());
+    let prefill = median(ours.iter().map(|r| r.prefill_tokens_per_s).collect());
+    let total = median(ours.iter().map(|r| r.total_s).collect());
+    println!(
+        "{}",
+        json!({
+            "compare": format!("rag-candle vs {}", peer_runs.first().and_then(|r| r["engine"].as_str()).unwrap_or("peer")),
+            "decode_ratio": decode / peer_figure("decode_tokens_per_s"),
+            "prefill_ratio": prefill / peer_figure("prefill_tokens_per_s"),
+            "end_to_end_ratio": peer_figure("total_s") / total,
+        })
+    );
     Ok(())
 }
 

@@ -95,8 +95,27 @@ impl Default for EmbedderSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct GeneratorSettings {
-    /// A name from `rag models list`, or a path to a `.gguf` file.
+    /// `candle` (a model in this process) or `openai` (a server: vLLM,
+    /// TGI, Ollama's `/v1`, llama.cpp, another `rag serve`).
+    pub backend: GeneratorBackend,
+    /// candle: a name from `rag models list`, or a path to a `.gguf` file.
+    /// openai: the model name the server knows.
     pub model: String,
+    /// openai: the server's base URL up to and including `/v1`.
+    pub url: String,
+    /// openai: sent as a bearer token when not empty
+    /// (`RAG_GENERATOR__API_KEY`).
+    pub api_key: String,
+    /// openai: the served model's context window in tokens.
+    pub context_window: usize,
+    /// openai: longest wait for an answer to start, or between two pieces
+    /// of a stream.
+    pub timeout_s: u64,
+    /// openai: retries on 429, 502, 503, 504 and connection failures.
+    pub max_retries: u32,
+    /// Questions being answered or waiting for the model; more are refused
+    /// with 429 and `Retry-After`.
+    pub queue_depth: usize,
     pub max_tokens: usize,
     pub temperature: f64,
     pub seed: u64,
@@ -109,7 +128,14 @@ pub struct GeneratorSettings {
 impl Default for GeneratorSettings {
     fn default() -> Self {
         Self {
+            backend: GeneratorBackend::Candle,
             model: crate::models::DEFAULT_GENERATOR.into(),
+            url: String::new(),
+            api_key: String::new(),
+            context_window: 4096,
+            timeout_s: 120,
+            max_retries: 3,
+            queue_depth: 16,
             max_tokens: 200,
             temperature: 0.0,
             seed: 42,
@@ -118,6 +144,14 @@ impl Default for GeneratorSettings {
             verify_min_support: 0.5,
         }
     }
+}
+
+/// What runs the generator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorBackend {
+    Candle,
+    Openai,
 }
 
 #[derive(Debug, Clone, Deserialize)]

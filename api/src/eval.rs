@@ -135,6 +135,7 @@ pub async fn score(app: &App, beir: &Beir, mode: SearchMode) -> anyhow::Result<S
             collection: Some(COLLECTION.into()),
             ..Default::default()
         },
+        sampling: Default::default(),
     });
     // Ranking documents, not showing passages: no neighbour text needed.
     options.expand_neighbours = false;

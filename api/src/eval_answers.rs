@@ -140,6 +140,7 @@ pub async fn evaluate(
         k: Some(10),
         mode: None,
         filter: filter.clone(),
+        sampling: Default::default(),
     };
     let hits = app.retrieve(&q.question, &query).await?;
     let gold: HashSet<&str> = q.gold_sources.iter().map(String::as_str).collect();
@@ -154,6 +155,7 @@ pub async fn evaluate(
                 k: None,
                 mode: None,
                 filter: filter.clone(),
+                sampling: Default::default(),
             },
         )
         .await?;

@@ -172,6 +172,9 @@ impl Jobs {
             }
             Err(e) => Err(Error::internal(format!("{e:#}"))),
         };
+        if let Ok(report) = &result {
+            crate::metrics::ingest_report(report);
+        }
         self.update(&work.id, |j| {
             j.finished_at = Some(now());
             match result {

@@ -2,10 +2,12 @@
 
 mod app;
 mod bench;
+mod chat;
 mod config;
 mod eval;
 mod eval_answers;
 mod jobs;
+mod metrics;
 mod models;
 mod server;
 
@@ -144,6 +146,7 @@ impl QueryArgs {
                 tags: self.tags,
                 groups: (!self.groups.is_empty()).then_some(self.groups),
             },
+            sampling: Default::default(),
         }
     }
 }
@@ -187,6 +190,14 @@ enum BenchCommand {
         max_tokens: usize,
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// `cpu`, or `cuda` when built with `--features cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Also run the peer on the same GGUF, prompt and thread count in
+        /// the same run (mistral.rs's Python wheel; scripts/bench-venv.sh
+        /// installs it) and print the ratios.
+        #[arg(long)]
+        peer: bool,
     },
 }
 
@@ -485,6 +496,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     prompt_tokens,
                     max_tokens,
                     runs,
+                    device,
+                    peer,
                 },
         } => {
             let mut settings = settings;
@@ -492,8 +505,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 settings.generator.model = model;
             }
             let app = App::open(settings).await?;
-            let generator = app.generator().await?;
-            bench::generate(&generator, prompt_tokens, max_tokens, runs).await?;
+            let path = app.generator_path()?;
+            let device = rag_generator::device(&device)?;
+            let model_path = path.clone();
+            let generator = tokio::task::spawn_blocking(move || {
+                rag_generator::CandleGenerator::load_on(&model_path, &device)
+            })
+            .await??;
+            bench::generate(&generator, &path, prompt_tokens, max_tokens, runs, peer).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

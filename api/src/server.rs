@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rag_core::{DocumentRecord, Error, Generator, SearchFilter, SearchMode};
+use rag_core::{DocumentRecord, Error, SearchFilter, SearchMode};
 use rag_ingest::{IngestOptions, Input};
 use serde::Deserialize;
 use serde_json::json;
@@ -22,7 +22,7 @@ use crate::jobs::{Jobs, Rejected};
 /// Largest JSON body accepted.
 const BODY_LIMIT: usize = 64 * 1024;
 /// Largest `k` a request may ask for.
-const MAX_K: usize = 50;
+pub const MAX_K: usize = 50;
 /// Largest upload request, all files together.
 const MAX_UPLOAD_BYTES: usize = 100 << 20;
 /// Largest file in an upload.
@@ -33,13 +33,14 @@ const MAX_PAGE: usize = 500;
 const JOB_QUEUE: usize = 32;
 
 /// An error as the API reports it: `{"error": {"code", "message"}}`.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -47,19 +48,35 @@ impl From<Error> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The error's body: `{"error": {"code", "message"}}`.
+    pub fn body(&self) -> serde_json::Value {
         let code = self
             .0
             .canonical_reason()
             .unwrap_or("error")
             .to_lowercase()
             .replace(' ', "_");
-        (
-            self.0,
-            Json(json!({"error": {"code": code, "message": self.1}})),
-        )
-            .into_response()
+        json!({"error": {"code": code, "message": self.1}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // Seconds a client should wait before trying again.
+        let retry_after = match self.0 {
+            StatusCode::TOO_MANY_REQUESTS => Some("1"),
+            StatusCode::SERVICE_UNAVAILABLE => Some("5"),
+            _ => None,
+        };
+        let mut response = (self.0, Json(self.body())).into_response();
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(seconds),
+            );
+        }
+        response
     }
 }
 
@@ -97,12 +114,13 @@ impl AskRequest {
                 // mode serves every group, like the local CLI.
                 groups: None,
             },
+            sampling: Default::default(),
         })
     }
 }
 
 /// Parses a JSON body; the error names the field at fault.
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -165,12 +183,18 @@ async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     .into_response())
 }
 
-/// `GET /v1/models`: the generator, in OpenAI's list shape.
+/// `GET /v1/models`, in OpenAI's list shape: `rag` (grounded answers) and
+/// the generator's own model.
 async fn models(State(state): State<AppState>) -> Result<Response, ApiError> {
     let generator = state.app.generator().await?;
     Ok(Json(json!({
         "object": "list",
-        "data": [{"id": generator.model_id(), "object": "model", "owned_by": "rag"}],
+        "data": [
+            {"id": crate::chat::RAG_MODEL, "object": "model", "owned_by": "rag",
+             "description": "answers from the documents, with citations"},
+            {"id": generator.model_id(), "object": "model", "owned_by": "rag",
+             "description": "the generator alone, without retrieval"},
+        ],
     }))
     .into_response())
 }
@@ -180,6 +204,39 @@ async fn models(State(state): State<AppState>) -> Result<Response, ApiError> {
 pub struct AppState {
     pub app: Arc<App>,
     pub jobs: Arc<Jobs>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// `GET /metrics`, in Prometheus' text format.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    crate::metrics::queue_depth(state.app.generations_in_flight());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Counts every request and its latency by route (the route's pattern, so
+/// ids do not make new series).
+async fn track(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    crate::metrics::http_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 fn rejection(status: StatusCode, message: impl Into<String>) -> ApiError {
@@ -406,17 +463,20 @@ async fn delete_document(
     )
 }
 
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
     let jobs = Jobs::start(app.clone(), JOB_QUEUE);
-    let state = AppState { app, jobs };
+    let metrics = crate::metrics::install()?;
+    let state = AppState { app, jobs, metrics };
     let documents = Router::new()
         .route("/v1/documents", post(upload).get(list_documents))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES));
-    Router::new()
+    Ok(Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .route("/v1/models", get(models))
         .route("/v1/ask", post(ask))
+        .route("/v1/chat/completions", post(crate::chat::completions))
         .route("/v1/retrieve", post(retrieve))
         .route("/v1/jobs/{id}", get(job))
         .route(
@@ -425,8 +485,9 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(documents)
+        .route_layer(axum::middleware::from_fn(track))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state))
 }
 
 pub async fn serve(app: Arc<App>, addr: SocketAddr) -> anyhow::Result<()> {
@@ -435,10 +496,32 @@ pub async fn serve(app: Arc<App>, addr: SocketAddr) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     println!("listening on http://{local}");
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+    axum::serve(listener, router(app)?)
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends). Requests in flight, streams
+/// included, finish before the process exits.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    eprintln!("shutting down: finishing requests in flight");
 }

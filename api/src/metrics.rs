@@ -1,0 +1,117 @@
+//! Prometheus metrics (`GET /metrics`): requests and their latency, the
+//! time of each stage of an answer, tokens in and out, the generation
+//! queue, answers by outcome, and ingest counters.
+//!
+//! Recorded through the `metrics` facade; the exporter renders the text
+//! format on request (no listener of its own).
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rag_core::{Answer, Error, Generation};
+
+/// Seconds: 5 ms to 2 minutes, for HTTP requests and answer stages.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Installs the process-wide recorder, once; later calls get the same handle.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "rag_http_requests_total",
+        "HTTP requests by route and status"
+    );
+    describe_histogram!(
+        "rag_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency by route (to the first byte of a streamed answer)"
+    );
+    describe_histogram!(
+        "rag_stage_duration_seconds",
+        metrics::Unit::Seconds,
+        "time of each stage of an answer: retrieval, generation"
+    );
+    describe_counter!(
+        "rag_tokens_total",
+        "tokens through the generator: prompt, completion"
+    );
+    describe_counter!(
+        "rag_answers_total",
+        "answers by outcome: answered, abstained, error"
+    );
+    describe_gauge!(
+        "rag_generation_queue_depth",
+        "questions being answered or waiting for the generator"
+    );
+    describe_counter!(
+        "rag_ingest_documents_total",
+        "uploaded documents by outcome"
+    );
+    describe_counter!("rag_ingest_chunks_total", "chunks committed by uploads");
+}
+
+pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.to_string()),
+        ("status", status.to_string()),
+    ];
+    counter!("rag_http_requests_total", &labels).increment(1);
+    histogram!(
+        "rag_http_request_duration_seconds",
+        "method" => method.to_string(),
+        "route" => route.to_string()
+    )
+    .record(took.as_secs_f64());
+}
+
+pub fn stage(name: &'static str, took: Duration) {
+    histogram!("rag_stage_duration_seconds", "stage" => name).record(took.as_secs_f64());
+}
+
+pub fn generation(generation: &Generation, took: Duration) {
+    stage("generation", took);
+    counter!("rag_tokens_total", "kind" => "prompt").increment(generation.prompt_tokens as u64);
+    counter!("rag_tokens_total", "kind" => "completion")
+        .increment(generation.completion_tokens as u64);
+}
+
+pub fn answer(answer: &Result<Answer, Error>) {
+    let outcome = match answer {
+        Ok(a) if a.abstained => "abstained",
+        Ok(_) => "answered",
+        Err(_) => "error",
+    };
+    counter!("rag_answers_total", "outcome" => outcome).increment(1);
+}
+
+pub fn queue_depth(depth: usize) {
+    gauge!("rag_generation_queue_depth").set(depth as f64);
+}
+
+pub fn ingest_report(report: &rag_ingest::IngestReport) {
+    for (outcome, n) in [
+        ("added", report.added),
+        ("updated", report.updated),
+        ("unchanged", report.unchanged),
+        ("skipped", report.skipped),
+        ("failed", report.failed),
+    ] {
+        counter!("rag_ingest_documents_total", "outcome" => outcome).increment(n as u64);
+    }
+    counter!("rag_ingest_chunks_total").increment(report.chunks as u64);
+}
