@@ -1652,3 +1652,57 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `rag bench generate --peer`: our figures and mistral.rs's on the same
+/// GGUF and prompt, and the ratios. Tiny sizes: this checks the plumbing;
+/// the figures come from a full run (README).
+#[test]
+fn bench_generate_prints_ours_the_peers_and_the_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = rag(dir.path());
+    cmd.args([
+        "bench",
+        "generate",
+        "--model",
+        "smollm2-135m-instruct",
+        "--prompt-tokens",
+        "64",
+        "--max-tokens",
+        "6",
+        "--runs",
+        "1",
+    ]);
+    let peer = std::env::var("RAG_BENCH_PYTHON").ok();
+    match &peer {
+        Some(python) => {
+            cmd.arg("--peer").env("PYTHON", python);
+        }
+        None => {
+            assert!(
+                std::env::var_os("RAG_REQUIRE_PEER").is_none(),
+                "RAG_REQUIRE_PEER is set but RAG_BENCH_PYTHON is not"
+            );
+            eprintln!("peer skipped: RAG_BENCH_PYTHON is not set");
+        }
+    }
+    let out = run_ok(&mut cmd);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let ours = &lines[0];
+    assert_eq!(ours["engine"], "rag-candle", "{out}");
+    assert_eq!(ours["completion_tokens"], 6, "{out}");
+    assert!(ours["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{out}");
+    if peer.is_some() {
+        let theirs = &lines[1];
+        assert_eq!(theirs["engine"], "mistral.rs", "{out}");
+        // Same question, same template: the same prompt length.
+        assert_eq!(theirs["prompt_tokens"], ours["prompt_tokens"], "{out}");
+        assert_eq!(theirs["completion_tokens"], 6, "{out}");
+        let ratios = lines.last().unwrap();
+        for key in ["decode_ratio", "prefill_ratio", "end_to_end_ratio"] {
+            assert!(ratios[key].as_f64().unwrap() > 0.0, "{key}: {out}");
+        }
+    }
+}

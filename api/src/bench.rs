@@ -24,7 +24,7 @@ pub async fn generate(
     if !peer {
         return Ok(());
     }
-    let python = std::env::var("RAG_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/generate_peer.py");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -46,7 +46,7 @@ pub async fn generate(
     let output = child.wait_with_output()?;
     anyhow::ensure!(
         output.status.success(),
-        "the peer failed ({}; set RAG_BENCH_PYTHON to the venv of scripts/bench-venv.sh): {}",
+        "the peer failed ({}; it needs the mistralrs wheel: set PYTHON to the venv of scripts/bench-venv.sh): {}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );

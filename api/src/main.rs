@@ -195,7 +195,7 @@ enum BenchCommand {
         device: String,
         /// Also run the peer on the same GGUF, prompt and thread count in
         /// the same run (mistral.rs's Python wheel; scripts/bench-venv.sh
-        /// installs it) and print the ratios.
+        /// installs it; `PYTHON` names its python) and print the ratios.
         #[arg(long)]
         peer: bool,
     },
