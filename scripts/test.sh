@@ -31,6 +31,18 @@ if [ -z "${RAG_BENCH_PYTHON:-}" ]; then
         exit 1
     fi
 fi
+# The real clients (the openai Python package, playwright-core driving
+# Chromium); their tests are skipped without them.
+if [ -z "${RAG_CLIENT_PYTHON:-}" ] || [ -z "${RAG_CLIENT_NODE_MODULES:-}" ]; then
+    if clients=$(scripts/client-env.sh); then
+        export $clients
+    elif [ -n "${RAG_REQUIRE_CLIENTS:-}" ]; then
+        echo "the client test environments are required (RAG_REQUIRE_CLIENTS) but could not be made" >&2
+        exit 1
+    fi
+fi
+# The chat page's screenshot and other artifacts of the run.
+export RAG_ARTIFACT_DIR="${RAG_ARTIFACT_DIR:-$PWD/target/artifacts}"
 cargo test --release --locked --workspace
 # The answer-quality gate: the fixture questions against the minimums in
 # fixtures/eval-thresholds.toml (exit 4 below them). Report in target/eval-fixtures.

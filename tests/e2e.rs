@@ -1706,3 +1706,64 @@ fn bench_generate_prints_ours_the_peers_and_the_ratios() {
         }
     }
 }
+
+/// A client environment from scripts/client-env.sh, or None (the test is
+/// skipped) unless RAG_REQUIRE_CLIENTS says it must run.
+fn client_env(var: &str) -> Option<String> {
+    let value = std::env::var(var).ok();
+    if value.is_none() {
+        assert!(
+            std::env::var_os("RAG_REQUIRE_CLIENTS").is_none(),
+            "RAG_REQUIRE_CLIENTS is set but {var} is not (scripts/client-env.sh)"
+        );
+        eprintln!("skipped: {var} is not set (scripts/client-env.sh)");
+    }
+    value
+}
+
+#[test]
+fn openai_python_sdk_against_rag_serve() {
+    let Some(python) = client_env("RAG_CLIENT_PYTHON") else {
+        return;
+    };
+    let (_turn, data) = fixture_data();
+    let (_server, addr) = start_server(data);
+    let out = run_ok(
+        Command::new(python)
+            .arg(root().join("tests/clients/openai_client.py"))
+            .arg(format!("http://{addr}/v1")),
+    );
+    let summary: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}"));
+    assert_eq!(summary["citations"], 1, "{summary}");
+}
+
+#[test]
+fn chat_page_in_headless_chromium() {
+    let Some(modules) = client_env("RAG_CLIENT_NODE_MODULES") else {
+        return;
+    };
+    // Its own data: the page uploads a document.
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(rag(dir.path()).args(["ingest", "fixtures/wiki"]));
+    let (_server, addr) = start_server(dir.path());
+    let artifacts = std::env::var_os("RAG_ARTIFACT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/artifacts"));
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("chat-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let out = run_ok(
+        Command::new("node")
+            .env("RAG_CLIENT_NODE_MODULES", modules)
+            .arg(root().join("tests/clients/chat_page.cjs"))
+            .arg(format!("http://{addr}"))
+            .arg(&screenshot),
+    );
+    let summary: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}"));
+    assert_eq!(summary["streamed"], true, "{summary}");
+    assert!(
+        std::fs::metadata(&screenshot).unwrap().len() > 10_000,
+        "screenshot kept at {}",
+        screenshot.display()
+    );
+}

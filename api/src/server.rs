@@ -151,6 +151,19 @@ async fn retrieve(
     Ok(Json(app.retrieve(&req.question, &req.query()?).await?).into_response())
 }
 
+/// `GET /`: the chat page. One self-contained file: no CDN, no fonts to
+/// fetch, so it works offline.
+async fn page() -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("page/index.html"),
+    )
+        .into_response()
+}
+
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -471,6 +484,8 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/v1/documents", post(upload).get(list_documents))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES));
     Ok(Router::new()
+        .route("/", get(page))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The real clients the API is tested with (tests/clients/): the official
+# `openai` Python package in a virtual environment, and `playwright-core`
+# from npm driving Debian's Chromium. Idempotent; prints two lines:
+#   RAG_CLIENT_PYTHON=<python with openai>
+#   RAG_CLIENT_NODE_MODULES=<node_modules with playwright-core>
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=${RAG_CLIENT_DIR:-target/clients}
+mkdir -p "$DIR"
+if [ ! -x "$DIR/venv/bin/python" ] || ! "$DIR/venv/bin/python" -c "import openai" 2>/dev/null; then
+    python3 -m venv "$DIR/venv" >&2
+    "$DIR/venv/bin/python" -m pip install -q --disable-pip-version-check openai==2.8.1 >&2
+fi
+if [ ! -d "$DIR/node/node_modules/playwright-core" ]; then
+    mkdir -p "$DIR/node"
+    npm install --silent --no-audit --no-fund --prefix "$DIR/node" playwright-core@1.57.0 >&2
+fi
+echo "RAG_CLIENT_PYTHON=$PWD/$DIR/venv/bin/python"
+echo "RAG_CLIENT_NODE_MODULES=$PWD/$DIR/node/node_modules"
