@@ -1767,3 +1767,182 @@ fn chat_page_in_headless_chromium() {
         screenshot.display()
     );
 }
+
+/// [`http`] with extra request headers; the response's head too.
+fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_lowercase(), body.to_string())
+}
+
+#[test]
+fn api_keys_roles_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    run_ok(rag(data).args(["ingest", "fixtures/wiki", "--group", "everyone"]));
+    let hr = tempfile::tempdir().unwrap();
+    std::fs::write(
+        hr.path().join("salaries.md"),
+        "# Salary bands\n\nThe salary band for a senior engineer at Zeta is 91,000 to 118,000 euros.\n",
+    )
+    .unwrap();
+    run_ok(
+        rag(data)
+            .arg("ingest")
+            .arg(hr.path())
+            .args(["--collection", "hr", "--group", "hr"]),
+    );
+    let key = |role: &str, groups: &str| -> (String, String) {
+        let out = run_ok(rag(data).args([
+            "keys", "create", "--name", role, "--role", role, "--group", groups, "--json",
+        ]));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        (
+            v["key"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        )
+    };
+    let (reader, reader_id) = key("reader", "everyone");
+    let (uploader, _) = key("uploader", "everyone");
+    let (admin, _) = key("admin", "");
+    // Keys exist: even on loopback the server now needs one.
+    let (server, addr) = start_server(data);
+    let bearer = |k: &str| format!("Bearer {k}");
+    let ask_hr = r#"{"question":"What is the salary band for a senior engineer?","k":20}"#;
+
+    let (status, head, body) = http_with(&addr, "POST", "/v1/retrieve", &[], ask_hr);
+    assert_eq!(status, 401, "{body}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert!(body.contains("rag keys create"), "{body}");
+    let (status, _, _) = http_with(
+        &addr,
+        "POST",
+        "/v1/retrieve",
+        &[("Authorization", "Bearer rag_nope")],
+        ask_hr,
+    );
+    assert_eq!(status, 401);
+    // Probes and the page need no key.
+    assert_eq!(http(&addr, "GET", "/healthz", "").0, 200);
+    assert_eq!(http(&addr, "GET", "/", "").0, 200);
+
+    // A reader of `everyone` never sees the hr document, in any search.
+    let sources = |key: &str| -> Vec<String> {
+        let (status, _, body) = http_with(
+            &addr,
+            "POST",
+            "/v1/retrieve",
+            &[("Authorization", &bearer(key))],
+            ask_hr,
+        );
+        assert_eq!(status, 200, "{body}");
+        let hits: Vec<Value> = serde_json::from_str(&body).unwrap();
+        hits.iter()
+            .map(|h| h["source"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let seen = sources(&reader);
+    assert!(
+        !seen.is_empty() && !seen.iter().any(|s| s.contains("salaries")),
+        "{seen:?}"
+    );
+    assert!(sources(&admin).iter().any(|s| s.contains("salaries")));
+    let (status, _, body) = http_with(
+        &addr,
+        "GET",
+        "/v1/documents?collection=hr",
+        &[("X-Api-Key", &reader)],
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["documents"],
+        serde_json::json!([])
+    );
+
+    // Roles: a reader cannot upload or delete; an uploader can, into its groups.
+    let upload = |key: &str, groups: Option<&str>| {
+        let note: &[u8] = b"# Note\n\nThe canteen opens at 11:30.\n";
+        let mut parts = vec![("file", Some("note.md"), note)];
+        if let Some(g) = groups {
+            parts.push(("groups", None, g.as_bytes()));
+        }
+        let body = multipart(&parts);
+        let mut stream = TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST /v1/documents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(&body).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status: u16 = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, response)
+    };
+    let (status, response) = upload(&reader, None);
+    assert_eq!(status, 403, "{response}");
+    assert!(response.contains("uploader"), "{response}");
+    let (status, response) = upload(&uploader, Some("hr"));
+    assert_eq!(status, 403, "{response}");
+    let (status, response) = upload(&uploader, None);
+    assert_eq!(status, 202, "{response}");
+
+    // Revoked: refused at once.
+    drop(server);
+    run_ok(rag(data).args(["keys", "revoke", &reader_id]));
+    let listed: Value =
+        serde_json::from_str(&run_ok(rag(data).args(["keys", "list", "--json"]))).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed
+            .iter()
+            .all(|k| k.get("key_hash").is_none() && k.get("key").is_none())
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|k| k["id"] == reader_id.as_str() && k["revoked_at"].is_string())
+    );
+    let (_server, addr) = start_server(data);
+    let (status, _, body) = http_with(
+        &addr,
+        "POST",
+        "/v1/retrieve",
+        &[("Authorization", &bearer(&reader))],
+        ask_hr,
+    );
+    assert_eq!(status, 401);
+    assert!(body.contains("revoked"), "{body}");
+}
+
+#[test]
+fn serving_beyond_loopback_without_keys_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rag(dir.path())
+        .args(["serve", "--addr", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    fails_with(out, "rag keys create");
+}

@@ -12,6 +12,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::app::{App, Query, Sampling};
+use crate::keys::Caller;
 use crate::server::{ApiError, AppState, MAX_K, parse};
 
 /// The model name of grounded answers.
@@ -150,7 +152,7 @@ impl ChatRequest {
         })
     }
 
-    fn query(&self) -> Result<Query, ApiError> {
+    fn query(&self, caller: &Caller) -> Result<Query, ApiError> {
         if let Some(k) = self.rag.k
             && (k == 0 || k > MAX_K)
         {
@@ -164,7 +166,7 @@ impl ChatRequest {
             filter: SearchFilter {
                 collection: self.rag.collection.clone(),
                 tags: self.rag.filters.tags.clone(),
-                groups: None,
+                groups: caller.groups.clone(),
             },
             sampling: self.sampling()?,
         })
@@ -267,6 +269,7 @@ fn rag_fields(answer: &Answer) -> Value {
 
 pub async fn completions(
     State(state): State<AppState>,
+    Extension(caller): Extension<Arc<Caller>>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let app = state.app.clone();
@@ -340,7 +343,7 @@ pub async fn completions(
         .map(|m| m.content.text())
         .collect();
     let question = standalone_question(&user_turns);
-    let query = req.query()?;
+    let query = req.query(&caller)?;
     let max_tokens = query
         .sampling
         .max_tokens

@@ -7,6 +7,7 @@ mod config;
 mod eval;
 mod eval_answers;
 mod jobs;
+mod keys;
 mod metrics;
 mod models;
 mod server;
@@ -96,10 +97,20 @@ enum Command {
         #[command(subcommand)]
         command: EvalCommand,
     },
-    /// Serve the HTTP API.
+    /// Serve the HTTP API and the chat page. On a loopback address with no
+    /// API keys it is open (no key needed); anywhere else it needs keys.
     Serve {
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
+        /// Serve without API keys even beyond loopback: anyone who can reach
+        /// the address can read, upload and delete.
+        #[arg(long)]
+        open: bool,
+    },
+    /// API keys for `serve`.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Check that the metadata and the vectors agree.
     Doctor {
@@ -199,6 +210,32 @@ enum BenchCommand {
         #[arg(long)]
         peer: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; it is printed once, only its hash is kept.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// reader (ask, retrieve, read), uploader (also upload and delete),
+        /// admin (also every document whatever its groups).
+        #[arg(long, default_value = "reader")]
+        role: String,
+        /// Access groups whose documents the key sees (repeat, or comma
+        /// separated); `*` for every group.
+        #[arg(long = "group", value_delimiter = ',')]
+        groups: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every key, revoked ones too (never the keys themselves).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id; it stops working at once.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -482,11 +519,92 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { addr } => {
+        Command::Serve { addr, open } => {
             let app = Arc::new(App::open(settings).await?);
+            let keys = app.docs.keys().await?;
+            let live_keys = keys.iter().filter(|k| k.revoked_at.is_none()).count();
+            let open = open || (addr.ip().is_loopback() && live_keys == 0);
+            anyhow::ensure!(
+                open || live_keys > 0,
+                "serving on {addr} needs API keys and there are none: create one with `rag keys create --name NAME --role reader`, or pass --open to serve without keys (anyone who can reach {addr} could then read, upload and delete)"
+            );
+            if open {
+                eprintln!("open mode: no API key needed (see `rag serve --help`)");
+            } else {
+                eprintln!("API keys required ({live_keys} active)");
+            }
             // Load the model before taking traffic.
             app.generator().await?;
-            server::serve(app, addr).await?;
+            server::serve(app, addr, open).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command } => {
+            let app = App::open(settings).await?;
+            match command {
+                KeysCommand::Create {
+                    name,
+                    role,
+                    groups,
+                    json,
+                } => {
+                    let role = rag_core::KeyRole::parse(&role).ok_or_else(|| {
+                        anyhow::anyhow!("unknown role {role:?}; roles: reader, uploader, admin")
+                    })?;
+                    let groups: Vec<String> = groups
+                        .into_iter()
+                        .map(|g| g.trim().to_string())
+                        .filter(|g| !g.is_empty())
+                        .collect();
+                    let (key, record) =
+                        keys::create(app.docs.as_ref(), &name, role, groups).await?;
+                    if json {
+                        let mut value = serde_json::to_value(&record)?;
+                        value["key"] = key.into();
+                        println!("{value}");
+                    } else {
+                        println!("{key}");
+                        eprintln!(
+                            "key {} ({}, {}, groups: {}) created; it is shown only now",
+                            record.id,
+                            record.name,
+                            record.role.as_str(),
+                            if record.groups.is_empty() {
+                                "none".to_string()
+                            } else {
+                                record.groups.join(", ")
+                            }
+                        );
+                    }
+                }
+                KeysCommand::List { json } => {
+                    let keys = app.docs.keys().await?;
+                    if json {
+                        println!("{}", serde_json::to_string(&keys)?);
+                    } else {
+                        for k in keys {
+                            println!(
+                                "{}  {:<8}  {:<20}  groups: {:<20}  created {}{}",
+                                k.id,
+                                k.role.as_str(),
+                                k.name,
+                                k.groups.join(","),
+                                k.created_at,
+                                k.revoked_at
+                                    .map(|r| format!("  REVOKED {r}"))
+                                    .unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+                KeysCommand::Revoke { id } => {
+                    let now = chrono::Utc::now().to_rfc3339();
+                    anyhow::ensure!(
+                        app.docs.revoke_key(&id, &now).await?,
+                        "no active key {id} (`rag keys list` shows them)"
+                    );
+                    println!("revoked {id}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

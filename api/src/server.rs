@@ -9,8 +9,8 @@ use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use rag_core::{DocumentRecord, Error, SearchFilter, SearchMode};
+use axum::{Extension, Json, Router};
+use rag_core::{DocumentRecord, Error, KeyRole, SearchFilter, SearchMode};
 use rag_ingest::{IngestOptions, Input};
 use serde::Deserialize;
 use serde_json::json;
@@ -18,6 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::App;
 use crate::jobs::{Jobs, Rejected};
+use crate::keys::Caller;
 
 /// Largest JSON body accepted.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -95,7 +96,7 @@ pub struct AskRequest {
 
 impl AskRequest {
     /// The retrieval part of the request, checked.
-    fn query(&self) -> Result<crate::app::Query, ApiError> {
+    fn query(&self, caller: &Caller) -> Result<crate::app::Query, ApiError> {
         if let Some(k) = self.k
             && (k == 0 || k > MAX_K)
         {
@@ -110,9 +111,7 @@ impl AskRequest {
             filter: SearchFilter {
                 collection: self.collection.clone(),
                 tags: self.tags.clone(),
-                // Until API keys carry groups (the HTTP API issue), the open
-                // mode serves every group, like the local CLI.
-                groups: None,
+                groups: caller.groups.clone(),
             },
             sampling: Default::default(),
         })
@@ -136,19 +135,24 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     })
 }
 
-async fn ask(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let app = &state.app;
-    let req: AskRequest = parse(&body)?;
-    Ok(Json(app.ask(&req.question, &req.query()?).await?).into_response())
-}
-
-async fn retrieve(
+async fn ask(
     State(state): State<AppState>,
+    Extension(caller): Extension<Arc<Caller>>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let app = &state.app;
     let req: AskRequest = parse(&body)?;
-    Ok(Json(app.retrieve(&req.question, &req.query()?).await?).into_response())
+    Ok(Json(app.ask(&req.question, &req.query(&caller)?).await?).into_response())
+}
+
+async fn retrieve(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Arc<Caller>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let app = &state.app;
+    let req: AskRequest = parse(&body)?;
+    Ok(Json(app.retrieve(&req.question, &req.query(&caller)?).await?).into_response())
 }
 
 /// `GET /`: the chat page. One self-contained file: no CDN, no fonts to
@@ -216,6 +220,9 @@ async fn models(State(state): State<AppState>) -> Result<Response, ApiError> {
 #[derive(Clone)]
 pub struct AppState {
     pub app: Arc<App>,
+    /// No key needed (open mode): `rag serve` on loopback without keys, or
+    /// `--open`.
+    pub open: bool,
     pub jobs: Arc<Jobs>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -280,8 +287,10 @@ fn list_field(value: &str) -> Vec<String> {
 /// gets its own status: 413, 415 or 422.
 async fn upload(
     State(state): State<AppState>,
+    Extension(caller): Extension<Arc<Caller>>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(KeyRole::Uploader, "upload documents")?;
     let mut multipart = multipart.map_err(|e| {
         rejection(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -388,6 +397,20 @@ async fn upload(
             ),
         });
     }
+    // A restricted key uploads into its own groups only.
+    if let Some(mine) = &caller.groups {
+        if options.groups.is_empty() {
+            options.groups = mine.clone();
+        } else if let Some(other) = options.groups.iter().find(|g| !mine.contains(g)) {
+            return Err(rejection(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this key cannot upload into group {other:?}; its groups: {}",
+                    mine.join(", ")
+                ),
+            ));
+        }
+    }
     let job = state.jobs.submit(inputs, options, rejected)?;
     let body = json!({
         "job_id": job.id,
@@ -418,6 +441,7 @@ struct ListQuery {
 /// and source.
 async fn list_documents(
     State(state): State<AppState>,
+    Extension(caller): Extension<Arc<Caller>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| rejection(StatusCode::BAD_REQUEST, e.body_text()))?;
@@ -433,6 +457,9 @@ async fn list_documents(
         .docs
         .documents_page(q.collection.as_deref(), q.offset, limit)
         .await?;
+    // A restricted key sees its groups' documents; `total` counts them all,
+    // so a client pages by `offset` and `limit` as usual.
+    let documents: Vec<_> = documents.into_iter().filter(|d| caller.sees(d)).collect();
     Ok(Json(json!({
         "documents": documents, "total": total, "offset": q.offset, "limit": limit,
     }))
@@ -440,30 +467,39 @@ async fn list_documents(
 }
 
 /// The document `id`, or 404.
-async fn find_document(state: &AppState, id: &str) -> Result<DocumentRecord, ApiError> {
+async fn find_document(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<DocumentRecord, ApiError> {
     state
         .app
         .docs
         .document(id)
         .await?
+        // Another group's document does not exist, as far as the caller knows.
+        .filter(|d| caller.sees(d))
         .ok_or_else(|| rejection(StatusCode::NOT_FOUND, format!("no document {id}")))
 }
 
 async fn get_document(
     State(state): State<AppState>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(find_document(&state, &id).await?).into_response())
+    Ok(Json(find_document(&state, &caller, &id).await?).into_response())
 }
 
 /// `DELETE /v1/documents/{id}`: rows first (gone from answers at once),
 /// then vectors.
 async fn delete_document(
     State(state): State<AppState>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.require(KeyRole::Uploader, "delete documents")?;
     let _writes = state.jobs.writes.lock().await;
-    let doc = find_document(&state, &id).await?;
+    let doc = find_document(&state, &caller, &id).await?;
     state
         .app
         .ingestor()
@@ -476,10 +512,15 @@ async fn delete_document(
     )
 }
 
-pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
+pub fn router(app: Arc<App>, open: bool) -> anyhow::Result<Router> {
     let jobs = Jobs::start(app.clone(), JOB_QUEUE);
     let metrics = crate::metrics::install()?;
-    let state = AppState { app, jobs, metrics };
+    let state = AppState {
+        app,
+        open,
+        jobs,
+        metrics,
+    };
     let documents = Router::new()
         .route("/v1/documents", post(upload).get(list_documents))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES));
@@ -500,18 +541,22 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
         )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(documents)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::keys::authenticate,
+        ))
         .route_layer(axum::middleware::from_fn(track))
         .layer(TraceLayer::new_for_http())
         .with_state(state))
 }
 
-pub async fn serve(app: Arc<App>, addr: SocketAddr) -> anyhow::Result<()> {
+pub async fn serve(app: Arc<App>, addr: SocketAddr, open: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     println!("listening on http://{local}");
-    axum::serve(listener, router(app)?)
+    axum::serve(listener, router(app, open)?)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())

@@ -1,8 +1,8 @@
 use async_trait::async_trait;
 
 use crate::{
-    ChatMessage, ChunkRecord, DocumentRecord, Generation, GenerationRequest, Result, ScoredChunk,
-    VectorPoint, VectorQuery,
+    ApiKeyRecord, ChatMessage, ChunkRecord, DocumentRecord, Generation, GenerationRequest, Result,
+    ScoredChunk, VectorPoint, VectorQuery,
 };
 
 /// Turns passages and questions into dense vectors.
@@ -72,6 +72,14 @@ pub trait DocumentStore: Send + Sync {
     /// Records the start of an ingest run; returns its id.
     async fn start_run(&self, started_at: &str) -> Result<String>;
     async fn finish_run(&self, run_id: &str, finished_at: &str, report_json: &str) -> Result<()>;
+    /// Stores a new API key (its hash only).
+    async fn create_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    /// Every key, revoked ones too, oldest first.
+    async fn keys(&self) -> Result<Vec<ApiKeyRecord>>;
+    /// The key with this hash, revoked or not.
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
+    /// Marks a key revoked; false when there is no such key.
+    async fn revoke_key(&self, id: &str, revoked_at: &str) -> Result<bool>;
 }
 
 /// Re-scores retrieved passages against the question, e.g. a cross-encoder.

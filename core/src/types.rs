@@ -309,3 +309,48 @@ impl ConsistencyReport {
         self.orphan_vectors == 0 && self.missing_vectors == 0 && self.duplicate_chunks == 0
     }
 }
+
+/// What an API key may do. Each role can do what the ones before it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyRole {
+    /// Ask, retrieve, read documents and jobs.
+    Reader,
+    /// Also upload and delete documents.
+    Uploader,
+    /// Also sees every document, whatever its groups.
+    Admin,
+}
+
+impl KeyRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRole::Reader => "reader",
+            KeyRole::Uploader => "uploader",
+            KeyRole::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reader" => Some(KeyRole::Reader),
+            "uploader" => Some(KeyRole::Uploader),
+            "admin" => Some(KeyRole::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An API key as stored: its hash, never the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing)]
+    pub key_hash: String,
+    pub role: KeyRole,
+    /// Documents of these access groups are visible to the key.
+    pub groups: Vec<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}

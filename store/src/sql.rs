@@ -1,5 +1,5 @@
 use async_trait::async_trait;
-use rag_core::{ChunkRecord, DocumentRecord, DocumentStore, Error, Result};
+use rag_core::{ApiKeyRecord, ChunkRecord, DocumentRecord, DocumentStore, Error, KeyRole, Result};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
@@ -72,6 +72,23 @@ fn document_from_row(row: &sqlx::any::AnyRow) -> Result<DocumentRecord> {
         groups: parse_list(&get("access_groups")?),
         chunk_count: row.try_get::<i64, _>("chunk_count").map_err(db_error)? as usize,
         ingested_at: get("ingested_at")?,
+    })
+}
+
+fn key_from_row(row: &sqlx::any::AnyRow) -> Result<ApiKeyRecord> {
+    let get = |c: &str| row.try_get::<String, _>(c).map_err(db_error);
+    let role = get("role")?;
+    Ok(ApiKeyRecord {
+        id: get("id")?,
+        name: get("name")?,
+        key_hash: get("key_hash")?,
+        role: KeyRole::parse(&role)
+            .ok_or_else(|| db_error(format!("api_keys: unknown role {role:?}")))?,
+        groups: parse_list(&get("groups_json")?),
+        created_at: get("created_at")?,
+        revoked_at: row
+            .try_get::<Option<String>, _>("revoked_at")
+            .map_err(db_error)?,
     })
 }
 
@@ -313,6 +330,57 @@ impl DocumentStore for SqlDocumentStore {
             .await
             .map_err(db_error)?;
         Ok(id)
+    }
+
+    async fn create_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, key_hash, role, groups_json, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.key_hash)
+        .bind(key.role.as_str())
+        .bind(json_list(&key.groups))
+        .bind(&key.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, name, key_hash, role, groups_json, created_at, revoked_at FROM api_keys \
+             ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
+        let row = sqlx::query(
+            "SELECT id, name, key_hash, role, groups_json, created_at, revoked_at FROM api_keys \
+             WHERE key_hash = $1",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn revoke_key(&self, id: &str, revoked_at: &str) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(revoked_at)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn finish_run(&self, run_id: &str, finished_at: &str, report_json: &str) -> Result<()> {
