@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real clients the API is tested with (tests/clients/): the official
-# `openai` Python package in a virtual environment, and `playwright-core`
+# `openai` Python package (and an OpenAPI validator for /openapi.json) in a
+# virtual environment, and `playwright-core`
 # from npm driving Debian's Chromium. Idempotent; prints two lines:
 #   RAG_CLIENT_PYTHON=<python with openai>
 #   RAG_CLIENT_NODE_MODULES=<node_modules with playwright-core>
@@ -8,9 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${RAG_CLIENT_DIR:-target/clients}
 mkdir -p "$DIR"
-if [ ! -x "$DIR/venv/bin/python" ] || ! "$DIR/venv/bin/python" -c "import openai" 2>/dev/null; then
+if [ ! -x "$DIR/venv/bin/python" ] || ! "$DIR/venv/bin/python" -c "import openai, openapi_spec_validator" 2>/dev/null; then
     python3 -m venv "$DIR/venv" >&2
-    "$DIR/venv/bin/python" -m pip install -q --disable-pip-version-check openai==2.8.1 >&2
+    "$DIR/venv/bin/python" -m pip install -q --disable-pip-version-check \
+        openai==2.8.1 openapi-spec-validator==0.7.2 >&2
 fi
 if [ ! -d "$DIR/node/node_modules/playwright-core" ]; then
     mkdir -p "$DIR/node"

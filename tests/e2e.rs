@@ -1946,3 +1946,49 @@ fn serving_beyond_loopback_without_keys_is_refused() {
         .unwrap();
     fails_with(out, "rag keys create");
 }
+
+#[test]
+fn slow_requests_get_504_and_sigterm_lets_streams_finish() {
+    let (_turn, data) = fixture_data();
+    // A deadline shorter than any answer: /v1/ask times out with our error.
+    let (server, addr) = start_server_with(data, &[("RAG_SERVER__REQUEST_TIMEOUT_S", "0.3")]);
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/ask",
+        r#"{"question":"Which password manager does the company use?"}"#,
+    );
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("request_timeout_s"), "{body}");
+    drop(server);
+
+    // SIGTERM while an answer streams: the stream ends properly, then the
+    // process exits cleanly.
+    let (mut server, addr) = start_server(data);
+    let ask = r#"{"stream":true,"messages":[{"role":"user","content":"Which password manager does the company use?"}]}"#;
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ask}",
+        ask.len()
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    let events = sse_data(&rest);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{rest}");
+    assert!(rest.contains("\"citations\""), "{rest}");
+    let exit = server.0.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

@@ -31,7 +31,7 @@ pub const RAG_MODEL: &str = "rag";
 /// Largest `max_tokens` a request may ask for.
 const MAX_TOKENS: usize = 4096;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     #[serde(default)]
     model: Option<String>,
@@ -49,14 +49,14 @@ pub struct ChatRequest {
     rag: RagOptions,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct InMessage {
     role: Role,
     content: Content,
@@ -64,14 +64,14 @@ struct InMessage {
 
 /// A message's content: a string, or OpenAI's list of parts of which the
 /// text parts are read.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct Part {
     #[serde(default)]
     text: Option<String>,
@@ -91,7 +91,7 @@ impl Content {
 }
 
 /// The RAG options: `"rag": {"collection", "k", "mode", "filters": {"tags"}}`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RagOptions {
     collection: Option<String>,
@@ -101,7 +101,7 @@ struct RagOptions {
     filters: Filters,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Filters {
     #[serde(default)]
@@ -267,6 +267,14 @@ fn rag_fields(answer: &Answer) -> Value {
     })
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "answers", request_body = ChatRequest,
+    responses(
+        (status = 200, description = "OpenAI's chat.completion, plus `answer`, `abstained`, `citations`, `verified_citations`, `removed_citations` and per-stage `usage`; with `stream: true`, Server-Sent Events of chat.completion.chunk whose last chunk carries the same, then `[DONE]`"),
+        (status = 400, description = "Bad input; the message names the field", body = crate::server::ErrorBody),
+        (status = 401, description = "No or unknown API key", body = crate::server::ErrorBody),
+        (status = 404, description = "Unknown model", body = crate::server::ErrorBody),
+        (status = 429, description = "Generation queue full; see Retry-After", body = crate::server::ErrorBody),
+        (status = 503, description = "A backend is down; see Retry-After", body = crate::server::ErrorBody)))]
 pub async fn completions(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,

@@ -18,6 +18,23 @@ pub struct Settings {
     pub generator: GeneratorSettings,
     pub retrieval: Retrieval,
     pub chunking: rag_ingest::ChunkOptions,
+    pub server: ServerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerSettings {
+    /// Longest a request may take before it is answered 504; streamed chat
+    /// answers are bounded by the generator's own timeouts instead.
+    pub request_timeout_s: f64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout_s: 300.0,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -30,6 +47,7 @@ impl Default for Settings {
             generator: GeneratorSettings::default(),
             retrieval: Retrieval::default(),
             chunking: rag_ingest::ChunkOptions::default(),
+            server: ServerSettings::default(),
         }
     }
 }

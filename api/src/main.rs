@@ -10,6 +10,7 @@ mod jobs;
 mod keys;
 mod metrics;
 mod models;
+mod openapi;
 mod server;
 
 use std::io::IsTerminal;

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use rag_core::{DocumentRecord, Error, KeyRole, SearchFilter, SearchMode};
+use rag_core::{Answer, DocumentRecord, Error, Hit, KeyRole, SearchFilter, SearchMode};
 use rag_ingest::{IngestOptions, Input};
 use serde::Deserialize;
 use serde_json::json;
@@ -32,6 +32,22 @@ const MAX_FILE_BYTES: usize = 25 << 20;
 const MAX_PAGE: usize = 500;
 /// Upload jobs that may wait behind the running one.
 const JOB_QUEUE: usize = 32;
+
+/// The error body, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// The status in words: `bad_request`, `not_found`, ...
+    code: String,
+    /// What went wrong and what to do about it.
+    message: String,
+}
 
 /// An error as the API reports it: `{"error": {"code", "message"}}`.
 pub struct ApiError(pub StatusCode, pub String);
@@ -81,7 +97,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AskRequest {
     pub question: String,
@@ -135,7 +151,10 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     })
 }
 
-async fn ask(
+#[utoipa::path(post, path = "/v1/ask", tag = "answers", request_body = AskRequest,
+    responses((status = 200, description = "A grounded answer with citations, or the abstention", body = Answer),
+        (status = 400, description = "Bad input; the message names the field", body = ErrorBody), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 429, description = "Generation queue full; see Retry-After", body = ErrorBody), (status = 503, description = "A backend is down; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn ask(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,
     body: axum::body::Bytes,
@@ -145,7 +164,9 @@ async fn ask(
     Ok(Json(app.ask(&req.question, &req.query(&caller)?).await?).into_response())
 }
 
-async fn retrieve(
+#[utoipa::path(post, path = "/v1/retrieve", tag = "answers", request_body = AskRequest,
+    responses((status = 200, description = "Hits, best first", body = Vec<Hit>), (status = 400, description = "Bad input; the message names the field", body = ErrorBody), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 503, description = "A backend is down; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn retrieve(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,
     body: axum::body::Bytes,
@@ -168,13 +189,17 @@ async fn page() -> Response {
         .into_response()
 }
 
-async fn healthz() -> &'static str {
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = String)))]
+pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
 /// `GET /readyz`: 200 when the generator is loaded and both stores answer,
 /// else 503 with what is not ready.
-async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Models loaded and stores reachable"), (status = 503, description = "A backend is down; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     let app = &state.app;
     let documents = app.docs.document_count().await?;
     // A one-hit search reaches the vector store (an empty one answers too).
@@ -202,7 +227,9 @@ async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
 
 /// `GET /v1/models`, in OpenAI's list shape: `rag` (grounded answers) and
 /// the generator's own model.
-async fn models(State(state): State<AppState>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/v1/models", tag = "answers",
+    responses((status = 200, description = "`rag` and the generator's own model, in OpenAI's list shape")))]
+pub(crate) async fn models(State(state): State<AppState>) -> Result<Response, ApiError> {
     let generator = state.app.generator().await?;
     Ok(Json(json!({
         "object": "list",
@@ -228,7 +255,9 @@ pub struct AppState {
 }
 
 /// `GET /metrics`, in Prometheus' text format.
-async fn metrics_text(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {
     crate::metrics::queue_depth(state.app.generations_in_flight());
     (
         [(
@@ -238,6 +267,31 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// Answers 504 when a request outlives `server.request_timeout_s`. Chat
+/// completions are exempt: a stream lasts as long as its answer, and the
+/// generator's own timeouts bound it.
+async fn deadline(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path() == "/v1/chat/completions" {
+        return next.run(request).await;
+    }
+    let limit = std::time::Duration::from_secs_f64(state.app.settings.server.request_timeout_s);
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the request took longer than {} s (server.request_timeout_s); retry, or ask for less",
+                limit.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Counts every request and its latency by route (the route's pattern, so
@@ -285,7 +339,13 @@ fn list_field(value: &str) -> Vec<String> {
 /// file is checked now (type, size, readable); the good ones are queued as
 /// one job (202), the bad ones are listed as rejected. Alone, a bad file
 /// gets its own status: 413, 415 or 422.
-async fn upload(
+#[utoipa::path(post, path = "/v1/documents", tag = "documents",
+    request_body(content_type = "multipart/form-data", description = "`file` fields (one or more), and `collection`, `tags`, `groups`"),
+    responses((status = 202, description = "Accepted as a job: {job_id, status_url, job}"), (status = 400, description = "Bad input; the message names the field", body = ErrorBody), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 403, description = "The key's role does not allow it", body = ErrorBody),
+        (status = 413, description = "A file or the request is too large", body = ErrorBody),
+        (status = 415, description = "Unsupported file type, or not multipart", body = ErrorBody),
+        (status = 422, description = "A file cannot be read (the reason is given)", body = ErrorBody), (status = 429, description = "Generation queue full; see Retry-After", body = ErrorBody)))]
+pub(crate) async fn upload(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,
     multipart: Result<Multipart, MultipartRejection>,
@@ -420,7 +480,12 @@ async fn upload(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "documents", params(("id" = String, Path, description = "job id")),
+    responses((status = 200, description = "State and per-document outcomes"), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 404, description = "No such thing", body = ErrorBody)))]
+pub(crate) async fn job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let job = state
         .jobs
         .get(&id)
@@ -430,7 +495,7 @@ async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Re
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     collection: Option<String>,
     #[serde(default)]
     offset: usize,
@@ -439,7 +504,12 @@ struct ListQuery {
 
 /// `GET /v1/documents?collection=&offset=&limit=`, ordered by collection
 /// and source.
-async fn list_documents(
+#[utoipa::path(get, path = "/v1/documents", tag = "documents",
+    params(("collection" = Option<String>, Query, description = "only this collection"),
+        ("offset" = Option<usize>, Query, description = "skip this many"),
+        ("limit" = Option<usize>, Query, description = "page size, 1 to 500 (50)")),
+    responses((status = 200, description = "{documents, total, offset, limit}"), (status = 400, description = "Bad input; the message names the field", body = ErrorBody), (status = 401, description = "No or unknown API key", body = ErrorBody)))]
+pub(crate) async fn list_documents(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -482,7 +552,9 @@ async fn find_document(
         .ok_or_else(|| rejection(StatusCode::NOT_FOUND, format!("no document {id}")))
 }
 
-async fn get_document(
+#[utoipa::path(get, path = "/v1/documents/{id}", tag = "documents", params(("id" = String, Path, description = "document id")),
+    responses((status = 200, description = "The document", body = DocumentRecord), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 404, description = "No such thing", body = ErrorBody)))]
+pub(crate) async fn get_document(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
@@ -492,7 +564,9 @@ async fn get_document(
 
 /// `DELETE /v1/documents/{id}`: rows first (gone from answers at once),
 /// then vectors.
-async fn delete_document(
+#[utoipa::path(delete, path = "/v1/documents/{id}", tag = "documents", params(("id" = String, Path, description = "document id")),
+    responses((status = 200, description = "{deleted, source, chunks}: rows and vectors are gone"), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 403, description = "The key's role does not allow it", body = ErrorBody), (status = 404, description = "No such thing", body = ErrorBody)))]
+pub(crate) async fn delete_document(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
@@ -530,6 +604,7 @@ pub fn router(app: Arc<App>, open: bool) -> anyhow::Result<Router> {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(crate::openapi::document))
         .route("/v1/models", get(models))
         .route("/v1/ask", post(ask))
         .route("/v1/chat/completions", post(crate::chat::completions))
@@ -544,6 +619,10 @@ pub fn router(app: Arc<App>, open: bool) -> anyhow::Result<Router> {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::keys::authenticate,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline,
         ))
         .route_layer(axum::middleware::from_fn(track))
         .layer(TraceLayer::new_for_http())

@@ -1,6 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A document as stored in the metadata database.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DocumentRecord {
     pub id: String,
@@ -58,6 +59,7 @@ pub struct SearchFilter {
 }
 
 /// How candidates are found.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
@@ -159,6 +161,7 @@ pub struct ScoredChunk {
 }
 
 /// A retrieved passage, joined with the metadata of its document.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     pub rank: usize,
@@ -177,6 +180,7 @@ pub struct Hit {
 }
 
 /// A numbered source of an answer. `n` is the number the answer cites as `[n]`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Citation {
     pub n: usize,
@@ -191,6 +195,7 @@ pub struct Citation {
 }
 
 /// Costs of one answer: what an operator needs to know what it cost.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
@@ -207,6 +212,7 @@ pub struct Usage {
 }
 
 /// A grounded answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     pub answer: String,
@@ -220,6 +226,7 @@ pub struct Answer {
     pub usage: Usage,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -311,6 +318,7 @@ impl ConsistencyReport {
 }
 
 /// What an API key may do. Each role can do what the ones before it can.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyRole {

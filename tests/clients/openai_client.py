@@ -54,4 +54,19 @@ try:
 except openai.BadRequestError as e:
     assert "max_tokens" in str(e), e
 
+# The OpenAPI document is valid OpenAPI 3.1 and describes every endpoint.
+import urllib.request  # noqa: E402
+
+from openapi_spec_validator import validate  # noqa: E402
+
+spec = json.load(urllib.request.urlopen(sys.argv[1].removesuffix("/v1") + "/openapi.json"))
+validate(spec)
+for path, method in [
+    ("/v1/chat/completions", "post"), ("/v1/ask", "post"), ("/v1/retrieve", "post"), ("/v1/models", "get"),
+    ("/v1/documents", "post"), ("/v1/documents", "get"), ("/v1/documents/{id}", "get"),
+    ("/v1/documents/{id}", "delete"), ("/v1/jobs/{id}", "get"), ("/healthz", "get"), ("/readyz", "get"),
+    ("/metrics", "get"),
+]:
+    assert method in spec["paths"].get(path, {}), (path, method)
+
 print(json.dumps({"models": models, "answer": content, "citations": len(extra["citations"]), "streamed_chars": len(text)}))
