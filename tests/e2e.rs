@@ -1614,6 +1614,8 @@ fn remote_generator_against_a_second_rag_serve() {
     );
     assert_eq!(text, local["answer"].as_str().unwrap());
     assert_eq!(last["citations"], local["citations"]);
+    let (status, body) = http(&front_addr, "GET", "/readyz", "");
+    assert_eq!(status, 200, "{body}");
     drop(_front);
 
     // A server that is not there: 503 with Retry-After, saying which.
@@ -1627,6 +1629,9 @@ fn remote_generator_against_a_second_rag_serve() {
             ("RAG_GENERATOR__MAX_RETRIES", "1"),
         ],
     );
+    let (status, body) = http(&broken_addr, "GET", "/readyz", "");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cannot be reached"), "{body}");
     let request = format!(r#"{{"messages":[{{"role":"user","content":"{question}"}}]}}"#);
     let mut stream = TcpStream::connect(&broken_addr).unwrap();
     write!(

@@ -216,6 +216,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Response, Ap
         })
         .await?;
     let generator = app.generator().await?;
+    generator.check().await?;
     Ok(Json(json!({
         "status": "ready",
         "documents": documents,

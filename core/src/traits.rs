@@ -117,4 +117,9 @@ pub trait Generator: Send + Sync {
     async fn generate(&self, request: GenerationRequest) -> Result<Generation> {
         self.generate_stream(request, &mut |_| {}).await
     }
+    /// Whether the backend can answer now (a remote server is reachable and
+    /// serves the model). In-process models are ready once loaded.
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -263,6 +263,39 @@ impl Generator for OpenAiGenerator {
         self.complete(&request).await
     }
 
+    /// `GET /models` answers and lists the configured model.
+    async fn check(&self) -> Result<()> {
+        let url = format!("{}/models", self.config.base_url.trim_end_matches('/'));
+        let mut builder = self
+            .client
+            .get(&url)
+            .timeout(self.config.connect_timeout * 2);
+        if let Some(key) = &self.config.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        let response = builder.send().await.map_err(|e| {
+            Error::unavailable(format!("the model server at {url} cannot be reached: {e}"))
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let message = error_message(&response.text().await.unwrap_or_default());
+            return Err(self.status_error(status, &message));
+        }
+        let body: Value = response.json().await.unwrap_or_default();
+        let served: Vec<&str> = body["data"]
+            .as_array()
+            .map(|models| models.iter().filter_map(|m| m["id"].as_str()).collect())
+            .unwrap_or_default();
+        if !served.contains(&self.config.model.as_str()) {
+            return Err(Error::unavailable(format!(
+                "the model server at {url} does not serve {:?}; it serves: {}",
+                self.config.model,
+                served.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     async fn generate_stream(
         &self,
         request: GenerationRequest,

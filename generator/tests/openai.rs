@@ -232,3 +232,21 @@ fn a_url_without_a_scheme_is_refused() {
         .unwrap();
     assert!(err.to_string().contains("must start with http://"), "{err}");
 }
+
+#[tokio::test]
+async fn check_asks_the_server_for_its_models() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "object": "list",
+            "data": [{"id": "other-model", "object": "model"}]
+        })))
+        .mount(&server)
+        .await;
+    let err = client(&server).check().await.unwrap_err();
+    assert!(err.to_string().contains("does not serve \"qwen\""), "{err}");
+    let mut config = OpenAiConfig::new(format!("{}/v1", server.uri()), "other-model");
+    config.timeout = Duration::from_secs(5);
+    OpenAiGenerator::new(config).unwrap().check().await.unwrap();
+}
