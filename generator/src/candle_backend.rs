@@ -7,7 +7,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::{quantized_llama, quantized_qwen2, qwen2};
+use candle_transformers::models::{quantized_gemma3, quantized_llama, quantized_qwen2, qwen2};
 use rag_core::{
     ChatMessage, Error, FinishReason, Generation, GenerationRequest, Generator, Result, TextSink,
 };
@@ -21,6 +21,7 @@ const REPEAT_LAST_N: usize = 64;
 enum Model {
     Llama(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
+    Gemma3(quantized_gemma3::ModelWeights),
     /// Unquantized weights (safetensors), bf16 on CUDA.
     Qwen2Full(qwen2::ModelForCausalLM),
 }
@@ -31,6 +32,7 @@ impl Model {
         match self {
             Model::Llama(m) => m.forward(input, pos),
             Model::Qwen2(m) => m.forward(input, pos),
+            Model::Gemma3(m) => m.forward(input, pos),
             Model::Qwen2Full(m) => m.forward(input, pos)?.squeeze(1)?.to_dtype(DType::F32),
         }
     }
@@ -39,6 +41,8 @@ impl Model {
         match self {
             Model::Llama(m) => m.clear_kv_cache(),
             Model::Qwen2(m) => m.clear_kv_cache(),
+            // Its cache starts over whenever a forward pass starts at 0.
+            Model::Gemma3(_) => {}
             Model::Qwen2Full(m) => m.clear_kv_cache(),
         }
     }
@@ -92,12 +96,13 @@ fn qwen2_config(raw: &serde_json::Value) -> anyhow::Result<qwen2::Config> {
 #[derive(Clone)]
 pub struct CandleGenerator {
     shared: Arc<Shared>,
+    /// The chat template (Jinja); a clone may use another on the same model.
+    template: Arc<str>,
 }
 
 struct Shared {
     model: Mutex<Model>,
     tokenizer: Tokenizer,
-    template: String,
     bos_token: String,
     eos_token: String,
     stop_ids: Vec<u32>,
@@ -146,8 +151,20 @@ impl CandleGenerator {
         } else {
             tokenizer_from_gguf(&content)?
         };
-        let template =
-            metadata_string(&content, "tokenizer.chat_template").unwrap_or_else(|| CHATML.into());
+        // The template: the GGUF's own, else `tokenizer_config.json` beside
+        // the file (Hugging Face's), else ChatML.
+        let tokenizer_config: serde_json::Value =
+            std::fs::read_to_string(path.with_file_name("tokenizer_config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+        let template = metadata_string(&content, "tokenizer.chat_template")
+            .or_else(|| {
+                tokenizer_config["chat_template"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| CHATML.into());
         let token = |key: &str| {
             metadata_u32(&content, key)
                 .and_then(|id| tokenizer.id_to_token(id))
@@ -163,8 +180,17 @@ impl CandleGenerator {
                 stop_ids.push(id);
             }
         }
-        let context_window =
+        let mut context_window =
             metadata_u32(&content, &format!("{arch}.context_length")).unwrap_or(2048) as usize;
+        if arch == "gemma3" {
+            // candle's quantized gemma3 masks its sliding-window layers only
+            // while prefilling, not when decoding one token at a time: past
+            // the window, decoding would attend to tokens it must not see.
+            // So prompt and answer together stay inside the window.
+            if let Some(window) = metadata_u32(&content, "gemma3.attention.sliding_window") {
+                context_window = context_window.min(window as usize);
+            }
+        }
         let model = match arch.as_str() {
             "llama" => Model::Llama(quantized_llama::ModelWeights::from_gguf(
                 content, &mut file, &device,
@@ -172,8 +198,11 @@ impl CandleGenerator {
             "qwen2" => Model::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
                 content, &mut file, &device,
             )?),
+            "gemma3" => Model::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
+                content, &mut file, &device,
+            )?),
             other => anyhow::bail!(
-                "{}: model architecture {other:?} is not supported; supported: llama, qwen2",
+                "{}: model architecture {other:?} is not supported; supported: llama, qwen2, gemma3",
                 path.display()
             ),
         };
@@ -185,7 +214,6 @@ impl CandleGenerator {
             shared: Arc::new(Shared {
                 model: Mutex::new(model),
                 tokenizer,
-                template,
                 bos_token,
                 eos_token,
                 stop_ids,
@@ -193,6 +221,7 @@ impl CandleGenerator {
                 context_window,
                 model_id,
             }),
+            template: template.into(),
         })
     }
 
@@ -254,7 +283,6 @@ impl CandleGenerator {
             shared: Arc::new(Shared {
                 model: Mutex::new(model),
                 tokenizer,
-                template,
                 bos_token,
                 eos_token,
                 stop_ids,
@@ -265,6 +293,20 @@ impl CandleGenerator {
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default(),
             }),
+            template: template.into(),
+        })
+    }
+
+    /// The same model with another chat template (Jinja, as in a
+    /// `tokenizer_config.json`): for base models, whose own template (if
+    /// any) expects instruction tuning they do not have.
+    pub fn with_template(&self, template: &str) -> anyhow::Result<Self> {
+        minijinja::Environment::new()
+            .template_from_str(template)
+            .map_err(|e| anyhow::anyhow!("the chat template does not parse: {e}"))?;
+        Ok(Self {
+            shared: self.shared.clone(),
+            template: template.into(),
         })
     }
 
@@ -290,7 +332,7 @@ impl CandleGenerator {
                 ))
             },
         );
-        env.add_template("chat", &self.shared.template)?;
+        env.add_template("chat", &self.template)?;
         let rendered = env.get_template("chat")?.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => true,

@@ -2,8 +2,9 @@
 //!
 //! - [`grounding`]: numbered passages in, citations checked out. Pure
 //!   functions, shared by every backend.
-//! - [`CandleGenerator`]: quantized GGUF models (llama, qwen2 families) run
-//!   in-process with candle.
+//! - [`CandleGenerator`]: quantized GGUF models (llama, qwen2, gemma3
+//!   families) and qwen2 safetensors weights run in-process with candle, on
+//!   the CPU or (feature `cuda`) a GPU.
 //! - [`OpenAiGenerator`]: any OpenAI-compatible server (vLLM, TGI, Ollama,
 //!   llama.cpp, another `rag serve`).
 
