@@ -1605,6 +1605,29 @@ fn remote_generator_against_a_second_rag_serve() {
         remote["usage"]["prompt_tokens"],
         local["usage"]["prompt_tokens"]
     );
+    assert!(
+        local["usage"]["passages_used"].as_u64().unwrap() >= 1,
+        "{local}"
+    );
+    // Context budgeting: passages go in while the prompt and the answer fit;
+    // when not even one does, the error says what to change.
+    let tiny = [
+        ("RAG_GENERATOR__BACKEND", "openai"),
+        ("RAG_GENERATOR__URL", url.as_str()),
+        ("RAG_GENERATOR__MODEL", model.as_str()),
+        ("RAG_GENERATOR__CONTEXT_WINDOW", "300"),
+    ];
+    let out = rag(data)
+        .envs(tiny)
+        .args(["ask", question, "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("do not fit the model's context of 300 tokens"),
+        "{stderr}"
+    );
 
     // Streaming through both servers.
     let (_front, front_addr) = start_server_with(data, &remote_env);
