@@ -1198,25 +1198,9 @@ fn bench_ingest_prints_the_embedder_the_pipeline_and_the_peer_ratio() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = rag(dir.path());
     cmd.args(["bench", "ingest", "--corpus", "fixtures/wiki"]);
-    // The peer needs Python with onnxruntime (scripts/bench-venv.sh).
-    let peer = std::env::var("RAG_BENCH_PYTHON").ok();
-    match &peer {
-        Some(python) => {
-            cmd.arg("--peer").env("PYTHON", python);
-        }
-        None => {
-            assert!(
-                std::env::var_os("RAG_REQUIRE_PEER").is_none(),
-                "RAG_REQUIRE_PEER is set but RAG_BENCH_PYTHON is not"
-            );
-            eprintln!("peer skipped: RAG_BENCH_PYTHON is not set");
-        }
-    }
+    let peer = with_peer(&mut cmd);
     let out = run_ok(&mut cmd);
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
-        .collect();
+    let lines = json_lines(&out);
     let stage = |name: &str| {
         lines
             .iter()
@@ -1700,24 +1684,9 @@ fn bench_generate_prints_ours_the_peers_and_the_ratios() {
         "--runs",
         "1",
     ]);
-    let peer = std::env::var("RAG_BENCH_PYTHON").ok();
-    match &peer {
-        Some(python) => {
-            cmd.arg("--peer").env("PYTHON", python);
-        }
-        None => {
-            assert!(
-                std::env::var_os("RAG_REQUIRE_PEER").is_none(),
-                "RAG_REQUIRE_PEER is set but RAG_BENCH_PYTHON is not"
-            );
-            eprintln!("peer skipped: RAG_BENCH_PYTHON is not set");
-        }
-    }
+    let peer = with_peer(&mut cmd);
     let out = run_ok(&mut cmd);
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
-        .collect();
+    let lines = json_lines(&out);
     let ours = &lines[0];
     assert_eq!(ours["engine"], "rag-candle", "{out}");
     assert_eq!(ours["completion_tokens"], 6, "{out}");
@@ -2019,4 +1988,29 @@ fn slow_requests_get_504_and_sigterm_lets_streams_finish() {
     assert!(rest.contains("\"citations\""), "{rest}");
     let exit = server.0.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// Adds `--peer` to a bench command when the peers' Python environment is
+/// there (scripts/bench-venv.sh: onnxruntime, mistralrs); returns it.
+fn with_peer(cmd: &mut Command) -> Option<String> {
+    let peer = std::env::var("RAG_BENCH_PYTHON").ok();
+    match &peer {
+        Some(python) => {
+            cmd.arg("--peer").env("PYTHON", python);
+        }
+        None => {
+            assert!(
+                std::env::var_os("RAG_REQUIRE_PEER").is_none(),
+                "RAG_REQUIRE_PEER is set but RAG_BENCH_PYTHON is not"
+            );
+            eprintln!("peer skipped: RAG_BENCH_PYTHON is not set");
+        }
+    }
+    peer
+}
+
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect()
 }

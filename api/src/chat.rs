@@ -321,10 +321,7 @@ pub async fn completions(
             return Ok(stream_raw(app, slot, model, messages, sampling));
         }
         let generation = app.generate(slot, messages, &sampling, &mut |_| {}).await?;
-        let finish = match generation.finish_reason {
-            rag_core::FinishReason::Length => "length",
-            rag_core::FinishReason::Stop => "stop",
-        };
+        let (finish, usage) = generation_fields(&generation);
         return Ok(Json(json!({
             "id": chunk_id(),
             "object": "chat.completion",
@@ -335,11 +332,7 @@ pub async fn completions(
                 "message": {"role": "assistant", "content": generation.text},
                 "finish_reason": finish,
             }],
-            "usage": {
-                "prompt_tokens": generation.prompt_tokens,
-                "completion_tokens": generation.completion_tokens,
-                "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-            },
+            "usage": usage,
         }))
         .into_response());
     }
@@ -393,6 +386,31 @@ fn chunk(id: &str, created: i64, model: &str, delta: Value, finish: Option<&str>
     })
 }
 
+/// The first chunk of a stream: the assistant's role, no text yet.
+fn role_chunk(id: &str, created: i64, model: &str) -> Value {
+    chunk(
+        id,
+        created,
+        model,
+        json!({"role": "assistant", "content": ""}),
+        None,
+    )
+}
+
+/// OpenAI's `finish_reason` and `usage` of a bare generation.
+fn generation_fields(generation: &rag_core::Generation) -> (&'static str, Value) {
+    let finish = match generation.finish_reason {
+        rag_core::FinishReason::Length => "length",
+        rag_core::FinishReason::Stop => "stop",
+    };
+    let usage = json!({
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": generation.completion_tokens,
+        "total_tokens": generation.prompt_tokens + generation.completion_tokens,
+    });
+    (finish, usage)
+}
+
 type Events = tokio::sync::mpsc::UnboundedSender<Event>;
 
 fn send(events: &Events, value: &Value) {
@@ -422,16 +440,7 @@ fn stream_answer(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let (id, created) = (chunk_id(), now());
-        send(
-            &tx,
-            &chunk(
-                &id,
-                created,
-                &model,
-                json!({"role": "assistant", "content": ""}),
-                None,
-            ),
-        );
+        send(&tx, &role_chunk(&id, created, &model));
         let mut streamed = String::new();
         let result = app
             .ask_stream(slot, &question, &query, &mut |piece| {
@@ -490,16 +499,7 @@ fn stream_raw(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let (id, created) = (chunk_id(), now());
-        send(
-            &tx,
-            &chunk(
-                &id,
-                created,
-                &model,
-                json!({"role": "assistant", "content": ""}),
-                None,
-            ),
-        );
+        send(&tx, &role_chunk(&id, created, &model));
         let result = app
             .generate(slot, messages, &sampling, &mut |piece| {
                 send(
@@ -510,16 +510,9 @@ fn stream_raw(
             .await;
         match result {
             Ok(generation) => {
-                let finish = match generation.finish_reason {
-                    rag_core::FinishReason::Length => "length",
-                    rag_core::FinishReason::Stop => "stop",
-                };
+                let (finish, usage) = generation_fields(&generation);
                 let mut last = chunk(&id, created, &model, json!({}), Some(finish));
-                last["usage"] = json!({
-                    "prompt_tokens": generation.prompt_tokens,
-                    "completion_tokens": generation.completion_tokens,
-                    "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-                });
+                last["usage"] = usage;
                 send(&tx, &last);
             }
             Err(e) => send(&tx, &ApiError::from(e).body()),
