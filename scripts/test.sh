@@ -45,6 +45,9 @@ fi
 # The chat page's screenshot and other artifacts of the run.
 export RAG_ARTIFACT_DIR="${RAG_ARTIFACT_DIR:-$PWD/target/artifacts}"
 cargo test --release --locked --workspace
+# Kubernetes manifests: every overlay renders and validates (strict,
+# Kubernetes 1.29-1.33), and a broken one is rejected.
+scripts/k8s-check.sh
 # The answer-quality gate: the fixture questions against the minimums in
 # fixtures/eval-thresholds.toml (exit 4 below them). Report in target/eval-fixtures.
 ./target/release/rag --data-dir target/eval-data eval answers \

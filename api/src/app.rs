@@ -146,7 +146,8 @@ impl App {
     /// The GGUF file of the configured candle model.
     pub fn generator_path(&self) -> anyhow::Result<PathBuf> {
         let name = &self.settings.generator.model;
-        if name.ends_with(".gguf") {
+        // A path: a .gguf file, or a folder of safetensors weights.
+        if name.ends_with(".gguf") || name.contains('/') {
             let path = PathBuf::from(name);
             anyhow::ensure!(
                 path.exists(),
@@ -176,13 +177,15 @@ impl App {
                         let path = self
                             .generator_path()
                             .map_err(|e| Error::unavailable(format!("{e:#}")))?;
-                        tokio::task::spawn_blocking(move || CandleGenerator::load(&path))
-                            .await
-                            .map_err(|e| Error::internal(e.to_string()))?
-                            .map(|g| Arc::new(g) as Arc<dyn Generator>)
-                            .map_err(|e| {
-                                Error::unavailable(format!("loading the generator: {e:#}"))
-                            })
+                        let device = rag_generator::device(&cfg.device)
+                            .map_err(|e| Error::unavailable(format!("{e:#}")))?;
+                        tokio::task::spawn_blocking(move || {
+                            CandleGenerator::load_on(&path, &device)
+                        })
+                        .await
+                        .map_err(|e| Error::internal(e.to_string()))?
+                        .map(|g| Arc::new(g) as Arc<dyn Generator>)
+                        .map_err(|e| Error::unavailable(format!("loading the generator: {e:#}")))
                     }
                     GeneratorBackend::Openai => {
                         let mut remote = OpenAiConfig::new(&cfg.url, &cfg.model);

@@ -119,6 +119,8 @@ pub struct GeneratorSettings {
     /// candle: a name from `rag models list`, or a path to a `.gguf` file.
     /// openai: the model name the server knows.
     pub model: String,
+    /// candle: `cpu`, or `cuda` (a binary built with `--features cuda`).
+    pub device: String,
     /// openai: the server's base URL up to and including `/v1`.
     pub url: String,
     /// openai: sent as a bearer token when not empty
@@ -148,6 +150,7 @@ impl Default for GeneratorSettings {
         Self {
             backend: GeneratorBackend::Candle,
             model: crate::models::DEFAULT_GENERATOR.into(),
+            device: "cpu".into(),
             url: String::new(),
             api_key: String::new(),
             context_window: 4096,
