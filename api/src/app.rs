@@ -189,7 +189,7 @@ impl App {
                     }
                     GeneratorBackend::Openai => {
                         let mut remote = OpenAiConfig::new(&cfg.url, &cfg.model);
-                        remote.api_key = (!cfg.api_key.is_empty()).then(|| cfg.api_key.clone());
+                        remote.api_key = (!cfg.api_key.0.is_empty()).then(|| cfg.api_key.0.clone());
                         remote.context_window = cfg.context_window;
                         remote.timeout = std::time::Duration::from_secs(cfg.timeout_s.max(1));
                         remote.max_retries = cfg.max_retries;

@@ -125,7 +125,7 @@ pub struct GeneratorSettings {
     pub url: String,
     /// openai: sent as a bearer token when not empty
     /// (`RAG_GENERATOR__API_KEY`).
-    pub api_key: String,
+    pub api_key: Secret,
     /// openai: the served model's context window in tokens.
     pub context_window: usize,
     /// openai: longest wait for an answer to start, or between two pieces
@@ -152,7 +152,7 @@ impl Default for GeneratorSettings {
             model: crate::models::DEFAULT_GENERATOR.into(),
             device: "cpu".into(),
             url: String::new(),
-            api_key: String::new(),
+            api_key: Secret::default(),
             context_window: 4096,
             timeout_s: 120,
             max_retries: 3,
@@ -263,5 +263,35 @@ impl Settings {
         } else {
             self.database.url.clone()
         }
+    }
+}
+
+/// A setting that must not be printed: `Debug` shows whether it is set,
+/// never its value, so settings can be logged.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "(unset)"
+        } else {
+            "(set)"
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let mut settings = Settings::default();
+        settings.generator.api_key = Secret("sk-very-secret".into());
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("sk-very-secret"), "{printed}");
+        assert!(printed.contains("api_key: (set)"), "{printed}");
     }
 }

@@ -15,8 +15,9 @@ use rag_core::{Error, FinishReason, Generation, GenerationRequest, Generator, Re
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// Where the server is and how patient to be with it.
-#[derive(Debug, Clone)]
+/// Where the server is and how patient to be with it. `Debug` leaves the
+/// API key out.
+#[derive(Clone)]
 pub struct OpenAiConfig {
     /// Base URL up to and including `/v1`, e.g. `http://vllm:8000/v1`.
     pub base_url: String,
@@ -34,6 +35,19 @@ pub struct OpenAiConfig {
     /// exponential backoff (or the server's `Retry-After`).
     pub max_retries: u32,
     pub initial_backoff: Duration,
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "(set)"))
+            .field("context_window", &self.context_window)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OpenAiConfig {

@@ -250,3 +250,14 @@ async fn check_asks_the_server_for_its_models() {
     config.timeout = Duration::from_secs(5);
     OpenAiGenerator::new(config).unwrap().check().await.unwrap();
 }
+
+#[test]
+fn the_api_key_is_not_in_debug_output() {
+    let mut config = OpenAiConfig::new("http://vllm:8000/v1", "qwen");
+    config.api_key = Some("sk-very-secret".into());
+    let printed = format!("{config:?}");
+    assert!(
+        !printed.contains("sk-very-secret") && printed.contains("(set)"),
+        "{printed}"
+    );
+}
