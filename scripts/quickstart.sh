@@ -14,4 +14,4 @@ RAG=./target/release/rag
 
 echo
 echo "Try your own question:  $RAG ask \"What is the hotel limit in Europe?\""
-echo "Serve the HTTP API:     $RAG serve   (then: curl -s localhost:8080/v1/ask -d '{\"question\":\"Which VPN do we use?\"}')"
+echo "Serve the chat page:    $RAG serve   (then open http://localhost:8080/ ; OpenAI clients: base_url http://localhost:8080/v1, model \"rag\")"
