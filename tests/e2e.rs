@@ -2014,3 +2014,33 @@ fn json_lines(out: &str) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
         .collect()
 }
+
+/// `rag bench load` against a server with room for one answer at a time:
+/// answers come through, the rest are shed with 429, nothing fails.
+#[test]
+fn bench_load_sheds_with_429_and_fails_nothing() {
+    let (_turn, data) = fixture_data();
+    let (server, addr) = start_server_with(data, &[("RAG_GENERATOR__QUEUE_DEPTH", "1")]);
+    let pid = server.0.id().to_string();
+    let out = run_ok(rag(data).args([
+        "bench",
+        "load",
+        "--url",
+        &format!("http://{addr}"),
+        "--concurrency",
+        "4",
+        "--duration",
+        "3",
+        "--pid",
+        &pid,
+    ]));
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(report["answered"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["shed_429"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["latency_p50_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["server_peak_rss_mib"].as_f64().unwrap() > 10.0,
+        "{report}"
+    );
+}

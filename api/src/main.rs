@@ -8,6 +8,7 @@ mod eval;
 mod eval_answers;
 mod jobs;
 mod keys;
+mod load;
 mod metrics;
 mod models;
 mod openapi;
@@ -165,6 +166,28 @@ impl QueryArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Streaming chat clients against a running `rag serve` for a while:
+    /// answers, deliberate 429s and failures, latency percentiles, and the
+    /// server's peak memory (with --pid). Prints one JSON object.
+    Load {
+        /// The server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        /// Questions asked in turn (JSON lines with a `question`).
+        #[arg(long, default_value = "fixtures/questions.jsonl")]
+        questions: PathBuf,
+        /// An API key, when the server needs one.
+        #[arg(long, env = "RAG_API_KEY")]
+        key: Option<String>,
+        /// The server's process id, to report its peak resident memory.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Chunks/s of the embedder alone and of the whole ingest pipeline on a
     /// corpus; `--peer` adds Python ONNX Runtime on the same graph, passages
     /// and threads (scripts/bench/embed_peer.py) and prints the ratios.
@@ -645,6 +668,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = App::open(settings).await?;
             bench::ingest(&app, &corpus, limit, peer).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Load {
+                    url,
+                    concurrency,
+                    duration,
+                    questions,
+                    key,
+                    pid,
+                },
+        } => {
+            let text = std::fs::read_to_string(&questions)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", questions.display()))?;
+            let questions: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l)?;
+                    v["question"]
+                        .as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| anyhow::anyhow!("a line without `question`: {l}"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let report = load::run(load::LoadOptions {
+                url,
+                concurrency,
+                duration: std::time::Duration::from_secs_f64(duration.max(0.0)),
+                questions,
+                key,
+                pid,
+            })
+            .await?;
+            println!("{report}");
+            Ok(if report["failed"] == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Bench {
             command:
