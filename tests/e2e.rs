@@ -1520,35 +1520,12 @@ fn a_full_generation_queue_answers_429_with_retry_after() {
     let (_server, addr) = start_server_with(data, &[("RAG_GENERATOR__QUEUE_DEPTH", "1")]);
     let ask = r#"{"stream":true,"max_tokens":60,"messages":[{"role":"user","content":"Which password manager does the company use?"}]}"#;
     // The first question holds the only place while its answer streams.
-    let mut first = TcpStream::connect(&addr).unwrap();
-    write!(
-        first,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ask}",
-        ask.len()
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        first.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"));
-    let mut second = TcpStream::connect(&addr).unwrap();
-    write!(
-        second,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ask}",
-        ask.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    second.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 429"), "{response}");
-    assert!(
-        response.to_lowercase().contains("retry-after: 1"),
-        "{response}"
-    );
-    assert!(response.contains("queue_depth"), "{response}");
+    let (head, mut first) = open_chat_stream(&addr, ask);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (status, head, body) = http_with(&addr, "POST", "/v1/chat/completions", &[], ask);
+    assert_eq!(status, 429, "{body}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(body.contains("queue_depth"), "{body}");
     // The first answer still finishes, and then there is room again.
     let mut rest = String::new();
     first.read_to_string(&mut rest).unwrap();
@@ -1640,21 +1617,11 @@ fn remote_generator_against_a_second_rag_serve() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("cannot be reached"), "{body}");
     let request = format!(r#"{{"messages":[{{"role":"user","content":"{question}"}}]}}"#);
-    let mut stream = TcpStream::connect(&broken_addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{request}",
-        request.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
-    assert!(
-        response.to_lowercase().contains("retry-after: 5"),
-        "{response}"
-    );
-    assert!(response.contains("cannot be reached"), "{response}");
+    let (status, head, body) =
+        http_with(&broken_addr, "POST", "/v1/chat/completions", &[], &request);
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("retry-after: 5"), "{head}");
+    assert!(body.contains("cannot be reached"), "{body}");
 }
 
 fn free_port() -> u16 {
@@ -1963,19 +1930,7 @@ fn slow_requests_get_504_and_sigterm_lets_streams_finish() {
     // process exits cleanly.
     let (mut server, addr) = start_server(data);
     let ask = r#"{"stream":true,"messages":[{"role":"user","content":"Which password manager does the company use?"}]}"#;
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{ask}",
-        ask.len()
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
+    let (_head, mut stream) = open_chat_stream(&addr, ask);
     let status = Command::new("kill")
         .args(["-TERM", &server.0.id().to_string()])
         .status()
@@ -2043,4 +1998,23 @@ fn bench_load_sheds_with_429_and_fails_nothing() {
         report["server_peak_rss_mib"].as_f64().unwrap() > 10.0,
         "{report}"
     );
+}
+
+/// Posts a chat completion and reads only the response head, leaving the
+/// (streamed) body on the connection: (head, connection).
+fn open_chat_stream(addr: &str, body: &str) -> (String, TcpStream) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    (String::from_utf8_lossy(&head).into_owned(), stream)
 }

@@ -234,18 +234,6 @@ impl App {
             .await
     }
 
-    /// [`App::ask_stream`]'s work, counted in the metrics by outcome.
-    async fn answer(
-        &self,
-        question: &str,
-        query: &Query,
-        sink: TextSink<'_>,
-    ) -> Result<Answer, Error> {
-        let answer = self.answer_uncounted(question, query, sink).await;
-        crate::metrics::answer(&answer);
-        answer
-    }
-
     /// A place in the generation queue, or [`Error::Busy`] at once when it
     /// is full. Held until the answer is done.
     pub fn reserve(&self) -> Result<GenerationSlot, Error> {
@@ -313,10 +301,13 @@ impl App {
         query: &Query,
         sink: TextSink<'_>,
     ) -> Result<Answer, Error> {
-        self.answer(question, query, sink).await
+        let answer = self.answer(question, query, sink).await;
+        crate::metrics::answer(&answer);
+        answer
     }
 
-    async fn answer_uncounted(
+    /// [`App::ask_stream`]'s work, before it is counted by outcome.
+    async fn answer(
         &self,
         question: &str,
         query: &Query,

@@ -397,6 +397,11 @@ fn role_chunk(id: &str, created: i64, model: &str) -> Value {
     )
 }
 
+/// A chunk carrying a piece of the answer's text.
+fn content_chunk(id: &str, created: i64, model: &str, text: &str) -> Value {
+    chunk(id, created, model, json!({"content": text}), None)
+}
+
 /// OpenAI's `finish_reason` and `usage` of a bare generation.
 fn generation_fields(generation: &rag_core::Generation) -> (&'static str, Value) {
     let finish = match generation.finish_reason {
@@ -452,10 +457,7 @@ fn stream_answer(
                 };
                 if !piece.is_empty() {
                     streamed.push_str(piece);
-                    send(
-                        &tx,
-                        &chunk(&id, created, &model, json!({"content": piece}), None),
-                    );
+                    send(&tx, &content_chunk(&id, created, &model, piece));
                 }
             })
             .await;
@@ -470,10 +472,7 @@ fn stream_answer(
                     answer.answer.strip_prefix(streamed.trim_end())
                 };
                 if let Some(rest) = rest.filter(|r| !r.is_empty()) {
-                    send(
-                        &tx,
-                        &chunk(&id, created, &model, json!({"content": rest}), None),
-                    );
+                    send(&tx, &content_chunk(&id, created, &model, rest));
                 }
                 let finish = finish_reason(answer.usage.completion_tokens, max_tokens);
                 let mut last = chunk(&id, created, &model, json!({}), Some(finish));
@@ -502,10 +501,7 @@ fn stream_raw(
         send(&tx, &role_chunk(&id, created, &model));
         let result = app
             .generate(slot, messages, &sampling, &mut |piece| {
-                send(
-                    &tx,
-                    &chunk(&id, created, &model, json!({"content": piece}), None),
-                );
+                send(&tx, &content_chunk(&id, created, &model, piece));
             })
             .await;
         match result {
