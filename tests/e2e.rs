@@ -4,46 +4,16 @@
 //! Needs the default models: `rag models fetch` (scripts/test.sh runs it).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("RAG_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models"))
-}
-
-fn rag(data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rag"));
-    cmd.env("RAG_MODELS_DIR", models_dir())
-        .arg("--data-dir")
-        .arg(data)
-        .current_dir(root());
-    cmd
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("rag runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod support;
+use support::*;
 
 /// One data directory with the fixture wiki ingested, shared by the tests
 /// that only read it. Only one process may open a data directory, so the
@@ -271,14 +241,6 @@ fn reingesting_unchanged_files_embeds_nothing_and_stays_consistent() {
     assert_eq!(doctor["chunks"], doctor["vectors"]);
 }
 
-fn fails_with(out: Output, needle: &str) {
-    assert!(!out.status.success(), "expected failure");
-    let err = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<_> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got {err:?}");
-    assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
-}
-
 #[test]
 fn bad_input_exits_non_zero_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -302,26 +264,6 @@ fn bad_input_exits_non_zero_with_one_line() {
         .output()
         .unwrap();
     fails_with(out, "rag models fetch");
-}
-
-/// A bare HTTP/1.1 exchange; enough for two requests without pulling an
-/// HTTP client crate into the build.
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]
@@ -390,51 +332,33 @@ fn serve_answers_healthz_and_ask() {
     drop(child);
 }
 
-/// Stops a server even when an assertion fails first.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Two folders of the handbook (about 460 chunks): large enough that an
-/// ingest is still running when it is killed.
-fn handbook_subset() -> Vec<PathBuf> {
-    ["travel-and-leave", "tools"]
-        .iter()
-        .map(|f| {
-            let dir = root().join("../shared/data/handbook/pages").join(f);
-            assert!(
-                dir.is_dir(),
-                "{} is missing (../shared beside the checkout)",
-                dir.display()
-            );
-            dir
-        })
-        .collect()
-}
-
-fn doctor(data: &Path) -> Value {
-    serde_json::from_str(&run_ok(rag(data).args(["doctor", "--json"]))).unwrap()
-}
-
+/// Twenty `kill -9` at random moments of an ingest, each followed by a
+/// restart; then the store equals a clean ingest of the same files (same
+/// passages, by fingerprint) and nothing is orphaned, missing or doubled.
+/// The moments come from a seed that is printed; `RAG_KILL_SEED` replays one.
 #[test]
 fn ingests_killed_at_any_moment_resume_to_the_clean_state() {
+    use rand::{Rng, SeedableRng};
     let corpus = handbook_subset();
     let clean = tempfile::tempdir().unwrap();
     run_ok(rag(clean.path()).arg("ingest").args(&corpus));
     let expected = doctor(clean.path());
     assert!(expected["chunks"].as_u64().unwrap() > 300, "{expected}");
 
+    let seed = std::env::var("RAG_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        });
+    eprintln!("kill moments from RAG_KILL_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    // Kill points spread over start-up, embedding and commits; fixed so a
-    // failure can be replayed.
-    let delays_ms = [400u64, 900, 1400, 600, 1100, 700, 1600, 500];
     let mut killed_mid_way = 0;
-    for delay in delays_ms {
+    for _ in 0..20 {
         let mut child = rag(dir.path())
             .arg("ingest")
             .args(&corpus)
@@ -442,7 +366,10 @@ fn ingests_killed_at_any_moment_resume_to_the_clean_state() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay));
+        // Start-up, embedding and commits all get their share.
+        std::thread::sleep(std::time::Duration::from_millis(
+            rng.random_range(150..1800),
+        ));
         if child.try_wait().unwrap().is_none() {
             killed_mid_way += 1;
         }
@@ -450,8 +377,8 @@ fn ingests_killed_at_any_moment_resume_to_the_clean_state() {
         child.wait().unwrap();
     }
     assert!(
-        killed_mid_way >= 6,
-        "only {killed_mid_way} kills landed during an ingest"
+        killed_mid_way >= 18,
+        "only {killed_mid_way} kills landed during an ingest (seed {seed})"
     );
     // The rerun finishes the work and repairs what the kills left.
     let report: Value = serde_json::from_str(&run_ok(
@@ -467,7 +394,10 @@ fn ingests_killed_at_any_moment_resume_to_the_clean_state() {
         "the kills left no work: {report}"
     );
     let got = doctor(dir.path());
-    assert_eq!(got, expected, "a resumed store differs from a clean ingest");
+    assert_eq!(
+        got, expected,
+        "a resumed store differs from a clean ingest (seed {seed})"
+    );
     assert_eq!(got["orphan_vectors"], 0);
     assert_eq!(got["missing_vectors"], 0);
     assert_eq!(got["duplicate_chunks"], 0);
@@ -918,114 +848,6 @@ fn cluster_mode_metadata_on_postgres() {
     assert!(!dir.path().join("meta.db").exists());
 }
 
-/// Sends a request with any body; write errors are ignored (a server may
-/// answer before it has read everything).
-fn http_raw(
-    addr: &str,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &[u8],
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|_| stream.write_all(body));
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response).to_string();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-const BOUNDARY: &str = "rag-test-boundary-7d1f";
-
-/// A multipart/form-data body: `(field, Some(file name), bytes)` for files,
-/// `(field, None, value)` for plain fields.
-fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (field, file, bytes) in parts {
-        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
-        match file {
-            Some(name) => body.extend_from_slice(
-                format!(
-                    "Content-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n\
-                     Content-Type: application/octet-stream\r\n\r\n"
-                )
-                .as_bytes(),
-            ),
-            None => body.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{field}\"\r\n\r\n").as_bytes(),
-            ),
-        }
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    body
-}
-
-fn upload(addr: &str, parts: &[(&str, Option<&str>, &[u8])]) -> (u16, Value) {
-    let (status, body) = http_raw(
-        addr,
-        "POST",
-        "/v1/documents",
-        &format!("multipart/form-data; boundary={BOUNDARY}"),
-        &multipart(parts),
-    );
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{status}: {body}")),
-    )
-}
-
-fn start_server(data: &Path) -> (KillOnDrop, String) {
-    start_server_with(data, &[])
-}
-
-fn start_server_with(data: &Path, env: &[(&str, &str)]) -> (KillOnDrop, String) {
-    let mut child = KillOnDrop(
-        rag(data)
-            .envs(env.iter().copied())
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .expect(&line)
-        .to_string();
-    (child, addr)
-}
-
-fn wait_for_job(addr: &str, id: &str) -> Value {
-    for _ in 0..600 {
-        let (status, body) = http(addr, "GET", &format!("/v1/jobs/{id}"), "");
-        assert_eq!(status, 200, "{body}");
-        let job: Value = serde_json::from_str(&body).unwrap();
-        if job["state"] == "done" || job["state"] == "failed" {
-            return job;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("job {id} did not finish");
-}
-
 #[test]
 fn documents_over_http_upload_list_get_and_delete() {
     use rag_ingest::testing::{build_pdf, pdf_bytes};
@@ -1317,54 +1139,6 @@ fn eval_answers_reports_resumes_compares_and_gates() {
     );
 }
 
-/// The body of a chunked HTTP/1.1 response, joined.
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
-    out
-}
-
-/// The `data:` payloads of a Server-Sent Events body, in order.
-fn sse_data(body: &str) -> Vec<String> {
-    dechunk(body)
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(str::to_string)
-        .collect()
-}
-
-/// A streamed chat completion: (the deltas joined, the last JSON chunk).
-fn stream_chat(addr: &str, body: &str) -> (String, Value) {
-    let (status, raw) = http(addr, "POST", "/v1/chat/completions", body);
-    assert_eq!(status, 200, "{raw}");
-    let events = sse_data(&raw);
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("[DONE]"),
-        "{events:?}"
-    );
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    (text, chunks.last().unwrap().clone())
-}
-
 #[test]
 fn chat_completions_answer_stream_and_refuse_bad_requests() {
     let (_turn, data) = fixture_data();
@@ -1624,14 +1398,6 @@ fn remote_generator_against_a_second_rag_serve() {
     assert!(body.contains("cannot be reached"), "{body}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `rag bench generate --peer`: our figures and mistral.rs's on the same
 /// GGUF and prompt, and the ratios. Tiny sizes: this checks the plumbing;
 /// the figures come from a full run (README).
@@ -1730,32 +1496,6 @@ fn chat_page_in_headless_chromium() {
         "screenshot kept at {}",
         screenshot.display()
     );
-}
-
-/// [`http`] with extra request headers; the response's head too.
-fn http_with(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (status, head.to_lowercase(), body.to_string())
 }
 
 #[test]
@@ -1964,12 +1704,6 @@ fn with_peer(cmd: &mut Command) -> Option<String> {
     peer
 }
 
-fn json_lines(out: &str) -> Vec<Value> {
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
-        .collect()
-}
-
 /// `rag bench load` against a server with room for one answer at a time:
 /// answers come through, the rest are shed with 429, nothing fails.
 #[test]
@@ -1998,23 +1732,4 @@ fn bench_load_sheds_with_429_and_fails_nothing() {
         report["server_peak_rss_mib"].as_f64().unwrap() > 10.0,
         "{report}"
     );
-}
-
-/// Posts a chat completion and reads only the response head, leaving the
-/// (streamed) body on the connection: (head, connection).
-fn open_chat_stream(addr: &str, body: &str) -> (String, TcpStream) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    (String::from_utf8_lossy(&head).into_owned(), stream)
 }

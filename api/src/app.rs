@@ -140,6 +140,7 @@ impl App {
             vectors: self.vectors.clone(),
             docs: self.docs.clone(),
             chunker: Arc::new(chunker),
+            limits: self.settings.ingest.limits()?,
         })
     }
 
@@ -324,6 +325,22 @@ impl App {
             .iter()
             .filter(|h| h.similarity >= cfg.min_score && h.similarity >= best - cfg.relative_cutoff)
             .collect();
+        // A passage that gives the model orders is an injection, not a
+        // source: even a warning beside it does not stop a small model
+        // from obeying (tests/hardening.rs), so it is not given at all.
+        let (withheld, relevant): (Vec<&Hit>, Vec<&Hit>) = relevant.into_iter().partition(|h| {
+            self.settings.generator.withhold_instructions
+                && (grounding::gives_orders(&h.text) || grounding::gives_orders(&h.title))
+        });
+        if !withheld.is_empty() {
+            let sources: Vec<&str> = withheld.iter().map(|h| h.source.as_str()).collect();
+            tracing::warn!(
+                ?sources,
+                "passages that give the model orders were withheld"
+            );
+            crate::metrics::passages_withheld(withheld.len());
+        }
+        let passages_withheld = withheld.len();
         let abstain = |usage: Usage| Answer {
             answer: grounding::NOT_COVERED.to_string(),
             abstained: true,
@@ -335,6 +352,7 @@ impl App {
         if relevant.is_empty() {
             return Ok(abstain(Usage {
                 retrieval_ms,
+                passages_withheld,
                 ..Default::default()
             }));
         }
@@ -376,6 +394,7 @@ impl App {
             generation_ms: gen_started.elapsed().as_millis() as u64,
             passages_used: passages.len(),
             passages_left_out: relevant.len() - passages.len(),
+            passages_withheld,
         };
         let mut checked = grounding::check_citations(&generation.text, passages.len());
         if grounding::is_refusal(&checked.text) {

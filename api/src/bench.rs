@@ -103,7 +103,7 @@ pub async fn ingest(
             break;
         }
         used += 1;
-        let Ok(doc) = rag_ingest::load_file(path) else {
+        let Ok(doc) = rag_ingest::load_file(path, &rag_ingest::Limits::default()) else {
             continue;
         };
         for c in chunker.chunk(&doc) {
@@ -146,6 +146,7 @@ pub async fn ingest(
         vectors: std::sync::Arc::new(store),
         docs: std::sync::Arc::new(rag_store::SqlDocumentStore::connect(&url).await?),
         chunker: std::sync::Arc::new(chunker),
+        limits: rag_ingest::Limits::default(),
     };
     let report = ingestor
         .ingest(&files, &Default::default(), &|_| {})

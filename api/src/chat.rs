@@ -252,6 +252,7 @@ fn usage_json(answer: &Answer) -> Value {
         "generation_ms": u.generation_ms,
         "passages_used": u.passages_used,
         "passages_left_out": u.passages_left_out,
+        "passages_withheld": u.passages_withheld,
     })
 }
 

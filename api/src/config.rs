@@ -18,7 +18,55 @@ pub struct Settings {
     pub generator: GeneratorSettings,
     pub retrieval: Retrieval,
     pub chunking: rag_ingest::ChunkOptions,
+    pub ingest: IngestSettings,
     pub server: ServerSettings,
+}
+
+/// What one document may cost: over a limit, that document fails with the
+/// reason and the run goes on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    pub max_document_mb: f64,
+    pub max_pages: usize,
+    pub max_text_mb: f64,
+    pub parse_timeout_s: f64,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        let limits = rag_ingest::Limits::default();
+        let mb = |bytes: usize| bytes as f64 / f64::from(1 << 20);
+        Self {
+            max_document_mb: mb(limits.max_bytes),
+            max_pages: limits.max_pages,
+            max_text_mb: mb(limits.max_text_bytes),
+            parse_timeout_s: limits.parse_timeout.as_secs_f64(),
+        }
+    }
+}
+
+impl IngestSettings {
+    pub fn limits(&self) -> anyhow::Result<rag_ingest::Limits> {
+        let bytes = |mb: f64, key: &str| {
+            anyhow::ensure!(
+                mb > 0.0 && mb.is_finite(),
+                "ingest.{key} must be a positive number of MiB"
+            );
+            Ok((mb * f64::from(1 << 20)) as usize)
+        };
+        anyhow::ensure!(self.max_pages > 0, "ingest.max_pages must be at least 1");
+        anyhow::ensure!(
+            self.parse_timeout_s > 0.0 && self.parse_timeout_s.is_finite(),
+            "ingest.parse_timeout_s must be a positive number of seconds"
+        );
+        Ok(rag_ingest::Limits {
+            max_bytes: bytes(self.max_document_mb, "max_document_mb")?,
+            max_pages: self.max_pages,
+            max_text_bytes: bytes(self.max_text_mb, "max_text_mb")?,
+            parse_timeout: std::time::Duration::from_secs_f64(self.parse_timeout_s),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +95,7 @@ impl Default for Settings {
             generator: GeneratorSettings::default(),
             retrieval: Retrieval::default(),
             chunking: rag_ingest::ChunkOptions::default(),
+            ingest: IngestSettings::default(),
             server: ServerSettings::default(),
         }
     }
@@ -143,6 +192,10 @@ pub struct GeneratorSettings {
     /// A citation is verified when every sentence citing it has at least
     /// this share of its content words in the cited passage.
     pub verify_min_support: f32,
+    /// Keep passages that give orders to the model (ignore previous
+    /// instructions, answer only with, chat-template tokens...) out of the
+    /// prompt. They stay searchable; the answer's usage counts them.
+    pub withhold_instructions: bool,
 }
 
 impl Default for GeneratorSettings {
@@ -163,6 +216,7 @@ impl Default for GeneratorSettings {
             // Answers copy facts from the passages: no penalty for repeating them.
             repeat_penalty: 1.0,
             verify_min_support: 0.5,
+            withhold_instructions: true,
         }
     }
 }
@@ -251,6 +305,7 @@ impl Settings {
         if let Some(dir) = data_dir {
             settings.data_dir = dir.to_owned();
         }
+        settings.ingest.limits()?;
         Ok(settings)
     }
 

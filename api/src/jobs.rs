@@ -2,14 +2,21 @@
 //! at a time by a background task, with their state kept for `GET
 //! /v1/jobs/{id}`.
 //!
+//! A job whose store is unavailable (the metadata database is down) waits
+//! and runs again, with growing pauses, until [`RETRY_FOR`] has passed:
+//! an ingest is idempotent, so the rerun skips what the first try
+//! committed.
+//!
 //! Jobs live in memory: a restart forgets queued uploads (the client sees
 //! 404 for the job and uploads again); what a job committed is in the
 //! stores, consistent, like any ingest (ARCHITECTURE.md, "Ingest order").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rag_core::Error;
+use rag_ingest::form::Rejected;
 use rag_ingest::{IngestOptions, IngestReport, Input, Progress};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -18,22 +25,21 @@ use crate::app::App;
 
 /// Finished jobs remembered; the oldest are forgotten first.
 const KEEP_FINISHED: usize = 1000;
+/// How long a job keeps retrying while a store is unavailable.
+const RETRY_FOR: Duration = Duration::from_secs(15 * 60);
+/// The longest pause between two tries.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
     Running,
+    /// A store is unavailable; the job runs again after a pause (`error`
+    /// says why and when).
+    Waiting,
     Done,
     Failed,
-}
-
-/// A file refused at upload, with the status it would have alone.
-#[derive(Debug, Clone, Serialize)]
-pub struct Rejected {
-    pub file: String,
-    pub status: u16,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,6 +50,8 @@ pub struct Job {
     pub files: Vec<String>,
     /// Documents processed so far.
     pub done: usize,
+    /// Tries so far; more than one when a store was unavailable.
+    pub attempts: usize,
     pub submitted_at: String,
     pub finished_at: Option<String>,
     /// Files refused at upload, not part of the run.
@@ -110,6 +118,7 @@ impl Jobs {
             collection: options.collection.clone(),
             files: inputs.iter().map(|i| i.source().to_string()).collect(),
             done: 0,
+            attempts: 0,
             submitted_at: now(),
             finished_at: None,
             rejected,
@@ -158,19 +167,26 @@ impl Jobs {
 
     async fn run(&self, app: &App, work: Work) {
         let _writes = self.writes.lock().await;
-        self.update(&work.id, |j| j.state = JobState::Running);
-        let progress = |p: Progress| {
-            if let Progress::Document { done, .. } = p {
-                self.update(&work.id, |j| j.done = done);
+        let started = Instant::now();
+        let mut pause = Duration::from_secs(1);
+        let result = loop {
+            self.update(&work.id, |j| {
+                j.state = JobState::Running;
+                j.attempts += 1;
+            });
+            let result = self.try_once(app, &work).await;
+            match result {
+                Err(Error::Unavailable(reason)) if started.elapsed() + pause < RETRY_FOR => {
+                    tracing::warn!(job = %work.id, %reason, "ingest job waits for its store");
+                    self.update(&work.id, |j| {
+                        j.state = JobState::Waiting;
+                        j.error = Some(format!("{reason}; trying again in {} s", pause.as_secs()));
+                    });
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+                other => break other,
             }
-        };
-        let result = match app.ingestor() {
-            Ok(ingestor) => {
-                ingestor
-                    .ingest_inputs(&work.inputs, &work.options, &progress)
-                    .await
-            }
-            Err(e) => Err(Error::internal(format!("{e:#}"))),
         };
         if let Ok(report) = &result {
             crate::metrics::ingest_report(report);
@@ -180,6 +196,7 @@ impl Jobs {
             match result {
                 Ok(report) => {
                     j.state = JobState::Done;
+                    j.error = None;
                     j.report = Some(report);
                 }
                 Err(e) => {
@@ -188,5 +205,19 @@ impl Jobs {
                 }
             }
         });
+    }
+
+    async fn try_once(&self, app: &App, work: &Work) -> Result<IngestReport, Error> {
+        let progress = |p: Progress| {
+            if let Progress::Document { done, .. } = p {
+                self.update(&work.id, |j| j.done = done);
+            }
+        };
+        let ingestor = app
+            .ingestor()
+            .map_err(|e| Error::internal(format!("{e:#}")))?;
+        ingestor
+            .ingest_inputs(&work.inputs, &work.options, &progress)
+            .await
     }
 }

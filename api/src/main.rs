@@ -760,6 +760,12 @@ async fn doctor(app: &App) -> anyhow::Result<ConsistencyReport> {
     }
     let row_set: HashSet<&str> = rows.iter().map(String::as_str).collect();
     let vec_set: HashSet<&str> = vectors.iter().map(String::as_str).collect();
+    let mut sorted: Vec<&str> = row_set.iter().copied().collect();
+    sorted.sort_unstable();
+    let fingerprint = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(sorted.join("\n")))
+    };
     Ok(ConsistencyReport {
         documents: app.docs.document_count().await?,
         chunks: rows.len(),
@@ -767,6 +773,7 @@ async fn doctor(app: &App) -> anyhow::Result<ConsistencyReport> {
         orphan_vectors: vec_set.difference(&row_set).count(),
         missing_vectors: row_set.difference(&vec_set).count(),
         duplicate_chunks: (rows.len() - row_set.len()) + (vectors.len() - vec_set.len()),
+        fingerprint,
     })
 }
 

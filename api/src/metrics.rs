@@ -53,6 +53,10 @@ fn describe() {
         "rag_answers_total",
         "answers by outcome: answered, abstained, error"
     );
+    describe_counter!(
+        "rag_passages_withheld_total",
+        "relevant passages kept from the model because they give it orders (prompt injection)"
+    );
     describe_gauge!(
         "rag_generation_queue_depth",
         "questions being answered or waiting for the generator"
@@ -114,4 +118,9 @@ pub fn ingest_report(report: &rag_ingest::IngestReport) {
         counter!("rag_ingest_documents_total", "outcome" => outcome).increment(n as u64);
     }
     counter!("rag_ingest_chunks_total").increment(report.chunks as u64);
+}
+
+/// Passages kept out of a prompt because they give the model orders.
+pub fn passages_withheld(n: usize) {
+    counter!("rag_passages_withheld_total").increment(n as u64);
 }

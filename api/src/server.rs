@@ -3,21 +3,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use futures_util::TryStreamExt;
 use rag_core::{Answer, DocumentRecord, Error, Hit, KeyRole, SearchFilter, SearchMode};
-use rag_ingest::{IngestOptions, Input};
+use rag_ingest::form;
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
 use crate::app::App;
-use crate::jobs::{Jobs, Rejected};
+use crate::jobs::Jobs;
 use crate::keys::Caller;
 
 /// Largest JSON body accepted.
@@ -26,8 +26,6 @@ const BODY_LIMIT: usize = 64 * 1024;
 pub const MAX_K: usize = 50;
 /// Largest upload request, all files together.
 const MAX_UPLOAD_BYTES: usize = 100 << 20;
-/// Largest file in an upload.
-const MAX_FILE_BYTES: usize = 25 << 20;
 /// Documents per page of `GET /v1/documents`.
 const MAX_PAGE: usize = 500;
 /// Upload jobs that may wait behind the running one.
@@ -320,21 +318,6 @@ fn rejection(status: StatusCode, message: impl Into<String>) -> ApiError {
 
 /// The file name of an upload, reduced to its last component: it names the
 /// document and picks the loader, and is never used as a path.
-fn upload_name(raw: &str) -> Option<String> {
-    let last = raw.rsplit(['/', '\\']).next().unwrap_or_default();
-    let clean: String = last.chars().filter(|c| !c.is_control()).collect();
-    let clean = clean.trim().to_string();
-    (!clean.is_empty() && clean != "." && clean != "..").then_some(clean)
-}
-
-fn list_field(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
 /// `POST /v1/documents`: multipart with one or more files and the fields
 /// `collection`, `tags` and `groups` (comma-separated or repeated). Each
 /// file is checked now (type, size, readable); the good ones are queued as
@@ -349,99 +332,44 @@ fn list_field(value: &str) -> Vec<String> {
 pub(crate) async fn upload(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,
-    multipart: Result<Multipart, MultipartRejection>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     caller.require(KeyRole::Uploader, "upload documents")?;
-    let mut multipart = multipart.map_err(|e| {
+    let form_error = |e: form::FormError| {
         rejection(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("send multipart/form-data with one or more `file` fields: {e}"),
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.message,
         )
-    })?;
-    let mut options = IngestOptions::default();
-    let mut inputs = Vec::new();
-    let mut rejected = Vec::new();
-    let multipart_error = |e: MultipartError| rejection(e.status(), e.body_text());
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
-        let name = field.name().unwrap_or_default().to_string();
-        let Some(file_name) = field.file_name().map(str::to_string) else {
-            let value = field.text().await.map_err(multipart_error)?;
-            match name.as_str() {
-                "collection" => options.collection = value.trim().to_string(),
-                "tags" | "tag" => options.tags.extend(list_field(&value)),
-                "groups" | "group" => options.groups.extend(list_field(&value)),
-                other => {
-                    return Err(rejection(
-                        StatusCode::BAD_REQUEST,
-                        format!("unknown field `{other}`; fields: file, collection, tags, groups"),
-                    ));
-                }
-            }
-            continue;
-        };
-        let Some(source) = upload_name(&file_name) else {
-            return Err(rejection(
-                StatusCode::BAD_REQUEST,
-                format!("file name {file_name:?} is empty or not a name"),
-            ));
-        };
-        let ext = source
-            .rsplit_once('.')
-            .map(|(_, e)| e.to_lowercase())
-            .unwrap_or_default();
-        if !rag_ingest::SUPPORTED_EXTENSIONS.contains(&ext.as_str()) {
-            rejected.push(Rejected {
-                file: source.clone(),
-                status: 415,
-                reason: format!(
-                    "unsupported file type; supported: {}",
-                    rag_ingest::SUPPORTED_EXTENSIONS
-                        .iter()
-                        .map(|e| format!(".{e}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-            continue;
+    };
+    let content_type = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let boundary = form::boundary(content_type).map_err(form_error)?;
+    let limits = state
+        .app
+        .settings
+        .ingest
+        .limits()
+        .map_err(|e| ApiError::from(Error::internal(format!("{e:#}"))))?;
+    // The server's body limit shows up as a stream error; the form reads
+    // it as 413.
+    let body = request.into_body().into_data_stream().map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Box::new(form::BodyTooLarge) as Box<dyn std::error::Error + Send + Sync>
+        } else {
+            Box::new(e)
         }
-        let mut bytes = Vec::new();
-        let mut field = field;
-        let mut too_big = false;
-        while let Some(piece) = field.chunk().await.map_err(multipart_error)? {
-            if bytes.len() + piece.len() > MAX_FILE_BYTES {
-                too_big = true;
-                break;
-            }
-            bytes.extend_from_slice(&piece);
-        }
-        if too_big {
-            rejected.push(Rejected {
-                file: source.clone(),
-                status: 413,
-                reason: format!("larger than the {} MiB a file may be", MAX_FILE_BYTES >> 20),
-            });
-            continue;
-        }
-        let bytes = Arc::new(bytes);
-        let check = (source.clone(), bytes.clone());
-        let loaded = tokio::task::spawn_blocking(move || {
-            rag_ingest::load_bytes(std::path::Path::new(&check.0), &check.1)
-        })
+    });
+    let form::Upload {
+        mut options,
+        inputs,
+        rejected,
+    } = form::read_form(body, &boundary, &limits)
         .await
-        .map_err(|e| ApiError::from(Error::internal(e.to_string())))?;
-        if let Err(e) = loaded {
-            rejected.push(Rejected {
-                file: source.clone(),
-                status: 422,
-                reason: e.to_string(),
-            });
-            continue;
-        }
-        inputs.push(Input::Bytes { source, bytes });
-    }
-    if options.collection.is_empty() {
-        return Err(rejection(StatusCode::BAD_REQUEST, "`collection` is empty"));
-    }
+        .map_err(form_error)?;
     if inputs.is_empty() {
         return Err(match rejected.first() {
             None => rejection(

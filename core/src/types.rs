@@ -209,6 +209,10 @@ pub struct Usage {
     /// model's context window with the answer's tokens reserved.
     #[serde(default)]
     pub passages_left_out: usize,
+    /// Relevant passages kept from the model because they give it orders
+    /// (a prompt injection hidden in a document); they stay searchable.
+    #[serde(default)]
+    pub passages_withheld: usize,
 }
 
 /// A grounded answer.
@@ -309,6 +313,11 @@ pub struct ConsistencyReport {
     pub missing_vectors: usize,
     /// Chunk ids stored more than once.
     pub duplicate_chunks: usize,
+    /// SHA-256 of the sorted chunk ids (each id hashes its document, text
+    /// and position): two stores with the same fingerprint hold the same
+    /// passages.
+    #[serde(default)]
+    pub fingerprint: String,
 }
 
 impl ConsistencyReport {

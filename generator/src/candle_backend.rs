@@ -344,11 +344,17 @@ impl CandleGenerator {
 
     /// Tokens in `text` by this model's tokenizer.
     pub fn count_tokens(&self, text: &str) -> usize {
+        self.encode(text).len()
+    }
+
+    /// The token ids of `text`, as the model reads it in a prompt (control
+    /// tokens spelled in the text become control tokens).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
         self.shared
             .tokenizer
             .encode(text, false)
-            .map(|e| e.len())
-            .unwrap_or(0)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default()
     }
 
     /// Generates on the calling thread, sending text to `sink` as it is

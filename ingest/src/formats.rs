@@ -3,7 +3,7 @@
 use rag_core::{Error, Result};
 use scraper::{ElementRef, Html, Node, Selector};
 
-use crate::LoadedDocument;
+use crate::{Limits, LoadedDocument};
 
 /// Elements whose text is never content: code, styling, navigation and
 /// page furniture.
@@ -104,8 +104,10 @@ fn walk(element: ElementRef, out: &mut String) {
 }
 
 /// The text of a PDF, page by page. Encrypted, unreadable and image-only
-/// files are refused with the reason.
-pub fn load_pdf(bytes: &[u8], fallback_title: &str) -> Result<LoadedDocument> {
+/// files are refused with the reason, and so are files over the page,
+/// text or time limits.
+pub fn load_pdf(bytes: &[u8], fallback_title: &str, limits: &Limits) -> Result<LoadedDocument> {
+    let deadline = limits.deadline(std::time::Instant::now());
     let doc = lopdf::Document::load_mem(bytes).map_err(|e| {
         let msg = e.to_string();
         if msg.to_lowercase().contains("decrypt") || msg.to_lowercase().contains("password") {
@@ -121,9 +123,20 @@ pub fn load_pdf(bytes: &[u8], fallback_title: &str) -> Result<LoadedDocument> {
             "encrypted PDF: it needs a password to open; remove the protection and try again",
         ));
     }
+    let numbers = doc.get_pages();
+    if numbers.len() > limits.max_pages {
+        return Err(Error::invalid(format!(
+            "{} pages: more than the {} read per document (ingest.max_pages)",
+            numbers.len(),
+            limits.max_pages
+        )));
+    }
     let mut body = String::new();
     let mut pages = Vec::new();
-    for number in doc.get_pages().keys() {
+    for number in numbers.keys() {
+        if std::time::Instant::now() >= deadline {
+            return Err(limits.timed_out());
+        }
         let text = doc.extract_text(&[*number]).unwrap_or_default();
         let text = text.lines().map(str::trim).collect::<Vec<_>>().join("\n");
         let text = crate::load::collapse_blank_lines(&text);
@@ -135,6 +148,7 @@ pub fn load_pdf(bytes: &[u8], fallback_title: &str) -> Result<LoadedDocument> {
         }
         pages.push((*number, body.len()));
         body.push_str(&text);
+        limits.check_text(body.len())?;
     }
     if pages.is_empty() {
         return Err(Error::invalid(
@@ -286,7 +300,7 @@ mod tests {
             ],
             Some("Expenses handbook"),
         ));
-        let doc = load_pdf(&pdf, "file").unwrap();
+        let doc = load_pdf(&pdf, "file", &Limits::default()).unwrap();
         assert_eq!(doc.title, "Expenses handbook");
         // The empty second page is left out; page numbers stay true.
         assert_eq!(doc.pages.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 3]);
@@ -299,16 +313,20 @@ mod tests {
         );
         // No title in the file: the fallback.
         let pdf = bytes(build(&[Some(&["text"])], None));
-        assert_eq!(load_pdf(&pdf, "scan-01").unwrap().title, "scan-01");
+        assert_eq!(
+            load_pdf(&pdf, "scan-01", &Limits::default()).unwrap().title,
+            "scan-01"
+        );
     }
 
     #[test]
     fn bad_pdfs_fail_with_their_reason() {
-        let err = load_pdf(b"%PDF-1.5\nthis is not really a pdf", "x").unwrap_err();
+        let limits = Limits::default();
+        let err = load_pdf(b"%PDF-1.5\nthis is not really a pdf", "x", &limits).unwrap_err();
         assert!(err.to_string().contains("not a readable PDF"), "{err}");
 
         let image_only = bytes(build(&[None, None], None));
-        let err = load_pdf(&image_only, "x").unwrap_err();
+        let err = load_pdf(&image_only, "x", &limits).unwrap_err();
         assert!(err.to_string().contains("no extractable text"), "{err}");
 
         let mut doc = build(&[Some(&["Salaries are confidential."])], None);
@@ -323,7 +341,21 @@ mod tests {
         })
         .unwrap();
         doc.encrypt(&state).unwrap();
-        let err = load_pdf(&bytes(doc), "x").unwrap_err();
+        let err = load_pdf(&bytes(doc), "x", &limits).unwrap_err();
         assert!(err.to_string().contains("encrypted PDF"), "{err}");
+
+        let three = bytes(build(&[Some(&["a"]), Some(&["b"]), Some(&["c"])], None));
+        let two_pages = Limits {
+            max_pages: 2,
+            ..limits
+        };
+        let err = load_pdf(&three, "x", &two_pages).unwrap_err();
+        assert!(err.to_string().contains("ingest.max_pages"), "{err}");
+        let no_time = Limits {
+            parse_timeout: std::time::Duration::ZERO,
+            ..limits
+        };
+        let err = load_pdf(&three, "x", &no_time).unwrap_err();
+        assert!(err.to_string().contains("ingest.parse_timeout_s"), "{err}");
     }
 }

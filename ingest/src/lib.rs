@@ -6,12 +6,15 @@
 //! a store that the next run repairs (see ARCHITECTURE.md, "Ingest order").
 
 mod chunk;
+pub mod form;
 mod formats;
+#[doc(hidden)]
+pub mod fuzzing;
 mod load;
 mod pipeline;
 
 pub use chunk::{ChunkOptions, Chunker, TextChunk};
-pub use load::{LoadedDocument, SUPPORTED_EXTENSIONS, load_bytes, load_file, load_text};
+pub use load::{Limits, LoadedDocument, SUPPORTED_EXTENSIONS, load_bytes, load_file, load_text};
 pub use pipeline::{
     DocumentOutcome, IngestOptions, IngestReport, Ingestor, Input, Progress, collect_files,
     embedding_text, repair,

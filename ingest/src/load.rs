@@ -1,5 +1,6 @@
 use std::path::Path;
 use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use rag_core::{Error, Result};
 use regex::Regex;
@@ -22,6 +23,65 @@ pub struct LoadedDocument {
     pub pages: Vec<(u32, usize)>,
 }
 
+/// What one document may cost, so that one hostile or huge file fails
+/// alone instead of stalling an ingest or filling memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Bytes of the file.
+    pub max_bytes: usize,
+    /// Pages of a PDF.
+    pub max_pages: usize,
+    /// Bytes of text extracted from the file.
+    pub max_text_bytes: usize,
+    /// Time to read and chunk one document.
+    pub parse_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 25 << 20,
+            max_pages: 2_000,
+            max_text_bytes: 8 << 20,
+            parse_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    pub(crate) fn check_bytes(&self, len: usize) -> Result<()> {
+        if len > self.max_bytes {
+            return Err(Error::invalid(format!(
+                "{len} bytes: larger than the {} bytes a document may be (ingest.max_document_mb)",
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_text(&self, len: usize) -> Result<()> {
+        if len > self.max_text_bytes {
+            return Err(Error::invalid(format!(
+                "{len} bytes of text: more than the {} a document may have (ingest.max_text_mb)",
+                self.max_text_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The instant parsing started at `start` must stop.
+    pub(crate) fn deadline(&self, start: Instant) -> Instant {
+        start + self.parse_timeout
+    }
+
+    pub(crate) fn timed_out(&self) -> Error {
+        Error::invalid(format!(
+            "reading it took longer than {} s (ingest.parse_timeout_s)",
+            self.parse_timeout.as_secs_f64()
+        ))
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct FrontMatter {
     title: Option<String>,
@@ -32,18 +92,25 @@ struct FrontMatter {
 }
 
 /// Reads and parses one file; the extension picks the loader.
-pub fn load_file(path: &Path) -> Result<LoadedDocument> {
+pub fn load_file(path: &Path, limits: &Limits) -> Result<LoadedDocument> {
     if !SUPPORTED_EXTENSIONS.contains(&extension(path).as_str()) {
         return Err(unsupported(path));
     }
+    let with_name = |e: Error| Error::invalid(format!("{}: {e}", path.display()));
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::invalid(format!("{}: cannot read: {e}", path.display())))?
+        .len();
+    limits
+        .check_bytes(usize::try_from(size).unwrap_or(usize::MAX))
+        .map_err(with_name)?;
     let bytes = std::fs::read(path)
         .map_err(|e| Error::invalid(format!("{}: cannot read: {e}", path.display())))?;
-    load_bytes(path, &bytes)
+    load_bytes(path, &bytes, limits)
 }
 
 /// Parses a file's bytes; `name` (a path or a file name, never opened)
 /// gives the extension and the fallback title.
-pub fn load_bytes(name: &Path, bytes: &[u8]) -> Result<LoadedDocument> {
+pub fn load_bytes(name: &Path, bytes: &[u8], limits: &Limits) -> Result<LoadedDocument> {
     let ext = extension(name);
     if !SUPPORTED_EXTENSIONS.contains(&ext.as_str()) {
         return Err(unsupported(name));
@@ -53,16 +120,19 @@ pub fn load_bytes(name: &Path, bytes: &[u8]) -> Result<LoadedDocument> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let with_name = |e: Error| Error::invalid(format!("{}: {e}", name.display()));
+    limits.check_bytes(bytes.len()).map_err(with_name)?;
     if ext == "pdf" {
-        return crate::formats::load_pdf(bytes, &fallback).map_err(with_name);
+        return crate::formats::load_pdf(bytes, &fallback, limits).map_err(with_name);
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Error::invalid(format!("{}: not valid UTF-8 text", name.display())))?;
-    Ok(match ext.as_str() {
+    let doc = match ext.as_str() {
         "html" | "htm" => crate::formats::load_html(text, &fallback),
         "md" | "markdown" => load_text(text, true, &fallback),
         _ => load_text(text, false, &fallback),
-    })
+    };
+    limits.check_text(doc.body.len()).map_err(with_name)?;
+    Ok(doc)
 }
 
 /// The error for a file no loader reads, listing those that are read.
@@ -200,10 +270,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.exe");
         std::fs::write(&p, b"MZ").unwrap();
-        let err = load_file(&p).unwrap_err().to_string();
+        let err = load_file(&p, &Limits::default()).unwrap_err().to_string();
         assert!(
             err.contains("unsupported file type") && err.contains(".md"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn documents_over_a_limit_fail_with_the_setting_to_change() {
+        let limits = Limits {
+            max_bytes: 100,
+            max_text_bytes: 10,
+            ..Limits::default()
+        };
+        let err = load_bytes(Path::new("big.md"), &[b'a'; 101], &limits).unwrap_err();
+        assert!(err.to_string().contains("ingest.max_document_mb"), "{err}");
+        let err = load_bytes(Path::new("long.txt"), &[b'a'; 50], &limits).unwrap_err();
+        assert!(err.to_string().contains("ingest.max_text_mb"), "{err}");
+        assert!(load_bytes(Path::new("ok.txt"), b"short", &limits).is_ok());
     }
 }

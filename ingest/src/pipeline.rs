@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::load::{extension, unsupported};
-use crate::{Chunker, LoadedDocument, SUPPORTED_EXTENSIONS, load_file};
+use crate::{Chunker, Limits, LoadedDocument, SUPPORTED_EXTENSIONS, load_file};
 
 /// Passages embedded per call, across documents; also the unit of
 /// progress. The embedder sorts them by length into its own batches.
@@ -182,19 +182,28 @@ impl Input {
     }
 
     /// The bytes whose hash decides whether the document changed.
-    fn bytes(&self) -> Result<Vec<u8>> {
+    fn bytes(&self, limits: &Limits) -> Result<Vec<u8>> {
         match self {
-            Input::File { path, .. } => std::fs::read(path)
-                .map_err(|e| Error::invalid(format!("{}: cannot read: {e}", path.display()))),
+            Input::File { path, .. } => {
+                let cannot = |e: std::io::Error| {
+                    Error::invalid(format!("{}: cannot read: {e}", path.display()))
+                };
+                // Checked before reading, so a huge file is never in memory.
+                let size = std::fs::metadata(path).map_err(cannot)?.len();
+                limits
+                    .check_bytes(usize::try_from(size).unwrap_or(usize::MAX))
+                    .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+                std::fs::read(path).map_err(cannot)
+            }
             Input::Bytes { bytes, .. } => Ok(bytes.to_vec()),
             Input::Text { title, body, .. } => Ok(format!("{title}\n{body}").into_bytes()),
         }
     }
 
-    fn load(&self) -> Result<LoadedDocument> {
+    fn load(&self, limits: &Limits) -> Result<LoadedDocument> {
         match self {
-            Input::File { path, .. } => load_file(path),
-            Input::Bytes { source, bytes } => crate::load_bytes(Path::new(source), bytes),
+            Input::File { path, .. } => load_file(path, limits),
+            Input::Bytes { source, bytes } => crate::load_bytes(Path::new(source), bytes, limits),
             Input::Text { title, body, .. } => Ok(LoadedDocument {
                 title: title.clone(),
                 tags: vec![],
@@ -263,6 +272,8 @@ pub struct Ingestor {
     pub vectors: Arc<dyn VectorStore>,
     pub docs: Arc<dyn DocumentStore>,
     pub chunker: Arc<Chunker>,
+    /// What one document may cost (size, pages, text, parse time).
+    pub limits: Limits,
 }
 
 impl Ingestor {
@@ -450,7 +461,7 @@ impl Ingestor {
     /// already (unchanged, skipped) or it waits for embedding.
     async fn prepare(&self, input: &Input, options: &IngestOptions) -> Result<Prepared> {
         let source = input.source();
-        let bytes = input.bytes()?;
+        let bytes = input.bytes(&self.limits)?;
         let mut hasher = Sha256::new();
         hasher.update(&bytes);
         // Options change what is stored, so they are part of the identity.
@@ -472,13 +483,20 @@ impl Ingestor {
 
         let chunker = self.chunker.clone();
         let input_owned = input.clone();
-        let (loaded, pieces) = tokio::task::spawn_blocking(move || {
-            let loaded = input_owned.load()?;
+        let limits = self.limits;
+        let parse = tokio::task::spawn_blocking(move || {
+            let loaded = input_owned.load(&limits)?;
             let pieces = chunker.chunk(&loaded);
             Ok::<_, Error>((loaded, pieces))
-        })
-        .await
-        .map_err(|e| Error::internal(e.to_string()))??;
+        });
+        // Loaders also check the clock themselves (between PDF pages); this
+        // catches a parser stuck inside one step. The blocking thread cannot
+        // be stopped from outside: it is left to finish and its result
+        // dropped, and the run goes on without the document.
+        let (loaded, pieces) = tokio::time::timeout(limits.parse_timeout, parse)
+            .await
+            .map_err(|_| Error::invalid(format!("{source}: {}", limits.timed_out())))?
+            .map_err(|e| Error::internal(e.to_string()))??;
         if pieces.is_empty() {
             // An empty page (or a redirect stub) has nothing to answer from;
             // an earlier version of it must not linger either.

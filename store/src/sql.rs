@@ -23,6 +23,9 @@ impl SqlDocumentStore {
         let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { 8 })
+            // When the database is down, a request fails (503) within
+            // seconds instead of waiting out sqlx's 30 s default.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {

@@ -1,0 +1,209 @@
+//! What the fuzz targets run (fuzz/), their seed corpora, and the checks
+//! on each result, shared with the regression tests that replay seeds and
+//! every input the fuzzer once found (`ingest/tests/fuzz_regressions.rs`).
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::formats::pdf_fixture::{build, bytes};
+use crate::{Limits, LoadedDocument};
+
+/// The fuzz targets, by name: one per loader and the upload form.
+pub const TARGETS: &[&str] = &["pdf", "html", "markdown", "multipart"];
+
+/// The multipart boundary the `multipart` target's inputs use.
+pub const BOUNDARY: &str = "XB";
+
+/// The limits under fuzzing: the defaults, with a parse time well under
+/// libFuzzer's own timeout so that a slow input shows as our error rather
+/// than as a hang.
+pub fn limits() -> Limits {
+    Limits {
+        max_bytes: 1 << 20,
+        parse_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    }
+}
+
+/// Runs one input through a target. Panics (which the fuzzer reports) on a
+/// crash in our code or a library's, and on results that break what the
+/// rest of the pipeline relies on.
+pub fn run(target: &str, data: &[u8]) {
+    let limits = limits();
+    match target {
+        "pdf" | "html" | "markdown" => {
+            let name = match target {
+                "pdf" => "fuzz.pdf",
+                "html" => "fuzz.html",
+                _ => "fuzz.md",
+            };
+            if let Ok(doc) = crate::load_bytes(Path::new(name), data, &limits) {
+                check_document(&doc, &limits);
+            }
+        }
+        "multipart" => run_form(data, &limits),
+        other => panic!("no fuzz target {other}; targets: {TARGETS:?}"),
+    }
+}
+
+fn check_document(doc: &LoadedDocument, limits: &Limits) {
+    assert!(
+        doc.body.len() <= limits.max_text_bytes,
+        "text over the limit"
+    );
+    let mut last = None;
+    for &(page, offset) in &doc.pages {
+        assert!(
+            doc.body.is_char_boundary(offset),
+            "page {page} starts mid-character"
+        );
+        assert!(
+            last.is_none_or(|(p, o)| p < page && o <= offset),
+            "pages out of order"
+        );
+        last = Some((page, offset));
+    }
+}
+
+thread_local! {
+    static RUNTIME: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
+}
+
+/// The body is split where its first byte says, so that the parser also
+/// sees a field cut across reads.
+fn run_form(data: &[u8], limits: &Limits) {
+    let Some((&split, body)) = data.split_first() else {
+        return;
+    };
+    let at = usize::from(split).min(body.len());
+    let pieces = vec![
+        Ok::<_, std::io::Error>(body[..at].to_vec()),
+        Ok(body[at..].to_vec()),
+    ];
+    let stream = futures_util::stream::iter(pieces);
+    let result = RUNTIME.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let runtime = cell.get_or_insert_with(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime")
+        });
+        runtime.block_on(crate::form::read_form(stream, BOUNDARY, limits))
+    });
+    match result {
+        Ok(upload) => {
+            for input in &upload.inputs {
+                let source = input.source();
+                assert!(
+                    !source.contains(['/', '\\']) && source != ".." && !source.is_empty(),
+                    "a file name that is a path: {source:?}"
+                );
+            }
+            for r in &upload.rejected {
+                assert!([413, 415, 422].contains(&r.status), "{r:?}");
+            }
+        }
+        Err(e) => assert!([400, 413, 415].contains(&e.status), "{e:?}"),
+    }
+}
+
+/// Seed inputs per target, made here rather than stored: `(target, name,
+/// bytes)`.
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let pdfs: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "three-pages",
+            bytes(build(
+                &[
+                    Some(&["Expense policy", "Receipts are kept for seven years."]),
+                    None,
+                    Some(&["Mileage is paid at 0.30 EUR per km."]),
+                ],
+                Some("Expenses handbook"),
+            )),
+        ),
+        ("image-only", bytes(build(&[None, None], None))),
+        (
+            "one-line",
+            bytes(build(&[Some(&["(nested) \\ escapes"])], None)),
+        ),
+        ("header-only", b"%PDF-1.5\n%%EOF\n".to_vec()),
+    ];
+    for (name, pdf) in pdfs {
+        out.push(("pdf", format!("{name}.pdf"), pdf));
+    }
+    let html = [
+        r#"<!doctype html><html><head><title>Travel | Intranet</title><style>x{}</style><script>var s=1;</script></head><body><nav><a href="/">Home</a></nav><main><h1>Travel</h1><p>Book trips.</p><h2>Per diem</h2><ul><li>Lunch: 15 EUR</li></ul><table><tr><th>City</th><td>Lisbon</td></tr></table></main></body></html>"#,
+        "<p>unclosed <b>bold <i>italic</p><h1>Late title",
+        "<html><body><pre>  code\n  block</pre><br><br/><!-- comment --></body>",
+        "<table><tr><td><table><tr><td>nested</td></tr></table></td></tr></table>",
+    ];
+    for (i, page) in html.iter().enumerate() {
+        out.push(("html", format!("page-{i}.html"), page.as_bytes().to_vec()));
+    }
+    let markdown = [
+        "---\ntitle: Sick leave\nkeywords: sick, leave\ntags: [hr]\n---\n# Sick leave\nYou can request [the form](https://x.example/a).\n\n## Approval\n{% alert %}Note{% endalert %}\n",
+        "---\ntitle: [unclosed\n---\nbody",
+        "# A\n## B\n### C\ntext {{ var }} <!-- hidden --> ![img](x.png)\n\n\n\n- item\n",
+        "no front matter, just text\\# and \\~",
+    ];
+    for (i, page) in markdown.iter().enumerate() {
+        out.push(("markdown", format!("page-{i}.md"), page.as_bytes().to_vec()));
+    }
+    let form = |parts: &[(&str, Option<&str>, &[u8])], split: u8| {
+        let mut body = vec![split];
+        for (name, file, content) in parts {
+            body.extend_from_slice(
+                format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"")
+                    .as_bytes(),
+            );
+            if let Some(file) = file {
+                body.extend_from_slice(format!("; filename=\"{file}\"").as_bytes());
+            }
+            body.extend_from_slice(b"\r\n\r\n");
+            body.extend_from_slice(content);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        body
+    };
+    let pdf = out[0].2.clone();
+    out.push((
+        "multipart",
+        "mixed.bin".into(),
+        form(
+            &[
+                ("collection", None, b"wiki"),
+                ("tags", None, b"hr,travel"),
+                ("groups", None, b"staff"),
+                ("file", Some("notes.md"), markdown[0].as_bytes()),
+                ("file", Some("page.html"), html[0].as_bytes()),
+                ("file", Some("handbook.pdf"), &pdf),
+                ("file", Some("tool.exe"), b"MZ"),
+            ],
+            40,
+        ),
+    ));
+    out.push((
+        "multipart",
+        "paths.bin".into(),
+        form(
+            &[
+                ("collection", None, b"c"),
+                ("file", Some("../../etc/passwd.txt"), b"x"),
+                ("file", Some("..\\win.txt"), b"y"),
+                ("file", Some(".."), b"z"),
+            ],
+            3,
+        ),
+    ));
+    out.push((
+        "multipart",
+        "unknown-field.bin".into(),
+        form(&[("owner", None, b"me")], 0),
+    ));
+    out
+}
