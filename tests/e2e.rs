@@ -264,6 +264,21 @@ fn bad_input_exits_non_zero_with_one_line() {
         .output()
         .unwrap();
     fails_with(out, "rag models fetch");
+    // A Qdrant server that is not there, and settings out of range.
+    let gone = format!("http://127.0.0.1:{}", free_port());
+    let out = rag(dir.path())
+        .env("RAG_VECTOR_STORE__URL", &gone)
+        .env("RAG_VECTOR_STORE__TIMEOUT_S", "2")
+        .args(["retrieve", "hello?"])
+        .output()
+        .unwrap();
+    fails_with(out, "cannot be reached");
+    let out = rag(dir.path())
+        .env("RAG_INGEST__MAX_PAGES", "0")
+        .args(["retrieve", "hello?"])
+        .output()
+        .unwrap();
+    fails_with(out, "ingest.max_pages");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use rag_embed::{BertEmbedder, OrtEmbedder};
 use rag_generator::{CandleGenerator, OpenAiConfig, OpenAiGenerator, grounding};
 use rag_ingest::{Chunker, Ingestor};
 use rag_retriever::{EmbeddingReranker, RetrieveOptions, Retriever};
-use rag_store::{EdgeVectorStore, SqlDocumentStore};
+use rag_store::{EdgeVectorStore, QdrantServerStore, SqlDocumentStore};
 
 use crate::config::{EmbedderRuntime, GeneratorBackend, Settings};
 use crate::models;
@@ -103,10 +103,17 @@ impl App {
         };
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
-        let vectors: Arc<dyn VectorStore> = Arc::new(EdgeVectorStore::open(
-            &settings.data_dir.join("vectors"),
-            embedder.dimension(),
-        )?);
+        let vectors: Arc<dyn VectorStore> = if settings.vector_store.url.is_empty() {
+            Arc::new(EdgeVectorStore::open(
+                &settings.data_dir.join("vectors"),
+                embedder.dimension(),
+            )?)
+        } else {
+            Arc::new(
+                QdrantServerStore::connect(settings.vector_store.server()?, embedder.dimension())
+                    .await?,
+            )
+        };
         let docs: Arc<dyn DocumentStore> =
             Arc::new(SqlDocumentStore::connect(&settings.database_url()).await?);
         let retriever = Retriever {

@@ -14,6 +14,7 @@ pub struct Settings {
     /// Where `rag models fetch` installs models (`RAG_MODELS_DIR`).
     pub models_dir: PathBuf,
     pub database: Database,
+    pub vector_store: VectorStoreSettings,
     pub embedder: EmbedderSettings,
     pub generator: GeneratorSettings,
     pub retrieval: Retrieval,
@@ -91,6 +92,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("data"),
             models_dir: PathBuf::from("models"),
             database: Database::default(),
+            vector_store: VectorStoreSettings::default(),
             embedder: EmbedderSettings::default(),
             generator: GeneratorSettings::default(),
             retrieval: Retrieval::default(),
@@ -98,6 +100,61 @@ impl Default for Settings {
             ingest: IngestSettings::default(),
             server: ServerSettings::default(),
         }
+    }
+}
+
+/// The vector store: the embedded engine in `data_dir/vectors`, or a
+/// Qdrant server or cluster when `url` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorStoreSettings {
+    /// gRPC address of a Qdrant server, e.g. `http://qdrant:6334`; empty:
+    /// embedded.
+    pub url: String,
+    pub api_key: Secret,
+    pub collection: String,
+    pub shard_number: u32,
+    pub replication_factor: u32,
+    pub write_consistency_factor: u32,
+    pub timeout_s: f64,
+}
+
+impl Default for VectorStoreSettings {
+    fn default() -> Self {
+        let d = rag_store::ServerSettings::default();
+        Self {
+            url: String::new(),
+            api_key: Secret::default(),
+            collection: d.collection,
+            shard_number: d.shard_number,
+            replication_factor: d.replication_factor,
+            write_consistency_factor: d.write_consistency_factor,
+            timeout_s: d.timeout.as_secs_f64(),
+        }
+    }
+}
+
+impl VectorStoreSettings {
+    pub fn server(&self) -> anyhow::Result<rag_store::ServerSettings> {
+        anyhow::ensure!(
+            self.timeout_s > 0.0 && self.timeout_s.is_finite(),
+            "vector_store.timeout_s must be a positive number of seconds"
+        );
+        anyhow::ensure!(
+            self.shard_number > 0
+                && self.replication_factor > 0
+                && self.write_consistency_factor > 0,
+            "vector_store.shard_number, replication_factor and write_consistency_factor must be at least 1"
+        );
+        Ok(rag_store::ServerSettings {
+            url: self.url.clone(),
+            api_key: (!self.api_key.0.is_empty()).then(|| self.api_key.0.clone()),
+            collection: self.collection.clone(),
+            shard_number: self.shard_number,
+            replication_factor: self.replication_factor,
+            write_consistency_factor: self.write_consistency_factor,
+            timeout: std::time::Duration::from_secs_f64(self.timeout_s),
+        })
     }
 }
 
@@ -278,11 +335,12 @@ impl Default for Retrieval {
 
 impl Settings {
     /// These settings on a scratch data directory of their own (an
-    /// evaluation's or a benchmark's): SQLite inside it, never the
-    /// configured database.
+    /// evaluation's or a benchmark's): SQLite and the embedded vector
+    /// engine inside it, never the configured database or Qdrant server.
     pub fn scratch(mut self, data_dir: PathBuf) -> Self {
         self.data_dir = data_dir;
         self.database.url = String::new();
+        self.vector_store.url = String::new();
         self
     }
 
@@ -306,6 +364,7 @@ impl Settings {
             settings.data_dir = dir.to_owned();
         }
         settings.ingest.limits()?;
+        settings.vector_store.server()?;
         Ok(settings)
     }
 
@@ -345,8 +404,12 @@ mod tests {
     fn secrets_never_show_in_debug_output() {
         let mut settings = Settings::default();
         settings.generator.api_key = Secret("sk-very-secret".into());
+        settings.vector_store.api_key = Secret("qdrant-very-secret".into());
         let printed = format!("{settings:?}");
         assert!(!printed.contains("sk-very-secret"), "{printed}");
+        assert!(!printed.contains("qdrant-very-secret"), "{printed}");
+        let server = format!("{:?}", settings.vector_store.server().unwrap());
+        assert!(!server.contains("qdrant-very-secret"), "{server}");
         assert!(printed.contains("api_key: (set)"), "{printed}");
     }
 }

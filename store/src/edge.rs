@@ -19,17 +19,17 @@ use rag_core::{
 use serde_json::json;
 use uuid::Uuid;
 
-const DENSE: &str = "dense";
-const SPARSE: &str = "bm25";
+pub(crate) const DENSE: &str = "dense";
+pub(crate) const SPARSE: &str = "bm25";
 /// BM25's expected passage length, in tokens after stop words are removed:
 /// the mean over the handbook's chunks at the default chunk size (about 200
 /// embedder tokens) is close to it. Changing it needs a re-ingest.
 const BM25_AVG_LEN: f64 = 100.0;
 /// Candidates each side of a hybrid search brings to the fusion, per hit
 /// asked for.
-const PREFETCH_FACTOR: usize = 4;
+pub(crate) const PREFETCH_FACTOR: usize = 4;
 /// Payload fields that filters use; each gets a keyword index.
-const INDEXED_FIELDS: [&str; 4] = ["collection", "doc_id", "tags", "groups"];
+pub(crate) const INDEXED_FIELDS: [&str; 4] = ["collection", "doc_id", "tags", "groups"];
 
 /// Qdrant's in-process engine, persisted under one folder.
 ///
@@ -89,14 +89,9 @@ impl EdgeVectorStore {
                 path.display()
             )));
         }
-        let bm25 = EdgeBm25::new(EdgeBm25Config {
-            avg_len: NotNan::new(BM25_AVG_LEN).expect("not NaN"),
-            ..Default::default()
-        })
-        .map_err(|e| Error::internal(format!("BM25: {e}")))?;
         let store = Self {
             shard,
-            bm25,
+            bm25: bm25()?,
             path: path.to_owned(),
             writes: Mutex::new(()),
         };
@@ -150,15 +145,40 @@ fn open_error(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Qdrant's BM25 (English: lower-casing, stop words, stemming), the same
+/// for the embedded store and the server one.
+pub(crate) fn bm25() -> Result<EdgeBm25> {
+    EdgeBm25::new(EdgeBm25Config {
+        avg_len: NotNan::new(BM25_AVG_LEN).expect("not NaN"),
+        ..Default::default()
+    })
+    .map_err(|e| Error::internal(format!("BM25: {e}")))
+}
+
+/// Cosine of a stored (normalised) vector with the question (maybe not).
+pub(crate) fn similarity(vector: &[f32], question: &[f32]) -> f32 {
+    let norm = question
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    vector.iter().zip(question).map(|(a, b)| a * b).sum::<f32>() / norm
+}
+
 fn engine_error(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("vector store: {e}"))
 }
 
-fn point_id(chunk_id: &str) -> Result<PointId> {
-    // Chunk ids are 128-bit hex hashes: they map one-to-one onto UUIDs.
+/// Chunk ids are 128-bit hex hashes: they map one-to-one onto UUIDs.
+pub(crate) fn point_uuid(chunk_id: &str) -> Result<Uuid> {
     let bytes = hex_to_16(chunk_id)
         .ok_or_else(|| Error::internal(format!("chunk id {chunk_id:?} is not 32 hex digits")))?;
-    Ok(PointId::Uuid(Uuid::from_bytes(bytes)))
+    Ok(Uuid::from_bytes(bytes))
+}
+
+fn point_id(chunk_id: &str) -> Result<PointId> {
+    Ok(PointId::Uuid(point_uuid(chunk_id)?))
 }
 
 fn hex_to_16(s: &str) -> Option<[u8; 16]> {
@@ -193,19 +213,10 @@ fn dense_of(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
 fn scored_chunk(point: ScoredPoint, question: &[f32]) -> Result<ScoredChunk> {
     let vector = dense_of(point.vector)
         .ok_or_else(|| Error::internal("the vector store returned a hit without its vector"))?;
-    // Stored vectors are normalised (cosine distance); the question may
-    // not be.
-    let norm = question
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::EPSILON);
-    let similarity = vector.iter().zip(question).map(|(a, b)| a * b).sum::<f32>() / norm;
     Ok(ScoredChunk {
         chunk_id: chunk_id_of(&point.id),
         score: point.score,
-        similarity,
+        similarity: similarity(&vector, question),
         vector,
     })
 }
@@ -408,177 +419,6 @@ impl VectorStore for EdgeVectorStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn point(chunk: &str, doc: &str, groups: &[&str], dense: Vec<f32>, text: &str) -> VectorPoint {
-        let norm = dense.iter().map(|x| x * x).sum::<f32>().sqrt();
-        VectorPoint {
-            chunk_id: chunk.into(),
-            document_id: doc.into(),
-            collection: "default".into(),
-            tags: vec![],
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            dense: dense.iter().map(|x| x / norm).collect(),
-            text: text.into(),
-        }
-    }
-
-    fn id(n: u8) -> String {
-        format!("{n:032x}")
-    }
-
-    fn query(dense: &[f32], text: &str, mode: SearchMode, groups: Option<&[&str]>) -> VectorQuery {
-        VectorQuery {
-            dense: dense.to_vec(),
-            text: text.into(),
-            mode,
-            fusion: Default::default(),
-            filter: SearchFilter {
-                groups: groups.map(|g| g.iter().map(|s| s.to_string()).collect()),
-                ..Default::default()
-            },
-            limit: 10,
-            exact: false,
-            hnsw_ef: None,
-        }
-    }
-
-    async fn ids(store: &EdgeVectorStore, q: &VectorQuery) -> Vec<String> {
-        store
-            .search(q)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|h| h.chunk_id)
-            .collect()
-    }
-
-    fn corpus() -> Vec<VectorPoint> {
-        vec![
-            point(
-                &id(1),
-                "d1",
-                &["hr"],
-                vec![1.0, 0.0, 0.0],
-                "Salary bands for every engineering level",
-            ),
-            point(
-                &id(2),
-                "d1",
-                &["eng"],
-                vec![0.0, 1.0, 0.0],
-                "Deploying the robot firmware to the fleet",
-            ),
-            point(
-                &id(3),
-                "d2",
-                &["hr", "eng"],
-                vec![0.7, 0.7, 0.0],
-                "Onboarding: laptops, badges and salaries",
-            ),
-            point(
-                &id(4),
-                "d3",
-                &[],
-                vec![0.0, 0.0, 1.0],
-                "The cafeteria menu changes weekly",
-            ),
-        ]
-    }
-
-    #[tokio::test]
-    async fn dense_sparse_and_hybrid_rank_what_they_should() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EdgeVectorStore::open(dir.path(), 3).unwrap();
-        store.upsert(corpus()).await.unwrap();
-
-        // Dense: nearest by angle; similarity is the cosine.
-        let hits = store
-            .search(&query(&[1.0, 0.1, 0.0], "", SearchMode::Dense, None))
-            .await
-            .unwrap();
-        assert_eq!(hits[0].chunk_id, id(1));
-        assert!((hits[0].similarity - hits[0].score).abs() < 1e-5);
-        assert_eq!(hits[0].vector.len(), 3);
-
-        // Sparse: words, stemmed ("salaries" finds "salary"), stop words
-        // ignored; a chunk without the words is not a hit.
-        let q = query(&[0.0, 0.0, 1.0], "the salaries", SearchMode::Sparse, None);
-        let mut sparse = ids(&store, &q).await;
-        sparse.sort();
-        assert_eq!(sparse, [id(1), id(3)]);
-        // Stop words alone give no sparse hits at all.
-        let q = query(&[0.0, 0.0, 1.0], "the and of", SearchMode::Sparse, None);
-        assert!(ids(&store, &q).await.is_empty());
-
-        // Hybrid: a chunk both sides rank high wins over one only one side
-        // finds; similarity is still the cosine.
-        let q = query(
-            &[0.6, 0.8, 0.0],
-            "onboarding salaries firmware",
-            SearchMode::Hybrid,
-            None,
-        );
-        let hits = store.search(&q).await.unwrap();
-        let order: Vec<&str> = hits.iter().map(|h| h.chunk_id.as_str()).collect();
-        assert_eq!(order[0], id(3), "{order:?}");
-        assert!(order.contains(&id(1).as_str()) && order.contains(&id(2).as_str()));
-        let cos3 = (0.6 * 0.7 + 0.8 * 0.7) / (0.7f32 * 0.7 * 2.0).sqrt();
-        assert!((hits[0].similarity - cos3).abs() < 1e-4);
-    }
-
-    #[tokio::test]
-    async fn group_filters_hold_in_every_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EdgeVectorStore::open(dir.path(), 3).unwrap();
-        store.upsert(corpus()).await.unwrap();
-        // A question aimed squarely at the HR-only chunk, both ways.
-        let (dense, text) = ([1.0, 0.0, 0.0], "salary bands engineering level");
-        for mode in SearchMode::ALL {
-            let open = ids(&store, &query(&dense, text, mode, None)).await;
-            assert!(open.contains(&id(1)), "{mode}: unrestricted must see it");
-
-            let eng = ids(&store, &query(&dense, text, mode, Some(&["eng"]))).await;
-            assert!(
-                !eng.contains(&id(1)),
-                "{mode}: an hr chunk leaked to eng: {eng:?}"
-            );
-            assert!(
-                !eng.contains(&id(4)),
-                "{mode}: a group-less chunk is nobody's"
-            );
-            assert!(!eng.is_empty() || mode == SearchMode::Sparse, "{mode}");
-
-            let nobody = ids(&store, &query(&dense, text, mode, Some(&[]))).await;
-            assert!(
-                nobody.is_empty(),
-                "{mode}: a caller without groups got {nobody:?}"
-            );
-        }
-        // Sparse with a word only the eng chunk has still finds it for eng.
-        let q = query(&dense, "firmware", SearchMode::Sparse, Some(&["eng"]));
-        assert_eq!(ids(&store, &q).await, [id(2)]);
-    }
-
-    #[tokio::test]
-    async fn deletes_persist_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = EdgeVectorStore::open(dir.path(), 3).unwrap();
-            store.upsert(corpus()).await.unwrap();
-            store.delete(&[id(2)]).await.unwrap();
-        }
-        // Reopen: what was written and flushed is still there, BM25 too.
-        let store = EdgeVectorStore::open(dir.path(), 3).unwrap();
-        let mut all = store.chunk_ids().await.unwrap();
-        all.sort();
-        assert_eq!(all, [id(1), id(3), id(4)]);
-        let q = query(&[0.0, 0.0, 1.0], "cafeteria", SearchMode::Sparse, None);
-        assert_eq!(ids(&store, &q).await, [id(4)]);
-        assert!(
-            EdgeVectorStore::open(dir.path(), 4).is_err(),
-            "dimension mismatch must be refused"
-        );
-    }
 
     #[test]
     fn chunk_ids_round_trip_through_point_ids() {
