@@ -44,4 +44,15 @@ if validate "$OUT/broken.yaml" 2>/dev/null; then
 else
     echo "ok: tests/k8s/broken is rejected, as it must be"
 fi
+# `rag deploy --print` reads what it would apply from the same rendering.
+if [ -x target/release/rag ]; then
+    if ./target/release/rag deploy --overlay cluster --print --kubectl "$VENV/bin/kubectl" >"$OUT/deploy-print.txt" \
+        && grep -q '^StatefulSet rag/qdrant$' "$OUT/deploy-print.txt" \
+        && grep -q '^Role rag/resync-lease$' "$OUT/deploy-print.txt"; then
+        echo "ok: rag deploy --print lists the cluster overlay ($(wc -l <"$OUT/deploy-print.txt") objects)"
+    else
+        echo "FAILED: rag deploy --overlay cluster --print" >&2
+        status=1
+    fi
+fi
 exit $status

@@ -279,6 +279,14 @@ fn bad_input_exits_non_zero_with_one_line() {
         .output()
         .unwrap();
     fails_with(out, "ingest.max_pages");
+    // A re-sync Lease needs a Kubernetes API.
+    let out = rag(dir.path())
+        .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .args(["ingest", "fixtures/wiki", "--lease", "rag-resync"])
+        .output()
+        .unwrap();
+    fails_with(out, "--lease needs a Kubernetes API");
 }
 
 #[test]

@@ -3,6 +3,7 @@
 mod app;
 mod bench;
 mod chat;
+mod cluster;
 mod config;
 mod eval;
 mod eval_answers;
@@ -65,6 +66,12 @@ enum Command {
         prune: bool,
         #[arg(long)]
         json: bool,
+        /// Run only while holding this Kubernetes Lease (in the pod's
+        /// namespace): of re-syncs started together, one runs and the
+        /// others exit 0 at once. Renewed while the ingest runs, released
+        /// at its end.
+        #[arg(long)]
+        lease: Option<String>,
     },
     /// Delete documents, by source (as `ingest` names it) or id: their rows
     /// and vectors, all of them.
@@ -108,6 +115,33 @@ enum Command {
         /// the address can read, upload and delete.
         #[arg(long)]
         open: bool,
+    },
+    /// Apply a Kubernetes overlay (`k8s/overlays/NAME`, rendered with
+    /// `kubectl kustomize`) to the cluster of the current kubeconfig with
+    /// server-side apply, then wait for its Deployments and StatefulSets.
+    Deploy {
+        /// An overlay name (`embedded`, `gpu`, `vllm`, `cluster`) or a
+        /// kustomize folder.
+        #[arg(long)]
+        overlay: String,
+        /// Where objects without a namespace go.
+        #[arg(long, default_value = "rag")]
+        namespace: String,
+        /// Seconds to wait for the rollouts.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[arg(long, default_value = "kubectl")]
+        kubectl: String,
+        /// Print the objects the overlay holds and stop, without a cluster.
+        #[arg(long)]
+        print: bool,
+    },
+    /// The Deployments and StatefulSets of a namespace and their rollouts.
+    Status {
+        #[arg(long, default_value = "rag")]
+        namespace: String,
+        #[arg(long)]
+        json: bool,
     },
     /// API keys for `serve`.
     Keys {
@@ -344,8 +378,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             groups,
             prune,
             json,
+            lease,
         } => {
             let files = rag_ingest::collect_files(&paths)?;
+            let lease = match lease {
+                Some(name) => match resync_lease(&name).await? {
+                    Some(lock) => Some(lock),
+                    None => {
+                        eprintln!(
+                            "the Lease {name} is held by another replica: its re-sync runs, not this one"
+                        );
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                },
+                None => None,
+            };
             let app = App::open(settings).await?;
             let ingestor = app.ingestor()?;
             let options = IngestOptions {
@@ -354,14 +401,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 groups,
             };
             let bar = progress_bar(files.len() as u64, json);
-            let mut report = ingestor
-                .ingest(&files, &options, &ingest_progress(bar.clone()))
-                .await?;
-            bar.finish_and_clear();
-            if prune {
-                let keep = files.iter().map(|(_, source)| source.as_str()).collect();
-                report.pruned = ingestor.prune(&options.collection, &keep).await?;
+            let work = async {
+                let mut report = ingestor
+                    .ingest(&files, &options, &ingest_progress(bar.clone()))
+                    .await?;
+                if prune {
+                    let keep = files.iter().map(|(_, source)| source.as_str()).collect();
+                    report.pruned = ingestor.prune(&options.collection, &keep).await?;
+                }
+                anyhow::Ok(report)
+            };
+            let report = match &lease {
+                // Stopping mid-way is safe: the next run repairs and resumes.
+                Some(lock) => tokio::select! {
+                    report = work => report,
+                    lost = lock.hold() => return Err(lost),
+                },
+                None => work.await,
+            };
+            if let Some(lock) = &lease {
+                lock.release().await?;
             }
+            let report = report?;
+            bar.finish_and_clear();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -560,6 +622,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Load the model before taking traffic.
             app.generator().await?;
             server::serve(app, addr, open).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy {
+            overlay,
+            namespace,
+            timeout,
+            kubectl,
+            print,
+        } => deploy(&overlay, &namespace, timeout, &kubectl, print).await,
+        Command::Status { namespace, json } => {
+            let client = kube::Client::try_default().await?;
+            let rollouts = cluster::status(&client, &namespace).await?;
+            print_rollouts(&rollouts, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { command } => {
@@ -1020,4 +1095,104 @@ fn one_line(text: &str, max: usize) -> String {
     } else {
         flat
     }
+}
+
+/// Takes the re-sync Lease in this pod's namespace, as this pod (its host
+/// name); `None` when another replica holds it.
+async fn resync_lease(name: &str) -> anyhow::Result<Option<cluster::LeaseLock>> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("--lease needs a Kubernetes API (in a pod, or a kubeconfig): {e}")
+    })?;
+    let namespace = client.default_namespace().to_string();
+    let identity =
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("rag-{}", std::process::id()));
+    let lock = cluster::LeaseLock::new(client, &namespace, name, &identity, RESYNC_LEASE);
+    Ok(lock.acquire_or_renew().await?.then_some(lock))
+}
+
+/// How long the re-sync Lease lasts without renewal; it is renewed three
+/// times as often.
+const RESYNC_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn deploy(
+    overlay: &str,
+    namespace: &str,
+    timeout: u64,
+    kubectl: &str,
+    print: bool,
+) -> anyhow::Result<ExitCode> {
+    let dir = if overlay.contains('/') {
+        PathBuf::from(overlay)
+    } else {
+        PathBuf::from("k8s/overlays").join(overlay)
+    };
+    anyhow::ensure!(
+        dir.join("kustomization.yaml").exists(),
+        "no overlay at {} (overlays: embedded, gpu, vllm, cluster; run from the repository root or give a folder)",
+        dir.display()
+    );
+    let objects = cluster::parse_objects(&cluster::render(&dir, kubectl)?)?;
+    if print {
+        for o in &objects {
+            let kind = o
+                .types
+                .as_ref()
+                .map(|t| t.kind.as_str())
+                .unwrap_or_default();
+            let name = o.metadata.name.as_deref().unwrap_or_default();
+            if cluster::is_cluster_scoped(kind) {
+                println!("{kind} {name}");
+            } else {
+                let ns = o.metadata.namespace.as_deref().unwrap_or(namespace);
+                println!("{kind} {ns}/{name}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = kube::Client::try_default().await?;
+    let applied = cluster::apply(&client, &objects, namespace).await?;
+    for a in &applied {
+        let change = match a.change {
+            cluster::Change::Created => "created",
+            cluster::Change::Configured => "configured",
+            cluster::Change::Unchanged => "unchanged",
+        };
+        let ns = a
+            .namespace
+            .as_deref()
+            .map(|n| format!("{n}/"))
+            .unwrap_or_default();
+        println!("{change:<10} {} {ns}{}", a.kind, a.name);
+    }
+    let rollouts = cluster::wait_ready(
+        &client,
+        &applied,
+        std::time::Duration::from_secs(timeout),
+        std::time::Duration::from_secs(2),
+    )
+    .await?;
+    print_rollouts(&rollouts, false)?;
+    Ok(if rollouts.iter().all(|r| r.done) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "still rolling out after {timeout} s: see `rag status --namespace {namespace}` and `kubectl get events -n {namespace}`"
+        );
+        ExitCode::from(5)
+    })
+}
+
+fn print_rollouts(rollouts: &[cluster::Rollout], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rollouts)?);
+        return Ok(());
+    }
+    for r in rollouts {
+        let state = if r.done { "ready" } else { "waiting" };
+        println!(
+            "{state:<10} {} {}: {} of {} ready, {} updated",
+            r.kind, r.name, r.ready, r.desired, r.updated
+        );
+    }
+    Ok(())
 }
