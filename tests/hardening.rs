@@ -146,26 +146,11 @@ fn fake_model_env(url: &str) -> Vec<(&'static str, String)> {
 
 /// `rag serve` with its log (at `RAG_LOG=trace`) written to `log`.
 fn serve_logged(data: &Path, env: &[(&str, String)], log: &Path) -> (KillOnDrop, String) {
-    let mut child = KillOnDrop(
-        rag(data)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RAG_LOG", "trace")
-            .args(["serve", "--addr", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .expect(&line)
-        .to_string();
-    (child, addr)
+    let mut cmd = rag(data);
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RAG_LOG", "trace")
+        .stderr(std::fs::File::create(log).unwrap());
+    spawn_server(cmd)
 }
 
 const GROUPS: [&str; 3] = ["alpha", "beta", "gamma"];

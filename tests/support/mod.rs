@@ -51,23 +51,9 @@ pub fn fails_with(out: Output, needle: &str) {
     assert!(err.contains(needle), "{err:?} does not mention {needle:?}");
 }
 
-/// A bare HTTP/1.1 exchange; enough for two requests without pulling an
-/// HTTP client crate into the build.
+/// A bare HTTP/1.1 exchange: (status, body).
 pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let (status, _, body) = http_with(addr, method, path, &[], body);
     (status, body)
 }
 
@@ -176,12 +162,17 @@ pub fn start_server(data: &Path) -> (KillOnDrop, String) {
 }
 
 pub fn start_server_with(data: &Path, env: &[(&str, &str)]) -> (KillOnDrop, String) {
+    let mut cmd = rag(data);
+    cmd.envs(env.iter().copied()).stderr(Stdio::inherit());
+    spawn_server(cmd)
+}
+
+/// Starts `cmd` (a `rag` command: settings and stderr as the caller
+/// wants) as `serve` on a free loopback port; returns it and its address.
+pub fn spawn_server(mut cmd: Command) -> (KillOnDrop, String) {
     let mut child = KillOnDrop(
-        rag(data)
-            .envs(env.iter().copied())
-            .args(["serve", "--addr", "127.0.0.1:0"])
+        cmd.args(["serve", "--addr", "127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
     );
