@@ -267,3 +267,25 @@ async fn an_unreachable_qdrant_server_is_reported_as_unavailable() {
     assert!(matches!(err, rag_core::Error::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("cannot be reached"), "{err}");
 }
+
+/// A server that accepts connections and never answers (hung, or a
+/// firewall that drops): the store gives up after its timeout, as
+/// unavailable, instead of hanging the request.
+#[tokio::test]
+async fn a_silent_qdrant_server_times_out_as_unavailable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _held = std::thread::spawn(move || {
+        let _open: Vec<_> = listener.incoming().take(4).collect();
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    let settings = ServerSettings {
+        url: format!("http://127.0.0.1:{port}"),
+        timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let Err(err) = QdrantServerStore::connect(settings, 3).await else {
+        panic!("a silent server answered");
+    };
+    assert!(matches!(err, rag_core::Error::Unavailable(_)), "{err}");
+}
