@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::load::{extension, unsupported};
-use crate::{Chunker, Limits, LoadedDocument, SUPPORTED_EXTENSIONS, load_file};
+use crate::{Chunker, Limits, LoadedDocument, SUPPORTED_EXTENSIONS};
 
 /// Passages embedded per call, across documents; also the unit of
 /// progress. The embedder sorts them by length into its own batches.
@@ -200,10 +200,12 @@ impl Input {
         }
     }
 
-    fn load(&self, limits: &Limits) -> Result<LoadedDocument> {
+    /// Parses the document from `bytes`, what [`Input::bytes`] read (so a
+    /// file is read once, for its hash and its text).
+    fn load(&self, bytes: &[u8], limits: &Limits) -> Result<LoadedDocument> {
         match self {
-            Input::File { path, .. } => load_file(path, limits),
-            Input::Bytes { source, bytes } => crate::load_bytes(Path::new(source), bytes, limits),
+            Input::File { path, .. } => crate::load_bytes(path, bytes, limits),
+            Input::Bytes { source, .. } => crate::load_bytes(Path::new(source), bytes, limits),
             Input::Text { title, body, .. } => Ok(LoadedDocument {
                 title: title.clone(),
                 tags: vec![],
@@ -485,7 +487,7 @@ impl Ingestor {
         let input_owned = input.clone();
         let limits = self.limits;
         let parse = tokio::task::spawn_blocking(move || {
-            let loaded = input_owned.load(&limits)?;
+            let loaded = input_owned.load(&bytes, &limits)?;
             let pieces = chunker.chunk(&loaded);
             Ok::<_, Error>((loaded, pieces))
         });

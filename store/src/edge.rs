@@ -170,6 +170,16 @@ fn engine_error(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("vector store: {e}"))
 }
 
+/// The vectors found, in the order of `chunk_ids`; `None` for those not
+/// found.
+pub(crate) fn in_order(
+    chunk_ids: &[String],
+    found: impl Iterator<Item = (String, Vec<f32>)>,
+) -> Vec<Option<Vec<f32>>> {
+    let mut found: std::collections::HashMap<String, Vec<f32>> = found.collect();
+    chunk_ids.iter().map(|c| found.remove(c)).collect()
+}
+
 /// Chunk ids are 128-bit hex hashes: they map one-to-one onto UUIDs.
 pub(crate) fn point_uuid(chunk_id: &str) -> Result<Uuid> {
     let bytes = hex_to_16(chunk_id)
@@ -377,11 +387,10 @@ impl VectorStore for EdgeVectorStore {
                 Some(WithVector::Selector(vec![DENSE.into()])),
             )
             .map_err(engine_error)?;
-        let mut found: std::collections::HashMap<String, Vec<f32>> = records
+        let found = records
             .into_iter()
-            .filter_map(|r| Some((chunk_id_of(&r.id), dense_of(r.vector)?)))
-            .collect();
-        Ok(chunk_ids.iter().map(|c| found.remove(c)).collect())
+            .filter_map(|r| Some((chunk_id_of(&r.id), dense_of(r.vector)?)));
+        Ok(in_order(chunk_ids, found))
     }
 
     async fn chunk_ids(&self) -> Result<Vec<String>> {

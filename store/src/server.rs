@@ -9,7 +9,6 @@
 //! without a server; `store/tests/vector_store.rs` runs the shared store
 //! suite against a real server when `RAG_QDRANT_URL` is set.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,7 +30,7 @@ use rag_core::{
 };
 use serde_json::json;
 
-use crate::edge::{DENSE, INDEXED_FIELDS, PREFETCH_FACTOR, SPARSE, bm25, point_uuid};
+use crate::edge::{DENSE, INDEXED_FIELDS, PREFETCH_FACTOR, SPARSE, bm25, in_order, point_uuid};
 
 /// Where the collection lives and how it is laid out across the cluster.
 #[derive(Clone, PartialEq)]
@@ -365,12 +364,11 @@ impl VectorStore for QdrantServerStore {
             )
             .await
             .map_err(server_error)?;
-        let mut found: HashMap<String, Vec<f32>> = response
+        let found = response
             .result
             .into_iter()
-            .filter_map(|r| Some((chunk_id_of(r.id.as_ref())?, dense_of(r.vectors.as_ref())?)))
-            .collect();
-        Ok(chunk_ids.iter().map(|c| found.remove(c)).collect())
+            .filter_map(|r| Some((chunk_id_of(r.id.as_ref())?, dense_of(r.vectors.as_ref())?)));
+        Ok(in_order(chunk_ids, found))
     }
 
     async fn chunk_ids(&self) -> Result<Vec<String>> {
