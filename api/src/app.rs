@@ -187,8 +187,11 @@ impl App {
                             .map_err(|e| Error::unavailable(format!("{e:#}")))?;
                         let device = rag_generator::device(&cfg.device)
                             .map_err(|e| Error::unavailable(format!("{e:#}")))?;
+                        let max_batch = cfg.max_batch;
                         tokio::task::spawn_blocking(move || {
-                            CandleGenerator::load_on(&path, &device)
+                            let generator = CandleGenerator::load_on(&path, &device)?;
+                            generator.set_max_batch(max_batch);
+                            anyhow::Ok(generator)
                         })
                         .await
                         .map_err(|e| Error::internal(e.to_string()))?

@@ -82,6 +82,39 @@ pub async fn generate(
     Ok(())
 }
 
+/// `clients` requests at once, decoded together (the model's batch limit
+/// set to `clients`) and then one at a time, with the ratio of their
+/// aggregate tokens/s.
+pub async fn concurrent(
+    generator: &CandleGenerator,
+    prompt_tokens: usize,
+    max_tokens: usize,
+    clients: usize,
+) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for max_batch in [clients, 1] {
+        let run = rag_generator::bench::concurrent(
+            generator,
+            prompt_tokens,
+            max_tokens,
+            clients,
+            max_batch,
+        )
+        .await?;
+        println!("{}", serde_json::to_string(&run)?);
+        runs.push(run);
+    }
+    println!(
+        "{}",
+        json!({
+            "compare": format!("{clients} requests decoded together vs one at a time"),
+            "throughput_ratio": runs[0].tokens_per_s / runs[1].tokens_per_s,
+            "mean_latency_ratio": runs[1].mean_latency_s / runs[0].mean_latency_s,
+        })
+    );
+    Ok(())
+}
+
 /// Ingest throughput on a corpus, three ways in one run: the embedder alone
 /// on the corpus's chunks, the whole pipeline (read, chunk, embed, BM25,
 /// upsert, commit) into a scratch store, and, with `peer`, Python ONNX

@@ -242,6 +242,10 @@ pub struct GeneratorSettings {
     /// Questions being answered or waiting for the model; more are refused
     /// with 429 and `Retry-After`.
     pub queue_depth: usize,
+    /// candle (llama and qwen2 models): questions whose answers are
+    /// decoded together, one token of each per pass over the weights; the
+    /// others wait their turn in the queue. 1 answers one at a time.
+    pub max_batch: usize,
     pub max_tokens: usize,
     pub temperature: f64,
     pub seed: u64,
@@ -267,6 +271,7 @@ impl Default for GeneratorSettings {
             timeout_s: 120,
             max_retries: 3,
             queue_depth: 16,
+            max_batch: rag_generator::DEFAULT_MAX_BATCH,
             max_tokens: 200,
             temperature: 0.0,
             seed: 42,

@@ -267,6 +267,10 @@ enum BenchCommand {
         /// installs it; `PYTHON` names its python) and print the ratios.
         #[arg(long)]
         peer: bool,
+        /// Also send this many requests at once, decoded together and then
+        /// one at a time, and print the aggregate tokens/s of both.
+        #[arg(long, default_value_t = 0)]
+        concurrent: usize,
     },
 }
 
@@ -715,6 +719,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     runs,
                     device,
                     peer,
+                    concurrent,
                 },
         } => {
             let mut settings = settings;
@@ -730,6 +735,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await??;
             bench::generate(&generator, &path, prompt_tokens, max_tokens, runs, peer).await?;
+            if concurrent > 0 {
+                bench::concurrent(&generator, prompt_tokens, max_tokens, concurrent).await?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -6,46 +7,30 @@ use async_trait::async_trait;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::{quantized_gemma3, quantized_llama, quantized_qwen2, qwen2};
-use rag_core::{
-    ChatMessage, Error, FinishReason, Generation, GenerationRequest, Generator, Result, TextSink,
-};
+use candle_transformers::models::{quantized_gemma3, qwen2};
+use rag_core::{ChatMessage, Error, Generation, GenerationRequest, Generator, Result, TextSink};
 use tokenizers::Tokenizer;
 
+use crate::batched::Decoder;
+use crate::engine::{self, BatchStats, Job, Sequence, Vocab};
 use crate::tokenizer_from_gguf;
 
-/// How many recent tokens the repetition penalty looks at.
-const REPEAT_LAST_N: usize = 64;
+/// Sequences decoded together at most, unless set otherwise
+/// ([`CandleGenerator::set_max_batch`]).
+pub const DEFAULT_MAX_BATCH: usize = 8;
 
-enum Model {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(quantized_qwen2::ModelWeights),
-    Gemma3(quantized_gemma3::ModelWeights),
-    /// Unquantized weights (safetensors), bf16 on CUDA.
-    Qwen2Full(qwen2::ModelForCausalLM),
-}
-
-impl Model {
-    /// Logits of the last position, `(batch, vocab)`, in f32.
-    fn forward(&mut self, input: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        match self {
-            Model::Llama(m) => m.forward(input, pos),
-            Model::Qwen2(m) => m.forward(input, pos),
-            Model::Gemma3(m) => m.forward(input, pos),
-            Model::Qwen2Full(m) => m.forward(input, pos)?.squeeze(1)?.to_dtype(DType::F32),
-        }
-    }
-
-    fn clear_kv_cache(&mut self) {
-        match self {
-            Model::Llama(m) => m.clear_kv_cache(),
-            Model::Qwen2(m) => m.clear_kv_cache(),
-            // Its cache starts over whenever a forward pass starts at 0.
-            Model::Gemma3(_) => {}
-            Model::Qwen2Full(m) => m.clear_kv_cache(),
-        }
-    }
+/// How a loaded model runs requests.
+enum Backend {
+    /// llama and qwen2: an engine thread decodes concurrent requests
+    /// together (see `engine.rs`).
+    Batched {
+        jobs: std::sync::mpsc::Sender<Job>,
+        max_batch: Arc<AtomicUsize>,
+        stats: Arc<BatchStats>,
+    },
+    /// gemma3 (candle's model, whose cache holds one sequence): one
+    /// request at a time, in turn on the lock.
+    Single(Box<Mutex<quantized_gemma3::ModelWeights>>),
 }
 
 /// The device named `cpu` or `cuda` (GPU 0).
@@ -89,10 +74,12 @@ fn qwen2_config(raw: &serde_json::Value) -> anyhow::Result<qwen2::Config> {
     Ok(serde_json::from_value(cfg)?)
 }
 
-/// A quantized GGUF model run in-process by candle.
+/// A model run in-process by candle: a quantized GGUF file, or safetensors
+/// weights.
 ///
-/// One generation at a time per loaded model: requests queue on its lock.
-/// Cloning is cheap and shares the model.
+/// Concurrent requests to a llama or qwen2 model are decoded together, up
+/// to the batch limit; gemma3 answers one at a time. Cloning is cheap and
+/// shares the model.
 #[derive(Clone)]
 pub struct CandleGenerator {
     shared: Arc<Shared>,
@@ -101,14 +88,66 @@ pub struct CandleGenerator {
 }
 
 struct Shared {
-    model: Mutex<Model>,
+    backend: Backend,
+    vocab: Arc<Vocab>,
+    bos_token: String,
+    eos_token: String,
+    device: Device,
+    context_window: usize,
+    model_id: String,
+}
+
+enum Weights {
+    Batched(Decoder),
+    Single(quantized_gemma3::ModelWeights),
+}
+
+/// What a loader found, before the backend starts.
+struct Loaded {
     tokenizer: Tokenizer,
+    template: String,
     bos_token: String,
     eos_token: String,
     stop_ids: Vec<u32>,
     device: Device,
     context_window: usize,
     model_id: String,
+}
+
+impl Loaded {
+    /// The generator over `model`: a batched decoder gets its engine
+    /// thread.
+    fn start(self, model: Weights) -> anyhow::Result<CandleGenerator> {
+        let vocab = Arc::new(Vocab {
+            tokenizer: self.tokenizer,
+            stop_ids: self.stop_ids,
+        });
+        let backend = match model {
+            Weights::Batched(decoder) => {
+                let max_batch = Arc::new(AtomicUsize::new(DEFAULT_MAX_BATCH));
+                let stats = Arc::new(BatchStats::default());
+                let jobs = engine::start(decoder, vocab.clone(), max_batch.clone(), stats.clone())?;
+                Backend::Batched {
+                    jobs,
+                    max_batch,
+                    stats,
+                }
+            }
+            Weights::Single(model) => Backend::Single(Box::new(Mutex::new(model))),
+        };
+        Ok(CandleGenerator {
+            shared: Arc::new(Shared {
+                backend,
+                vocab,
+                bos_token: self.bos_token,
+                eos_token: self.eos_token,
+                device: self.device,
+                context_window: self.context_window,
+                model_id: self.model_id,
+            }),
+            template: self.template.into(),
+        })
+    }
 }
 
 fn metadata_string(content: &gguf_file::Content, key: &str) -> Option<String> {
@@ -192,13 +231,11 @@ impl CandleGenerator {
             }
         }
         let model = match arch.as_str() {
-            "llama" => Model::Llama(quantized_llama::ModelWeights::from_gguf(
-                content, &mut file, &device,
-            )?),
-            "qwen2" => Model::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
-                content, &mut file, &device,
-            )?),
-            "gemma3" => Model::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
+            "llama" | "qwen2" => Weights::Batched(
+                Decoder::from_gguf(&content, &mut file, &device)
+                    .with_context(|| format!("loading {}", path.display()))?,
+            ),
+            "gemma3" => Weights::Single(quantized_gemma3::ModelWeights::from_gguf(
                 content, &mut file, &device,
             )?),
             other => anyhow::bail!(
@@ -210,19 +247,17 @@ impl CandleGenerator {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(Self {
-            shared: Arc::new(Shared {
-                model: Mutex::new(model),
-                tokenizer,
-                bos_token,
-                eos_token,
-                stop_ids,
-                device,
-                context_window,
-                model_id,
-            }),
-            template: template.into(),
-        })
+        Loaded {
+            tokenizer,
+            template,
+            bos_token,
+            eos_token,
+            stop_ids,
+            device,
+            context_window,
+            model_id,
+        }
+        .start(model)
     }
 
     fn load_safetensors(dir: &Path, device: &Device) -> anyhow::Result<Self> {
@@ -260,7 +295,7 @@ impl CandleGenerator {
         );
         // SAFETY: the files are mapped read-only and not changed while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device)? };
-        let model = Model::Qwen2Full(qwen2::ModelForCausalLM::new(&config, vb)?);
+        let model = Weights::Batched(Decoder::from_qwen2(&config, vb)?);
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| anyhow::anyhow!("{}/tokenizer.json: {e}", dir.display()))?;
         let tokenizer_config = read_json("tokenizer_config.json").unwrap_or_default();
@@ -279,22 +314,20 @@ impl CandleGenerator {
         for end in ["<|im_end|>", "<|endoftext|>"] {
             stop_ids.extend(tokenizer.token_to_id(end));
         }
-        Ok(Self {
-            shared: Arc::new(Shared {
-                model: Mutex::new(model),
-                tokenizer,
-                bos_token,
-                eos_token,
-                stop_ids,
-                device: device.clone(),
-                context_window: config.max_position_embeddings,
-                model_id: dir
-                    .file_name()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            }),
-            template: template.into(),
-        })
+        Loaded {
+            tokenizer,
+            template,
+            bos_token,
+            eos_token,
+            stop_ids,
+            device: device.clone(),
+            context_window: config.max_position_embeddings,
+            model_id: dir
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+        .start(model)
     }
 
     /// The same model with another chat template (Jinja, as in a
@@ -351,127 +384,87 @@ impl CandleGenerator {
     /// tokens spelled in the text become control tokens).
     pub fn encode(&self, text: &str) -> Vec<u32> {
         self.shared
+            .vocab
             .tokenizer
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .unwrap_or_default()
     }
 
-    /// Generates on the calling thread, sending text to `sink` as it is
-    /// decoded. Text that could be the start of a stop sequence, or an
-    /// incomplete UTF-8 character, is held back until it is settled. When
-    /// `sink` returns false (nobody listens any more) generation stops.
-    fn run(
-        &self,
-        request: &GenerationRequest,
-        sink: &mut dyn FnMut(&str) -> bool,
-    ) -> anyhow::Result<Generation> {
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.shared
+            .vocab
+            .tokenizer
+            .decode(ids, true)
+            .unwrap_or_default()
+    }
+
+    /// Sets how many requests are decoded together at most (1: one at a
+    /// time), for every clone of this model. Models that cannot batch
+    /// (gemma3) ignore it.
+    pub fn set_max_batch(&self, rows: usize) {
+        if let Backend::Batched { max_batch, .. } = &self.shared.backend {
+            max_batch.store(rows.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// How the model batched its decoding steps so far; `None` for models
+    /// that cannot batch.
+    pub fn batch_stats(&self) -> Option<&BatchStats> {
+        match &self.shared.backend {
+            Backend::Batched { stats, .. } => Some(stats),
+            Backend::Single(_) => None,
+        }
+    }
+
+    /// The prompt's token ids, checked against the context window.
+    fn prompt_ids(&self, request: &GenerationRequest) -> anyhow::Result<Vec<u32>> {
         let prompt = self.render(&request.messages)?;
-        let prompt_ids = self
+        let ids = self
             .shared
+            .vocab
             .tokenizer
             .encode(prompt.as_str(), false)
             .map_err(anyhow::Error::msg)?
             .get_ids()
             .to_vec();
         anyhow::ensure!(
-            prompt_ids.len() + request.max_tokens <= self.shared.context_window,
+            ids.len() + request.max_tokens <= self.shared.context_window,
             "the prompt ({} tokens) plus the answer ({} tokens) exceeds the model's context of {} tokens",
-            prompt_ids.len(),
+            ids.len(),
             request.max_tokens,
             self.shared.context_window
         );
-        let sampling = if request.temperature <= 0.0 {
-            Sampling::ArgMax
-        } else {
-            match request.top_p {
-                Some(p) => Sampling::TopP {
-                    p,
-                    temperature: request.temperature,
-                },
-                None => Sampling::All {
-                    temperature: request.temperature,
-                },
-            }
-        };
-        let mut sampler = LogitsProcessor::from_sampling(request.seed, sampling);
-        let mut model = self.shared.model.lock().unwrap_or_else(|p| p.into_inner());
-        model.clear_kv_cache();
+        Ok(ids)
+    }
 
-        let mut tokens = prompt_ids.clone();
-        let mut generated: Vec<u32> = Vec::new();
-        let mut text = String::new();
-        let mut finish = FinishReason::Length;
-        let mut input = Tensor::new(prompt_ids.as_slice(), &self.shared.device)?.unsqueeze(0)?;
+    /// Generates with a model that cannot batch, on the calling thread,
+    /// holding its lock.
+    fn run_single(
+        &self,
+        model: &Mutex<quantized_gemma3::ModelWeights>,
+        request: GenerationRequest,
+        prompt_ids: Vec<u32>,
+        sink: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<Generation> {
+        let mut model = model.lock().unwrap_or_else(|p| p.into_inner());
+        let device = &self.shared.device;
+        let mut input = Tensor::new(prompt_ids.as_slice(), device)?.unsqueeze(0)?;
+        let mut seq = Sequence::new(request, prompt_ids);
         let mut pos = 0;
-        let hold_back = request
-            .stop
-            .iter()
-            .map(|s| s.len())
-            .max()
-            .unwrap_or(0)
-            .saturating_sub(1);
-        let mut sent = 0;
-        while generated.len() < request.max_tokens {
-            let logits = model.forward(&input, pos)?.squeeze(0)?;
-            pos += input.dim(1)?;
-            let logits = if request.repeat_penalty == 1.0 {
-                logits
-            } else {
-                let start = tokens.len().saturating_sub(REPEAT_LAST_N);
-                candle_transformers::utils::apply_repeat_penalty(
-                    &logits,
-                    request.repeat_penalty,
-                    &tokens[start..],
-                )?
-            };
-            let next = sampler.sample(&logits)?;
-            if !request.ignore_eos && self.shared.stop_ids.contains(&next) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            tokens.push(next);
-            generated.push(next);
-            text = self
-                .shared
-                .tokenizer
-                .decode(&generated, true)
-                .map_err(anyhow::Error::msg)?;
-            if let Some(cut) = request
-                .stop
-                .iter()
-                .filter_map(|s| text.find(s.as_str()))
-                .min()
-            {
-                text.truncate(cut);
-                finish = FinishReason::Stop;
-                break;
-            }
-            let mut end = text.len().saturating_sub(hold_back);
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            if text[..end].ends_with(char::REPLACEMENT_CHARACTER) {
-                end -= char::REPLACEMENT_CHARACTER.len_utf8();
-            }
-            if end > sent && text.is_char_boundary(sent) {
-                let listening = sink(&text[sent..end]);
-                sent = end;
-                if !listening {
-                    break;
+        if !seq.is_empty() {
+            loop {
+                // Its cache starts over when a pass starts at position 0.
+                let logits = model.forward(&input, pos)?.squeeze(0)?;
+                pos += input.dim(1)?;
+                match seq.step(&logits, &self.shared.vocab, sink)? {
+                    Some(next) => input = Tensor::new(&[next], device)?.unsqueeze(0)?,
+                    None => break,
                 }
             }
-            input = Tensor::new(&[next], &self.shared.device)?.unsqueeze(0)?;
         }
-        if text.len() > sent && text.is_char_boundary(sent) {
-            sink(&text[sent..]);
-        }
-        Ok(Generation {
-            text: text.trim().to_string(),
-            prompt_tokens: prompt_ids.len(),
-            completion_tokens: generated.len(),
-            finish_reason: finish,
-        })
+        Ok(seq.finish(sink))
     }
 }
 
@@ -492,23 +485,52 @@ impl Generator for CandleGenerator {
         Ok(self.count_tokens(&prompt))
     }
 
+    /// Text goes to `sink` as it is decoded. Text that could be the start
+    /// of a stop sequence, or an incomplete UTF-8 character, is held back
+    /// until it is settled. When the caller stops listening (drops this
+    /// future), generation stops.
     async fn generate_stream(
         &self,
         request: GenerationRequest,
         sink: TextSink<'_>,
     ) -> Result<Generation> {
-        let this = self.clone();
+        let failed = |e: anyhow::Error| Error::internal(format!("generation failed: {e:#}"));
+        let prompt_ids = self.prompt_ids(&request).map_err(failed)?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let worker = tokio::task::spawn_blocking(move || {
-            // The receiver goes away when the caller stopped listening.
-            this.run(&request, &mut |piece| tx.send(piece.to_string()).is_ok())
-        });
-        while let Some(piece) = rx.recv().await {
-            sink(&piece);
-        }
-        worker
-            .await
-            .map_err(|e| Error::internal(e.to_string()))?
-            .map_err(|e| Error::internal(format!("generation failed: {e:#}")))
+        let outcome = match &self.shared.backend {
+            Backend::Batched { jobs, .. } => {
+                let (done, result) = tokio::sync::oneshot::channel();
+                jobs.send(Job {
+                    request,
+                    prompt_ids,
+                    pieces: tx,
+                    done,
+                })
+                .map_err(|_| Error::internal("the generator's engine has stopped"))?;
+                while let Some(piece) = rx.recv().await {
+                    sink(&piece);
+                }
+                result
+                    .await
+                    .map_err(|_| Error::internal("the generator's engine has stopped"))?
+            }
+            Backend::Single(_) => {
+                let this = self.clone();
+                let worker = tokio::task::spawn_blocking(move || {
+                    let Backend::Single(model) = &this.shared.backend else {
+                        unreachable!("matched above")
+                    };
+                    // The receiver goes away when the caller stopped listening.
+                    this.run_single(model, request, prompt_ids, &mut |piece| {
+                        tx.send(piece.to_string()).is_ok()
+                    })
+                });
+                while let Some(piece) = rx.recv().await {
+                    sink(&piece);
+                }
+                worker.await.map_err(|e| Error::internal(e.to_string()))?
+            }
+        };
+        outcome.map_err(failed)
     }
 }

@@ -171,8 +171,17 @@ async fn safetensors_qwen2_folder_loads_and_generates() {
     let dev = Device::Cpu;
     let head = hidden / heads;
     let mut tensors = std::collections::HashMap::new();
+    // Fixed weights (a sine of the index, a different phase per tensor),
+    // so the comparison below is the same on every run.
     let mut add = |name: String, shape: &[usize]| {
-        let t = (Tensor::randn(0f32, 0.5, shape, &dev).unwrap()).to_dtype(DType::F32);
+        let n: usize = shape.iter().product();
+        let phase = tensors.len() as f64 * 0.37;
+        let t = Tensor::arange(0u32, n as u32, &dev)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.affine(0.913, phase))
+            .and_then(|t| t.sin())
+            .and_then(|t| t.affine(0.5, 0.0))
+            .and_then(|t| t.reshape(shape));
         tensors.insert(name, t.unwrap());
     };
     add("model.embed_tokens.weight".into(), &[vocab, hidden]);
@@ -207,8 +216,65 @@ async fn safetensors_qwen2_folder_loads_and_generates() {
     };
     let a = generator.generate(request.clone()).await.unwrap();
     assert_eq!(a.completion_tokens, 12, "ignore_eos runs to max_tokens");
-    let b = generator.generate(request).await.unwrap();
+    let b = generator.generate(request.clone()).await.unwrap();
     assert_eq!(a, b, "greedy is reproducible");
+    // candle's own qwen2 model on the same weights picks the same tokens.
+    let prompt = generator.encode(&generator.render(&request.messages).unwrap());
+    let expected = {
+        use candle_transformers::models::qwen2;
+        let raw: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(folder.join("config.json")).unwrap())
+                .unwrap();
+        let mut cfg = raw.clone();
+        for (k, v) in [
+            ("sliding_window", serde_json::json!(512)),
+            ("max_window_layers", serde_json::json!(layers)),
+            ("use_sliding_window", serde_json::json!(false)),
+            ("hidden_act", serde_json::json!("silu")),
+            ("rms_norm_eps", serde_json::json!(1e-6)),
+            ("rope_theta", serde_json::json!(10000.0)),
+        ] {
+            cfg[k] = v;
+        }
+        let cfg: qwen2::Config = serde_json::from_value(cfg).unwrap();
+        let vb = unsafe {
+            candle_nn::VarBuilder::from_mmaped_safetensors(
+                &[folder.join("model.safetensors")],
+                DType::F32,
+                &dev,
+            )
+            .unwrap()
+        };
+        let mut m = qwen2::ModelForCausalLM::new(&cfg, vb).unwrap();
+        let mut input = Tensor::new(prompt.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let (mut pos, mut out) = (0, Vec::new());
+        for _ in 0..12 {
+            let logits = m
+                .forward(&input, pos)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
+            pos += input.dim(1).unwrap();
+            let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+            out.push(next);
+            input = Tensor::new(&[next], &dev).unwrap().unsqueeze(0).unwrap();
+        }
+        out
+    };
+    let plain = generator
+        .generate(GenerationRequest {
+            repeat_penalty: 1.0,
+            ..request.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(plain.text, generator.decode(&expected).trim());
+
     let runs = rag_generator::bench::generate(&generator, 64, 8, 1)
         .await
         .unwrap();
@@ -273,4 +339,168 @@ async fn gemma3_family_gemma3_270m() {
         .await
         .unwrap();
     assert!(!answer.text.is_empty() && answer.completion_tokens <= 12);
+}
+
+/// Greedy continuation of `prompt` by candle-transformers' own model of the
+/// file's family: the reference the batched decoder is held to.
+fn candle_reference(path: &std::path::Path, prompt: &[u32], tokens: usize) -> Vec<u32> {
+    use candle_core::{Device, Tensor};
+    use candle_transformers::models::{quantized_llama, quantized_qwen2};
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let arch = content.metadata["general.architecture"]
+        .to_string()
+        .unwrap()
+        .clone();
+    let dev = Device::Cpu;
+    type Forward = Box<dyn FnMut(&Tensor, usize) -> Tensor>;
+    let mut forward: Forward = match arch.as_str() {
+        "llama" => {
+            let mut m = quantized_llama::ModelWeights::from_gguf(content, &mut file, &dev).unwrap();
+            Box::new(move |x, pos| m.forward(x, pos).unwrap())
+        }
+        "qwen2" => {
+            let mut m = quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &dev).unwrap();
+            Box::new(move |x, pos| m.forward(x, pos).unwrap())
+        }
+        other => panic!("no reference for {other}"),
+    };
+    let mut out = Vec::new();
+    let mut input = Tensor::new(prompt, &dev).unwrap().unsqueeze(0).unwrap();
+    let mut pos = 0;
+    for _ in 0..tokens {
+        let logits = forward(&input, pos).squeeze(0).unwrap();
+        pos += input.dim(1).unwrap();
+        let next = logits.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        out.push(next);
+        input = Tensor::new(&[next], &dev).unwrap().unsqueeze(0).unwrap();
+    }
+    out
+}
+
+/// The batched decoder computes what candle's own llama and qwen2 models
+/// compute: the same greedy tokens for a grounded prompt.
+#[tokio::test]
+async fn batched_decoder_matches_candle_models() {
+    for rel in [
+        "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "Qwen2.5-Coder-0.5B-Instruct/Qwen2.5-Coder-0.5B-Instruct.gguf",
+    ] {
+        let path = model(rel);
+        let generator = CandleGenerator::load(&path).unwrap();
+        let messages = grounding::build_messages(
+            "How many vacation days do employees get?",
+            &[
+                "[1] (Vacation)\nEvery employee has 28 days of paid annual leave per year, \
+               and unused days carry over until March."
+                    .to_string(),
+            ],
+        );
+        let prompt = generator.encode(&generator.render(&messages).unwrap());
+        let expected = candle_reference(&path, &prompt, 30);
+        let ours = generator
+            .generate(GenerationRequest {
+                ignore_eos: true,
+                repeat_penalty: 1.0,
+                ..GenerationRequest::greedy(messages, 30)
+            })
+            .await
+            .unwrap();
+        assert_eq!(ours.completion_tokens, 30);
+        assert_eq!(ours.text, generator.decode(&expected).trim(), "{rel}");
+    }
+}
+
+/// Concurrent requests share decoding steps, give exactly the answers they
+/// give one at a time, leave the batch when they end (different lengths,
+/// a stop sequence), and one whose caller goes away does not disturb the
+/// others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_decoded_together() {
+    use futures_util::future::join_all;
+    let generator = CandleGenerator::load(&model(
+        "Qwen2.5-Coder-0.5B-Instruct/Qwen2.5-Coder-0.5B-Instruct.gguf",
+    ))
+    .unwrap();
+    // Prompts of different lengths, so rows are padded and masked.
+    let cases = [
+        (
+            "How many vacation days do employees get?",
+            "Every employee has 28 days of paid annual leave per year.",
+            24,
+            None,
+        ),
+        (
+            "Who approves travel?",
+            "Trips are approved by the team lead before booking. The travel desk books flights and hotels in the travel tool, and receipts go to finance within 30 days of the trip.",
+            12,
+            None,
+        ),
+        (
+            "What is the per diem in Berlin?",
+            "The per diem is 42 euros in Berlin and 36 euros elsewhere in Germany.",
+            30,
+            Some("."),
+        ),
+        (
+            "When is payday?",
+            "Salaries are paid on the 25th of each month, or the working day before it when the 25th falls on a weekend or a public holiday.",
+            18,
+            None,
+        ),
+    ];
+    let requests: Vec<GenerationRequest> = cases
+        .iter()
+        .map(|(q, passage, max, stop)| GenerationRequest {
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+            repeat_penalty: 1.0,
+            ..GenerationRequest::greedy(
+                grounding::build_messages(q, &[format!("[1] (Handbook)\n{passage}")]),
+                *max,
+            )
+        })
+        .collect();
+    generator.set_max_batch(1);
+    let mut alone = Vec::new();
+    for r in &requests {
+        alone.push(generator.generate(r.clone()).await.unwrap());
+    }
+    let stats = generator.batch_stats().expect("qwen2 batches");
+    let (steps_before, tokens_before, widest_before) = stats.snapshot();
+    assert_eq!(widest_before, 1, "one at a time");
+
+    generator.set_max_batch(8);
+    // A fifth request whose caller gives up after 300 ms.
+    let abandoned = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        generator.generate(GenerationRequest {
+            ignore_eos: true,
+            ..requests[0].clone()
+        }),
+    );
+    let (together, gone) = tokio::join!(
+        join_all(requests.iter().map(|r| generator.generate(r.clone()))),
+        abandoned
+    );
+    assert!(gone.is_err(), "the abandoned request was still running");
+    let together: Vec<_> = together.into_iter().map(Result::unwrap).collect();
+    assert_eq!(together, alone);
+    assert_eq!(
+        alone[2].finish_reason,
+        rag_core::FinishReason::Stop,
+        "{:?}",
+        alone[2]
+    );
+    let (steps, tokens, widest) = stats.snapshot();
+    let (steps, tokens) = (steps - steps_before, tokens - tokens_before);
+    assert!(widest >= 3, "widest batch {widest}");
+    assert!(
+        tokens as f64 > 1.5 * steps as f64,
+        "{tokens} tokens in {steps} steps: the requests were not decoded together"
+    );
+    // The engine is idle and in order afterwards.
+    assert_eq!(
+        generator.generate(requests[1].clone()).await.unwrap(),
+        alone[1]
+    );
 }
