@@ -1601,10 +1601,36 @@ fn api_keys_roles_and_groups() {
         "",
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["documents"],
-        serde_json::json!([])
-    );
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["documents"], serde_json::json!([]));
+    assert_eq!(page["total"], 0, "the total counts only what the key sees");
+    // Paging over everything: the reader's total is the admin's less the
+    // hr document, and its pages hold exactly that many.
+    let listing = |key: &str, offset: usize| -> Value {
+        let (status, _, body) = http_with(
+            &addr,
+            "GET",
+            &format!("/v1/documents?limit=7&offset={offset}"),
+            &[("Authorization", &bearer(key))],
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let all = listing(&admin, 0)["total"].as_u64().unwrap();
+    let mine = listing(&reader, 0)["total"].as_u64().unwrap();
+    assert_eq!(mine + 1, all);
+    let mut paged = 0;
+    while paged < mine as usize + 7 {
+        let page = listing(&reader, paged);
+        let docs = page["documents"].as_array().unwrap().clone();
+        assert!(docs.iter().all(|d| d["collection"] != "hr"), "{docs:?}");
+        if docs.is_empty() {
+            break;
+        }
+        paged += docs.len();
+    }
+    assert_eq!(paged as u64, mine);
 
     // Roles: a reader cannot upload or delete; an uploader can, into its groups.
     let upload = |key: &str, groups: Option<&str>| {
@@ -1634,6 +1660,31 @@ fn api_keys_roles_and_groups() {
     assert_eq!(status, 403, "{response}");
     let (status, response) = upload(&uploader, None);
     assert_eq!(status, 202, "{response}");
+    // Jobs: a key sees the jobs of its groups, and another group's job is
+    // answered like a missing one.
+    let job_of = |response: &str| -> String {
+        let body = response.split("\r\n\r\n").nth(1).unwrap();
+        let v: Value = serde_json::from_str(body).unwrap();
+        v["job_id"].as_str().unwrap().to_string()
+    };
+    let everyone_job = job_of(&response);
+    let (status, response) = upload(&admin, Some("hr"));
+    assert_eq!(status, 202, "{response}");
+    let hr_job = job_of(&response);
+    let job_status = |key: &str, id: &str| {
+        http_with(
+            &addr,
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            &[("Authorization", &bearer(key))],
+            "",
+        )
+    };
+    assert_eq!(job_status(&reader, &everyone_job).0, 200);
+    let (status, _, body) = job_status(&reader, &hr_job);
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.contains("note.md"), "{body}");
+    assert_eq!(job_status(&admin, &hr_job).0, 200);
 
     // Revoked: refused at once.
     drop(server);

@@ -47,6 +47,9 @@ pub struct Job {
     pub id: String,
     pub state: JobState,
     pub collection: String,
+    /// The access groups its documents get; a restricted key sees the job
+    /// only when it shares one of them.
+    pub groups: Vec<String>,
     pub files: Vec<String>,
     /// Documents processed so far.
     pub done: usize,
@@ -116,6 +119,7 @@ impl Jobs {
             id: id.clone(),
             state: JobState::Queued,
             collection: options.collection.clone(),
+            groups: options.groups.clone(),
             files: inputs.iter().map(|i| i.source().to_string()).collect(),
             done: 0,
             attempts: 0,

@@ -90,9 +90,15 @@ impl Caller {
 
     /// Whether the caller may see this document.
     pub fn sees(&self, doc: &DocumentRecord) -> bool {
+        self.sees_groups(&doc.groups)
+    }
+
+    /// Whether something shared with `groups` is visible to this caller:
+    /// always for an unrestricted one, else when a group is in common.
+    pub fn sees_groups(&self, groups: &[String]) -> bool {
         match &self.groups {
             None => true,
-            Some(mine) => doc.groups.iter().any(|g| mine.contains(g)),
+            Some(mine) => groups.iter().any(|g| mine.contains(g)),
         }
     }
 }

@@ -413,11 +413,15 @@ pub(crate) async fn upload(
     responses((status = 200, description = "State and per-document outcomes"), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 404, description = "No such thing", body = ErrorBody)))]
 pub(crate) async fn job(
     State(state): State<AppState>,
+    Extension(caller): Extension<Arc<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    // Another group's job is answered like a missing one: its file names
+    // are not the caller's to see, nor is its existence.
     let job = state
         .jobs
         .get(&id)
+        .filter(|job| caller.sees_groups(&job.groups))
         .ok_or_else(|| rejection(StatusCode::NOT_FOUND, format!("no job {id}")))?;
     Ok(Json(job).into_response())
 }
@@ -451,14 +455,29 @@ pub(crate) async fn list_documents(
             format!("limit must be between 1 and {MAX_PAGE}, got {limit}"),
         ));
     }
-    let (documents, total) = state
-        .app
-        .docs
-        .documents_page(q.collection.as_deref(), q.offset, limit)
-        .await?;
-    // A restricted key sees its groups' documents; `total` counts them all,
-    // so a client pages by `offset` and `limit` as usual.
-    let documents: Vec<_> = documents.into_iter().filter(|d| caller.sees(d)).collect();
+    let (documents, total) = if caller.groups.is_none() {
+        state
+            .app
+            .docs
+            .documents_page(q.collection.as_deref(), q.offset, limit)
+            .await?
+    } else {
+        // A restricted key pages through its groups' documents only, and
+        // `total` counts those. Groups are a list per row, so the filter
+        // runs here rather than in SQL (one statement for SQLite and
+        // Postgres alike); rows are small.
+        let visible: Vec<_> = state
+            .app
+            .docs
+            .documents(q.collection.as_deref())
+            .await?
+            .into_iter()
+            .filter(|d| caller.sees(d))
+            .collect();
+        let total = visible.len();
+        let page = visible.into_iter().skip(q.offset).take(limit).collect();
+        (page, total)
+    };
     Ok(Json(json!({
         "documents": documents, "total": total, "offset": q.offset, "limit": limit,
     }))
