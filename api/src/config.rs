@@ -6,6 +6,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// The top-level keys of a config file: [`Settings`]' fields.
+const SECTIONS: &[&str] = &[
+    "data_dir",
+    "models_dir",
+    "database",
+    "vector_store",
+    "embedder",
+    "generator",
+    "retrieval",
+    "chunking",
+    "ingest",
+    "server",
+];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Settings {
@@ -71,7 +85,7 @@ impl IngestSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// Longest a request may take before it is answered 504; streamed chat
     /// answers are bounded by the generator's own timeouts instead.
@@ -159,14 +173,14 @@ impl VectorStoreSettings {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Database {
     /// `sqlite://...` or `postgres://...`; empty means `DATA_DIR/meta.db`.
     pub url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct EmbedderSettings {
     /// A name from `rag models list`.
     pub model: String,
@@ -217,7 +231,7 @@ impl Default for EmbedderSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct GeneratorSettings {
     /// `candle` (a model in this process) or `openai` (a server: vLLM,
     /// TGI, Ollama's `/v1`, llama.cpp, another `rag serve`).
@@ -292,7 +306,7 @@ pub enum GeneratorBackend {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Retrieval {
     /// Passages retrieved per question.
     pub k: usize,
@@ -357,6 +371,20 @@ impl Settings {
                 "config file {} does not exist",
                 file.display()
             );
+            // Sections refuse unknown keys themselves; the top level cannot
+            // (every RAG_* variable of the environment lands there), so a
+            // misspelt section in the file is caught here.
+            let top: std::collections::HashMap<String, config::Value> = config::Config::builder()
+                .add_source(config::File::from(file))
+                .build()?
+                .try_deserialize()?;
+            if let Some(unknown) = top.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
+                anyhow::bail!(
+                    "{}: unknown setting `{unknown}`; known: {}",
+                    file.display(),
+                    SECTIONS.join(", ")
+                );
+            }
             builder = builder.add_source(config::File::from(file));
         }
         builder = builder.add_source(
@@ -416,5 +444,46 @@ mod tests {
         let server = format!("{:?}", settings.vector_store.server().unwrap());
         assert!(!server.contains("qdrant-very-secret"), "{server}");
         assert!(printed.contains("api_key: (set)"), "{printed}");
+    }
+
+    /// The config files the Kubernetes overlays ship load as they are, and
+    /// a misspelt key, in a section or at the top, is refused by name.
+    #[test]
+    fn overlay_configs_load_and_typos_are_refused() {
+        let k8s = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s");
+        let mut loaded = 0;
+        let folders = std::fs::read_dir(k8s.join("overlays"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .chain([k8s.join("base")]);
+        for folder in folders {
+            let file = folder.join("rag.toml");
+            if file.exists() {
+                Settings::load(Some(&file), None)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 4, "{loaded} configs");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rag.toml");
+        for (text, named) in [
+            ("[generator]\nmax_bacth = 4\n", "max_bacth"),
+            ("[generater]\nmax_batch = 4\n", "generater"),
+            ("[retrieval]\nmin_scroe = 0.3\n", "min_scroe"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = format!("{:#}", Settings::load(Some(&file), None).unwrap_err());
+            assert!(err.contains(named), "{text}: {err}");
+        }
+        std::fs::write(&file, "[generator]\nmax_batch = 4\n").unwrap();
+        assert_eq!(
+            Settings::load(Some(&file), None)
+                .unwrap()
+                .generator
+                .max_batch,
+            4
+        );
     }
 }
