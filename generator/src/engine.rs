@@ -193,6 +193,8 @@ impl Sequence {
 /// A request being decoded by the engine.
 struct Active {
     seq: Sequence,
+    /// The token it feeds to the next step.
+    next: u32,
     pieces: tokio::sync::mpsc::UnboundedSender<String>,
     done: tokio::sync::oneshot::Sender<anyhow::Result<Generation>>,
 }
@@ -235,7 +237,6 @@ fn run(
     stats: &BatchStats,
 ) {
     let mut active: Vec<Active> = Vec::new();
-    let mut next: Vec<u32> = Vec::new();
     let mut batch = Batch::default();
     loop {
         // Admit one waiting request; block only when there is nothing to do.
@@ -252,6 +253,7 @@ fn run(
         if let Some(job) = incoming {
             let mut admitted = Active {
                 seq: Sequence::new(job.request, job.prompt_ids),
+                next: 0,
                 pieces: job.pieces,
                 done: job.done,
             };
@@ -271,8 +273,8 @@ fn run(
                 });
             match first {
                 Ok(Some(token)) => {
+                    admitted.next = token;
                     active.push(admitted);
-                    next.push(token);
                 }
                 Ok(None) => admitted.end(Ok(())),
                 Err(e) => admitted.end(Err(e)),
@@ -286,40 +288,35 @@ fn run(
             .tokens
             .fetch_add(active.len() as u64, Ordering::Relaxed);
         stats.widest.fetch_max(active.len(), Ordering::Relaxed);
-        let stepped = decoder
-            .decode(&next, &mut batch)
-            .map_err(anyhow::Error::from);
-        let outcome = stepped.and_then(|logits| {
-            let mut keep = Vec::with_capacity(active.len());
-            let mut ended = Vec::new();
-            for (row, entry) in active.iter_mut().enumerate() {
-                match entry.step(&logits.get(row)?, vocab) {
-                    Ok(Some(token)) => {
-                        next[row] = token;
-                        keep.push(row);
-                    }
-                    Ok(None) => ended.push((row, Ok(()))),
-                    Err(e) => ended.push((row, Err(e))),
+        let tokens: Vec<u32> = active.iter().map(|a| a.next).collect();
+        let outcome = decoder
+            .decode(&tokens, &mut batch)
+            .map_err(anyhow::Error::from)
+            .and_then(|logits| {
+                // Per row: `None` while it goes on, else how it ended.
+                let mut ended: Vec<Option<anyhow::Result<()>>> = Vec::with_capacity(active.len());
+                for (row, entry) in active.iter_mut().enumerate() {
+                    ended.push(match entry.step(&logits.get(row)?, vocab) {
+                        Ok(Some(token)) => {
+                            entry.next = token;
+                            None
+                        }
+                        Ok(None) => Some(Ok(())),
+                        Err(e) => Some(Err(e)),
+                    });
                 }
-            }
-            batch.keep(&keep)?;
-            Ok((keep, ended))
-        });
+                let keep: Vec<usize> = (0..ended.len()).filter(|&r| ended[r].is_none()).collect();
+                batch.keep(&keep)?;
+                Ok(ended)
+            });
         match outcome {
-            Ok((keep, ended)) => {
-                let mut outcomes: Vec<Option<anyhow::Result<()>>> =
-                    (0..active.len()).map(|_| None).collect();
-                for (row, result) in ended {
-                    outcomes[row] = Some(result);
-                }
-                let rows = std::mem::take(&mut active);
-                for (entry, outcome) in rows.into_iter().zip(outcomes) {
+            Ok(ended) => {
+                for (entry, outcome) in std::mem::take(&mut active).into_iter().zip(ended) {
                     match outcome {
                         Some(result) => entry.end(result),
                         None => active.push(entry),
                     }
                 }
-                next = keep.iter().map(|&row| next[row]).collect();
             }
             Err(e) => {
                 // The batch's state is unknown: every request in it fails.
@@ -327,7 +324,6 @@ fn run(
                 for entry in active.drain(..) {
                     entry.end(Err(anyhow::anyhow!("{message}")));
                 }
-                next.clear();
                 batch = Batch::default();
             }
         }
