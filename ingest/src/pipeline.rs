@@ -13,8 +13,14 @@ use crate::load::{extension, unsupported};
 use crate::{Chunker, Limits, LoadedDocument, SUPPORTED_EXTENSIONS};
 
 /// Passages embedded per call, across documents; also the unit of
-/// progress. The embedder sorts them by length into its own batches.
-const EMBED_BATCH: usize = 64;
+/// progress. The embedder sorts them by length into its own batches, so a
+/// wider call pads less, but a document commits only once its chunks are
+/// in. The first call of a run takes `FIRST_EMBED_BATCH` (the first
+/// documents commit soon, and an interrupted run keeps them); each next
+/// call doubles, up to `EMBED_BATCH`. On the handbook (2,284 chunks) 256
+/// per call ingested at 69.5 chunks/s against 64-66 at 64 per call.
+const FIRST_EMBED_BATCH: usize = 64;
+const EMBED_BATCH: usize = 256;
 /// Documents read and chunked ahead of the embedder.
 const PREPARED_QUEUE: usize = 16;
 
@@ -374,10 +380,11 @@ impl Ingestor {
         // Documents with chunks still to embed, in arrival order.
         let mut waiting: VecDeque<Pending> = VecDeque::new();
         let mut open = true;
+        let mut batch_size = FIRST_EMBED_BATCH;
         loop {
             // Take in prepared documents until a batch is full; wait only
             // when there is nothing to embed.
-            while open && waiting.iter().map(Pending::left).sum::<usize>() < EMBED_BATCH {
+            while open && waiting.iter().map(Pending::left).sum::<usize>() < batch_size {
                 let next = if waiting.is_empty() {
                     rx.recv().await
                 } else {
@@ -406,12 +413,13 @@ impl Ingestor {
             let mut batch: Vec<(usize, usize)> = Vec::new(); // (waiting index, chunk index)
             'fill: for (d, p) in waiting.iter().enumerate() {
                 for &c in &p.to_embed[p.embedded..] {
-                    if batch.len() == EMBED_BATCH {
+                    if batch.len() == batch_size {
                         break 'fill;
                     }
                     batch.push((d, c));
                 }
             }
+            batch_size = (batch_size * 2).min(EMBED_BATCH);
             let texts: Vec<String> = batch
                 .iter()
                 .map(|&(d, c)| {
