@@ -22,13 +22,21 @@ if [ -z "${RAG_TEST_POSTGRES_URL:-}" ]; then
         exit 1
     fi
 fi
-# The ingest benchmark's peer (Python ONNX Runtime); its test is skipped
-# without it.
+# The ingest benchmark's peers (Python ONNX Runtime, sentence-transformers);
+# their tests are skipped without them.
 if [ -z "${RAG_BENCH_PYTHON:-}" ]; then
     if python=$(scripts/bench-venv.sh); then
         export RAG_BENCH_PYTHON="$python"
     elif [ -n "${RAG_REQUIRE_PEER:-}" ]; then
         echo "the benchmark peer is required (RAG_REQUIRE_PEER) but its environment could not be made" >&2
+        exit 1
+    fi
+fi
+if [ -z "${RAG_BENCH_ST_PYTHON:-}" ]; then
+    if python=$(scripts/bench-venv.sh sentence-transformers); then
+        export RAG_BENCH_ST_PYTHON="$python"
+    elif [ -n "${RAG_REQUIRE_PEER:-}" ]; then
+        echo "the sentence-transformers peer is required (RAG_REQUIRE_PEER) but its environment could not be made" >&2
         exit 1
     fi
 fi

@@ -1039,30 +1039,44 @@ fn document_endpoints_answer_every_error_with_its_status() {
 }
 
 #[test]
-fn bench_ingest_prints_the_embedder_the_pipeline_and_the_peer_ratio() {
+fn bench_ingest_prints_the_embedder_the_pipeline_and_the_peer_ratios() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = rag(dir.path());
     cmd.args(["bench", "ingest", "--corpus", "fixtures/wiki"]);
-    let peer = with_peer(&mut cmd);
+    // (peer name, engine it reports, its Python)
+    let mut peers = Vec::new();
+    if let Some(python) = peer_python("RAG_BENCH_PYTHON") {
+        cmd.env("PYTHON", python);
+        peers.push(("onnxruntime", "python-onnxruntime"));
+    }
+    if let Some(python) = peer_python("RAG_BENCH_ST_PYTHON") {
+        cmd.env("ST_PYTHON", python);
+        peers.push(("sentence-transformers", "sentence-transformers"));
+    }
+    if !peers.is_empty() {
+        let names: Vec<&str> = peers.iter().map(|p| p.0).collect();
+        cmd.args(["--peer", &names.join(",")]);
+    }
     let out = run_ok(&mut cmd);
     let lines = json_lines(&out);
-    let stage = |name: &str| {
+    let find = |key: &str, value: &str| {
         lines
             .iter()
-            .find(|l| l["stage"] == name)
-            .unwrap_or_else(|| panic!("no {name} line in {out}"))
+            .find(|l| l[key] == value)
+            .unwrap_or_else(|| panic!("no line with {key} {value} in {out}"))
     };
     // Both measure the same 16 chunks of the fixture wiki.
-    assert_eq!(stage("embedder")["chunks"], 16, "{out}");
-    assert_eq!(stage("pipeline")["chunks"], 16, "{out}");
-    assert!(stage("pipeline")["chunks_per_s"].as_f64().unwrap() > 0.0);
-    if peer.is_some() {
-        let ratios = lines.last().unwrap();
+    assert_eq!(find("stage", "embedder")["chunks"], 16, "{out}");
+    assert_eq!(find("stage", "pipeline")["chunks"], 16, "{out}");
+    assert!(find("stage", "pipeline")["chunks_per_s"].as_f64().unwrap() > 0.0);
+    for (_, engine) in peers {
+        // Each peer embedded the same passages (after matching our vectors).
+        assert_eq!(find("engine", engine)["passages"], 16, "{out}");
+        let ratios = find("peer", engine);
         for key in ["ratio_embedder_over_peer", "ratio_pipeline_over_peer"] {
             let r = ratios[key].as_f64().unwrap_or(f64::NAN);
             assert!(r.is_finite() && r > 0.0, "{key}: {out}");
         }
-        assert!(out.contains("python-onnxruntime"), "{out}");
     }
 }
 
@@ -1762,20 +1776,25 @@ fn slow_requests_get_504_and_sigterm_lets_streams_finish() {
 /// Adds `--peer` to a bench command when the peers' Python environment is
 /// there (scripts/bench-venv.sh: onnxruntime, mistralrs); returns it.
 fn with_peer(cmd: &mut Command) -> Option<String> {
-    let peer = std::env::var("RAG_BENCH_PYTHON").ok();
-    match &peer {
-        Some(python) => {
-            cmd.arg("--peer").env("PYTHON", python);
-        }
-        None => {
-            assert!(
-                std::env::var_os("RAG_REQUIRE_PEER").is_none(),
-                "RAG_REQUIRE_PEER is set but RAG_BENCH_PYTHON is not"
-            );
-            eprintln!("peer skipped: RAG_BENCH_PYTHON is not set");
-        }
+    let peer = peer_python("RAG_BENCH_PYTHON");
+    if let Some(python) = &peer {
+        cmd.arg("--peer").env("PYTHON", python);
     }
     peer
+}
+
+/// A benchmark peer's Python from `var` (scripts/bench-venv.sh), or None
+/// (the peer is skipped) unless RAG_REQUIRE_PEER says it must run.
+fn peer_python(var: &str) -> Option<String> {
+    let python = std::env::var(var).ok();
+    if python.is_none() {
+        assert!(
+            std::env::var_os("RAG_REQUIRE_PEER").is_none(),
+            "RAG_REQUIRE_PEER is set but {var} is not (scripts/bench-venv.sh)"
+        );
+        eprintln!("peer skipped: {var} is not set");
+    }
+    python
 }
 
 /// `rag bench load` against a server with room for one answer at a time:

@@ -115,20 +115,19 @@ pub async fn concurrent(
     Ok(())
 }
 
-/// Ingest throughput on a corpus, three ways in one run: the embedder alone
-/// on the corpus's chunks, the whole pipeline (read, chunk, embed, BM25,
-/// upsert, commit) into a scratch store, and, with `peer`, Python ONNX
-/// Runtime on the same graph, passages and thread count
-/// (scripts/bench/embed_peer.py, which first checks that its vectors match
-/// ours).
+/// Ingest throughput on a corpus, in one run: the embedder alone on the
+/// corpus's chunks, the whole pipeline (read, chunk, embed, BM25, upsert,
+/// commit) into a scratch store, and each of `peers` on the same passages
+/// and thread count (each first checks that its vectors match ours).
 pub async fn ingest(
     app: &crate::app::App,
     corpus: &std::path::Path,
     limit: usize,
-    peer: bool,
+    peers: &[EmbedPeer],
 ) -> anyhow::Result<()> {
     let mut files = rag_ingest::collect_files(&[corpus.to_path_buf()])?;
     let chunker = rag_ingest::Chunker::new(app.tokenizer.clone(), app.settings.chunking)?;
+    let started = Instant::now();
     let mut passages = Vec::new();
     let mut used = 0;
     for (path, _) in &files {
@@ -148,6 +147,14 @@ pub async fn ingest(
         !passages.is_empty(),
         "no passages found under {}",
         corpus.display()
+    );
+    // Reading and chunking, one thread: the part of the pipeline's work
+    // that is not embedding or writing.
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"stage": "read_and_chunk", "documents": files.len(), "chunks": passages.len(),
+               "seconds": seconds, "chunks_per_s": passages.len() as f64 / seconds})
     );
     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
     // The peer gets the thread count the embedder was opened with.
@@ -190,14 +197,12 @@ pub async fn ingest(
         json!({"stage": "pipeline", "engine": engine, "documents": report.documents, "chunks": report.chunks,
                "seconds": report.seconds, "chunks_per_s": pipeline, "threads": threads})
     );
-    if !peer {
+    if peers.is_empty() {
         return Ok(());
     }
     // Removed when dropped, on the error paths too.
     let scratch = tempfile::tempdir()?;
     let scratch = scratch.path();
-    let script = scratch.join("embed_peer.py");
-    std::fs::write(&script, crate::models::MINILM_ONNX_SCRIPT)?;
     let passages_file = scratch.join("passages.json");
     let check_file = scratch.join("reference.json");
     std::fs::write(&passages_file, serde_json::to_vec(&passages)?)?;
@@ -206,28 +211,88 @@ pub async fn ingest(
         serde_json::to_vec(&vectors[..vectors.len().min(8)])?,
     )?;
     let spec = crate::models::spec(&app.settings.embedder.model)?;
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(app.settings.models_dir.join(spec.dir))
-        .arg(&passages_file)
-        .args(["--threads", &threads.to_string(), "--check"])
-        .arg(&check_file)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "the peer failed (it needs onnx, onnxruntime, tokenizers, numpy; set PYTHON): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = String::from_utf8(out.stdout)?;
-    let peer: serde_json::Value = serde_json::from_str(line.trim())?;
-    println!("{}", line.trim());
-    let theirs = peer["passages_per_s"].as_f64().unwrap_or(f64::NAN);
-    println!(
-        "{}",
-        json!({"ratio_embedder_over_peer": alone / theirs, "ratio_pipeline_over_peer": pipeline / theirs})
-    );
+    for peer in peers {
+        let script = scratch.join(peer.script_name());
+        std::fs::write(&script, peer.script())?;
+        let python = std::env::var(peer.python_var()).unwrap_or_else(|_| "python3".into());
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(app.settings.models_dir.join(spec.dir))
+            .arg(&passages_file)
+            .args(["--threads", &threads.to_string(), "--check"])
+            .arg(&check_file)
+            .output()
+            .map_err(|e| anyhow::anyhow!("running the {} peer with {python}: {e}", peer.name()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "the {} peer failed (it needs {}; set {} to that Python, scripts/bench-venv.sh makes one): {}",
+            peer.name(),
+            peer.needs(),
+            peer.python_var(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout)?;
+        let line = line.trim().lines().last().unwrap_or_default();
+        let result: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("the {} peer printed {line:?}: {e}", peer.name()))?;
+        println!("{line}");
+        let theirs = result["passages_per_s"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{}",
+            json!({"peer": result["engine"], "ratio_embedder_over_peer": alone / theirs,
+                   "ratio_pipeline_over_peer": pipeline / theirs})
+        );
+    }
     Ok(())
+}
+
+/// A peer of `rag bench ingest`: another program embedding the same
+/// passages with the same weights and thread count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EmbedPeer {
+    /// Python ONNX Runtime on the same ONNX graph.
+    Onnxruntime,
+    /// sentence-transformers on PyTorch, from the same safetensors.
+    SentenceTransformers,
+}
+
+impl EmbedPeer {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Onnxruntime => "onnxruntime",
+            Self::SentenceTransformers => "sentence-transformers",
+        }
+    }
+
+    fn script_name(self) -> &'static str {
+        match self {
+            Self::Onnxruntime => "embed_peer.py",
+            Self::SentenceTransformers => "embed_peer_st.py",
+        }
+    }
+
+    /// Compiled in, so `rag` runs from any folder.
+    fn script(self) -> &'static str {
+        match self {
+            Self::Onnxruntime => crate::models::MINILM_ONNX_SCRIPT,
+            Self::SentenceTransformers => include_str!("../../scripts/bench/embed_peer_st.py"),
+        }
+    }
+
+    /// The environment variable naming the Python to run it with.
+    fn python_var(self) -> &'static str {
+        match self {
+            Self::Onnxruntime => "PYTHON",
+            Self::SentenceTransformers => "ST_PYTHON",
+        }
+    }
+
+    fn needs(self) -> &'static str {
+        match self {
+            Self::Onnxruntime => "onnx, onnxruntime, tokenizers, numpy",
+            Self::SentenceTransformers => "sentence-transformers and torch",
+        }
+    }
 }
 
 /// Latency percentiles, in milliseconds.

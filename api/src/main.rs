@@ -223,16 +223,22 @@ enum BenchCommand {
         pid: Option<u32>,
     },
     /// Chunks/s of the embedder alone and of the whole ingest pipeline on a
-    /// corpus; `--peer` adds Python ONNX Runtime on the same graph, passages
-    /// and threads (scripts/bench/embed_peer.py) and prints the ratios.
+    /// corpus; `--peer` adds peers on the same weights, passages and threads
+    /// and prints the ratios.
     Ingest {
         #[arg(long)]
         corpus: PathBuf,
         /// Stop reading files once this many chunks are collected.
         #[arg(long, default_value_t = usize::MAX)]
         limit: usize,
-        #[arg(long)]
-        peer: bool,
+        /// Peers to run (comma-separated; `--peer` alone is onnxruntime):
+        /// `onnxruntime` is Python ONNX Runtime on the same graph
+        /// (scripts/bench/embed_peer.py, Python from $PYTHON);
+        /// `sentence-transformers` runs the safetensors on PyTorch
+        /// (scripts/bench/embed_peer_st.py, Python from $ST_PYTHON).
+        #[arg(long, value_enum, num_args = 0..=1, value_delimiter = ',',
+              default_missing_value = "onnxruntime")]
+        peer: Vec<bench::EmbedPeer>,
     },
     /// Query latency p50/p95 (embed, search, fetch) per search mode, and the
     /// index's recall@10 against exact search, at the corpus's size and at
@@ -749,7 +755,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let app = App::open(settings).await?;
-            bench::ingest(&app, &corpus, limit, peer).await?;
+            bench::ingest(&app, &corpus, limit, &peer).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
