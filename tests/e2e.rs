@@ -1043,7 +1043,7 @@ fn bench_ingest_prints_the_embedder_the_pipeline_and_the_peer_ratios() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = rag(dir.path());
     cmd.args(["bench", "ingest", "--corpus", "fixtures/wiki"]);
-    // (peer name, engine it reports, its Python)
+    // (peer name, engine it reports)
     let mut peers = Vec::new();
     if let Some(python) = peer_python("RAG_BENCH_PYTHON") {
         cmd.env("PYTHON", python);
@@ -1477,13 +1477,19 @@ fn bench_generate_prints_ours_the_peers_and_the_ratios() {
 /// A client environment from scripts/client-env.sh, or None (the test is
 /// skipped) unless RAG_REQUIRE_CLIENTS says it must run.
 fn client_env(var: &str) -> Option<String> {
+    env_or_skip(var, "RAG_REQUIRE_CLIENTS", "scripts/client-env.sh")
+}
+
+/// `var`, which `script` sets up, or None (the test or part is skipped)
+/// unless `require` is set, when its absence fails the test.
+fn env_or_skip(var: &str, require: &str, script: &str) -> Option<String> {
     let value = std::env::var(var).ok();
     if value.is_none() {
         assert!(
-            std::env::var_os("RAG_REQUIRE_CLIENTS").is_none(),
-            "RAG_REQUIRE_CLIENTS is set but {var} is not (scripts/client-env.sh)"
+            std::env::var_os(require).is_none(),
+            "{require} is set but {var} is not ({script})"
         );
-        eprintln!("skipped: {var} is not set (scripts/client-env.sh)");
+        eprintln!("skipped: {var} is not set ({script})");
     }
     value
 }
@@ -1786,15 +1792,7 @@ fn with_peer(cmd: &mut Command) -> Option<String> {
 /// A benchmark peer's Python from `var` (scripts/bench-venv.sh), or None
 /// (the peer is skipped) unless RAG_REQUIRE_PEER says it must run.
 fn peer_python(var: &str) -> Option<String> {
-    let python = std::env::var(var).ok();
-    if python.is_none() {
-        assert!(
-            std::env::var_os("RAG_REQUIRE_PEER").is_none(),
-            "RAG_REQUIRE_PEER is set but {var} is not (scripts/bench-venv.sh)"
-        );
-        eprintln!("peer skipped: {var} is not set");
-    }
-    python
+    env_or_skip(var, "RAG_REQUIRE_PEER", "scripts/bench-venv.sh")
 }
 
 /// `rag bench load` against a server with room for one answer at a time:

@@ -211,10 +211,10 @@ pub async fn ingest(
         serde_json::to_vec(&vectors[..vectors.len().min(8)])?,
     )?;
     let spec = crate::models::spec(&app.settings.embedder.model)?;
-    for peer in peers {
-        let script = scratch.join(peer.script_name());
-        std::fs::write(&script, peer.script())?;
-        let python = std::env::var(peer.python_var()).unwrap_or_else(|_| "python3".into());
+    for peer in peers.iter().map(|p| p.spec()) {
+        let script = scratch.join(peer.script_name);
+        std::fs::write(&script, peer.script)?;
+        let python = std::env::var(peer.python_var).unwrap_or_else(|_| "python3".into());
         let out = std::process::Command::new(&python)
             .arg(&script)
             .arg(app.settings.models_dir.join(spec.dir))
@@ -222,19 +222,19 @@ pub async fn ingest(
             .args(["--threads", &threads.to_string(), "--check"])
             .arg(&check_file)
             .output()
-            .map_err(|e| anyhow::anyhow!("running the {} peer with {python}: {e}", peer.name()))?;
+            .map_err(|e| anyhow::anyhow!("running the {} peer with {python}: {e}", peer.name))?;
         anyhow::ensure!(
             out.status.success(),
             "the {} peer failed (it needs {}; set {} to that Python, scripts/bench-venv.sh makes one): {}",
-            peer.name(),
-            peer.needs(),
-            peer.python_var(),
+            peer.name,
+            peer.needs,
+            peer.python_var,
             String::from_utf8_lossy(&out.stderr)
         );
         let line = String::from_utf8(out.stdout)?;
         let line = line.trim().lines().last().unwrap_or_default();
         let result: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("the {} peer printed {line:?}: {e}", peer.name()))?;
+            .map_err(|e| anyhow::anyhow!("the {} peer printed {line:?}: {e}", peer.name))?;
         println!("{line}");
         let theirs = result["passages_per_s"].as_f64().unwrap_or(f64::NAN);
         println!(
@@ -256,41 +256,34 @@ pub enum EmbedPeer {
     SentenceTransformers,
 }
 
-impl EmbedPeer {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Onnxruntime => "onnxruntime",
-            Self::SentenceTransformers => "sentence-transformers",
-        }
-    }
-
-    fn script_name(self) -> &'static str {
-        match self {
-            Self::Onnxruntime => "embed_peer.py",
-            Self::SentenceTransformers => "embed_peer_st.py",
-        }
-    }
-
+/// What running one peer takes.
+struct PeerSpec {
+    name: &'static str,
+    script_name: &'static str,
     /// Compiled in, so `rag` runs from any folder.
-    fn script(self) -> &'static str {
-        match self {
-            Self::Onnxruntime => crate::models::MINILM_ONNX_SCRIPT,
-            Self::SentenceTransformers => include_str!("../../scripts/bench/embed_peer_st.py"),
-        }
-    }
-
+    script: &'static str,
     /// The environment variable naming the Python to run it with.
-    fn python_var(self) -> &'static str {
-        match self {
-            Self::Onnxruntime => "PYTHON",
-            Self::SentenceTransformers => "ST_PYTHON",
-        }
-    }
+    python_var: &'static str,
+    needs: &'static str,
+}
 
-    fn needs(self) -> &'static str {
+impl EmbedPeer {
+    fn spec(self) -> PeerSpec {
         match self {
-            Self::Onnxruntime => "onnx, onnxruntime, tokenizers, numpy",
-            Self::SentenceTransformers => "sentence-transformers and torch",
+            Self::Onnxruntime => PeerSpec {
+                name: "onnxruntime",
+                script_name: "embed_peer.py",
+                script: crate::models::MINILM_ONNX_SCRIPT,
+                python_var: "PYTHON",
+                needs: "onnx, onnxruntime, tokenizers, numpy",
+            },
+            Self::SentenceTransformers => PeerSpec {
+                name: "sentence-transformers",
+                script_name: "embed_peer_st.py",
+                script: include_str!("../../scripts/bench/embed_peer_st.py"),
+                python_var: "ST_PYTHON",
+                needs: "sentence-transformers and torch",
+            },
         }
     }
 }
