@@ -187,10 +187,11 @@ impl App {
                             .map_err(|e| Error::unavailable(format!("{e:#}")))?;
                         let device = rag_generator::device(&cfg.device)
                             .map_err(|e| Error::unavailable(format!("{e:#}")))?;
-                        let max_batch = cfg.max_batch;
+                        let (max_batch, quantized) = (cfg.max_batch, cfg.quantized_decoding);
                         tokio::task::spawn_blocking(move || {
                             let generator = CandleGenerator::load_on(&path, &device)?;
                             generator.set_max_batch(max_batch);
+                            generator.set_quantized_decoding(quantized);
                             anyhow::Ok(generator)
                         })
                         .await

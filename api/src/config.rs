@@ -260,6 +260,10 @@ pub struct GeneratorSettings {
     /// decoded together, one token of each per pass over the weights; the
     /// others wait their turn in the queue. 1 answers one at a time.
     pub max_batch: usize,
+    /// Decoding steps on the GGUF file's quantized weights (CPU, llama and
+    /// qwen2): 2 to 4 times faster than on the dequantized ones, which
+    /// prefill always uses. `false` decodes on the dequantized weights too.
+    pub quantized_decoding: bool,
     pub max_tokens: usize,
     pub temperature: f64,
     pub seed: u64,
@@ -286,6 +290,7 @@ impl Default for GeneratorSettings {
             max_retries: 3,
             queue_depth: 16,
             max_batch: rag_generator::DEFAULT_MAX_BATCH,
+            quantized_decoding: true,
             max_tokens: 200,
             temperature: 0.0,
             seed: 42,

@@ -345,16 +345,24 @@ enum ModelsCommand {
 }
 
 fn main() -> ExitCode {
-    // candle's quantized CPU kernels use AVX2 only when the whole build
-    // targets it, and a portable build does not; its dequantized f32 path
-    // (runtime-dispatched gemm) was 13-17x faster at prefill and faster at
-    // decode on our machines (`rag bench generate`, ARCHITECTURE.md). Set
-    // before any thread starts, which is what makes `set_var` sound here.
+    // candle's own models (gemma3) run on dequantized f32 weights: the f32
+    // gemm prefills 13-17x faster than candle's quantized kernels on our
+    // machines (`rag bench generate`, ARCHITECTURE.md). Our llama/qwen2
+    // decoder chooses per step and ignores this. Set before any thread
+    // starts, which is what makes `set_var` sound here.
     if std::env::var_os("CANDLE_DEQUANTIZE_ALL").is_none()
         && std::env::var_os("RAG_KEEP_QUANTIZED").is_none()
     {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1") };
+    }
+    // candle asks for its thread count at every f32 matmul, and without
+    // RAYON_NUM_THREADS that means reading /proc/cpuinfo (5% of a decoding
+    // step in a profile): the count it would find, found once.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = rag_generator::candle_threads();
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     }
     tracing_subscriber::fmt()
         .with_env_filter(

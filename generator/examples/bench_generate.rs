@@ -5,6 +5,12 @@
 //! time.
 
 fn main() -> anyhow::Result<()> {
+    // As `rag` does (api/src/main.rs): candle's thread count, found once.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = rag_generator::candle_threads();
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let model = args.first().ok_or_else(|| {
         anyhow::anyhow!(

@@ -22,3 +22,9 @@ pub use candle_backend::{CandleGenerator, DEFAULT_MAX_BATCH, device};
 pub use engine::BatchStats;
 pub use gguf_tokenizer::tokenizer_from_gguf;
 pub use openai::{OpenAiConfig, OpenAiGenerator};
+
+/// The number of threads candle's CPU kernels use: `RAYON_NUM_THREADS`,
+/// else the physical cores (which candle looks up again at every call).
+pub fn candle_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
