@@ -17,6 +17,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::qgemv::{self, Format, QMatrix};
+
 /// A weight matrix. A GGUF weight on the CPU is held twice: dequantized to
 /// f32, for prefill (a gemm over many tokens, bound by arithmetic), and
 /// quantized, for decoding steps (one token per row: every weight is read
@@ -24,9 +26,15 @@ use candle_nn::VarBuilder;
 /// fewer quantized).
 struct Linear {
     dense: QMatMul,
-    /// The quantized copy and its columns (inputs are padded with zeros to
-    /// them).
-    quantized: Option<(QMatMul, usize)>,
+    quantized: Option<Quantized>,
+}
+
+/// The copy for decoding steps (see [`for_decoding`]).
+enum Quantized {
+    /// On candle's kernels.
+    Candle(QMatMul),
+    /// On ours (`qgemv.rs`).
+    Own(QMatrix),
 }
 
 impl Linear {
@@ -40,13 +48,15 @@ impl Linear {
     /// `t` dequantized and, on the CPU, also quantized for decoding (see
     /// [`for_decoding`]).
     fn from_gguf(t: QTensor, device: &Device) -> candle_core::Result<Self> {
+        Self::from_gguf_on(t, device, qgemv::available())
+    }
+
+    /// [`Linear::from_gguf`], with our kernels or without them.
+    fn from_gguf_on(t: QTensor, device: &Device, own: bool) -> candle_core::Result<Self> {
         let dense = QMatMul::Tensor(t.dequantize(device)?);
         let quantized = match t.dtype() {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => None,
-            _ if device.is_cpu() => {
-                let (q, cols) = for_decoding(t)?;
-                Some((QMatMul::QTensor(Arc::new(q)), cols))
-            }
+            _ if device.is_cpu() => Some(for_decoding(t, own)?),
             _ => None,
         };
         Ok(Self { dense, quantized })
@@ -62,46 +72,22 @@ impl Linear {
 
     /// [`Linear::forward`] for weights that multiply the same `x` (q, k
     /// and v; gate and up). A decoding step multiplies them in one call
-    /// where candle can (one quantization of `x`, one parallel region).
+    /// where it can (one quantization of `x`, one parallel region).
     fn forward_all(ws: &[&Self], x: &Tensor, decoding: bool) -> candle_core::Result<Vec<Tensor>> {
-        let quantized: Option<Vec<_>> = ws
+        let quantized: Option<Vec<&Quantized>> = ws
             .iter()
             .map(|w| w.quantized.as_ref().filter(|_| decoding))
             .collect();
         let Some(quantized) = quantized else {
             return ws.iter().map(|w| w.dense.forward(x)).collect();
         };
-        let (rows, k) = x.dims2()?;
-        let cols = quantized[0].1;
-        let fusable: Option<Vec<&QTensor>> = quantized
-            .iter()
-            .map(|(q, c)| match q {
-                QMatMul::QTensor(t) if *c == cols && ws.len() > 1 => Some(t.as_ref()),
-                _ => None,
-            })
-            .collect();
+        let rows = x.dim(0)?;
         let mut out: Vec<Vec<Tensor>> = vec![Vec::with_capacity(rows); ws.len()];
         for r in 0..rows {
-            let row = x.narrow(0, r, 1)?;
-            let pad = |cols: usize| {
-                if cols > k {
-                    row.pad_with_zeros(1, 0, cols - k)
-                } else {
-                    Ok(row.clone())
-                }
-            };
-            let fused = match &fusable {
-                Some(ts) => QTensor::gemv_fused_shared_lhs(ts, &pad(cols)?)?,
-                None => None,
-            };
-            let products = match fused {
-                Some(products) => products,
-                None => quantized
-                    .iter()
-                    .map(|(q, c)| q.forward(&pad(*c)?))
-                    .collect::<candle_core::Result<_>>()?,
-            };
-            for (o, p) in out.iter_mut().zip(products) {
+            for (o, p) in out
+                .iter_mut()
+                .zip(products(&quantized, &x.narrow(0, r, 1)?)?)
+            {
                 o.push(p);
             }
         }
@@ -109,59 +95,87 @@ impl Linear {
     }
 }
 
-/// `t` in a format with fast CPU dot products, and the number of columns
-/// it was padded to. candle 0.11's Q5_0, Q5_1 and Q4_1 dot products are
-/// scalar (they took 67% of a Qwen2.5 decoding step in a profile: its
-/// Q4_K_M file stores most matrices as Q5_0, since 896 columns do not
-/// divide into 256-wide K-quant blocks), while Q8_0 has AVX2 and AVX-512
-/// ones. Q5_0 becomes Q8_0 exactly (same scale, the same integers); Q5_1
-/// and Q4_1 are requantized to Q8_0, an error below half of Q8_0's step
-/// (1/254 of a block's largest weight), much finer than their own.
-///
-/// candle's fastest kernel (AVX-512 VNNI on weights repacked in tiles of 16
-/// rows) takes Q8_0 only with a multiple of 256 columns; Q8_0 rows are
-/// padded with zero blocks to get there, which the padded (zero) inputs
-/// multiply to exactly nothing.
-fn for_decoding(t: QTensor) -> candle_core::Result<(QTensor, usize)> {
-    let (rows, cols) = t.shape().dims2()?;
-    let q8_0 = match t.dtype() {
-        GgmlDType::Q5_0 => q5_0_to_q8_0(&t.data()?),
-        GgmlDType::Q4_1 | GgmlDType::Q5_1 => {
-            QTensor::quantize(&t.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
-                .data()?
-                .into_owned()
+/// `ws` times one row `x` `(1, in)`, each `(1, out)`.
+fn products(ws: &[&Quantized], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    let own: Option<Vec<&QMatrix>> = ws
+        .iter()
+        .map(|w| match w {
+            Quantized::Own(m) => Some(m),
+            Quantized::Candle(_) => None,
+        })
+        .collect();
+    if let Some(own) = own {
+        let values = x.flatten_all()?.to_vec1::<f32>()?;
+        return QMatrix::gemv_many(&own, &values)
+            .into_iter()
+            .map(|v| {
+                let n = v.len();
+                Tensor::from_vec(v, (1, n), x.device())
+            })
+            .collect();
+    }
+    let candle: Option<Vec<&QTensor>> = ws
+        .iter()
+        .map(|w| match w {
+            Quantized::Candle(QMatMul::QTensor(t)) => Some(t.as_ref()),
+            _ => None,
+        })
+        .collect();
+    if let Some(candle) = candle.filter(|c| c.len() > 1) {
+        // Where candle can (AVX-512 VNNI, the same K-quant, 256-multiple
+        // columns).
+        if let Some(products) = QTensor::gemv_fused_shared_lhs(&candle, x)? {
+            return Ok(products);
         }
-        GgmlDType::Q8_0 => t.data()?.into_owned(),
-        _ => return Ok((t, cols)),
-    };
-    const BLOCK: usize = 34;
-    let padded = if vnni() {
-        cols.next_multiple_of(256)
-    } else {
-        cols
-    };
-    let bytes = if padded == cols {
-        q8_0
-    } else {
-        let (row_in, row_out) = (cols / 32 * BLOCK, padded / 32 * BLOCK);
-        let mut out = vec![0u8; rows * row_out];
-        for (src, dst) in q8_0.chunks_exact(row_in).zip(out.chunks_exact_mut(row_out)) {
-            dst[..row_in].copy_from_slice(src);
-        }
-        out
-    };
-    let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, GgmlDType::Q8_0)?;
-    Ok((QTensor::new(storage, (rows, padded))?, padded))
+    }
+    ws.iter()
+        .map(|w| match w {
+            Quantized::Own(_) => Ok(products(&[*w], x)?.remove(0)),
+            Quantized::Candle(weights) => weights.forward(x),
+        })
+        .collect()
 }
 
-fn vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512bw")
+/// `t` in a format with fast CPU dot products. candle 0.11's Q4_1, Q5_0
+/// and Q5_1 dot products are scalar (they took 67% of a Qwen2.5 decoding
+/// step in a profile: its Q4_K_M file stores most matrices as Q5_0, since
+/// 896 columns do not divide into 256-wide K-quant blocks).
+///
+/// With AVX-512 VNNI, Q4_1, Q5_0 and Q8_0 run on our kernels (`qgemv.rs`),
+/// on the file's bytes. Otherwise Q5_0 becomes Q8_0 exactly (the same
+/// scale and integers), Q4_1 is requantized to Q8_0, and both run on
+/// candle's AVX2 Q8_0 kernel. Q5_1 is requantized to Q8_0 either way (an
+/// error below half of Q8_0's step, 1/254 of a block's largest weight,
+/// much finer than its own). The K-quants and Q4_0 stay on candle's
+/// kernels (AVX2, and AVX-512 VNNI for Q4_K).
+fn for_decoding(t: QTensor, own: bool) -> candle_core::Result<Quantized> {
+    let (rows, cols) = t.shape().dims2()?;
+    let q8_0 = match t.dtype() {
+        GgmlDType::Q4_1 if own => Some((Format::Q4_1, t.data()?.into_owned())),
+        GgmlDType::Q5_0 if own => Some((Format::Q5_0, t.data()?.into_owned())),
+        GgmlDType::Q8_0 => Some((Format::Q8_0, t.data()?.into_owned())),
+        GgmlDType::Q5_0 => Some((Format::Q8_0, q5_0_to_q8_0(&t.data()?))),
+        GgmlDType::Q4_1 | GgmlDType::Q5_1 => Some((
+            Format::Q8_0,
+            QTensor::quantize(&t.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
+                .data()?
+                .into_owned(),
+        )),
+        _ => None,
+    };
+    match q8_0 {
+        Some((format, bytes)) if own => QMatrix::new(format, &bytes, rows, cols)
+            .map(Quantized::Own)
+            .map_err(|e| candle_core::Error::Msg(e.to_string())),
+        Some((_, bytes)) => {
+            let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, GgmlDType::Q8_0)?;
+            Ok(Quantized::Candle(QMatMul::QTensor(Arc::new(QTensor::new(
+                storage,
+                (rows, cols),
+            )?))))
+        }
+        None => Ok(Quantized::Candle(QMatMul::QTensor(Arc::new(t)))),
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// GGML's Q5_0 blocks (f16 scale, 32 high bits, 16 bytes of low nibbles:
@@ -757,19 +771,20 @@ mod tests {
         QTensor::new(storage, (rows, cols)).unwrap()
     }
 
+    /// Where Q5_0 goes to candle's Q8_0 kernels (no AVX-512 VNNI), it
+    /// keeps its values exactly.
     #[test]
     fn q5_0_becomes_q8_0_with_the_same_values() {
         for seed in 1..5 {
             let q5 = weights(GgmlDType::Q5_0, 8, 96, seed);
             let expected = q5.dequantize(&Device::Cpu).unwrap();
-            let (q8, cols) = for_decoding(q5).unwrap();
-            assert_eq!(q8.dtype(), GgmlDType::Q8_0);
-            assert!(cols >= 96 && cols % 32 == 0);
-            let got = q8.dequantize(&Device::Cpu).unwrap();
-            // The padding is zeros, and the rest the same numbers.
-            let padding = got.narrow(1, 96, cols - 96).unwrap().abs().unwrap();
-            assert_eq!(padding.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
-            let got = got.narrow(1, 0, 96).unwrap();
+            let bytes = q5_0_to_q8_0(&q5.data().unwrap());
+            let storage =
+                QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, GgmlDType::Q8_0).unwrap();
+            let got = QTensor::new(storage, (8, 96))
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap();
             assert_eq!(
                 got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -779,43 +794,53 @@ mod tests {
 
     /// A decoding step's product on the quantized copy is the dense one up
     /// to the rounding of the inputs to 8 bits, and each row's result is the
-    /// one it gets alone.
+    /// one it gets alone: on our kernels (where this CPU has AVX-512 VNNI)
+    /// and on candle's.
     #[test]
     fn quantized_products_match_the_dense_ones_row_by_row() {
         let x = Tensor::randn(0f32, 1.0, (3, 96), &Device::Cpu).unwrap();
-        for (i, dtype) in [
+        let kernels = [qgemv::available(), false];
+        for (i, (dtype, own)) in [
             GgmlDType::Q5_0,
             GgmlDType::Q4_1,
             GgmlDType::Q8_0,
             GgmlDType::Q4_0,
         ]
         .into_iter()
+        .flat_map(|dtype| kernels.map(|own| (dtype, own)))
         .enumerate()
         {
-            let w = Linear::from_gguf(weights(dtype, 48, 96, 7 + i as u64), &Device::Cpu).unwrap();
-            assert!(w.quantized.is_some(), "{dtype:?}");
+            let w = weights(dtype, 48, 96, 7 + i as u64);
+            let w = Linear::from_gguf_on(w, &Device::Cpu, own).unwrap();
+            match (&w.quantized, own) {
+                (Some(Quantized::Own(_)), true) | (Some(Quantized::Candle(_)), false) => {}
+                (Some(Quantized::Candle(_)), true) if dtype == GgmlDType::Q4_0 => {}
+                _ => panic!("{dtype:?} is not on the kernels expected"),
+            }
             let dense = w.forward(&x, false).unwrap();
             let quantized = w.forward(&x, true).unwrap();
             assert_eq!(quantized.dims(), &[3, 48]);
-            let scale = dense
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let error = (&quantized - &dense)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(
-                scale > 0.0 && error < 0.02 * scale,
-                "{dtype:?}: {error} of {scale}"
+            // Rounding the inputs to 8 bits moves each by at most half a
+            // step, a step being at most the row's largest input / 127.
+            let (dense, quantized_rows) = (
+                dense.to_vec2::<f32>().unwrap(),
+                quantized.to_vec2::<f32>().unwrap(),
             );
+            let weights = match &w.dense {
+                QMatMul::Tensor(t) => t.to_vec2::<f32>().unwrap(),
+                _ => unreachable!("dense weights"),
+            };
+            for (r, xs) in x.to_vec2::<f32>().unwrap().iter().enumerate() {
+                let step = xs.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                for (o, row) in weights.iter().enumerate() {
+                    let bound: f32 = row.iter().map(|w| w.abs() * step / 2.0).sum();
+                    let error = (quantized_rows[r][o] - dense[r][o]).abs();
+                    assert!(
+                        error <= bound * 1.001 + 1e-4,
+                        "{dtype:?}: {error} > {bound}"
+                    );
+                }
+            }
             for row in 0..3 {
                 let alone = w.forward(&x.narrow(0, row, 1).unwrap(), true).unwrap();
                 assert_eq!(

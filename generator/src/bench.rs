@@ -58,22 +58,27 @@ pub async fn generate(
     generator.generate(request(2)).await?;
     let mut out = Vec::new();
     for run in 0..runs {
+        // The first token's time is taken in the same run as the others
+        // (when its text arrives), so that one slow run cannot move it.
         let started = Instant::now();
-        let first = generator.generate(request(1)).await?;
-        let ttft = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        let full = generator.generate(request(max_tokens)).await?;
+        let mut first = None;
+        let full = generator
+            .generate_stream(request(max_tokens), &mut |_| {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            })
+            .await?;
         let total = started.elapsed().as_secs_f64();
+        let ttft = first.unwrap_or(total);
         let decoded = full.completion_tokens.saturating_sub(1);
         out.push(GenerateRun {
             engine: "rag-candle",
             model: generator.model_id().to_string(),
             device: generator.device_name(),
             run,
-            prompt_tokens: first.prompt_tokens,
+            prompt_tokens: full.prompt_tokens,
             completion_tokens: full.completion_tokens,
             ttft_s: ttft,
-            prefill_tokens_per_s: first.prompt_tokens as f64 / ttft,
+            prefill_tokens_per_s: full.prompt_tokens as f64 / ttft,
             decode_tokens_per_s: decoded as f64 / (total - ttft).max(1e-9),
             total_s: total,
         });

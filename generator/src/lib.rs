@@ -17,6 +17,7 @@ mod engine;
 mod gguf_tokenizer;
 pub mod grounding;
 mod openai;
+mod qgemv;
 
 pub use candle_backend::{CandleGenerator, DEFAULT_MAX_BATCH, device};
 pub use engine::BatchStats;

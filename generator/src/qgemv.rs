@@ -1,0 +1,538 @@
+//! Matrix-vector products on GGML's Q4_1, Q5_0 and Q8_0 weights, for decoding
+//! steps (one token: every weight is read once per token, so the bytes
+//! read and the instructions per weight set the speed).
+//!
+//! Written here because candle 0.11's Q4_1 and Q5_0 dot products are scalar
+//! (two thirds of a decoding step in a profile), and converting to its fast
+//! Q8_0 costs 1.5 to 1.7 times the bytes, plus zero padding to 256 columns
+//! for its AVX-512 kernel (a third more for SmolLM2's 576).
+//!
+//! The weights are repacked at load in tiles of 16 rows, with the same
+//! bytes per weight as the file: for each block of 32 columns, the 16 rows'
+//! scales (f16), then, per group of 4 columns, the 16 rows' 4 bytes side by
+//! side, so that one AVX-512 VNNI instruction (`vpdpbusd`) multiplies 4
+//! weights of 16 rows by 4 inputs (candle's repacked Q4_K and Q8_0 kernels
+//! do the same). The input is quantized to 8 bits per block of 32, as GGML
+//! does, and each block's integer sums are scaled once. A portable version
+//! computes the same sums where AVX-512 VNNI is missing (tests; the
+//! decoder uses candle's Q8_0 kernels there instead).
+
+use half::f16;
+
+/// Weights per block.
+const BLOCK: usize = 32;
+/// Rows per tile.
+const ROWS: usize = 16;
+
+/// The weight formats with kernels here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// f16 scale `d`, f16 offset `m`, 16 bytes of nibbles: `d * q + m`.
+    Q4_1,
+    /// f16 scale `d`, 32 high bits, 16 bytes of low nibbles: `d * (q - 16)`.
+    Q5_0,
+    /// f16 scale `d`, 32 signed bytes: `d * q` (repacked as `q + 128`).
+    Q8_0,
+}
+
+impl Format {
+    /// Bytes of one GGML block.
+    fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes of one block of a tile: 16 rows' scales, offsets (Q4_1) or
+    /// high bits (Q5_0), nibbles.
+    fn tile_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => ROWS * (2 + 2 + 16),
+            Self::Q5_0 => ROWS * (2 + 4 + 16),
+            Self::Q8_0 => ROWS * (2 + 32),
+        }
+    }
+}
+
+/// A `(rows, cols)` weight matrix, repacked in tiles of 16 rows (rows
+/// beyond the last full tile are zeros).
+pub(crate) struct QMatrix {
+    format: Format,
+    tiles: Vec<u8>,
+    rows: usize,
+    cols: usize,
+}
+
+/// The input vector, 8 bits per weight: per block of 32, the scale and the
+/// sum of the integers (for Q4_1's offsets and Q5_0's -16).
+pub(crate) struct Q8Input {
+    scales: Vec<f32>,
+    sums: Vec<f32>,
+    qs: Vec<i8>,
+}
+
+impl Q8Input {
+    /// `x` rounded to 8 bits per block of 32 (GGML's Q8_0 and Q8_1, with
+    /// f32 scales). `x.len()` is a multiple of 32.
+    pub fn quantize(x: &[f32]) -> Self {
+        let blocks = x.len() / BLOCK;
+        let mut input = Self {
+            scales: Vec::with_capacity(blocks),
+            sums: Vec::with_capacity(blocks),
+            qs: Vec::with_capacity(x.len()),
+        };
+        for block in x.chunks_exact(BLOCK) {
+            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = max / 127.0;
+            let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for v in block {
+                let q = (v * inverse).round() as i8;
+                sum += i32::from(q);
+                input.qs.push(q);
+            }
+            input.scales.push(d);
+            input.sums.push(sum as f32);
+        }
+        input
+    }
+
+    /// Four inputs of block `b` from column `at` on, as one little-endian
+    /// word.
+    fn word(&self, b: usize, at: usize) -> i32 {
+        let q = &self.qs[b * BLOCK + at..b * BLOCK + at + 4];
+        i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8])
+    }
+}
+
+impl QMatrix {
+    /// Repacks `data`, GGML's `rows * cols / 32` blocks of `format`.
+    pub fn new(format: Format, data: &[u8], rows: usize, cols: usize) -> anyhow::Result<Self> {
+        let size = format.block_bytes();
+        anyhow::ensure!(
+            cols.is_multiple_of(BLOCK) && data.len() == rows * cols / BLOCK * size,
+            "{rows}x{cols} {format:?} weights need {} bytes, not {}",
+            rows * cols / BLOCK * size,
+            data.len()
+        );
+        let blocks = cols / BLOCK;
+        let tiles = rows.div_ceil(ROWS);
+        let mut out = vec![0u8; tiles * blocks * format.tile_bytes()];
+        for (i, tile) in out.chunks_exact_mut(format.tile_bytes()).enumerate() {
+            let (t, b) = (i / blocks, i % blocks);
+            // Scales, then offsets or high bits, then the 16 rows' bytes
+            // in groups of 4 columns: nibbles (columns c and c + 16), or
+            // Q8_0's bytes made unsigned.
+            let (scales, rest) = tile.split_at_mut(2 * ROWS);
+            let extra = match format {
+                Format::Q4_1 => 2,
+                Format::Q5_0 => 4,
+                Format::Q8_0 => 0,
+            };
+            let (extras, groups) = rest.split_at_mut(extra * ROWS);
+            for r in 0..ROWS {
+                let row = t * ROWS + r;
+                if row >= rows {
+                    break;
+                }
+                let block = &data[(row * blocks + b) * size..][..size];
+                scales[2 * r..2 * r + 2].copy_from_slice(&block[..2]);
+                extras[extra * r..extra * (r + 1)].copy_from_slice(&block[2..2 + extra]);
+                let qs = &block[2 + extra..];
+                for g in 0..qs.len() / 4 {
+                    let to = &mut groups[64 * g + 4 * r..64 * g + 4 * r + 4];
+                    to.copy_from_slice(&qs[4 * g..4 * g + 4]);
+                    if format == Format::Q8_0 {
+                        for q in to {
+                            *q ^= 0x80;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            format,
+            tiles: out,
+            rows,
+            cols,
+        })
+    }
+
+    /// Each of `matrices` times `x` (all have `x.len()` columns): one
+    /// quantization of `x` and one parallel region for all of them (q, k
+    /// and v; gate and up), on candle's CPU threads.
+    pub fn gemv_many(matrices: &[&Self], x: &[f32]) -> Vec<Vec<f32>> {
+        for m in matrices {
+            assert_eq!(x.len(), m.cols, "input length");
+        }
+        let input = Q8Input::quantize(x);
+        let mut outs: Vec<Vec<f32>> = matrices
+            .iter()
+            .map(|m| vec![0f32; m.rows.div_ceil(ROWS) * ROWS])
+            .collect();
+        // Per matrix: its first tile in one numbering of all tiles, where
+        // its products go, its kernel.
+        let mut parts = Vec::with_capacity(matrices.len());
+        let mut total = 0;
+        for (m, out) in matrices.iter().zip(&mut outs) {
+            parts.push((total, *m, Out(out.as_mut_ptr()), kernel(m.format)));
+            total += m.rows.div_ceil(ROWS);
+        }
+        candle_core::utils::barrier_pool().execute_chunked(total, |range| {
+            for i in range {
+                let at = parts.partition_point(|p| p.0 <= i) - 1;
+                let (first, m, dst, kernel) = &parts[at];
+                let t = i - first;
+                let bytes = m.cols / BLOCK * m.format.tile_bytes();
+                let mut rows = [0f32; ROWS];
+                kernel(&m.tiles[t * bytes..(t + 1) * bytes], &input, &mut rows);
+                // SAFETY: the pool hands out disjoint ranges of tiles, each
+                // tile's rows written by one thread, and `outs` (whole
+                // tiles long) outlives the call.
+                unsafe { std::ptr::copy_nonoverlapping(rows.as_ptr(), dst.0.add(t * ROWS), ROWS) };
+            }
+        });
+        for (out, m) in outs.iter_mut().zip(matrices) {
+            out.truncate(m.rows);
+        }
+        outs
+    }
+}
+
+struct Out(*mut f32);
+// SAFETY: see `gemv_many`: each tile is written by one thread only.
+unsafe impl Sync for Out {}
+
+/// One tile's blocks times the input: 16 rows' products.
+type Kernel = fn(&[u8], &Q8Input, &mut [f32; ROWS]);
+
+/// Whether the AVX-512 kernels can run (the decoder uses them only then).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn kernel(format: Format) -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        return match format {
+            // SAFETY: the CPU has the features (checked above).
+            Format::Q4_1 => |t, x, out| unsafe { avx512::tile_q4_1(t, x, out) },
+            Format::Q5_0 => |t, x, out| unsafe { avx512::tile_q5_0(t, x, out) },
+            Format::Q8_0 => |t, x, out| unsafe { avx512::tile_q8_0(t, x, out) },
+        };
+    }
+    portable(format)
+}
+
+fn portable(format: Format) -> Kernel {
+    match format {
+        Format::Q4_1 => portable::tile_q4_1,
+        Format::Q5_0 => portable::tile_q5_0,
+        Format::Q8_0 => portable::tile_q8_0,
+    }
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+mod portable {
+    use super::{BLOCK, Format, Q8Input, ROWS, f16_at};
+
+    /// Row `r`'s 32 unsigned weights of one tile block (`nibbles`: 256
+    /// bytes, `high`: its Q5_0 bits).
+    fn weights(nibbles: &[u8], r: usize, high: u32) -> [i32; BLOCK] {
+        let mut q = [0i32; BLOCK];
+        for g in 0..4 {
+            for j in 0..4 {
+                let byte = nibbles[64 * g + 4 * r + j];
+                let (lo, hi) = (4 * g + j, 16 + 4 * g + j);
+                q[lo] = i32::from(byte & 0x0f) | (((high >> lo) & 1) as i32) << 4;
+                q[hi] = i32::from(byte >> 4) | (((high >> hi) & 1) as i32) << 4;
+            }
+        }
+        q
+    }
+
+    pub fn tile_q4_1(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
+        *out = [0.0; ROWS];
+        for (b, block) in tile.chunks_exact(Format::Q4_1.tile_bytes()).enumerate() {
+            let y = &x.qs[b * BLOCK..(b + 1) * BLOCK];
+            for (r, o) in out.iter_mut().enumerate() {
+                let (d, m) = (f16_at(block, 2 * r), f16_at(block, 2 * ROWS + 2 * r));
+                let q = weights(&block[4 * ROWS..], r, 0);
+                let dot: i32 = q.iter().zip(y).map(|(a, b)| a * i32::from(*b)).sum();
+                *o += d * x.scales[b] * dot as f32 + m * x.scales[b] * x.sums[b];
+            }
+        }
+    }
+
+    pub fn tile_q8_0(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
+        *out = [0.0; ROWS];
+        for (b, block) in tile.chunks_exact(Format::Q8_0.tile_bytes()).enumerate() {
+            let y = &x.qs[b * BLOCK..(b + 1) * BLOCK];
+            for (r, o) in out.iter_mut().enumerate() {
+                let d = f16_at(block, 2 * r);
+                let mut dot = 0i32;
+                for (c, y) in y.iter().enumerate() {
+                    let q = block[2 * ROWS + 64 * (c / 4) + 4 * r + c % 4];
+                    dot += i32::from(q) * i32::from(*y);
+                }
+                // The weights are stored as q + 128.
+                *o += d * x.scales[b] * (dot as f32 - 128.0 * x.sums[b]);
+            }
+        }
+    }
+
+    pub fn tile_q5_0(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
+        *out = [0.0; ROWS];
+        for (b, block) in tile.chunks_exact(Format::Q5_0.tile_bytes()).enumerate() {
+            let y = &x.qs[b * BLOCK..(b + 1) * BLOCK];
+            for (r, o) in out.iter_mut().enumerate() {
+                let d = f16_at(block, 2 * r);
+                let h = &block[2 * ROWS + 4 * r..];
+                let high = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+                let q = weights(&block[6 * ROWS..], r, high);
+                let dot: i32 = q.iter().zip(y).map(|(a, b)| a * i32::from(*b)).sum();
+                // The weights are stored as q + 16.
+                *o += d * x.scales[b] * (dot as f32 - 16.0 * x.sums[b]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Format, Q8Input, ROWS};
+
+    /// 16 f16 at the start of `bytes`, as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn scales(bytes: &[u8]) -> __m512 {
+        assert!(bytes.len() >= 32);
+        // SAFETY: 32 bytes are there (asserted).
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) })
+    }
+
+    /// 64 bytes at the start of `bytes`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load(bytes: &[u8]) -> __m512i {
+        assert!(bytes.len() >= 64);
+        // SAFETY: 64 bytes are there (asserted).
+        unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) }
+    }
+
+    /// The integer dot products of one tile block with input block `b`,
+    /// one per row: `weights(g, high)` gives group `g`'s 16 rows' 4 low
+    /// (`high` false: columns 4g..4g+4) or high (columns 16+4g..) weights.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn dots(x: &Q8Input, b: usize, weights: impl Fn(usize, bool) -> __m512i) -> __m512 {
+        let mut acc = _mm512_setzero_si512();
+        for g in 0..4 {
+            acc = _mm512_dpbusd_epi32(acc, weights(g, false), _mm512_set1_epi32(x.word(b, 4 * g)));
+            acc = _mm512_dpbusd_epi32(
+                acc,
+                weights(g, true),
+                _mm512_set1_epi32(x.word(b, 16 + 4 * g)),
+            );
+        }
+        _mm512_cvtepi32_ps(acc)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub fn tile_q4_1(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
+        let low = _mm512_set1_epi8(0x0f);
+        let mut acc = _mm512_setzero_ps();
+        for (b, block) in tile.chunks_exact(Format::Q4_1.tile_bytes()).enumerate() {
+            let nibbles = &block[4 * ROWS..];
+            let dots = dots(x, b, |g, high| {
+                let w = load(&nibbles[64 * g..]);
+                if high {
+                    _mm512_and_si512(_mm512_srli_epi16(w, 4), low)
+                } else {
+                    _mm512_and_si512(w, low)
+                }
+            });
+            let d = _mm512_mul_ps(scales(block), _mm512_set1_ps(x.scales[b]));
+            acc = _mm512_fmadd_ps(d, dots, acc);
+            let offsets = _mm512_set1_ps(x.scales[b] * x.sums[b]);
+            acc = _mm512_fmadd_ps(scales(&block[2 * ROWS..]), offsets, acc);
+        }
+        // SAFETY: `out` holds 16 f32.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub fn tile_q8_0(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
+        let mut acc = _mm512_setzero_ps();
+        for (b, block) in tile.chunks_exact(Format::Q8_0.tile_bytes()).enumerate() {
+            let bytes = &block[2 * ROWS..];
+            let mut dots = _mm512_setzero_si512();
+            for g in 0..8 {
+                let input = _mm512_set1_epi32(x.word(b, 4 * g));
+                dots = _mm512_dpbusd_epi32(dots, load(&bytes[64 * g..]), input);
+            }
+            // The weights are stored as q + 128.
+            let dots = _mm512_sub_ps(_mm512_cvtepi32_ps(dots), _mm512_set1_ps(128.0 * x.sums[b]));
+            let d = _mm512_mul_ps(scales(block), _mm512_set1_ps(x.scales[b]));
+            acc = _mm512_fmadd_ps(d, dots, acc);
+        }
+        // SAFETY: `out` holds 16 f32.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub fn tile_q5_0(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
+        let low = _mm512_set1_epi8(0x0f);
+        let fifth = _mm512_set1_epi8(0x10);
+        // Within each row's word of high bits: byte k of the word into all
+        // four bytes of the row's lane, for k = 0..4.
+        let spread = |k: i32| {
+            _mm512_set4_epi32(
+                0x0c0c0c0c + k * 0x01010101,
+                0x08080808 + k * 0x01010101,
+                0x04040404 + k * 0x01010101,
+                k * 0x01010101,
+            )
+        };
+        let spreads = [spread(0), spread(1), spread(2), spread(3)];
+        // Byte j of a lane tests bit 4 * (g % 2) + j of its byte.
+        let bits = [
+            _mm512_set1_epi32(0x08040201),
+            _mm512_set1_epi32(0x80402010_u32 as i32),
+        ];
+        let mut acc = _mm512_setzero_ps();
+        for (b, block) in tile.chunks_exact(Format::Q5_0.tile_bytes()).enumerate() {
+            let high_bits = load(&block[2 * ROWS..]);
+            let nibbles = &block[6 * ROWS..];
+            let dots = dots(x, b, |g, high| {
+                let w = load(&nibbles[64 * g..]);
+                let q = if high {
+                    _mm512_and_si512(_mm512_srli_epi16(w, 4), low)
+                } else {
+                    _mm512_and_si512(w, low)
+                };
+                // Column c = 4g + j (+ 16 for the high half) has its bit in
+                // byte c / 8 of the row's word, at c % 8.
+                let byte = g / 2 + if high { 2 } else { 0 };
+                let spread = _mm512_shuffle_epi8(high_bits, spreads[byte]);
+                let set = _mm512_test_epi8_mask(spread, bits[g % 2]);
+                _mm512_or_si512(q, _mm512_maskz_mov_epi8(set, fifth))
+            });
+            // The weights are stored as q + 16.
+            let dots = _mm512_sub_ps(dots, _mm512_set1_ps(16.0 * x.sums[b]));
+            let d = _mm512_mul_ps(scales(block), _mm512_set1_ps(x.scales[b]));
+            acc = _mm512_fmadd_ps(d, dots, acc);
+        }
+        // SAFETY: `out` holds 16 f32.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed.max(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Arbitrary GGML blocks with small positive f16 scales (0x2000-0x23ff).
+    fn blocks(format: Format, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let size = format.block_bytes();
+        let mut data = bytes(seed, rows * cols / BLOCK * size);
+        for block in data.chunks_exact_mut(size) {
+            block[1] = 0x20 | (block[1] & 0x03);
+            if format == Format::Q4_1 {
+                block[3] = 0x20 | (block[3] & 0x03);
+            }
+        }
+        data
+    }
+
+    /// The product is candle's dequantized weights times the input, within
+    /// what rounding the input to 8 bits can change (each input moves by
+    /// at most half its block's step), for whole and partial tiles; the
+    /// SIMD kernel (where the CPU has it) and the portable one agree to
+    /// float rounding.
+    #[test]
+    fn products_match_the_dequantized_weights() {
+        use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+        use candle_core::{Device, Tensor};
+        for (format, dtype) in [
+            (Format::Q4_1, GgmlDType::Q4_1),
+            (Format::Q5_0, GgmlDType::Q5_0),
+            (Format::Q8_0, GgmlDType::Q8_0),
+        ] {
+            for (rows, cols) in [(48, 576), (37, 96)] {
+                let data = blocks(format, rows, cols, 3 + rows as u64);
+                let m = QMatrix::new(format, &data, rows, cols).unwrap();
+                let storage = QStorage::from_data(data.into(), &Device::Cpu, dtype).unwrap();
+                let dense = QTensor::new(storage, (rows, cols))
+                    .unwrap()
+                    .dequantize(&Device::Cpu)
+                    .unwrap();
+                let x = Tensor::randn(0f32, 1.0, cols, &Device::Cpu).unwrap();
+                let expected = dense
+                    .matmul(&x.unsqueeze(1).unwrap())
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let x = x.to_vec1::<f32>().unwrap();
+                let got = QMatrix::gemv_many(&[&m, &m], &x);
+                assert_eq!(got[0], got[1]);
+                let got = &got[0];
+                assert_eq!(got.len(), rows);
+                let input = Q8Input::quantize(&x);
+                let dense = dense.to_vec2::<f32>().unwrap();
+                for (r, (g, e)) in got.iter().zip(&expected).enumerate() {
+                    let bound: f32 = dense[r]
+                        .iter()
+                        .enumerate()
+                        .map(|(c, w)| w.abs() * input.scales[c / BLOCK] / 2.0)
+                        .sum();
+                    assert!(
+                        (g - e).abs() <= bound * 1.001 + 1e-4,
+                        "{format:?} row {r}: {g} vs {e} (bound {bound})"
+                    );
+                }
+                let scale = expected.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let bytes = cols / BLOCK * format.tile_bytes();
+                for (t, tile) in m.tiles.chunks_exact(bytes).enumerate() {
+                    let mut rows_out = [0f32; ROWS];
+                    portable(format)(tile, &input, &mut rows_out);
+                    for (r, p) in rows_out.iter().enumerate().take(rows - t * ROWS) {
+                        let g = got[t * ROWS + r];
+                        assert!(
+                            (g - p).abs() <= 1e-4 * scale,
+                            "{format:?} row {r}: {g} vs {p}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
