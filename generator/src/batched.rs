@@ -17,6 +17,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::decode_attention;
 use crate::qgemv::{self, Format, QMatrix};
 
 /// A weight matrix. A GGUF weight on the CPU is held twice: dequantized to
@@ -602,7 +603,7 @@ impl Decoder {
             })
             .transpose()?;
         let mut kv = Vec::with_capacity(self.layers.len());
-        let logits = self.forward(&input, &cos, &sin, mask.as_ref(), false, |_, k, v| {
+        let logits = self.forward(&input, &cos, &sin, mask.as_ref(), None, |_, k, v| {
             kv.push((k.clone(), v.clone()));
             Ok((k, v))
         })?;
@@ -640,12 +641,13 @@ impl Decoder {
             })
             .transpose()?;
         let quantized = self.quantized_decoding.load(Ordering::Relaxed);
+        let starts = batch.starts.clone();
         let logits = self.forward(
             &input,
             &cos,
             &sin,
             mask.as_ref(),
-            quantized,
+            quantized.then_some(starts.as_slice()),
             |layer, k, v| batch.append(layer, &k, &v),
         )?;
         batch.len += 1;
@@ -654,14 +656,16 @@ impl Decoder {
 
     /// The transformer over `input` `(rows, tokens)`; `cache(layer, k, v)`
     /// turns this pass's keys and values into the ones attended to.
-    /// Returns the last position's logits, `(rows, vocab)`, in f32.
+    /// `step`: a decoding step on the quantized weights, with each row's
+    /// first unmasked column. Returns the last position's logits, `(rows,
+    /// vocab)`, in f32.
     fn forward(
         &self,
         input: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        quantized: bool,
+        step: Option<&[usize]>,
         mut cache: impl FnMut(usize, Tensor, Tensor) -> candle_core::Result<(Tensor, Tensor)>,
     ) -> candle_core::Result<Tensor> {
         let (rows, n) = input.dims2()?;
@@ -685,6 +689,16 @@ impl Decoder {
         };
         let group = self.heads / self.kv_heads;
         let neg_inf = Tensor::new(f32::NEG_INFINITY, &self.device)?.to_dtype(self.dtype)?;
+        let quantized = step.is_some();
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        // Our attention for decoding steps where it runs (see
+        // `decode_attention.rs`), candle's elsewhere.
+        let own_attention = step.filter(|_| {
+            n == 1
+                && self.dtype == DType::F32
+                && self.device.is_cpu()
+                && decode_attention::available(self.head_dim)
+        });
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
             let [mut q, mut k, mut v]: [Tensor; 3] =
@@ -699,6 +713,13 @@ impl Decoder {
             let q = rope(&heads_of(q, self.heads)?)?;
             let k = rope(&heads_of(k, self.kv_heads)?)?;
             let (k, v) = cache(i, k, heads_of(v, self.kv_heads)?)?;
+            if let Some(starts) = own_attention {
+                let y = decode_attention::attend(&q, &k, &v, starts, scale as f32)?;
+                x = (layer.wo.forward(&y, quantized)? + x)?;
+                let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
+                x = (self.feed_forward(layer, &h, quantized)? + x)?;
+                continue;
+            }
             let keys = k.dim(2)?;
             // Grouped-query attention without copying the keys and values
             // for every head: the query heads that share a key/value head
@@ -725,16 +746,25 @@ impl Decoder {
                 .reshape((rows * n, hidden))?;
             x = (layer.wo.forward(&y, quantized)? + x)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
-            let [gate, up]: [Tensor; 2] =
-                Linear::forward_all(&[&layer.gate, &layer.up], &h, quantized)?
-                    .try_into()
-                    .expect("two products");
-            let gated = (candle_nn::ops::silu(&gate)? * up)?;
-            x = (layer.down.forward(&gated, quantized)? + x)?;
+            x = (self.feed_forward(layer, &h, quantized)? + x)?;
         }
         let last = x.reshape((rows, n, ()))?.narrow(1, n - 1, 1)?.squeeze(1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
         self.output.forward(&last, quantized)?.to_dtype(DType::F32)
+    }
+
+    /// The gated MLP of `layer` over `h`.
+    fn feed_forward(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        quantized: bool,
+    ) -> candle_core::Result<Tensor> {
+        let [gate, up]: [Tensor; 2] = Linear::forward_all(&[&layer.gate, &layer.up], h, quantized)?
+            .try_into()
+            .expect("two products");
+        let gated = (candle_nn::ops::silu(&gate)? * up)?;
+        layer.down.forward(&gated, quantized)
     }
 }
 

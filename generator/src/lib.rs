@@ -13,6 +13,7 @@
 mod batched;
 pub mod bench;
 mod candle_backend;
+mod decode_attention;
 mod engine;
 mod gguf_tokenizer;
 pub mod grounding;
