@@ -64,9 +64,11 @@ impl Linear {
     }
 
     /// `x` `(tokens, in)` times the weight: quantized when `decoding` and
-    /// there is a quantized copy, one row at a time, so that a row's result
-    /// does not depend on the rows decoded beside it (candle multiplies
-    /// several rows of some quantized types with other kernels than one).
+    /// there is a quantized copy. A row's result never depends on the rows
+    /// decoded beside it: our kernels take all rows in one pass over the
+    /// weights with each row's arithmetic unchanged, and candle's are
+    /// called row by row (it multiplies several rows of some quantized
+    /// types with other kernels than one).
     fn forward(&self, x: &Tensor, decoding: bool) -> candle_core::Result<Tensor> {
         Ok(Self::forward_all(&[self], x, decoding)?.remove(0))
     }
@@ -83,6 +85,24 @@ impl Linear {
             return ws.iter().map(|w| w.dense.forward(x)).collect();
         };
         let rows = x.dim(0)?;
+        let own: Option<Vec<&QMatrix>> = quantized
+            .iter()
+            .map(|w| match w {
+                Quantized::Own(m) => Some(m),
+                Quantized::Candle(_) => None,
+            })
+            .collect();
+        if let Some(own) = own {
+            // All rows in one call: each tile of weights is read once.
+            let values = x.flatten_all()?.to_vec1::<f32>()?;
+            return QMatrix::gemv_many(&own, &values)
+                .into_iter()
+                .map(|v| {
+                    let n = v.len() / rows;
+                    Tensor::from_vec(v, (rows, n), x.device())
+                })
+                .collect();
+        }
         let mut out: Vec<Vec<Tensor>> = vec![Vec::with_capacity(rows); ws.len()];
         for r in 0..rows {
             for (o, p) in out
@@ -96,25 +116,8 @@ impl Linear {
     }
 }
 
-/// `ws` times one row `x` `(1, in)`, each `(1, out)`.
+/// `ws` (not all ours) times one row `x` `(1, in)`, each `(1, out)`.
 fn products(ws: &[&Quantized], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-    let own: Option<Vec<&QMatrix>> = ws
-        .iter()
-        .map(|w| match w {
-            Quantized::Own(m) => Some(m),
-            Quantized::Candle(_) => None,
-        })
-        .collect();
-    if let Some(own) = own {
-        let values = x.flatten_all()?.to_vec1::<f32>()?;
-        return QMatrix::gemv_many(&own, &values)
-            .into_iter()
-            .map(|v| {
-                let n = v.len();
-                Tensor::from_vec(v, (1, n), x.device())
-            })
-            .collect();
-    }
     let candle: Option<Vec<&QTensor>> = ws
         .iter()
         .map(|w| match w {
@@ -131,7 +134,12 @@ fn products(ws: &[&Quantized], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
     }
     ws.iter()
         .map(|w| match w {
-            Quantized::Own(_) => Ok(products(&[*w], x)?.remove(0)),
+            Quantized::Own(m) => {
+                let values = x.flatten_all()?.to_vec1::<f32>()?;
+                let v = QMatrix::gemv_many(&[m], &values).remove(0);
+                let n = v.len();
+                Tensor::from_vec(v, (1, n), x.device())
+            }
             Quantized::Candle(weights) => weights.forward(x),
         })
         .collect()

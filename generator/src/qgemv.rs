@@ -160,17 +160,24 @@ impl QMatrix {
         })
     }
 
-    /// Each of `matrices` times `x` (all have `x.len()` columns): one
-    /// quantization of `x` and one parallel region for all of them (q, k
-    /// and v; gate and up), on candle's CPU threads.
-    pub fn gemv_many(matrices: &[&Self], x: &[f32]) -> Vec<Vec<f32>> {
+    /// Each of `matrices` times each row of `xs` (`(inputs, cols)`, row
+    /// after row; all matrices have `cols` columns): per matrix, its
+    /// products `(inputs, rows)`. One rounding of the inputs and one
+    /// parallel region for all of them (q, k and v; gate and up), on
+    /// candle's CPU threads; each tile of weights is read once for all the
+    /// inputs (a batched decoding step), and each input's products are
+    /// exactly those it gets alone.
+    pub fn gemv_many(matrices: &[&Self], xs: &[f32]) -> Vec<Vec<f32>> {
+        let cols = matrices[0].cols;
         for m in matrices {
-            assert_eq!(x.len(), m.cols, "input length");
+            assert_eq!(m.cols, cols, "input length");
         }
-        let input = Q8Input::quantize(x);
+        assert!(xs.len().is_multiple_of(cols), "input length");
+        let inputs: Vec<Q8Input> = xs.chunks_exact(cols).map(Q8Input::quantize).collect();
+        let padded = |m: &Self| m.rows.div_ceil(ROWS) * ROWS;
         let mut outs: Vec<Vec<f32>> = matrices
             .iter()
-            .map(|m| vec![0f32; m.rows.div_ceil(ROWS) * ROWS])
+            .map(|m| vec![0f32; inputs.len() * padded(m)])
             .collect();
         // Per matrix: its first tile in one numbering of all tiles, where
         // its products go, its kernel.
@@ -181,21 +188,37 @@ impl QMatrix {
             total += m.rows.div_ceil(ROWS);
         }
         candle_core::utils::barrier_pool().execute_chunked(total, |range| {
+            let mut products = [[0f32; ROWS]; MAX_INPUTS];
             for i in range {
                 let at = parts.partition_point(|p| p.0 <= i) - 1;
                 let (first, m, dst, kernel) = &parts[at];
                 let t = i - first;
                 let bytes = m.cols / BLOCK * m.format.tile_bytes();
-                let mut rows = [0f32; ROWS];
-                kernel(&m.tiles[t * bytes..(t + 1) * bytes], &input, &mut rows);
-                // SAFETY: the pool hands out disjoint ranges of tiles, each
-                // tile's rows written by one thread, and `outs` (whole
-                // tiles long) outlives the call.
-                unsafe { std::ptr::copy_nonoverlapping(rows.as_ptr(), dst.0.add(t * ROWS), ROWS) };
+                let tile = &m.tiles[t * bytes..(t + 1) * bytes];
+                for (c, chunk) in inputs.chunks(MAX_INPUTS).enumerate() {
+                    let products = &mut products[..chunk.len()];
+                    kernel(tile, chunk, products);
+                    for (j, p) in products.iter().enumerate() {
+                        let input = c * MAX_INPUTS + j;
+                        // SAFETY: the pool hands out disjoint ranges of
+                        // tiles, each tile's rows written by one thread,
+                        // and `outs` (whole tiles long) outlives the call.
+                        unsafe {
+                            let to = dst.0.add(input * padded(m) + t * ROWS);
+                            std::ptr::copy_nonoverlapping(p.as_ptr(), to, ROWS);
+                        }
+                    }
+                }
             }
         });
         for (out, m) in outs.iter_mut().zip(matrices) {
-            out.truncate(m.rows);
+            let width = padded(m);
+            if width != m.rows {
+                for input in 0..inputs.len() {
+                    out.copy_within(input * width..input * width + m.rows, input * m.rows);
+                }
+                out.truncate(inputs.len() * m.rows);
+            }
         }
         outs
     }
@@ -205,8 +228,12 @@ struct Out(*mut f32);
 // SAFETY: see `gemv_many`: each tile is written by one thread only.
 unsafe impl Sync for Out {}
 
-/// One tile's blocks times the input: 16 rows' products.
-type Kernel = fn(&[u8], &Q8Input, &mut [f32; ROWS]);
+/// Inputs one kernel call takes (its accumulators stay in registers).
+const MAX_INPUTS: usize = 8;
+
+/// One tile's blocks times up to [`MAX_INPUTS`] inputs: per input, the 16
+/// rows' products.
+type Kernel = fn(&[u8], &[Q8Input], &mut [[f32; ROWS]]);
 
 /// Whether the AVX-512 kernels can run (the decoder uses them only then).
 pub(crate) fn available() -> bool {
@@ -235,9 +262,21 @@ fn kernel(format: Format) -> Kernel {
 
 fn portable(format: Format) -> Kernel {
     match format {
-        Format::Q4_1 => portable::tile_q4_1,
-        Format::Q5_0 => portable::tile_q5_0,
-        Format::Q8_0 => portable::tile_q8_0,
+        Format::Q4_1 => |t, xs, out| each(t, xs, out, portable::tile_q4_1),
+        Format::Q5_0 => |t, xs, out| each(t, xs, out, portable::tile_q5_0),
+        Format::Q8_0 => |t, xs, out| each(t, xs, out, portable::tile_q8_0),
+    }
+}
+
+/// `one` for each input.
+fn each(
+    tile: &[u8],
+    xs: &[Q8Input],
+    out: &mut [[f32; ROWS]],
+    one: fn(&[u8], &Q8Input, &mut [f32; ROWS]),
+) {
+    for (x, o) in xs.iter().zip(out) {
+        one(tile, x, o);
     }
 }
 
@@ -314,7 +353,7 @@ mod portable {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Format, Q8Input, ROWS};
+    use super::{Format, MAX_INPUTS, Q8Input, ROWS};
 
     /// 16 f16 at the start of `bytes`, as f32.
     #[inline]
@@ -334,69 +373,85 @@ mod avx512 {
         unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) }
     }
 
-    /// The integer dot products of one tile block with input block `b`,
-    /// one per row: `weights(g, high)` gives group `g`'s 16 rows' 4 low
-    /// (`high` false: columns 4g..4g+4) or high (columns 16+4g..) weights.
+    /// The integer dot products of one tile block's weights `w` with input
+    /// block `b`, one per row, as floats. `w[i]` holds the 16 rows' weights
+    /// of 4 columns: 4i.. (Q8_0), or, with `halves` (Q4_1, Q5_0), 4(i/2)..
+    /// for even i and 16 + 4(i/2).. for odd i.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn dots(x: &Q8Input, b: usize, weights: impl Fn(usize, bool) -> __m512i) -> __m512 {
+    fn dots(x: &Q8Input, b: usize, w: &[__m512i; 8], halves: bool) -> __m512 {
         let mut acc = _mm512_setzero_si512();
-        for g in 0..4 {
-            acc = _mm512_dpbusd_epi32(acc, weights(g, false), _mm512_set1_epi32(x.word(b, 4 * g)));
-            acc = _mm512_dpbusd_epi32(
-                acc,
-                weights(g, true),
-                _mm512_set1_epi32(x.word(b, 16 + 4 * g)),
-            );
+        for (i, w) in w.iter().enumerate() {
+            let column = if halves {
+                4 * (i / 2) + 16 * (i % 2)
+            } else {
+                4 * i
+            };
+            acc = _mm512_dpbusd_epi32(acc, *w, _mm512_set1_epi32(x.word(b, column)));
         }
         _mm512_cvtepi32_ps(acc)
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub fn tile_q4_1(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
+    /// The 8 nibble registers of a Q4_1 or Q5_0 tile block (`bytes`: its
+    /// 256 bytes of nibbles), in the order of [`dots`] with `halves`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn nibbles(bytes: &[u8]) -> [__m512i; 8] {
         let low = _mm512_set1_epi8(0x0f);
-        let mut acc = _mm512_setzero_ps();
-        for (b, block) in tile.chunks_exact(Format::Q4_1.tile_bytes()).enumerate() {
-            let nibbles = &block[4 * ROWS..];
-            let dots = dots(x, b, |g, high| {
-                let w = load(&nibbles[64 * g..]);
-                if high {
-                    _mm512_and_si512(_mm512_srli_epi16(w, 4), low)
-                } else {
-                    _mm512_and_si512(w, low)
-                }
-            });
-            let d = _mm512_mul_ps(scales(block), _mm512_set1_ps(x.scales[b]));
-            acc = _mm512_fmadd_ps(d, dots, acc);
-            let offsets = _mm512_set1_ps(x.scales[b] * x.sums[b]);
-            acc = _mm512_fmadd_ps(scales(&block[2 * ROWS..]), offsets, acc);
+        let mut w = [_mm512_setzero_si512(); 8];
+        for g in 0..4 {
+            let packed = load(&bytes[64 * g..]);
+            w[2 * g] = _mm512_and_si512(packed, low);
+            w[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
         }
-        // SAFETY: `out` holds 16 f32.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+        w
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn store(out: &mut [[f32; ROWS]], acc: &[__m512; MAX_INPUTS]) {
+        for (o, acc) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` holds 16 f32.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *acc) };
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub fn tile_q8_0(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
-        let mut acc = _mm512_setzero_ps();
+    pub fn tile_q4_1(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
+        assert!(xs.len() <= MAX_INPUTS);
+        let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
+        for (b, block) in tile.chunks_exact(Format::Q4_1.tile_bytes()).enumerate() {
+            let w = nibbles(&block[4 * ROWS..]);
+            let (d, m) = (scales(block), scales(&block[2 * ROWS..]));
+            for (x, acc) in xs.iter().zip(&mut acc) {
+                let dots = dots(x, b, &w, true);
+                *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.scales[b])), dots, *acc);
+                *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(x.scales[b] * x.sums[b]), *acc);
+            }
+        }
+        store(out, &acc);
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub fn tile_q8_0(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
+        assert!(xs.len() <= MAX_INPUTS);
+        let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
         for (b, block) in tile.chunks_exact(Format::Q8_0.tile_bytes()).enumerate() {
             let bytes = &block[2 * ROWS..];
-            let mut dots = _mm512_setzero_si512();
-            for g in 0..8 {
-                let input = _mm512_set1_epi32(x.word(b, 4 * g));
-                dots = _mm512_dpbusd_epi32(dots, load(&bytes[64 * g..]), input);
+            let w: [__m512i; 8] = std::array::from_fn(|g| load(&bytes[64 * g..]));
+            let d = scales(block);
+            for (x, acc) in xs.iter().zip(&mut acc) {
+                // The weights are stored as q + 128.
+                let dots = _mm512_sub_ps(dots(x, b, &w, false), _mm512_set1_ps(128.0 * x.sums[b]));
+                *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.scales[b])), dots, *acc);
             }
-            // The weights are stored as q + 128.
-            let dots = _mm512_sub_ps(_mm512_cvtepi32_ps(dots), _mm512_set1_ps(128.0 * x.sums[b]));
-            let d = _mm512_mul_ps(scales(block), _mm512_set1_ps(x.scales[b]));
-            acc = _mm512_fmadd_ps(d, dots, acc);
         }
-        // SAFETY: `out` holds 16 f32.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+        store(out, &acc);
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub fn tile_q5_0(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
-        let low = _mm512_set1_epi8(0x0f);
+    pub fn tile_q5_0(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
+        assert!(xs.len() <= MAX_INPUTS);
         let fifth = _mm512_set1_epi8(0x10);
         // Within each row's word of high bits: byte k of the word into all
         // four bytes of the row's lane, for k = 0..4.
@@ -414,31 +469,26 @@ mod avx512 {
             _mm512_set1_epi32(0x08040201),
             _mm512_set1_epi32(0x80402010_u32 as i32),
         ];
-        let mut acc = _mm512_setzero_ps();
+        let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
         for (b, block) in tile.chunks_exact(Format::Q5_0.tile_bytes()).enumerate() {
             let high_bits = load(&block[2 * ROWS..]);
-            let nibbles = &block[6 * ROWS..];
-            let dots = dots(x, b, |g, high| {
-                let w = load(&nibbles[64 * g..]);
-                let q = if high {
-                    _mm512_and_si512(_mm512_srli_epi16(w, 4), low)
-                } else {
-                    _mm512_and_si512(w, low)
-                };
-                // Column c = 4g + j (+ 16 for the high half) has its bit in
-                // byte c / 8 of the row's word, at c % 8.
-                let byte = g / 2 + if high { 2 } else { 0 };
-                let spread = _mm512_shuffle_epi8(high_bits, spreads[byte]);
+            let mut w = nibbles(&block[6 * ROWS..]);
+            for (i, w) in w.iter_mut().enumerate() {
+                // Column c = 4g + j (+ 16 for odd i) has its bit in byte
+                // c / 8 of the row's word, at c % 8.
+                let g = i / 2;
+                let spread = _mm512_shuffle_epi8(high_bits, spreads[g / 2 + 2 * (i % 2)]);
                 let set = _mm512_test_epi8_mask(spread, bits[g % 2]);
-                _mm512_or_si512(q, _mm512_maskz_mov_epi8(set, fifth))
-            });
-            // The weights are stored as q + 16.
-            let dots = _mm512_sub_ps(dots, _mm512_set1_ps(16.0 * x.sums[b]));
-            let d = _mm512_mul_ps(scales(block), _mm512_set1_ps(x.scales[b]));
-            acc = _mm512_fmadd_ps(d, dots, acc);
+                *w = _mm512_or_si512(*w, _mm512_maskz_mov_epi8(set, fifth));
+            }
+            let d = scales(block);
+            for (x, acc) in xs.iter().zip(&mut acc) {
+                // The weights are stored as q + 16.
+                let dots = _mm512_sub_ps(dots(x, b, &w, true), _mm512_set1_ps(16.0 * x.sums[b]));
+                *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.scales[b])), dots, *acc);
+            }
         }
-        // SAFETY: `out` holds 16 f32.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
+        store(out, &acc);
     }
 }
 
@@ -469,6 +519,31 @@ mod tests {
             }
         }
         data
+    }
+
+    /// Several inputs at once (a batched step, more than one kernel call's
+    /// worth) get exactly the products each gets alone.
+    #[test]
+    fn inputs_together_get_what_they_get_alone() {
+        use candle_core::{Device, Tensor};
+        for format in [Format::Q4_1, Format::Q5_0, Format::Q8_0] {
+            let (rows, cols, inputs) = (40, 96, MAX_INPUTS + 3);
+            let m = QMatrix::new(format, &blocks(format, rows, cols, 5), rows, cols).unwrap();
+            let xs = Tensor::randn(0f32, 1.0, inputs * cols, &Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let together = QMatrix::gemv_many(&[&m], &xs).remove(0);
+            assert_eq!(together.len(), inputs * rows);
+            for (i, x) in xs.chunks_exact(cols).enumerate() {
+                let alone = QMatrix::gemv_many(&[&m], x).remove(0);
+                assert_eq!(
+                    alone,
+                    together[i * rows..(i + 1) * rows],
+                    "{format:?} input {i}"
+                );
+            }
+        }
     }
 
     /// The product is candle's dequantized weights times the input, within
@@ -523,7 +598,11 @@ mod tests {
                 let bytes = cols / BLOCK * format.tile_bytes();
                 for (t, tile) in m.tiles.chunks_exact(bytes).enumerate() {
                     let mut rows_out = [0f32; ROWS];
-                    portable(format)(tile, &input, &mut rows_out);
+                    portable(format)(
+                        tile,
+                        std::slice::from_ref(&input),
+                        std::slice::from_mut(&mut rows_out),
+                    );
                     for (r, p) in rows_out.iter().enumerate().take(rows - t * ROWS) {
                         let g = got[t * ROWS + r];
                         assert!(
