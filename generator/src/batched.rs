@@ -780,31 +780,12 @@ impl Decoder {
 mod tests {
     use super::*;
 
-    /// xorshift64: the test needs arbitrary bytes, not a random crate.
-    fn bytes(seed: u64, n: usize) -> Vec<u8> {
-        let mut x = seed.max(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
-
-    /// Blocks of `dtype` with arbitrary contents and small positive f16
-    /// scales (and offsets), `rows` by `cols`.
+    /// `rows` by `cols` weights of `dtype`, arbitrary blocks with small
+    /// positive scales.
     fn weights(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> QTensor {
-        let size = dtype.type_size();
-        let mut raw = bytes(seed, rows * cols / dtype.block_size() * size);
-        for block in raw.chunks_exact_mut(size) {
-            // f16 0x2000..0x23ff: 0.0078 to 0.0156.
-            block[1] = 0x20 | (block[1] & 0x03);
-            if dtype == GgmlDType::Q4_1 {
-                block[3] = 0x20 | (block[3] & 0x03);
-            }
-        }
+        let count = rows * cols / dtype.block_size();
+        let offset = dtype == GgmlDType::Q4_1;
+        let raw = crate::qgemv::tests::arbitrary_blocks(dtype.type_size(), count, offset, seed);
         let storage = QStorage::from_data(Cow::Owned(raw), &Device::Cpu, dtype).unwrap();
         QTensor::new(storage, (rows, cols)).unwrap()
     }

@@ -493,32 +493,35 @@ mod avx512 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    /// `count` GGML blocks of `size` bytes, arbitrary but for a small
+    /// positive f16 scale in the first two bytes and, with `offset` (Q4_1),
+    /// the next two (0x2000-0x23ff: 0.0078 to 0.0156). An xorshift64 stream:
+    /// the tests need arbitrary bytes, not a random crate.
+    pub(crate) fn arbitrary_blocks(size: usize, count: usize, offset: bool, seed: u64) -> Vec<u8> {
         let mut x = seed.max(1);
-        (0..n)
+        let mut data: Vec<u8> = (0..size * count)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 (x >> 24) as u8
             })
-            .collect()
-    }
-
-    /// Arbitrary GGML blocks with small positive f16 scales (0x2000-0x23ff).
-    fn blocks(format: Format, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-        let size = format.block_bytes();
-        let mut data = bytes(seed, rows * cols / BLOCK * size);
+            .collect();
         for block in data.chunks_exact_mut(size) {
             block[1] = 0x20 | (block[1] & 0x03);
-            if format == Format::Q4_1 {
+            if offset {
                 block[3] = 0x20 | (block[3] & 0x03);
             }
         }
         data
+    }
+
+    fn blocks(format: Format, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let count = rows * cols / BLOCK;
+        arbitrary_blocks(format.block_bytes(), count, format == Format::Q4_1, seed)
     }
 
     /// Several inputs at once (a batched step, more than one kernel call's
