@@ -94,14 +94,7 @@ impl Linear {
             .collect();
         if let Some(own) = own {
             // All rows in one call: each tile of weights is read once.
-            let values = x.flatten_all()?.to_vec1::<f32>()?;
-            return QMatrix::gemv_many(&own, &values)
-                .into_iter()
-                .map(|v| {
-                    let n = v.len() / rows;
-                    Tensor::from_vec(v, (rows, n), x.device())
-                })
-                .collect();
+            return own_products(&own, x);
         }
         let mut out: Vec<Vec<Tensor>> = vec![Vec::with_capacity(rows); ws.len()];
         for r in 0..rows {
@@ -114,6 +107,19 @@ impl Linear {
         }
         out.iter().map(|o| Tensor::cat(o, 0)).collect()
     }
+}
+
+/// Our `ms` times `x` `(rows, in)`, each `(rows, out)`.
+fn own_products(ms: &[&QMatrix], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    let rows = x.dim(0)?;
+    let values = x.flatten_all()?.to_vec1::<f32>()?;
+    QMatrix::gemv_many(ms, &values)
+        .into_iter()
+        .map(|v| {
+            let n = v.len() / rows;
+            Tensor::from_vec(v, (rows, n), x.device())
+        })
+        .collect()
 }
 
 /// `ws` (not all ours) times one row `x` `(1, in)`, each `(1, out)`.
@@ -134,12 +140,7 @@ fn products(ws: &[&Quantized], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
     }
     ws.iter()
         .map(|w| match w {
-            Quantized::Own(m) => {
-                let values = x.flatten_all()?.to_vec1::<f32>()?;
-                let v = QMatrix::gemv_many(&[m], &values).remove(0);
-                let n = v.len();
-                Tensor::from_vec(v, (1, n), x.device())
-            }
+            Quantized::Own(m) => Ok(own_products(&[m], x)?.remove(0)),
             Quantized::Candle(weights) => weights.forward(x),
         })
         .collect()
@@ -159,7 +160,7 @@ fn products(ws: &[&Quantized], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
 /// kernels (AVX2, and AVX-512 VNNI for Q4_K).
 fn for_decoding(t: QTensor, own: bool) -> candle_core::Result<Quantized> {
     let (rows, cols) = t.shape().dims2()?;
-    let q8_0 = match t.dtype() {
+    let blocks = match t.dtype() {
         GgmlDType::Q4_1 if own => Some((Format::Q4_1, t.data()?.into_owned())),
         GgmlDType::Q5_0 if own => Some((Format::Q5_0, t.data()?.into_owned())),
         GgmlDType::Q8_0 => Some((Format::Q8_0, t.data()?.into_owned())),
@@ -172,7 +173,7 @@ fn for_decoding(t: QTensor, own: bool) -> candle_core::Result<Quantized> {
         )),
         _ => None,
     };
-    match q8_0 {
+    match blocks {
         Some((format, bytes)) if own => QMatrix::new(format, &bytes, rows, cols)
             .map(Quantized::Own)
             .map_err(|e| candle_core::Error::Msg(e.to_string())),
@@ -500,9 +501,10 @@ impl Decoder {
             dtype: DType::F32,
             device: device.clone(),
         };
-        // candle repacks quantized weights for its AVX-512 kernels when they
-        // are first used: one decoding step now keeps that (1.5 s for Qwen2.5
-        // 0.5B here) out of the first answer.
+        // candle repacks Q4_K weights for its AVX2 and AVX-512 kernels when
+        // they are first used: one decoding step now keeps that out of the
+        // first answer (24 ms for Qwen2.5-0.5B here, where Q4_K is half of
+        // the down projections; most of the weights of a larger Q4_K_M).
         if device.is_cpu() {
             let (_, prefilled) = decoder.prefill(&[0])?;
             let mut batch = Batch::default();
@@ -721,58 +723,46 @@ impl Decoder {
             let q = rope(&heads_of(q, self.heads)?)?;
             let k = rope(&heads_of(k, self.kv_heads)?)?;
             let (k, v) = cache(i, k, heads_of(v, self.kv_heads)?)?;
-            if let Some(starts) = own_attention {
-                let y = decode_attention::attend(&q, &k, &v, starts, scale as f32)?;
-                x = (layer.wo.forward(&y, quantized)? + x)?;
-                let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
-                x = (self.feed_forward(layer, &h, quantized)? + x)?;
-                continue;
-            }
-            let keys = k.dim(2)?;
-            // Grouped-query attention without copying the keys and values
-            // for every head: the query heads that share a key/value head
-            // are stacked as rows of one product, `(rows, kv_heads,
-            // group * n, head_dim)`.
-            let q = q.reshape((rows, self.kv_heads, group * n, self.head_dim))?;
-            let att = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-            let mut att = att.reshape((rows, self.heads, n, keys))?;
-            if let Some(mask) = mask {
-                att = mask
-                    .broadcast_as(att.shape())?
-                    .where_cond(&neg_inf.broadcast_as(att.shape())?, &att)?;
-            }
-            let att = candle_nn::ops::softmax_last_dim(&att)?.reshape((
-                rows,
-                self.kv_heads,
-                group * n,
-                keys,
-            ))?;
-            let y = att
-                .matmul(&v)?
-                .reshape((rows, self.heads, n, self.head_dim))?
-                .transpose(1, 2)?
-                .reshape((rows * n, hidden))?;
+            let y = match own_attention {
+                Some(starts) => decode_attention::attend(&q, &k, &v, starts, scale as f32)?,
+                None => {
+                    let keys = k.dim(2)?;
+                    // Grouped-query attention without copying the keys and
+                    // values for every head: the query heads that share a
+                    // key/value head are stacked as rows of one product,
+                    // `(rows, kv_heads, group * n, head_dim)`.
+                    let q = q.reshape((rows, self.kv_heads, group * n, self.head_dim))?;
+                    let att = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+                    let mut att = att.reshape((rows, self.heads, n, keys))?;
+                    if let Some(mask) = mask {
+                        att = mask
+                            .broadcast_as(att.shape())?
+                            .where_cond(&neg_inf.broadcast_as(att.shape())?, &att)?;
+                    }
+                    let att = candle_nn::ops::softmax_last_dim(&att)?.reshape((
+                        rows,
+                        self.kv_heads,
+                        group * n,
+                        keys,
+                    ))?;
+                    att.matmul(&v)?
+                        .reshape((rows, self.heads, n, self.head_dim))?
+                        .transpose(1, 2)?
+                        .reshape((rows * n, hidden))?
+                }
+            };
             x = (layer.wo.forward(&y, quantized)? + x)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
-            x = (self.feed_forward(layer, &h, quantized)? + x)?;
+            let [gate, up]: [Tensor; 2] =
+                Linear::forward_all(&[&layer.gate, &layer.up], &h, quantized)?
+                    .try_into()
+                    .expect("two products");
+            let gated = (candle_nn::ops::silu(&gate)? * up)?;
+            x = (layer.down.forward(&gated, quantized)? + x)?;
         }
         let last = x.reshape((rows, n, ()))?.narrow(1, n - 1, 1)?.squeeze(1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
         self.output.forward(&last, quantized)?.to_dtype(DType::F32)
-    }
-
-    /// The gated MLP of `layer` over `h`.
-    fn feed_forward(
-        &self,
-        layer: &Layer,
-        h: &Tensor,
-        quantized: bool,
-    ) -> candle_core::Result<Tensor> {
-        let [gate, up]: [Tensor; 2] = Linear::forward_all(&[&layer.gate, &layer.up], h, quantized)?
-            .try_into()
-            .expect("two products");
-        let gated = (candle_nn::ops::silu(&gate)? * up)?;
-        layer.down.forward(&gated, quantized)
     }
 }
 

@@ -13,6 +13,8 @@
 
 use candle_core::{Device, Result, Storage, Tensor};
 
+use crate::qgemv::Out;
+
 /// Lanes of an AVX-512 register.
 const LANES: usize = 16;
 
@@ -87,10 +89,6 @@ pub(crate) fn attend(
     drop((k_storage, v_storage));
     Tensor::from_vec(out, (rows, heads * head_dim), &Device::Cpu)
 }
-
-struct Out(*mut f32);
-// SAFETY: see `attend`: each task writes its own part.
-unsafe impl Sync for Out {}
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

@@ -45,14 +45,25 @@ impl Format {
         }
     }
 
-    /// Bytes of one block of a tile: 16 rows' scales, offsets (Q4_1) or
-    /// high bits (Q5_0), nibbles.
-    fn tile_bytes(self) -> usize {
+    /// Bytes per row of a block between the scale and the quants: Q4_1's
+    /// f16 offset, Q5_0's high bits.
+    fn extra_bytes(self) -> usize {
         match self {
-            Self::Q4_1 => ROWS * (2 + 2 + 16),
-            Self::Q5_0 => ROWS * (2 + 4 + 16),
-            Self::Q8_0 => ROWS * (2 + 32),
+            Self::Q4_1 => 2,
+            Self::Q5_0 => 4,
+            Self::Q8_0 => 0,
         }
+    }
+
+    /// Where the quants of a tile block start: after the 16 rows' scales
+    /// (at 0) and extras (at `2 * ROWS`).
+    fn quants_at(self) -> usize {
+        ROWS * (2 + self.extra_bytes())
+    }
+
+    /// Bytes of one block of a tile: scales, extras, quants of 16 rows.
+    fn tile_bytes(self) -> usize {
+        ROWS * self.block_bytes()
     }
 }
 
@@ -126,11 +137,7 @@ impl QMatrix {
             // in groups of 4 columns: nibbles (columns c and c + 16), or
             // Q8_0's bytes made unsigned.
             let (scales, rest) = tile.split_at_mut(2 * ROWS);
-            let extra = match format {
-                Format::Q4_1 => 2,
-                Format::Q5_0 => 4,
-                Format::Q8_0 => 0,
-            };
+            let extra = format.extra_bytes();
             let (extras, groups) = rest.split_at_mut(extra * ROWS);
             for r in 0..ROWS {
                 let row = t * ROWS + r;
@@ -224,8 +231,10 @@ impl QMatrix {
     }
 }
 
-struct Out(*mut f32);
-// SAFETY: see `gemv_many`: each tile is written by one thread only.
+/// Where parallel tasks write their results, each its own part (for
+/// `gemv_many` a tile's rows, for `decode_attention` a head's values).
+pub(crate) struct Out(pub(crate) *mut f32);
+// SAFETY: the users write disjoint parts only, each from one thread.
 unsafe impl Sync for Out {}
 
 /// Inputs one kernel call takes (its accumulators stay in registers).
@@ -308,7 +317,7 @@ mod portable {
             let y = &x.qs[b * BLOCK..(b + 1) * BLOCK];
             for (r, o) in out.iter_mut().enumerate() {
                 let (d, m) = (f16_at(block, 2 * r), f16_at(block, 2 * ROWS + 2 * r));
-                let q = weights(&block[4 * ROWS..], r, 0);
+                let q = weights(&block[Format::Q4_1.quants_at()..], r, 0);
                 let dot: i32 = q.iter().zip(y).map(|(a, b)| a * i32::from(*b)).sum();
                 *o += d * x.scales[b] * dot as f32 + m * x.scales[b] * x.sums[b];
             }
@@ -323,7 +332,7 @@ mod portable {
                 let d = f16_at(block, 2 * r);
                 let mut dot = 0i32;
                 for (c, y) in y.iter().enumerate() {
-                    let q = block[2 * ROWS + 64 * (c / 4) + 4 * r + c % 4];
+                    let q = block[Format::Q8_0.quants_at() + 64 * (c / 4) + 4 * r + c % 4];
                     dot += i32::from(q) * i32::from(*y);
                 }
                 // The weights are stored as q + 128.
@@ -340,7 +349,7 @@ mod portable {
                 let d = f16_at(block, 2 * r);
                 let h = &block[2 * ROWS + 4 * r..];
                 let high = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-                let q = weights(&block[6 * ROWS..], r, high);
+                let q = weights(&block[Format::Q5_0.quants_at()..], r, high);
                 let dot: i32 = q.iter().zip(y).map(|(a, b)| a * i32::from(*b)).sum();
                 // The weights are stored as q + 16.
                 *o += d * x.scales[b] * (dot as f32 - 16.0 * x.sums[b]);
@@ -421,7 +430,7 @@ mod avx512 {
         assert!(xs.len() <= MAX_INPUTS);
         let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
         for (b, block) in tile.chunks_exact(Format::Q4_1.tile_bytes()).enumerate() {
-            let w = nibbles(&block[4 * ROWS..]);
+            let w = nibbles(&block[Format::Q4_1.quants_at()..]);
             let (d, m) = (scales(block), scales(&block[2 * ROWS..]));
             for (x, acc) in xs.iter().zip(&mut acc) {
                 let dots = dots(x, b, &w, true);
@@ -437,7 +446,7 @@ mod avx512 {
         assert!(xs.len() <= MAX_INPUTS);
         let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
         for (b, block) in tile.chunks_exact(Format::Q8_0.tile_bytes()).enumerate() {
-            let bytes = &block[2 * ROWS..];
+            let bytes = &block[Format::Q8_0.quants_at()..];
             let w: [__m512i; 8] = std::array::from_fn(|g| load(&bytes[64 * g..]));
             let d = scales(block);
             for (x, acc) in xs.iter().zip(&mut acc) {
@@ -472,7 +481,7 @@ mod avx512 {
         let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
         for (b, block) in tile.chunks_exact(Format::Q5_0.tile_bytes()).enumerate() {
             let high_bits = load(&block[2 * ROWS..]);
-            let mut w = nibbles(&block[6 * ROWS..]);
+            let mut w = nibbles(&block[Format::Q5_0.quants_at()..]);
             for (i, w) in w.iter_mut().enumerate() {
                 // Column c = 4g + j (+ 16 for odd i) has its bit in byte
                 // c / 8 of the row's word, at c % 8.

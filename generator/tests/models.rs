@@ -381,7 +381,8 @@ fn candle_reference(path: &std::path::Path, prompt: &[u32], tokens: usize) -> Ve
 /// The batched decoder computes what candle's own llama and qwen2 models
 /// compute: the same greedy tokens for a grounded prompt. (On dequantized
 /// weights, as the reference runs under `CANDLE_DEQUANTIZE_ALL`; the
-/// quantized decoding steps are held to these below.)
+/// quantized decoding steps are held to the dequantized ones by the model
+/// tests in `src/batched.rs`.)
 #[tokio::test]
 async fn batched_decoder_matches_candle_models() {
     for rel in [
