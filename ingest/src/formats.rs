@@ -12,10 +12,101 @@ const SKIPPED: &[&str] = &[
     "button", "svg", "iframe", "head",
 ];
 
+/// The deepest element nesting a page may have. Browsers build at most
+/// 512 levels (Blink's parser attaches deeper elements as siblings), so no
+/// real page needs more; html5ever's tree builder slows down with depth
+/// (a 2.4 MB page of 200,000 nested `<div>`s held it past a minute).
+pub const MAX_HTML_DEPTH: usize = 512;
+
+/// Elements that never have content.
+const VOID: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr", "keygen",
+];
+/// Elements that the next one of their kind (or their parent's end)
+/// closes: left open in ordinary HTML, they do not nest.
+const SELF_CLOSING: &[&str] = &[
+    "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "thead", "tbody", "tfoot",
+    "colgroup", "rb", "rt", "rp",
+];
+/// Elements whose content is raw text, not tags.
+const RAW_TEXT: &[&str] = &["script", "style", "textarea", "title", "xmp", "plaintext"];
+
+/// How deep the page's elements nest, counted by a linear scan of its tags
+/// (no tree is built), stopping as soon as it passes `limit`. An end tag
+/// closes the nearest open element of its name and those inside it, as
+/// the tree builder does; void and self-closing elements do not count.
+pub fn html_depth(html: &str, limit: usize) -> usize {
+    let bytes = html.as_bytes();
+    let mut open: Vec<&str> = Vec::new();
+    let mut deepest = 0;
+    let mut i = 0;
+    while let Some(at) = memchr_lt(bytes, i) {
+        i = at + 1;
+        if html[i..].starts_with("!--") {
+            i = html[i..].find("-->").map_or(bytes.len(), |e| i + e + 3);
+            continue;
+        }
+        let closing = bytes.get(i) == Some(&b'/');
+        let start = i + usize::from(closing);
+        let end = html[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .map_or(bytes.len(), |e| start + e);
+        if end == start {
+            continue; // `<` as text, `<!DOCTYPE`, `<?xml`
+        }
+        let name = &html[start..end];
+        let tag_end = html[end..].find('>').map_or(bytes.len(), |e| end + e);
+        let self_closed = html[..tag_end].ends_with('/');
+        i = tag_end;
+        let is = |list: &[&str]| list.iter().any(|t| t.eq_ignore_ascii_case(name));
+        if closing {
+            if let Some(at) = open.iter().rposition(|o| o.eq_ignore_ascii_case(name)) {
+                open.truncate(at);
+            }
+        } else if is(RAW_TEXT) {
+            // Skip to the element's end tag, in any case.
+            let name = name.as_bytes();
+            i = (i..bytes.len())
+                .find(|&j| {
+                    bytes[j] == b'<'
+                        && bytes.get(j + 1) == Some(&b'/')
+                        && bytes
+                            .get(j + 2..j + 2 + name.len())
+                            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                })
+                .unwrap_or(bytes.len());
+        } else if !(self_closed || is(VOID) || is(SELF_CLOSING)) {
+            open.push(name);
+            deepest = deepest.max(open.len());
+            if deepest > limit {
+                break;
+            }
+        }
+    }
+    deepest
+}
+
+fn memchr_lt(bytes: &[u8], from: usize) -> Option<usize> {
+    bytes
+        .get(from..)?
+        .iter()
+        .position(|&b| b == b'<')
+        .map(|p| from + p)
+}
+
 /// The main text of an HTML page as Markdown-like text (headings become
 /// `#` lines, so the chunker keeps a breadcrumb), with the title from
-/// `<title>`, else the first `<h1>`, else `fallback_title`.
-pub fn load_html(html: &str, fallback_title: &str) -> LoadedDocument {
+/// `<title>`, else the first `<h1>`, else `fallback_title`. A page nested
+/// deeper than [`MAX_HTML_DEPTH`] is refused before it is parsed.
+pub fn load_html(html: &str, fallback_title: &str) -> Result<LoadedDocument> {
+    let depth = html_depth(html, MAX_HTML_DEPTH);
+    if depth > MAX_HTML_DEPTH {
+        return Err(Error::invalid(format!(
+            "HTML nested more than {MAX_HTML_DEPTH} elements deep (browsers build no deeper); \
+             refused as hostile structure"
+        )));
+    }
     let page = Html::parse_document(html);
     let select = |s: &str| Selector::parse(s).expect("static selector");
     let text_of = |e: ElementRef| e.text().collect::<Vec<_>>().join(" ");
@@ -45,13 +136,13 @@ pub fn load_html(html: &str, fallback_title: &str) -> LoadedDocument {
         .collect::<Vec<_>>()
         .join("\n");
     let body = crate::load::collapse_blank_lines(&body);
-    LoadedDocument {
+    Ok(LoadedDocument {
         title,
         tags: vec![],
         body,
         markdown: true,
         pages: vec![],
-    }
+    })
 }
 
 fn walk(element: ElementRef, out: &mut String) {
@@ -266,7 +357,7 @@ mod tests {
             <h2>Per diem</h2><ul><li>Lunch: 15 EUR</li><li>Dinner: 25 EUR</li></ul>
             <table><tr><th>City</th><th>Rate</th></tr><tr><td>Lisbon</td><td>120</td></tr></table>
             </main><footer>Copyright</footer></body></html>"#;
-        let doc = load_html(html, "fallback");
+        let doc = load_html(html, "fallback").unwrap();
         assert_eq!(doc.title, "Travel policy | Intranet");
         assert!(doc.markdown);
         for gone in ["secret", "color", "Home", "Company intranet", "Copyright"] {
@@ -284,10 +375,15 @@ mod tests {
 
         // Without <title>, the first <h1>; without either, the file name.
         assert_eq!(
-            load_html("<body><h1>Leave</h1><p>x</p></body>", "f").title,
+            load_html("<body><h1>Leave</h1><p>x</p></body>", "f")
+                .unwrap()
+                .title,
             "Leave"
         );
-        assert_eq!(load_html("<p>just text</p>", "notes").title, "notes");
+        assert_eq!(
+            load_html("<p>just text</p>", "notes").unwrap().title,
+            "notes"
+        );
     }
 
     #[test]

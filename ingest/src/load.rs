@@ -127,7 +127,7 @@ pub fn load_bytes(name: &Path, bytes: &[u8], limits: &Limits) -> Result<LoadedDo
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Error::invalid(format!("{}: not valid UTF-8 text", name.display())))?;
     let doc = match ext.as_str() {
-        "html" | "htm" => crate::formats::load_html(text, &fallback),
+        "html" | "htm" => crate::formats::load_html(text, &fallback).map_err(with_name)?,
         "md" | "markdown" => load_text(text, true, &fallback),
         _ => load_text(text, false, &fallback),
     };
@@ -289,5 +289,37 @@ mod tests {
         let err = load_bytes(Path::new("long.txt"), &[b'a'; 50], &limits).unwrap_err();
         assert!(err.to_string().contains("ingest.max_text_mb"), "{err}");
         assert!(load_bytes(Path::new("ok.txt"), b"short", &limits).is_ok());
+    }
+
+    /// 200,000 nested `<div>`s (2.4 MB) once held the parser for the whole
+    /// parse limit; the depth scan refuses them before any tree is built.
+    #[test]
+    fn deeply_nested_html_is_refused_at_once() {
+        let bomb = format!(
+            "<html><body>{}x{}</body></html>",
+            "<div>".repeat(200_000),
+            "</div>".repeat(200_000)
+        );
+        let started = std::time::Instant::now();
+        let err =
+            load_bytes(Path::new("bomb.html"), bomb.as_bytes(), &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("nested more than 512"), "{err}");
+        assert!(err.to_string().contains("bomb.html"), "{err}");
+        eprintln!("refused in {:?}", started.elapsed());
+        // Ordinary pages, unclosed paragraphs and list items included, and
+        // nesting up to the limit, still load.
+        let ordinary = format!(
+            "<html><body><main>{}<ul><li>a<li>b</ul><p>one<p>two<br><img src=x>{}deep{}</main></body></html>",
+            "<p>text".repeat(5_000),
+            "<section>".repeat(500),
+            "</section>".repeat(500)
+        );
+        let doc = load_bytes(
+            Path::new("ok.html"),
+            ordinary.as_bytes(),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert!(doc.body.contains("deep"));
     }
 }
