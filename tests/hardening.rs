@@ -295,21 +295,35 @@ fn generated_query(rng: &mut StdRng) -> (String, &'static str, usize) {
 fn markers_in(text: &str) -> Vec<String> {
     GROUPS
         .iter()
-        .chain(&["shared"])
+        .chain(&["shared", "mover"])
         .map(|g| marker(g))
         .filter(|m| text.contains(m.as_str()))
         .collect()
 }
 
+/// The page that changes hands during the isolation test.
+const MOVER: &str = "# Hangar schedule MOVERSECRET\n\nThe zeppelin hangar schedule belongs to one \
+                     team at a time; its reference is MOVERSECRET-1 zeppelin.\n";
+
 /// 1,000 generated queries per group, each over retrieval and over the
 /// streamed chat answer: nothing outside the caller's groups is returned,
-/// cited or quoted. An admin asking the same queries sees the other
-/// groups' documents, which shows the queries do aim at them.
+/// cited or quoted, while one document moves from group to group (an
+/// upload every 250 queries). An admin asking the same queries sees the
+/// other groups' documents, which shows the queries do aim at them.
 #[test]
 fn a_thousand_queries_per_group_never_cross_groups() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
     ingest_group_corpus(data);
+    let mover = tempfile::tempdir().unwrap();
+    std::fs::write(mover.path().join("mover.md"), MOVER).unwrap();
+    run_ok(
+        rag(data)
+            .arg("ingest")
+            .arg(mover.path())
+            .args(["--group", "alpha"]),
+    );
+    let mut owner = 0; // index into GROUPS
     let keys: Vec<String> = GROUPS
         .iter()
         .map(|g| create_key(data, "reader", g))
@@ -319,47 +333,49 @@ fn a_thousand_queries_per_group_never_cross_groups() {
     let (server, addr) = serve_logged(data, &fake_model_env(&fake_model()), &log);
 
     let ask = |key: &str, question: &str, mode: &str, k: usize| -> (String, String) {
-        let retrieve = json!({"question": question, "mode": mode, "k": k}).to_string();
-        let (status, _, hits) = http_with(
-            &addr,
-            "POST",
-            "/v1/retrieve",
-            &[("X-Api-Key", key)],
-            &retrieve,
-        );
-        assert_eq!(status, 200, "{hits}");
-        let chat = json!({
-            "stream": true,
-            "messages": [{"role": "user", "content": question}],
-            "rag": {"mode": mode, "k": k},
-        })
-        .to_string();
-        let (status, _, stream) = http_with(
-            &addr,
-            "POST",
-            "/v1/chat/completions",
-            &[("Authorization", &format!("Bearer {key}"))],
-            &chat,
-        );
-        assert_eq!(status, 200, "{stream}");
-        let events = sse_data(&stream);
-        assert_eq!(
-            events.last().map(String::as_str),
-            Some("[DONE]"),
-            "{stream}"
-        );
-        (hits, events.join("\n"))
+        query_as(&addr, key, question, mode, k, &[])
     };
 
     let mut rng = StdRng::seed_from_u64(20261128);
     let queries: Vec<_> = (0..1000).map(|_| generated_query(&mut rng)).collect();
+    let mut probes = [0usize; 2]; // (owner saw it, others did not)
     for (g, group) in GROUPS.iter().enumerate() {
-        let mut allowed = vec![marker(group)];
+        let mut base = vec![marker(group)];
         if *group != "gamma" {
-            allowed.push(marker("shared"));
+            base.push(marker("shared"));
         }
         let (mut own_hits, mut own_in_answer) = (0, 0);
-        for (question, mode, k) in &queries {
+        for (i, (question, mode, k)) in queries.iter().enumerate() {
+            if i % 250 == 0 {
+                // The mover goes to the next group; once its job is done,
+                // the old owner must never see it again.
+                owner = (owner + 1) % GROUPS.len();
+                let (status, accepted) = upload_as(
+                    &addr,
+                    Some(&admin),
+                    &[
+                        ("file", Some("mover.md"), MOVER.as_bytes()),
+                        ("groups", None, GROUPS[owner].as_bytes()),
+                    ],
+                );
+                assert_eq!(status, 202, "{accepted}");
+                let job =
+                    wait_for_job_as(&addr, Some(&admin), accepted["job_id"].as_str().unwrap());
+                assert_eq!(job["report"]["updated"], 1, "{job}");
+                let (hits, stream) = ask(&keys[g], "zeppelin hangar schedule", "hybrid", 5);
+                let saw = markers_in(&format!("{hits}{stream}")).contains(&marker("mover"));
+                assert_eq!(
+                    saw,
+                    owner == g,
+                    "{group} after the mover went to {}",
+                    GROUPS[owner]
+                );
+                probes[usize::from(owner != g)] += 1;
+            }
+            let mut allowed = base.clone();
+            if owner == g {
+                allowed.push(marker("mover"));
+            }
             let (hits, stream) = ask(&keys[g], question, mode, *k);
             for (what, text) in [("retrieval", &hits), ("chat stream", &stream)] {
                 let foreign: Vec<String> = markers_in(text)
@@ -389,6 +405,7 @@ fn a_thousand_queries_per_group_never_cross_groups() {
             "{group}: only {own_in_answer} answers quoted a passage"
         );
     }
+    assert!(probes[0] > 0 && probes[1] > 0, "{probes:?}");
     let mut crossing = 0;
     for (question, mode, k) in &queries[..100] {
         let (hits, stream) = ask(&admin, question, mode, *k);
@@ -754,4 +771,324 @@ fn a_database_outage_gets_503_and_jobs_resume_when_it_returns() {
     let (status, _, body) = retrieve("What does the canteen serve on Thursdays?");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("quokka stew"), "{body}");
+}
+
+/// What a key gets back for a query: the retrieved hits, and the streamed
+/// chat answer's events (the echo model streams every passage it is given,
+/// and the last chunk carries the citations). The stream must end whole.
+fn query_as(
+    addr: &str,
+    key: &str,
+    question: &str,
+    mode: &str,
+    k: usize,
+    tags: &[&str],
+) -> (String, String) {
+    let retrieve = json!({"question": question, "mode": mode, "k": k, "tags": tags}).to_string();
+    let (status, _, hits) = http_with(
+        addr,
+        "POST",
+        "/v1/retrieve",
+        &[("X-Api-Key", key)],
+        &retrieve,
+    );
+    assert_eq!(status, 200, "{hits}");
+    let chat = json!({
+        "stream": true,
+        "messages": [{"role": "user", "content": question}],
+        "rag": {"mode": mode, "k": k, "filters": {"tags": tags}},
+    })
+    .to_string();
+    let (status, _, stream) = http_with(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Authorization", &format!("Bearer {key}"))],
+        &chat,
+    );
+    assert_eq!(status, 200, "{stream}");
+    let events = sse_data(&stream);
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{stream}"
+    );
+    (hits, events.join("\n"))
+}
+
+/// [`query_as`] as one text, `k` = 10.
+fn retrieve_and_stream(addr: &str, key: &str, question: &str, mode: &str, tags: &[&str]) -> String {
+    let (hits, stream) = query_as(addr, key, question, mode, 10, tags);
+    format!("{hits}\n{stream}")
+}
+
+/// The job's per-document outcome statuses, once it is done.
+fn job_outcomes(addr: &str, key: &str, accepted: &Value) -> Vec<String> {
+    let id = accepted["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{accepted}"));
+    let job = wait_for_job_as(addr, Some(key), id);
+    assert_eq!(job["state"], "done", "{job}");
+    job["report"]["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A document moved to another group, or retagged, through the CLI and
+/// through an upload: afterwards the old group never retrieves, cites or
+/// streams it, the new group does, and the moves re-embed nothing.
+#[test]
+fn groups_and_tags_follow_a_document_through_the_cli_and_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let folder = tempfile::tempdir().unwrap();
+    let page = "# Airship travel\n\nThe zeppelin charter is booked through the travel desk; \
+                its reference is ZEPPELINSECRET-7.\n";
+    std::fs::write(folder.path().join("airship.md"), page).unwrap();
+    let ingest = |group: &str, tag: &str| -> Value {
+        let out = run_ok(
+            rag(data)
+                .arg("ingest")
+                .arg(folder.path())
+                .args(["--group", group, "--tag", tag, "--json"]),
+        );
+        serde_json::from_str(&out).unwrap()
+    };
+    ingest("alpha", "old");
+    let (alpha, beta, admin) = (
+        create_key(data, "reader", "alpha"),
+        create_key(data, "reader", "beta"),
+        create_key(data, "admin", ""),
+    );
+    // The CLI moves it to beta and retags it: the text is unchanged, so
+    // nothing is embedded again.
+    let report = ingest("beta", "new");
+    assert_eq!(report["updated"], 1, "{report}");
+    assert_eq!(report["embedded_chunks"], 0, "{report}");
+    let log = dir.path().join("serve.log");
+    let (_server, addr) = serve_logged(data, &fake_model_env(&fake_model()), &log);
+    let sees = |key: &str, tags: &[&str]| -> Vec<bool> {
+        ["hybrid", "dense", "sparse"]
+            .iter()
+            .map(|mode| {
+                retrieve_and_stream(&addr, key, "zeppelin charter travel desk", mode, tags)
+                    .contains("ZEPPELINSECRET")
+            })
+            .collect()
+    };
+    assert_eq!(sees(&alpha, &[]), [false; 3], "the old group still sees it");
+    assert_eq!(sees(&beta, &[]), [true; 3], "the new group does not");
+    assert_eq!(
+        sees(&beta, &["old"]),
+        [false; 3],
+        "the old tag still finds it"
+    );
+    assert_eq!(sees(&beta, &["new"]), [true; 3]);
+
+    // An upload moves it back to alpha with another tag.
+    let (status, accepted) = upload_as(
+        &addr,
+        Some(&admin),
+        &[
+            ("file", Some("airship.md"), page.as_bytes()),
+            ("groups", None, b"alpha"),
+            ("tags", None, b"moved"),
+        ],
+    );
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(job_outcomes(&addr, &admin, &accepted), ["updated"]);
+    let job = wait_for_job_as(&addr, Some(&admin), accepted["job_id"].as_str().unwrap());
+    assert_eq!(job["report"]["embedded_chunks"], 0, "{job}");
+    assert_eq!(
+        sees(&beta, &[]),
+        [false; 3],
+        "beta still sees it after the upload"
+    );
+    assert_eq!(sees(&alpha, &[]), [true; 3]);
+    assert_eq!(sees(&alpha, &["new"]), [false; 3]);
+    assert_eq!(sees(&alpha, &["moved"]), [true; 3]);
+    // No hit was ever dropped for a stale label: the vectors had the new
+    // ones before each commit.
+    let (_, metrics) = http(&addr, "GET", "/metrics", "");
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("rag_retrieval_label_mismatches_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}
+
+/// A restricted uploader of beta uploads a file named like alpha's
+/// document: alpha's is untouched, beta gets a document of its own, and
+/// nothing beta is told differs from uploading a name nobody has. It
+/// cannot delete alpha's document, nor one it shares with alpha.
+#[test]
+fn a_restricted_uploader_cannot_replace_delete_or_learn_of_another_groups_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let folder = tempfile::tempdir().unwrap();
+    let alpha_page =
+        "# Launch plan\n\nThe launch date of the falcon project is ALPHAPLAN-3 in March.\n";
+    std::fs::write(folder.path().join("plan.md"), alpha_page).unwrap();
+    run_ok(
+        rag(data)
+            .arg("ingest")
+            .arg(folder.path())
+            .args(["--group", "alpha"]),
+    );
+    let joint = tempfile::tempdir().unwrap();
+    std::fs::write(
+        joint.path().join("joint.md"),
+        "# Joint offsite\n\nThe offsite for both teams is at the lake, JOINTPLAN-1.\n",
+    )
+    .unwrap();
+    run_ok(
+        rag(data)
+            .arg("ingest")
+            .arg(joint.path())
+            .args(["--group", "alpha", "--group", "beta"]),
+    );
+    let (alpha, beta, beta_uploader, admin) = (
+        create_key(data, "reader", "alpha"),
+        create_key(data, "reader", "beta"),
+        create_key(data, "uploader", "beta"),
+        create_key(data, "admin", ""),
+    );
+    let log = dir.path().join("serve.log");
+    let (_server, addr) = serve_logged(data, &fake_model_env(&fake_model()), &log);
+    let documents = |key: &str| -> Vec<Value> {
+        let (status, _, body) = http_with(
+            &addr,
+            "GET",
+            "/v1/documents?limit=500",
+            &[("X-Api-Key", key)],
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["documents"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let before: Vec<Value> = documents(&admin);
+    assert_eq!(before.len(), 2);
+
+    // What beta is told: the same for a free name and for alpha's name.
+    let beta_page = |n: u32| format!("# Launch plan\n\nThe beta launch is BETAPLAN-{n} in May.\n");
+    let upload = |name: &str, body: &str| -> (u16, Value) {
+        upload_as(
+            &addr,
+            Some(&beta_uploader),
+            &[("file", Some(name), body.as_bytes())],
+        )
+    };
+    let (free_status, free) = upload("free.md", &beta_page(0));
+    let (taken_status, taken) = upload("plan.md", &beta_page(1));
+    assert_eq!((free_status, taken_status), (202, 202));
+    let shape = |accepted: &Value| -> Value {
+        let mut job = accepted["job"].clone();
+        for field in ["id", "submitted_at", "files"] {
+            job[field] = Value::Null;
+        }
+        job
+    };
+    assert_eq!(shape(&free), shape(&taken), "{free} vs {taken}");
+    let free_job = wait_for_job_as(
+        &addr,
+        Some(&beta_uploader),
+        free["job_id"].as_str().unwrap(),
+    );
+    let taken_job = wait_for_job_as(
+        &addr,
+        Some(&beta_uploader),
+        taken["job_id"].as_str().unwrap(),
+    );
+    let report = |job: &Value| -> Value {
+        let mut r = job["report"].clone();
+        r["seconds"] = Value::Null;
+        r["outcomes"][0]["source"] = Value::Null;
+        r
+    };
+    assert_eq!(
+        report(&free_job),
+        report(&taken_job),
+        "{free_job} vs {taken_job}"
+    );
+    assert_eq!(taken_job["report"]["added"], 1, "{taken_job}");
+
+    // alpha's document is untouched; beta sees only its own.
+    let after = documents(&admin);
+    let alpha_plan = |docs: &[Value]| -> Value {
+        docs.iter()
+            .find(|d| d["source"] == "plan.md" && d["groups"] == json!(["alpha"]))
+            .cloned()
+            .unwrap_or_else(|| panic!("{docs:?}"))
+    };
+    assert_eq!(alpha_plan(&after), alpha_plan(&before));
+    let beta_docs = documents(&beta);
+    let beta_plans: Vec<&Value> = beta_docs
+        .iter()
+        .filter(|d| d["source"] == "plan.md")
+        .collect();
+    assert_eq!(beta_plans.len(), 1, "{beta_docs:?}");
+    assert_eq!(beta_plans[0]["groups"], json!(["beta"]));
+    for mode in ["hybrid", "dense", "sparse"] {
+        let seen = retrieve_and_stream(&addr, &alpha, "launch plan date", mode, &[]);
+        assert!(
+            seen.contains("ALPHAPLAN") && !seen.contains("BETAPLAN"),
+            "{mode}: {seen}"
+        );
+        let seen = retrieve_and_stream(&addr, &beta, "launch plan date", mode, &[]);
+        assert!(
+            seen.contains("BETAPLAN") && !seen.contains("ALPHAPLAN"),
+            "{mode}: {seen}"
+        );
+    }
+
+    // Uploading again updates beta's own document, never alpha's.
+    let (_, again) = upload("plan.md", &beta_page(2));
+    assert_eq!(job_outcomes(&addr, &beta_uploader, &again), ["updated"]);
+    assert_eq!(alpha_plan(&documents(&admin)), alpha_plan(&before));
+    let seen = retrieve_and_stream(&addr, &beta, "launch plan date", "hybrid", &[]);
+    assert!(
+        seen.contains("BETAPLAN-2") && !seen.contains("BETAPLAN-1"),
+        "{seen}"
+    );
+
+    // Deleting: alpha's document does not exist for beta; the shared one
+    // beta may not delete (alpha would lose it).
+    let delete = |id: &str| {
+        http_raw_as(
+            &addr,
+            Some(&beta_uploader),
+            "DELETE",
+            &format!("/v1/documents/{id}"),
+            "application/json",
+            b"",
+        )
+    };
+    let alpha_id = alpha_plan(&before)["id"].as_str().unwrap().to_string();
+    let (status, body) = delete(&alpha_id);
+    assert_eq!(status, 404, "{body}");
+    let missing = delete("0123456789abcdef0123456789abcdef");
+    assert_eq!(missing.0, 404);
+    assert_eq!(
+        body.replace(&alpha_id, "ID"),
+        missing.1.replace("0123456789abcdef0123456789abcdef", "ID"),
+        "a hidden document reads like a missing one"
+    );
+    let joint_id = before.iter().find(|d| d["source"] == "joint.md").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = delete(&joint_id);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(documents(&admin).len(), 4, "nothing was deleted");
+    // Its own, it may.
+    let own = beta_plans[0]["id"].as_str().unwrap();
+    assert_eq!(delete(own).0, 200);
+    assert_eq!(alpha_plan(&documents(&admin)), alpha_plan(&before));
 }

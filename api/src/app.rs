@@ -116,6 +116,12 @@ impl App {
         };
         let docs: Arc<dyn DocumentStore> =
             Arc::new(SqlDocumentStore::connect(&settings.database_url()).await?);
+        if settings.vector_store.url.is_empty() {
+            // The embedded vector store is this process's alone (it locks
+            // its folder): a writer still registered died with an earlier
+            // one, and what it had in flight is for the next repair.
+            docs.forget_writers().await?;
+        }
         let retriever = Retriever {
             embedder: embedder.clone(),
             vectors: vectors.clone(),

@@ -131,6 +131,8 @@ pub struct VectorStoreSettings {
     pub replication_factor: u32,
     pub write_consistency_factor: u32,
     pub timeout_s: f64,
+    /// Creating the collection and its indexes (a cluster is slower).
+    pub create_timeout_s: f64,
 }
 
 impl Default for VectorStoreSettings {
@@ -144,16 +146,22 @@ impl Default for VectorStoreSettings {
             replication_factor: d.replication_factor,
             write_consistency_factor: d.write_consistency_factor,
             timeout_s: d.timeout.as_secs_f64(),
+            create_timeout_s: d.create_timeout.as_secs_f64(),
         }
     }
 }
 
 impl VectorStoreSettings {
     pub fn server(&self) -> anyhow::Result<rag_store::ServerSettings> {
-        anyhow::ensure!(
-            self.timeout_s > 0.0 && self.timeout_s.is_finite(),
-            "vector_store.timeout_s must be a positive number of seconds"
-        );
+        for (name, value) in [
+            ("timeout_s", self.timeout_s),
+            ("create_timeout_s", self.create_timeout_s),
+        ] {
+            anyhow::ensure!(
+                value > 0.0 && value.is_finite(),
+                "vector_store.{name} must be a positive number of seconds"
+            );
+        }
         anyhow::ensure!(
             self.shard_number > 0
                 && self.replication_factor > 0
@@ -168,6 +176,7 @@ impl VectorStoreSettings {
             replication_factor: self.replication_factor,
             write_consistency_factor: self.write_consistency_factor,
             timeout: std::time::Duration::from_secs_f64(self.timeout_s),
+            create_timeout: std::time::Duration::from_secs_f64(self.create_timeout_s),
         })
     }
 }

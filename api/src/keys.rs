@@ -93,6 +93,17 @@ impl Caller {
         self.sees_groups(&doc.groups)
     }
 
+    /// Whether the caller may replace or delete this document: an
+    /// unrestricted caller always; a restricted one when it has every one
+    /// of the document's groups (the rule `rag_ingest::target` applies to
+    /// uploads).
+    pub fn covers(&self, doc: &DocumentRecord) -> bool {
+        match &self.groups {
+            None => true,
+            Some(mine) => !doc.groups.is_empty() && doc.groups.iter().all(|g| mine.contains(g)),
+        }
+    }
+
     /// Whether something shared with `groups` is visible to this caller:
     /// always for an unrestricted one, else when a group is in common.
     pub fn sees_groups(&self, groups: &[String]) -> bool {

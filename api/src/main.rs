@@ -417,6 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 collection,
                 tags,
                 groups,
+                writer_groups: None,
             };
             let bar = progress_bar(files.len() as u64, json);
             let work = async {
@@ -604,16 +605,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ingestor = app.ingestor()?;
             let mut missing = Vec::new();
             for name in &documents {
-                let doc = match app.docs.document_by_source(&collection, name).await? {
-                    Some(doc) => Some(doc),
-                    None => app.docs.document(name).await?,
-                };
-                match doc {
-                    Some(doc) => {
-                        ingestor.delete(&doc.id).await?;
-                        println!("deleted {} ({} chunks)", doc.source, doc.chunk_count);
-                    }
-                    None => missing.push(name.as_str()),
+                // A source names every document of that name in the
+                // collection (one per owner scope).
+                let mut docs = app.docs.documents_by_source(&collection, name).await?;
+                if docs.is_empty() {
+                    docs.extend(app.docs.document(name).await?);
+                }
+                if docs.is_empty() {
+                    missing.push(name.as_str());
+                }
+                for doc in docs {
+                    ingestor.delete(&doc.id).await?;
+                    println!("deleted {} ({} chunks)", doc.source, doc.chunk_count);
                 }
             }
             anyhow::ensure!(

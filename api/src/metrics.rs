@@ -54,6 +54,11 @@ fn describe() {
         "answers by outcome: answered, abstained, error"
     );
     describe_counter!(
+        "rag_retrieval_label_mismatches_total",
+        "hits dropped because their vector's labels did not match the committed document \
+         (defence in depth; non-zero outside an ingest's relabelling is a bug)"
+    );
+    describe_counter!(
         "rag_passages_withheld_total",
         "relevant passages kept from the model because they give it orders (prompt injection)"
     );

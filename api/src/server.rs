@@ -215,11 +215,15 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Response, Ap
         .await?;
     let generator = app.generator().await?;
     generator.check().await?;
+    // Ready, but with something an operator should fix (a collection with
+    // fewer replicas than configured).
+    let warnings = app.vectors.warnings();
     Ok(Json(json!({
         "status": "ready",
         "documents": documents,
         "generator": generator.model_id(),
         "embedder": app.embedder.model_id(),
+        "warnings": warnings,
     }))
     .into_response())
 }
@@ -386,7 +390,9 @@ pub(crate) async fn upload(
             ),
         });
     }
-    // A restricted key uploads into its own groups only.
+    // A restricted key uploads into its own groups only, and replaces only
+    // documents it covers (`rag_ingest::target`).
+    options.writer_groups = caller.groups.clone();
     if let Some(mine) = &caller.groups {
         if options.groups.is_empty() {
             options.groups = mine.clone();
@@ -522,6 +528,13 @@ pub(crate) async fn delete_document(
     caller.require(KeyRole::Uploader, "delete documents")?;
     let _writes = state.jobs.writes.lock().await;
     let doc = find_document(&state, &caller, &id).await?;
+    if !caller.covers(&doc) {
+        return Err(rejection(
+            StatusCode::FORBIDDEN,
+            "this document is shared with groups this key does not have; a key with all of \
+             its groups, or an admin key, can delete it",
+        ));
+    }
     state
         .app
         .ingestor()

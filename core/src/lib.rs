@@ -11,6 +11,8 @@ mod traits;
 mod types;
 
 pub use error::{Error, Result};
-pub use ids::{chunk_id, document_id};
-pub use traits::{DocumentStore, Embedder, Generator, Reranker, TextSink, VectorStore};
+pub use ids::{chunk_id, document_id, scoped_document_id};
+pub use traits::{
+    DocumentStore, Embedder, Generator, ReferenceLock, Reranker, TextSink, VectorStore,
+};
 pub use types::*;

@@ -36,17 +36,28 @@ pub trait VectorStore: Send + Sync {
     async fn chunk_ids(&self) -> Result<Vec<String>>;
     /// Builds search indexes after bulk writes.
     async fn optimize(&self) -> Result<()>;
+    /// Sets the tags and groups of every point of a document, durably:
+    /// how a document's new labels reach the vectors it keeps.
+    async fn set_labels(&self, document_id: &str, tags: &[String], groups: &[String])
+    -> Result<()>;
+    /// Problems that do not stop the store but that an operator should fix
+    /// (a collection with fewer replicas than configured); `/readyz` shows them.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The metadata database: documents and chunks. It is the source of truth:
 /// a chunk is part of the corpus when, and only when, its row is committed.
 #[async_trait]
 pub trait DocumentStore: Send + Sync {
-    async fn document_by_source(
+    /// The documents of this name in a collection, by id: one per owner
+    /// scope (`rag_core::document_id`, `scoped_document_id`).
+    async fn documents_by_source(
         &self,
         collection: &str,
         source: &str,
-    ) -> Result<Option<DocumentRecord>>;
+    ) -> Result<Vec<DocumentRecord>>;
     async fn document(&self, id: &str) -> Result<Option<DocumentRecord>>;
     async fn documents(&self, collection: Option<&str>) -> Result<Vec<DocumentRecord>>;
     /// One page of documents ordered by collection and source, and the
@@ -69,6 +80,27 @@ pub trait DocumentStore: Send + Sync {
     /// Every committed chunk id (with repeats, if the store has any).
     async fn chunk_ids(&self) -> Result<Vec<String>>;
     async fn document_count(&self) -> Result<usize>;
+    /// Registers a writer, or renews its heartbeat, on the database's clock.
+    async fn heartbeat(&self, writer: &str) -> Result<()>;
+    /// Records that `writer` is about to write, or to rely on, the vectors
+    /// of these chunks: while its heartbeat is live they are not deleted
+    /// (see [`ReferenceLock`]). Waits for a deletion in progress.
+    async fn mark_in_flight(&self, writer: &str, chunk_ids: &[String]) -> Result<()>;
+    /// Drops `writer`'s marks on these chunks (they are committed now).
+    async fn clear_in_flight(&self, writer: &str, chunk_ids: &[String]) -> Result<()>;
+    /// Ends a writer: its heartbeat and all its marks go.
+    async fn retire_writer(&self, writer: &str) -> Result<()>;
+    /// Forgets writers whose heartbeat is older than `timeout_s`, and their
+    /// marks; returns how many.
+    async fn forget_dead_writers(&self, timeout_s: i64) -> Result<usize>;
+    /// Forgets every writer and mark: for a process that alone can write
+    /// the vector store (the embedded engine locks its folder), any writer
+    /// left at its start died with an earlier process.
+    async fn forget_writers(&self) -> Result<usize>;
+    /// Takes the lock under which vectors are deleted; marking chunks in
+    /// flight waits for it. Released by [`ReferenceLock::release`] or when
+    /// dropped.
+    async fn lock_references(&self) -> Result<Box<dyn ReferenceLock>>;
     /// Records the start of an ingest run; returns its id.
     async fn start_run(&self, started_at: &str) -> Result<String>;
     async fn finish_run(&self, run_id: &str, finished_at: &str, report_json: &str) -> Result<()>;
@@ -80,6 +112,18 @@ pub trait DocumentStore: Send + Sync {
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
     /// Marks a key revoked; false when there is no such key.
     async fn revoke_key(&self, id: &str, revoked_at: &str) -> Result<bool>;
+}
+
+/// The vector-deletion lock of [`DocumentStore::lock_references`]: while
+/// it is held no writer can mark chunks in flight, so what
+/// [`ReferenceLock::unreferenced`] returns stays unreferenced until the
+/// vectors are deleted and the lock released.
+#[async_trait]
+pub trait ReferenceLock: Send {
+    /// Of `chunk_ids`, those neither committed nor in flight for a writer
+    /// whose heartbeat is at most `timeout_s` old.
+    async fn unreferenced(&mut self, chunk_ids: &[String], timeout_s: i64) -> Result<Vec<String>>;
+    async fn release(self: Box<Self>) -> Result<()>;
 }
 
 /// Re-scores retrieved passages against the question, e.g. a cross-encoder.

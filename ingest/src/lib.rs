@@ -16,8 +16,8 @@ mod pipeline;
 pub use chunk::{ChunkOptions, Chunker, TextChunk};
 pub use load::{Limits, LoadedDocument, SUPPORTED_EXTENSIONS, load_bytes, load_file, load_text};
 pub use pipeline::{
-    DocumentOutcome, IngestOptions, IngestReport, Ingestor, Input, Progress, collect_files,
-    embedding_text, repair,
+    DocumentOutcome, IngestOptions, IngestReport, Ingestor, Input, Progress, WRITER_TIMEOUT_S,
+    collect_files, delete_unreferenced, embedding_text, repair, target,
 };
 
 /// Test helpers shared with the end-to-end tests.

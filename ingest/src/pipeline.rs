@@ -1,7 +1,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rag_core::{
     ChunkRecord, DocumentRecord, DocumentStore, Embedder, Error, Result, VectorPoint, VectorStore,
@@ -23,12 +23,25 @@ const FIRST_EMBED_BATCH: usize = 64;
 const EMBED_BATCH: usize = 256;
 /// Documents read and chunked ahead of the embedder.
 const PREPARED_QUEUE: usize = 16;
+/// A writer whose heartbeat is older than this (on the database's clock)
+/// is dead: its in-flight marks no longer protect anything.
+pub const WRITER_TIMEOUT_S: i64 = 60;
+/// How often a running ingest renews its heartbeat.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// A writer that could not renew its heartbeat for this long stops before
+/// committing anything more: others may soon take it for dead.
+const OWN_LEASE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
     pub collection: String,
     pub tags: Vec<String>,
     pub groups: Vec<String>,
+    /// The groups of a restricted writer (an API key limited to some
+    /// groups); `None` for an unrestricted one (the CLI, admin keys). A
+    /// restricted writer replaces only documents it covers (see
+    /// [`target`]).
+    pub writer_groups: Option<Vec<String>>,
 }
 
 impl Default for IngestOptions {
@@ -37,8 +50,144 @@ impl Default for IngestOptions {
             collection: "default".into(),
             tags: vec![],
             groups: vec![],
+            writer_groups: None,
         }
     }
+}
+
+/// Which document an input of `source` writes to, and that document's
+/// current version if it has one. The identity rule (ARCHITECTURE.md,
+/// "Invariants"):
+///
+/// - an unrestricted writer writes the document `document_id(collection,
+///   source)`;
+/// - a restricted writer writes the first document of that name that it
+///   covers (it has every one of the document's groups, and there is at
+///   least one): the unscoped one first, then its own scoped one;
+/// - otherwise it writes a document of its own,
+///   `scoped_document_id(collection, source, groups, n)` with the lowest
+///   `n` that no existing document holds, as if the name were free.
+///
+/// So a restricted writer never replaces what another group can see
+/// without it, and what it is told (added, updated) is the same whether
+/// or not another group has a document of that name.
+pub fn target(
+    source: &str,
+    options: &IngestOptions,
+    existing: Vec<DocumentRecord>,
+) -> (String, Option<DocumentRecord>) {
+    let collection = &options.collection;
+    let unscoped = rag_core::document_id(collection, source);
+    let Some(mine) = &options.writer_groups else {
+        let previous = existing.into_iter().find(|d| d.id == unscoped);
+        return (unscoped, previous);
+    };
+    let own = rag_core::scoped_document_id(collection, source, &options.groups, 0);
+    let covered =
+        |d: &DocumentRecord| !d.groups.is_empty() && d.groups.iter().all(|g| mine.contains(g));
+    if let Some(doc) = existing
+        .iter()
+        .filter(|d| covered(d))
+        .min_by_key(|d| (d.id != unscoped, d.id != own, d.id.clone()))
+    {
+        return (doc.id.clone(), Some(doc.clone()));
+    }
+    let id = (0..)
+        .map(|n| rag_core::scoped_document_id(collection, source, &options.groups, n))
+        .find(|id| *id != unscoped && existing.iter().all(|d| d.id != *id))
+        .expect("an unused id exists");
+    (id, None)
+}
+
+/// One ingest run as a writer that others sharing the stores can see: a
+/// heartbeat renewed in the background, and marks on the chunks it is
+/// writing (ARCHITECTURE.md, "Several writers").
+struct Writer {
+    id: String,
+    docs: Arc<dyn DocumentStore>,
+    last_beat: Arc<std::sync::Mutex<Instant>>,
+    beating: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    async fn start(docs: Arc<dyn DocumentStore>) -> Result<Self> {
+        let id = uuid::Uuid::new_v4().to_string();
+        docs.heartbeat(&id).await?;
+        let last_beat = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let beating = tokio::spawn({
+            let (docs, id, last_beat) = (docs.clone(), id.clone(), last_beat.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(HEARTBEAT_EVERY).await;
+                    match docs.heartbeat(&id).await {
+                        Ok(()) => {
+                            *last_beat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now()
+                        }
+                        Err(e) => tracing::warn!(writer = %id, "heartbeat failed: {e}"),
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            id,
+            docs,
+            last_beat,
+            beating,
+        })
+    }
+
+    /// Fails when the heartbeat could not be renewed for [`OWN_LEASE`]:
+    /// committing then could reference vectors another process has taken
+    /// for a dead writer's and deleted.
+    fn check(&self) -> Result<()> {
+        let since = self
+            .last_beat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        if since > OWN_LEASE {
+            return Err(Error::unavailable(format!(
+                "this ingest could not renew its heartbeat in the metadata database for {} s; \
+                 it stops so that nothing it writes can lose its vectors (run it again)",
+                since.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn mark(&self, chunk_ids: &[String]) -> Result<()> {
+        self.docs.mark_in_flight(&self.id, chunk_ids).await
+    }
+
+    async fn retire(self) -> Result<()> {
+        self.beating.abort();
+        self.docs.retire_writer(&self.id).await
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.beating.abort();
+    }
+}
+
+/// Deletes the vectors of `candidates` that are neither committed nor in
+/// flight for a live writer, under the vector-deletion lock (so no writer
+/// can start relying on one between the check and the delete); returns
+/// how many. Every deletion of vectors goes through here.
+pub async fn delete_unreferenced(
+    docs: &dyn DocumentStore,
+    vectors: &dyn VectorStore,
+    candidates: &[String],
+) -> Result<usize> {
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    let mut lock = docs.lock_references().await?;
+    let free = lock.unreferenced(candidates, WRITER_TIMEOUT_S).await?;
+    vectors.delete(&free).await?;
+    lock.release().await?;
+    Ok(free.len())
 }
 
 /// What happened to one document.
@@ -145,18 +294,21 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
-/// Removes what an interrupted run left behind: vectors with no committed
-/// chunk row. Returns how many were removed.
+/// Removes what interrupted runs left behind: vectors with no committed
+/// chunk row that no live writer has in flight. Returns how many were
+/// removed. Safe while other processes ingest into the same stores: the
+/// vectors are listed first, and each is then checked and deleted under
+/// the lock that marking chunks in flight takes ([`delete_unreferenced`]),
+/// so a vector another writer upserted (it marked it before) is spared.
 pub async fn repair(docs: &dyn DocumentStore, vectors: &dyn VectorStore) -> Result<usize> {
+    docs.forget_dead_writers(WRITER_TIMEOUT_S).await?;
+    let stored = vectors.chunk_ids().await?;
     let committed: HashSet<String> = docs.chunk_ids().await?.into_iter().collect();
-    let orphans: Vec<String> = vectors
-        .chunk_ids()
-        .await?
+    let candidates: Vec<String> = stored
         .into_iter()
         .filter(|id| !committed.contains(id))
         .collect();
-    vectors.delete(&orphans).await?;
-    Ok(orphans.len())
+    delete_unreferenced(docs, vectors, &candidates).await
 }
 
 /// One document to ingest.
@@ -241,6 +393,9 @@ struct Pending {
     /// Chunk ids of the previous version.
     old_ids: HashSet<String>,
     update: bool,
+    /// The previous version had other tags or groups: the vectors it
+    /// keeps get the new ones before the commit.
+    relabel: bool,
 }
 
 impl Pending {
@@ -328,6 +483,27 @@ impl Ingestor {
     ) -> Result<IngestReport> {
         let started = Instant::now();
         let run_id = self.docs.start_run(&now()).await?;
+        let writer = Writer::start(self.docs.clone()).await?;
+        let result = self.run(files, options, &writer, progress).await;
+        // Done or failed, the run is over: what it left uncommitted is for
+        // the next repair. (If even this fails, the marks lapse with the
+        // heartbeat.)
+        let retired = writer.retire().await;
+        let mut report = result?;
+        retired?;
+        report.seconds = started.elapsed().as_secs_f64();
+        let json = serde_json::to_string(&report).unwrap_or_default();
+        self.docs.finish_run(&run_id, &now(), &json).await?;
+        Ok(report)
+    }
+
+    async fn run(
+        &self,
+        files: &[Input],
+        options: &IngestOptions,
+        writer: &Writer,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<IngestReport> {
         let mut report = IngestReport {
             repaired_vectors: repair(self.docs.as_ref(), self.vectors.as_ref()).await?,
             ..Default::default()
@@ -338,28 +514,28 @@ impl Ingestor {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Prepared>>(PREPARED_QUEUE);
         let produce = async move {
             for input in files {
-                let prepared = self.prepare(input, options).await.or_else(|e| match e {
-                    // A store that fails stops the run; a bad file fails alone.
-                    Error::Unavailable(_) | Error::Internal(_) => Err(e),
-                    e => Ok(Prepared::Done(DocumentOutcome::Failed {
-                        source: input.source().to_string(),
-                        reason: e.to_string(),
-                    })),
-                });
+                let prepared = self
+                    .prepare(input, options, writer)
+                    .await
+                    .or_else(|e| match e {
+                        // A store that fails stops the run; a bad file fails alone.
+                        Error::Unavailable(_) | Error::Internal(_) => Err(e),
+                        e => Ok(Prepared::Done(DocumentOutcome::Failed {
+                            source: input.source().to_string(),
+                            reason: e.to_string(),
+                        })),
+                    });
                 if tx.send(prepared).await.is_err() {
                     break; // the consumer stopped on an error
                 }
             }
         };
-        let consume = self.embed_and_commit(rx, options, &mut report, progress);
+        let consume = self.embed_and_commit(rx, options, writer, &mut report, progress);
         let ((), consumed) = tokio::join!(produce, consume);
         consumed?;
         if report.embedded_chunks > 0 {
             self.vectors.optimize().await?;
         }
-        report.seconds = started.elapsed().as_secs_f64();
-        let json = serde_json::to_string(&report).unwrap_or_default();
-        self.docs.finish_run(&run_id, &now(), &json).await?;
         Ok(report)
     }
 
@@ -367,6 +543,7 @@ impl Ingestor {
         &self,
         mut rx: tokio::sync::mpsc::Receiver<Result<Prepared>>,
         options: &IngestOptions,
+        writer: &Writer,
         report: &mut IngestReport,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<()> {
@@ -398,7 +575,9 @@ impl Ingestor {
                     None => open = false,
                     Some(prepared) => match prepared? {
                         Prepared::Done(outcome) => record(outcome),
-                        Prepared::Embed(p) if p.left() == 0 => record(self.commit(*p).await?),
+                        Prepared::Embed(p) if p.left() == 0 => {
+                            record(self.commit(*p, writer).await?)
+                        }
                         Prepared::Embed(p) => waiting.push_back(*p),
                     },
                 }
@@ -462,14 +641,19 @@ impl Ingestor {
             });
             while waiting.front().is_some_and(|p| p.left() == 0) {
                 let done = waiting.pop_front().expect("front exists");
-                record(self.commit(done).await?);
+                record(self.commit(done, writer).await?);
             }
         }
     }
 
     /// Reads, hashes and chunks one document: either its outcome is known
     /// already (unchanged, skipped) or it waits for embedding.
-    async fn prepare(&self, input: &Input, options: &IngestOptions) -> Result<Prepared> {
+    async fn prepare(
+        &self,
+        input: &Input,
+        options: &IngestOptions,
+        writer: &Writer,
+    ) -> Result<Prepared> {
         let source = input.source();
         let bytes = input.bytes(&self.limits)?;
         let mut hasher = Sha256::new();
@@ -477,11 +661,11 @@ impl Ingestor {
         // Options change what is stored, so they are part of the identity.
         hasher.update(serde_json::to_vec(&(&options.tags, &options.groups)).unwrap_or_default());
         let content_hash = hex::encode(hasher.finalize());
-        let doc_id = rag_core::document_id(&options.collection, source);
-        let previous = self
+        let existing = self
             .docs
-            .document_by_source(&options.collection, source)
+            .documents_by_source(&options.collection, source)
             .await?;
+        let (doc_id, previous) = target(source, options, existing);
         if previous
             .as_ref()
             .is_some_and(|p| p.content_hash == content_hash)
@@ -539,6 +723,10 @@ impl Ingestor {
             })
             .collect();
 
+        // Marked before the previous version's chunks are read: from here
+        // on, no other writer deletes the vectors this one relies on.
+        let ids: Vec<String> = chunks.iter().map(|c| c.id.clone()).collect();
+        writer.mark(&ids).await?;
         let old_ids: HashSet<String> = match &previous {
             Some(_) => self.docs.chunk_ids_of(&doc_id).await?.into_iter().collect(),
             None => HashSet::new(),
@@ -558,6 +746,9 @@ impl Ingestor {
             chunk_count: chunks.len(),
             ingested_at: String::new(),
         };
+        let relabel = previous
+            .as_ref()
+            .is_some_and(|p| p.tags != record.tags || p.groups != record.groups);
         Ok(Prepared::Embed(Box::new(Pending {
             record,
             chunks,
@@ -565,28 +756,40 @@ impl Ingestor {
             embedded: 0,
             old_ids,
             update: previous.is_some(),
+            relabel,
         })))
     }
 
     /// Switches a fully embedded document to its new version (one SQL
-    /// transaction), then deletes the vectors of chunks that left it.
-    async fn commit(&self, pending: Pending) -> Result<DocumentOutcome> {
+    /// transaction), then deletes the vectors of chunks that left it. When
+    /// its labels changed, every vector it keeps gets the new ones first,
+    /// so that no query after the switch sees the old labels.
+    async fn commit(&self, pending: Pending, writer: &Writer) -> Result<DocumentOutcome> {
         let Pending {
             mut record,
             chunks,
             to_embed,
             old_ids,
             update,
+            relabel,
             ..
         } = pending;
+        writer.check()?;
+        if relabel {
+            self.vectors
+                .set_labels(&record.id, &record.tags, &record.groups)
+                .await?;
+        }
         record.ingested_at = now();
         self.docs.replace_document(&record, &chunks).await?;
-        let new_ids: HashSet<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
+        let new_ids: Vec<String> = chunks.iter().map(|c| c.id.clone()).collect();
+        self.docs.clear_in_flight(&writer.id, &new_ids).await?;
+        let new_ids: HashSet<String> = new_ids.into_iter().collect();
         let stale: Vec<String> = old_ids
             .into_iter()
-            .filter(|id| !new_ids.contains(id.as_str()))
+            .filter(|id| !new_ids.contains(id))
             .collect();
-        self.vectors.delete(&stale).await?;
+        delete_unreferenced(self.docs.as_ref(), self.vectors.as_ref(), &stale).await?;
         let (source, chunks, embedded) = (record.source, chunks.len(), to_embed.len());
         Ok(if update {
             DocumentOutcome::Updated {
@@ -617,11 +820,12 @@ impl Ingestor {
     }
 
     /// Deletes a document: its rows first (it disappears from answers at
-    /// once), then its vectors.
+    /// once), then its vectors (those no other writer has in flight).
     pub async fn delete(&self, doc_id: &str) -> Result<()> {
         let ids = self.docs.chunk_ids_of(doc_id).await?;
         self.docs.delete_document(doc_id).await?;
-        self.vectors.delete(&ids).await
+        delete_unreferenced(self.docs.as_ref(), self.vectors.as_ref(), &ids).await?;
+        Ok(())
     }
 }
 
@@ -641,4 +845,94 @@ pub fn embedding_text(title: &str, heading: &str, text: &str) -> String {
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(id: &str, groups: &[&str]) -> DocumentRecord {
+        DocumentRecord {
+            id: id.into(),
+            collection: "default".into(),
+            source: "plan.md".into(),
+            title: "Plan".into(),
+            content_hash: "h".into(),
+            tags: vec![],
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            chunk_count: 1,
+            ingested_at: String::new(),
+        }
+    }
+
+    fn options(groups: &[&str], writer: Option<&[&str]>) -> IngestOptions {
+        let list = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        IngestOptions {
+            groups: list(groups),
+            writer_groups: writer.map(list),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_restricted_writer_replaces_only_what_it_covers() {
+        let unscoped = rag_core::document_id("default", "plan.md");
+        let scoped = |groups: &[&str], n| {
+            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            rag_core::scoped_document_id("default", "plan.md", &groups, n)
+        };
+        let target = |existing: Vec<DocumentRecord>, o: IngestOptions| {
+            let (id, previous) = target("plan.md", &o, existing);
+            (id, previous.map(|p| p.id))
+        };
+        // Unrestricted: always the unscoped document.
+        assert_eq!(
+            target(vec![doc(&unscoped, &["alpha"])], options(&["beta"], None)),
+            (unscoped.clone(), Some(unscoped.clone()))
+        );
+        assert_eq!(target(vec![], options(&[], None)), (unscoped.clone(), None));
+        // beta cannot take alpha's name: a document of its own, as if new.
+        let beta = options(&["beta"], Some(&["beta"]));
+        let own = scoped(&["beta"], 0);
+        assert_eq!(
+            target(vec![doc(&unscoped, &["alpha"])], beta.clone()),
+            (own.clone(), None)
+        );
+        assert_eq!(target(vec![], beta.clone()), (own.clone(), None));
+        // Nor a document shared with alpha, nor a group-less one.
+        assert_eq!(
+            target(vec![doc(&unscoped, &["alpha", "beta"])], beta.clone()),
+            (own.clone(), None)
+        );
+        assert_eq!(
+            target(vec![doc(&unscoped, &[])], beta.clone()),
+            (own.clone(), None)
+        );
+        // What it covers it replaces: the unscoped one first, then its own.
+        assert_eq!(
+            target(
+                vec![doc(&own, &["beta"]), doc(&unscoped, &["beta"])],
+                beta.clone()
+            ),
+            (unscoped.clone(), Some(unscoped.clone()))
+        );
+        assert_eq!(
+            target(
+                vec![doc(&unscoped, &["alpha"]), doc(&own, &["beta"])],
+                beta.clone()
+            ),
+            (own.clone(), Some(own.clone()))
+        );
+        // A key of alpha and beta covers alpha's document and may move it.
+        let both = options(&["beta"], Some(&["alpha", "beta"]));
+        assert_eq!(
+            target(vec![doc(&unscoped, &["alpha"])], both),
+            (unscoped.clone(), Some(unscoped.clone()))
+        );
+        // Its own id, since regrouped by an admin to gamma: the next one.
+        assert_eq!(
+            target(vec![doc(&own, &["gamma"])], beta),
+            (scoped(&["beta"], 1), None)
+        );
+    }
 }

@@ -5,7 +5,12 @@
 //! joined with its committed chunk row and document. Candidates without a
 //! committed row (vectors of an ingest still in flight, or left by a crash)
 //! are dropped here, which is what lets ingest switch a document's version
-//! atomically in SQL. Then the list is shaped: near-duplicates go, an
+//! atomically in SQL. So is a candidate whose committed document does not
+//! match the caller's collection, tags or groups: the search filters on
+//! the vectors' payload, and a stale payload must never show a chunk to
+//! the wrong caller (counted in `rag_retrieval_label_mismatches_total`;
+//! outside the moment an ingest switches a document's labels, a non-zero
+//! count is a bug). Then the list is shaped: near-duplicates go, an
 //! optional reranker and maximal-marginal-relevance reorder it, and a hit
 //! cut mid-sentence can take in the chunk that follows it.
 
@@ -21,6 +26,22 @@ use rag_core::{
 };
 
 pub use shape::{EmbeddingReranker, cut_mid_sentence, join_overlapping, mmr_order};
+
+/// Whether a committed document passes the filter the search ran under:
+/// the same test the vector store applies to payloads, on the row that is
+/// the source of truth.
+pub fn admits(filter: &SearchFilter, doc: &DocumentRecord) -> bool {
+    let collection = filter
+        .collection
+        .as_ref()
+        .is_none_or(|c| *c == doc.collection);
+    let tags = filter.tags.is_empty() || doc.tags.iter().any(|t| filter.tags.contains(t));
+    let groups = filter
+        .groups
+        .as_ref()
+        .is_none_or(|mine| doc.groups.iter().any(|g| mine.contains(g)));
+    collection && tags && groups
+}
 
 /// Candidates fetched per requested hit: some are dropped (uncommitted,
 /// near-duplicates) and reranking and diversity need a choice.
@@ -107,7 +128,7 @@ impl Retriever {
                 hnsw_ef: options.hnsw_ef,
             })
             .await?;
-        let mut candidates = self.join(scored).await?;
+        let mut candidates = self.join(scored, &options.filter).await?;
 
         shape::drop_near_duplicates(&mut candidates, options.dedup_similarity, |c| {
             (&c.vector, &c.hit.text)
@@ -149,8 +170,13 @@ impl Retriever {
             .ok_or_else(|| Error::internal("the embedder returned no vector"))
     }
 
-    /// Joins hits with their committed rows, in rank order.
-    async fn join(&self, scored: Vec<rag_core::ScoredChunk>) -> Result<Vec<Candidate>> {
+    /// Joins hits with their committed rows, in rank order, keeping those
+    /// whose document `filter` admits.
+    async fn join(
+        &self,
+        scored: Vec<rag_core::ScoredChunk>,
+        filter: &SearchFilter,
+    ) -> Result<Vec<Candidate>> {
         let ids: Vec<String> = scored.iter().map(|s| s.chunk_id.clone()).collect();
         let chunks: HashMap<String, ChunkRecord> = self
             .docs
@@ -172,6 +198,15 @@ impl Retriever {
             let Some(Some(doc)) = documents.get(&chunk.document_id) else {
                 continue;
             };
+            if !admits(filter, doc) {
+                ::metrics::counter!("rag_retrieval_label_mismatches_total").increment(1);
+                tracing::warn!(
+                    chunk = %chunk.id,
+                    document = %doc.id,
+                    "a vector's labels do not match its committed document; dropped"
+                );
+                continue;
+            }
             out.push(Candidate {
                 hit: Hit {
                     rank: out.len() + 1,

@@ -6,11 +6,11 @@ use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
 use qdrant_edge::external::ordered_float::{NotNan, OrderedFloat};
 use qdrant_edge::{
     AnyVariants, Condition, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParamsBuilder,
-    EdgeVectorParams, FieldCondition, Filter, Fusion, Match, Modifier, NamedQuery,
-    PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations, PointOperations,
-    PointStruct, Prefetch, QueryEnum, QueryRequest, ScoredPoint, ScoringQuery, ScrollRequest,
-    SearchParams, SparseVector, UpdateOperation, Vector, VectorInternal, VectorStructInternal,
-    Vectors, WithPayloadInterface, WithVector,
+    EdgeVectorParams, FieldCondition, Filter, Fusion, Match, Modifier, NamedQuery, Payload,
+    PayloadFieldSchema, PayloadOps, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStruct, Prefetch, QueryEnum, QueryRequest, ScoredPoint, ScoringQuery,
+    ScrollRequest, SearchParams, SetPayloadOp, SparseVector, UpdateOperation, Vector,
+    VectorInternal, VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
 };
 use qdrant_edge::{CreateIndex, FieldIndexOperations};
 use rag_core::{
@@ -415,6 +415,28 @@ impl VectorStore for EdgeVectorStore {
             }
         }
         Ok(out)
+    }
+
+    async fn set_labels(
+        &self,
+        document_id: &str,
+        tags: &[String],
+        groups: &[String],
+    ) -> Result<()> {
+        let serde_json::Value::Object(labels) = json!({"tags": tags, "groups": groups}) else {
+            unreachable!("an object literal");
+        };
+        let key = "doc_id".try_into().expect("static payload key");
+        self.write(UpdateOperation::PayloadOperation(PayloadOps::SetPayload(
+            SetPayloadOp {
+                payload: Payload::from(labels),
+                points: None,
+                filter: Some(Filter::new_must(Condition::Field(
+                    FieldCondition::new_match(key, Match::from(document_id.to_string())),
+                ))),
+                key: None,
+            },
+        )))
     }
 
     async fn optimize(&self) -> Result<()> {

@@ -1,5 +1,7 @@
 use async_trait::async_trait;
-use rag_core::{ApiKeyRecord, ChunkRecord, DocumentRecord, DocumentStore, Error, KeyRole, Result};
+use rag_core::{
+    ApiKeyRecord, ChunkRecord, DocumentRecord, DocumentStore, Error, KeyRole, ReferenceLock, Result,
+};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
@@ -9,7 +11,15 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// SQLite and Postgres (through sqlx's `Any` driver and `$n` placeholders).
 pub struct SqlDocumentStore {
     pool: AnyPool,
+    /// The database's clock in unix seconds: writers' heartbeats are judged
+    /// on one clock, whatever the writers' own clocks say.
+    now: &'static str,
 }
+
+const SQLITE_NOW: &str = "CAST(strftime('%s', 'now') AS BIGINT)";
+const POSTGRES_NOW: &str = "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)";
+/// Ids bound per statement: under every driver's parameter limit.
+const BATCH: usize = 200;
 
 fn db_error(e: impl std::fmt::Display) -> Error {
     Error::unavailable(format!("metadata database: {e}"))
@@ -51,7 +61,81 @@ impl SqlDocumentStore {
             .run(&pool)
             .await
             .map_err(|e| db_error(format!("migrating: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            now: if sqlite { SQLITE_NOW } else { POSTGRES_NOW },
+        })
+    }
+}
+
+/// `$from, $from+1, ...`: `n` placeholders.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Takes the vector-deletion lock inside `tx` (a row lock on Postgres, the
+/// write lock on SQLite), held until the transaction ends.
+async fn take_vector_lock(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
+    sqlx::query("UPDATE vector_lock SET taken = taken + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// The vector-deletion lock: an open transaction that holds it.
+struct SqlReferenceLock {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    now: &'static str,
+}
+
+#[async_trait]
+impl ReferenceLock for SqlReferenceLock {
+    async fn unreferenced(&mut self, chunk_ids: &[String], timeout_s: i64) -> Result<Vec<String>> {
+        let mut referenced = std::collections::HashSet::new();
+        for batch in chunk_ids.chunks(BATCH) {
+            let committed = format!(
+                "SELECT id FROM chunks WHERE id IN ({})",
+                placeholders(1, batch.len())
+            );
+            let in_flight = format!(
+                "SELECT i.chunk_id AS id FROM inflight_chunks i \
+                 JOIN ingest_writers w ON w.id = i.writer_id \
+                 WHERE w.heartbeat_at >= {} - $1 AND i.chunk_id IN ({})",
+                self.now,
+                placeholders(2, batch.len())
+            );
+            // Marks first, then rows: a writer commits a document's rows
+            // before it clears their marks, and its commit does not wait
+            // for this lock, so read the other way round a chunk could
+            // pass between the two reads and be in neither.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(in_flight)).bind(timeout_s);
+            for id in batch {
+                q = q.bind(id);
+            }
+            referenced.extend(ids_of(
+                &q.fetch_all(&mut *self.tx).await.map_err(db_error)?,
+            )?);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(committed));
+            for id in batch {
+                q = q.bind(id);
+            }
+            referenced.extend(ids_of(
+                &q.fetch_all(&mut *self.tx).await.map_err(db_error)?,
+            )?);
+        }
+        Ok(chunk_ids
+            .iter()
+            .filter(|id| !referenced.contains(*id))
+            .cloned()
+            .collect())
+    }
+
+    async fn release(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await.map_err(db_error)
     }
 }
 
@@ -137,20 +221,133 @@ const DOC_COLUMNS: &str =
 
 #[async_trait]
 impl DocumentStore for SqlDocumentStore {
-    async fn document_by_source(
+    async fn documents_by_source(
         &self,
         collection: &str,
         source: &str,
-    ) -> Result<Option<DocumentRecord>> {
-        let sql =
-            format!("SELECT {DOC_COLUMNS} FROM documents WHERE collection = $1 AND source = $2");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    ) -> Result<Vec<DocumentRecord>> {
+        let sql = format!(
+            "SELECT {DOC_COLUMNS} FROM documents WHERE collection = $1 AND source = $2 ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(collection)
             .bind(source)
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        row.as_ref().map(document_from_row).transpose()
+        rows.iter().map(document_from_row).collect()
+    }
+
+    async fn heartbeat(&self, writer: &str) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO ingest_writers (id, heartbeat_at) VALUES ($1, {now}) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = {now}",
+            now = self.now
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(writer)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn mark_in_flight(&self, writer: &str, chunk_ids: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        take_vector_lock(&mut tx).await?;
+        for batch in chunk_ids.chunks(BATCH) {
+            let values: Vec<String> = (0..batch.len())
+                .map(|i| format!("($1, ${})", i + 2))
+                .collect();
+            let sql = format!(
+                "INSERT INTO inflight_chunks (writer_id, chunk_id) VALUES {} \
+                 ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(writer);
+            for id in batch {
+                q = q.bind(id);
+            }
+            q.execute(&mut *tx).await.map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn clear_in_flight(&self, writer: &str, chunk_ids: &[String]) -> Result<()> {
+        for batch in chunk_ids.chunks(BATCH) {
+            let sql = format!(
+                "DELETE FROM inflight_chunks WHERE writer_id = $1 AND chunk_id IN ({})",
+                placeholders(2, batch.len())
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(writer);
+            for id in batch {
+                q = q.bind(id);
+            }
+            q.execute(&self.pool).await.map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    async fn retire_writer(&self, writer: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        for sql in [
+            "DELETE FROM inflight_chunks WHERE writer_id = $1",
+            "DELETE FROM ingest_writers WHERE id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(writer)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn forget_dead_writers(&self, timeout_s: i64) -> Result<usize> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let marks = format!(
+            "DELETE FROM inflight_chunks WHERE writer_id NOT IN \
+             (SELECT id FROM ingest_writers WHERE heartbeat_at >= {} - $1)",
+            self.now
+        );
+        sqlx::query(sqlx::AssertSqlSafe(marks))
+            .bind(timeout_s)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let writers = format!(
+            "DELETE FROM ingest_writers WHERE heartbeat_at < {} - $1",
+            self.now
+        );
+        let gone = sqlx::query(sqlx::AssertSqlSafe(writers))
+            .bind(timeout_s)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        tx.commit().await.map_err(db_error)?;
+        Ok(gone as usize)
+    }
+
+    async fn forget_writers(&self) -> Result<usize> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query("DELETE FROM inflight_chunks")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let gone = sqlx::query("DELETE FROM ingest_writers")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        tx.commit().await.map_err(db_error)?;
+        Ok(gone as usize)
+    }
+
+    async fn lock_references(&self) -> Result<Box<dyn ReferenceLock>> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        take_vector_lock(&mut tx).await?;
+        Ok(Box::new(SqlReferenceLock { tx, now: self.now }))
     }
 
     async fn document(&self, id: &str) -> Result<Option<DocumentRecord>> {
@@ -276,12 +473,11 @@ impl DocumentStore for SqlDocumentStore {
     async fn chunks(&self, ids: &[String]) -> Result<Vec<ChunkRecord>> {
         let mut out = Vec::with_capacity(ids.len());
         // Bounded IN lists keep under every driver's parameter limit.
-        for batch in ids.chunks(200) {
-            let placeholders: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
+        for batch in ids.chunks(BATCH) {
             let sql = format!(
                 "SELECT id, document_id, ordinal, body, heading, page, token_count FROM chunks \
                  WHERE id IN ({})",
-                placeholders.join(", ")
+                placeholders(1, batch.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in batch {
@@ -441,27 +637,9 @@ mod tests {
     /// (as `.ci/run` does), which makes a missing server a failure.
     #[tokio::test]
     async fn replace_and_delete_documents_on_postgres() {
-        let Ok(server) = std::env::var("RAG_TEST_POSTGRES_URL") else {
-            assert!(
-                std::env::var_os("RAG_REQUIRE_POSTGRES").is_none(),
-                "RAG_REQUIRE_POSTGRES is set but RAG_TEST_POSTGRES_URL is not"
-            );
-            eprintln!("skipped: RAG_TEST_POSTGRES_URL is not set");
-            return;
-        };
-        install_default_drivers();
-        let admin = AnyPoolOptions::new()
-            .max_connections(1)
-            .connect(&server)
-            .await
-            .expect("the test Postgres server answers");
-        let name = format!("rag_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let (base, _) = server.rsplit_once('/').unwrap();
-        exercise(&format!("{base}/{name}")).await;
+        if let Some(url) = crate::testing::postgres_database("rag_test").await {
+            exercise(&url).await;
+        }
     }
 
     async fn exercise(url: &str) {
@@ -470,9 +648,10 @@ mod tests {
         let chunks = vec![chunk(&d, 0, "one"), chunk(&d, 1, "two")];
         store.replace_document(&d, &chunks).await.unwrap();
         let got = store
-            .document_by_source("default", "a.md")
+            .documents_by_source("default", "a.md")
             .await
             .unwrap()
+            .pop()
             .unwrap();
         assert_eq!(got.chunk_count, 2);
         assert_eq!(got.groups, ["hr"]);
@@ -515,6 +694,81 @@ mod tests {
         store.delete_document(&d.id).await.unwrap();
         assert!(store.chunk_ids().await.unwrap().is_empty());
         assert_eq!(store.document_count().await.unwrap(), 0);
+
+        // Two documents may share a name: one per owner scope.
+        let scoped = DocumentRecord {
+            id: rag_core::scoped_document_id("default", "a.md", &["beta".into()], 0),
+            groups: vec!["beta".into()],
+            ..doc("a.md", "h3")
+        };
+        store.replace_document(&d2, &new_chunks).await.unwrap();
+        store.replace_document(&scoped, &[]).await.unwrap();
+        let both = store.documents_by_source("default", "a.md").await.unwrap();
+        let mut ids: Vec<&str> = both.iter().map(|d| d.id.as_str()).collect();
+        ids.sort();
+        let mut expected = [d.id.as_str(), scoped.id.as_str()];
+        expected.sort();
+        assert_eq!(ids, expected);
+        store.delete_document(&scoped.id).await.unwrap();
+
+        // Writers: a committed chunk and a live writer's marked chunk are
+        // referenced, anything else is not; a retired or dead writer's
+        // marks no longer count.
+        let (committed, marked, free) = (
+            new_chunks[0].id.clone(),
+            rag_core::chunk_id(&d.id, "marked", 0),
+            rag_core::chunk_id(&d.id, "free", 0),
+        );
+        let all = [committed.clone(), marked.clone(), free.clone()];
+        store.heartbeat("w1").await.unwrap();
+        store
+            .mark_in_flight("w1", std::slice::from_ref(&marked))
+            .await
+            .unwrap();
+        // Marking twice is harmless.
+        store
+            .mark_in_flight("w1", std::slice::from_ref(&marked))
+            .await
+            .unwrap();
+        let mut lock = store.lock_references().await.unwrap();
+        assert_eq!(
+            lock.unreferenced(&all, 60).await.unwrap(),
+            std::slice::from_ref(&free)
+        );
+        lock.release().await.unwrap();
+        // A heartbeat older than the timeout is a dead writer's.
+        let mut lock = store.lock_references().await.unwrap();
+        assert_eq!(
+            lock.unreferenced(&all, -10).await.unwrap(),
+            [marked.clone(), free.clone()]
+        );
+        drop(lock); // dropped unreleased: the lock goes with its transaction
+        store
+            .clear_in_flight("w1", std::slice::from_ref(&marked))
+            .await
+            .unwrap();
+        let mut lock = store.lock_references().await.unwrap();
+        assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
+        lock.release().await.unwrap();
+        store.mark_in_flight("w1", &all[1..]).await.unwrap();
+        store.retire_writer("w1").await.unwrap();
+        let mut lock = store.lock_references().await.unwrap();
+        assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
+        lock.release().await.unwrap();
+        store.heartbeat("w2").await.unwrap();
+        store.mark_in_flight("w2", &all[1..]).await.unwrap();
+        assert_eq!(store.forget_dead_writers(60).await.unwrap(), 0);
+        assert_eq!(store.forget_dead_writers(-10).await.unwrap(), 1);
+        let mut lock = store.lock_references().await.unwrap();
+        assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
+        lock.release().await.unwrap();
+        store.heartbeat("w3").await.unwrap();
+        store.mark_in_flight("w3", &all[1..]).await.unwrap();
+        assert_eq!(store.forget_writers().await.unwrap(), 1);
+        let mut lock = store.lock_references().await.unwrap();
+        assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
+        lock.release().await.unwrap();
+        store.delete_document(&d.id).await.unwrap();
 
         // Reopening runs the migrations again without harm.
         drop(store);

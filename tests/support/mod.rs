@@ -97,9 +97,24 @@ pub fn http_raw(
     content_type: &str,
     body: &[u8],
 ) -> (u16, String) {
+    http_raw_as(addr, None, method, path, content_type, body)
+}
+
+/// [`http_raw`] with an API key (`Authorization: Bearer`).
+pub fn http_raw_as(
+    addr: &str,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
         body.len()
     );
     let _ = stream
@@ -144,8 +159,18 @@ pub fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
 }
 
 pub fn upload(addr: &str, parts: &[(&str, Option<&str>, &[u8])]) -> (u16, Value) {
-    let (status, body) = http_raw(
+    upload_as(addr, None, parts)
+}
+
+/// [`upload`] with an API key.
+pub fn upload_as(
+    addr: &str,
+    key: Option<&str>,
+    parts: &[(&str, Option<&str>, &[u8])],
+) -> (u16, Value) {
+    let (status, body) = http_raw_as(
         addr,
+        key,
         "POST",
         "/v1/documents",
         &format!("multipart/form-data; boundary={BOUNDARY}"),
@@ -189,8 +214,20 @@ pub fn spawn_server(mut cmd: Command) -> (KillOnDrop, String) {
 }
 
 pub fn wait_for_job(addr: &str, id: &str) -> Value {
+    wait_for_job_as(addr, None, id)
+}
+
+/// [`wait_for_job`] with an API key.
+pub fn wait_for_job_as(addr: &str, key: Option<&str>, id: &str) -> Value {
     for _ in 0..600 {
-        let (status, body) = http(addr, "GET", &format!("/v1/jobs/{id}"), "");
+        let (status, body) = http_raw_as(
+            addr,
+            key,
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            "application/json",
+            b"",
+        );
         assert_eq!(status, 200, "{body}");
         let job: Value = serde_json::from_str(&body).unwrap();
         if job["state"] == "done" || job["state"] == "failed" {

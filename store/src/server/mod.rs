@@ -15,13 +15,10 @@ use async_trait::async_trait;
 use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::vector_output::Vector as VectorOut;
 use qdrant_client::qdrant::{
-    Condition, CreateCollection, CreateCollectionBuilder, CreateFieldIndexCollection,
-    CreateFieldIndexCollectionBuilder, DeletePoints, DeletePointsBuilder, Distance, FieldType,
-    Filter, GetPointsBuilder, Modifier, NamedVectors, PointId, PointStruct, PointsIdsList,
-    PrefetchQueryBuilder, Query, QueryPoints, QueryPointsBuilder, Rrf, ScoredPoint,
-    ScrollPointsBuilder, SearchParamsBuilder, SparseVectorParamsBuilder,
-    SparseVectorsConfigBuilder, UpsertPoints, UpsertPointsBuilder, Vector, VectorInput,
-    VectorParamsBuilder, VectorsConfigBuilder, VectorsOutput, VectorsSelector,
+    Condition, DeletePoints, DeletePointsBuilder, Filter, GetPointsBuilder, NamedVectors, PointId,
+    PointStruct, PointsIdsList, PrefetchQueryBuilder, Query, QueryPoints, QueryPointsBuilder, Rrf,
+    ScoredPoint, ScrollPointsBuilder, SearchParamsBuilder, SetPayloadPointsBuilder, UpsertPoints,
+    UpsertPointsBuilder, Vector, VectorInput, VectorsOutput, VectorsSelector,
 };
 use qdrant_client::{Payload, Qdrant};
 use qdrant_edge::bm25_embed::EdgeBm25;
@@ -30,7 +27,14 @@ use rag_core::{
 };
 use serde_json::json;
 
-use crate::edge::{DENSE, INDEXED_FIELDS, PREFETCH_FACTOR, SPARSE, bm25, in_order, point_uuid};
+use crate::edge::{DENSE, PREFETCH_FACTOR, SPARSE, bm25, in_order, point_uuid};
+
+mod collection;
+
+use collection::QdrantAdmin;
+pub use collection::{
+    CollectionAdmin, Layout, check_layout, create_collection, ensure_collection, field_indexes,
+};
 
 /// Where the collection lives and how it is laid out across the cluster.
 #[derive(Clone, PartialEq)]
@@ -44,6 +48,10 @@ pub struct ServerSettings {
     /// Replicas that must confirm a write before it counts.
     pub write_consistency_factor: u32,
     pub timeout: Duration,
+    /// How long creating the collection and its indexes may take: a
+    /// cluster placing shards while a peer is down takes longer than any
+    /// query should.
+    pub create_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -57,6 +65,7 @@ impl std::fmt::Debug for ServerSettings {
             .field("replication_factor", &self.replication_factor)
             .field("write_consistency_factor", &self.write_consistency_factor)
             .field("timeout", &self.timeout)
+            .field("create_timeout", &self.create_timeout)
             .finish()
     }
 }
@@ -71,89 +80,89 @@ impl Default for ServerSettings {
             replication_factor: 1,
             write_consistency_factor: 1,
             timeout: Duration::from_secs(10),
+            create_timeout: Duration::from_secs(120),
         }
     }
 }
+
+/// The oldest server that fuses with weights (`Rrf::weights`); older ones
+/// ignore the field.
+const WEIGHTED_RRF_SINCE: (u64, u64) = (1, 17);
+/// The oldest server this store works with: hybrid queries use the `rrf`
+/// query with its `k`, which came in 1.16.
+const OLDEST_SERVER: (u64, u64) = (1, 16);
 
 pub struct QdrantServerStore {
     client: Qdrant,
     settings: ServerSettings,
     bm25: EdgeBm25,
+    /// The server's version, from its health check.
+    version: String,
+    /// Whether the server applies `retrieval.fusion` weights.
+    weighted_fusion: bool,
+    warnings: Vec<String>,
 }
 
-fn server_error(e: impl std::fmt::Display) -> Error {
+pub(crate) fn server_error(e: impl std::fmt::Display) -> Error {
     Error::unavailable(format!("Qdrant server: {e}"))
 }
 
+fn build_client(settings: &ServerSettings, timeout: Duration) -> Result<Qdrant> {
+    Qdrant::from_url(&settings.url)
+        .api_key(settings.api_key.clone())
+        .timeout(timeout)
+        // The client's own check prints to stdout and blocks inside async
+        // code; `connect` asks the server's version itself.
+        .skip_compatibility_check()
+        .build()
+        .map_err(|e| Error::invalid(format!("vector_store.url {:?}: {e}", settings.url)))
+}
+
 impl QdrantServerStore {
-    /// Connects, and creates the collection (with its payload indexes) for
-    /// `dimension`-sized vectors when it does not exist yet.
+    /// Connects, and makes sure the collection exists with the layout the
+    /// settings ask for (see [`ensure_collection`]).
     pub async fn connect(settings: ServerSettings, dimension: usize) -> Result<Self> {
-        let client = Qdrant::from_url(&settings.url)
-            .api_key(settings.api_key.clone())
-            .timeout(settings.timeout)
-            .build()
-            .map_err(|e| Error::invalid(format!("vector_store.url {:?}: {e}", settings.url)))?;
-        let store = Self {
+        let client = build_client(&settings, settings.timeout)?;
+        let version = client
+            .health_check()
+            .await
+            .map_err(|e| server_error(format!("{} cannot be reached: {e}", settings.url)))?
+            .version;
+        if !version_at_least(&version, OLDEST_SERVER) {
+            return Err(Error::invalid(format!(
+                "the Qdrant server at {} is version {version}; this store needs {}.{} or later \
+                 (1.17 or later for retrieval.fusion weights): upgrade the server",
+                settings.url, OLDEST_SERVER.0, OLDEST_SERVER.1
+            )));
+        }
+        let admin = QdrantAdmin(build_client(&settings, settings.create_timeout)?);
+        let warnings = ensure_collection(&admin, &settings, dimension).await?;
+        for warning in &warnings {
+            tracing::warn!(collection = %settings.collection, "{warning}");
+        }
+        tracing::info!(server = %settings.url, %version, collection = %settings.collection, "Qdrant server");
+        Ok(Self {
             client,
             bm25: bm25()?,
+            weighted_fusion: version_at_least(&version, WEIGHTED_RRF_SINCE),
+            version,
             settings,
-        };
-        let name = &store.settings.collection;
-        let exists =
-            store.client.collection_exists(name).await.map_err(|e| {
-                server_error(format!("{} cannot be reached: {e}", store.settings.url))
-            })?;
-        if !exists {
-            store
-                .client
-                .create_collection(create_collection(&store.settings, dimension))
-                .await
-                .map_err(server_error)?;
-            for index in field_indexes(name) {
-                store
-                    .client
-                    .create_field_index(index)
-                    .await
-                    .map_err(server_error)?;
-            }
-        }
-        Ok(store)
+            warnings,
+        })
     }
 }
 
-/// The collection: named dense (cosine) and BM25 (IDF by the server)
-/// vectors, sharded and replicated as configured.
-pub fn create_collection(settings: &ServerSettings, dimension: usize) -> CreateCollection {
-    let mut dense = VectorsConfigBuilder::default();
-    dense.add_named_vector_params(
-        DENSE,
-        VectorParamsBuilder::new(dimension as u64, Distance::Cosine),
-    );
-    let mut sparse = SparseVectorsConfigBuilder::default();
-    sparse.add_named_vector_params(
-        SPARSE,
-        SparseVectorParamsBuilder::default().modifier(Modifier::Idf as i32),
-    );
-    CreateCollectionBuilder::new(&settings.collection)
-        .vectors_config(dense)
-        .sparse_vectors_config(sparse)
-        .shard_number(settings.shard_number)
-        .replication_factor(settings.replication_factor)
-        .write_consistency_factor(settings.write_consistency_factor)
-        .build()
-}
-
-/// A keyword index per filter field.
-pub fn field_indexes(collection: &str) -> Vec<CreateFieldIndexCollection> {
-    INDEXED_FIELDS
-        .iter()
-        .map(|field| {
-            CreateFieldIndexCollectionBuilder::new(collection, *field, FieldType::Keyword)
-                .wait(true)
-                .build()
-        })
-        .collect()
+/// Whether `version` ("1.18.3", "v1.17.0-dev") is at least `min`; an
+/// unreadable version is taken as current.
+fn version_at_least(version: &str, min: (u64, u64)) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u64>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= min,
+        _ => true,
+    }
 }
 
 fn point_id(chunk_id: &str) -> Result<PointId> {
@@ -227,6 +236,14 @@ pub fn filter_of(filter: &SearchFilter) -> Option<Filter> {
 /// The query for a search; `None` when it cannot match anything (a sparse
 /// search for a question of stop words only).
 pub fn query(collection: &str, query: &VectorQuery, bm25: &EdgeBm25) -> Option<QueryPoints> {
+    let f = query.fusion;
+    // Equal weights are plain RRF: sent without weights, so that servers
+    // before 1.17 (which ignore them) rank the same.
+    let weights = if f.dense_weight == 1.0 && f.sparse_weight == 1.0 {
+        vec![]
+    } else {
+        vec![f.dense_weight, f.sparse_weight]
+    };
     let filter = filter_of(&query.filter);
     let params = (query.exact || query.hnsw_ef.is_some()).then(|| {
         let mut p = SearchParamsBuilder::default().exact(query.exact);
@@ -273,13 +290,12 @@ pub fn query(collection: &str, query: &VectorQuery, bm25: &EdgeBm25) -> Option<Q
                 }
                 p
             };
-            let f = query.fusion;
             request
                 .add_prefetch(prefetch(dense_query(), DENSE))
                 .add_prefetch(prefetch(sparse_query(), SPARSE))
                 .query(Query::new_rrf(Rrf {
                     k: Some(f.rrf_k as u32),
-                    weights: vec![f.dense_weight, f.sparse_weight],
+                    weights,
                 }))
         }
     };
@@ -339,6 +355,15 @@ impl VectorStore for QdrantServerStore {
     }
 
     async fn search(&self, q: &VectorQuery) -> Result<Vec<ScoredChunk>> {
+        let weighted = q.fusion.dense_weight != 1.0 || q.fusion.sparse_weight != 1.0;
+        if q.mode == SearchMode::Hybrid && weighted && !self.weighted_fusion {
+            return Err(Error::invalid(format!(
+                "the Qdrant server is version {}, which ignores fusion weights (they need 1.17 \
+                 or later): upgrade the server, or set retrieval.fusion.dense_weight and \
+                 sparse_weight to 1.0",
+                self.version
+            )));
+        }
         let Some(request) = query(&self.settings.collection, q, &self.bm25) else {
             return Ok(vec![]);
         };
@@ -401,6 +426,43 @@ impl VectorStore for QdrantServerStore {
     async fn optimize(&self) -> Result<()> {
         Ok(())
     }
+
+    async fn set_labels(
+        &self,
+        document_id: &str,
+        tags: &[String],
+        groups: &[String],
+    ) -> Result<()> {
+        let request = set_labels(&self.settings.collection, document_id, tags, groups)?;
+        self.client
+            .set_payload(request)
+            .await
+            .map_err(server_error)?;
+        Ok(())
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+}
+
+/// Sets the labels of every point of a document (a filter on `doc_id`),
+/// acknowledged once applied.
+pub fn set_labels(
+    collection: &str,
+    document_id: &str,
+    tags: &[String],
+    groups: &[String],
+) -> Result<qdrant_client::qdrant::SetPayloadPoints> {
+    let payload = Payload::try_from(json!({"tags": tags, "groups": groups}))
+        .map_err(|e| Error::internal(format!("payload: {e}")))?;
+    Ok(SetPayloadPointsBuilder::new(collection, payload)
+        .points_selector(Filter::must([Condition::matches(
+            "doc_id",
+            document_id.to_string(),
+        )]))
+        .wait(true)
+        .build())
 }
 
 #[cfg(test)]
@@ -408,7 +470,6 @@ mod tests {
     use qdrant_client::qdrant::condition::ConditionOneOf;
     use qdrant_client::qdrant::r#match::MatchValue;
     use qdrant_client::qdrant::query::Variant;
-    use qdrant_client::qdrant::vectors_config::Config;
     use rag_core::Fusion as FusionSettings;
 
     use super::*;
@@ -451,43 +512,6 @@ mod tests {
                 other => panic!("unexpected condition {other:?}"),
             })
             .collect()
-    }
-
-    #[test]
-    fn the_collection_has_both_vectors_its_layout_and_indexes() {
-        let settings = ServerSettings {
-            collection: "docs".into(),
-            shard_number: 6,
-            replication_factor: 2,
-            write_consistency_factor: 2,
-            ..Default::default()
-        };
-        let c = create_collection(&settings, 384);
-        assert_eq!(c.collection_name, "docs");
-        assert_eq!(
-            (
-                c.shard_number,
-                c.replication_factor,
-                c.write_consistency_factor
-            ),
-            (Some(6), Some(2), Some(2))
-        );
-        let Some(Config::ParamsMap(map)) = c.vectors_config.and_then(|v| v.config) else {
-            panic!("named vectors expected");
-        };
-        let dense = &map.map[DENSE];
-        assert_eq!((dense.size, dense.distance), (384, Distance::Cosine as i32));
-        let sparse = &c.sparse_vectors_config.unwrap().map[SPARSE];
-        assert_eq!(sparse.modifier, Some(Modifier::Idf as i32));
-        let fields: Vec<String> = field_indexes("docs")
-            .into_iter()
-            .map(|i| {
-                assert_eq!(i.field_type, Some(FieldType::Keyword as i32));
-                assert_eq!(i.wait, Some(true));
-                i.field_name
-            })
-            .collect();
-        assert_eq!(fields, INDEXED_FIELDS);
     }
 
     #[test]
@@ -558,6 +582,31 @@ mod tests {
             assert_eq!(prefetch.params.as_ref().unwrap().hnsw_ef, Some(128));
         }
         assert_eq!(conditions(request.filter.as_ref().unwrap()), expected);
+    }
+
+    #[test]
+    fn versions_and_equal_fusion_weights() {
+        assert!(version_at_least("1.17.0", WEIGHTED_RRF_SINCE));
+        assert!(version_at_least("v1.18.3", WEIGHTED_RRF_SINCE));
+        assert!(version_at_least("2.0.0", WEIGHTED_RRF_SINCE));
+        assert!(!version_at_least("1.16.3", WEIGHTED_RRF_SINCE));
+        assert!(version_at_least("dev", WEIGHTED_RRF_SINCE));
+        // Equal weights go as plain RRF, which every server ranks alike.
+        let bm25 = bm25().unwrap();
+        let mut q = search(SearchMode::Hybrid, "salary bands", None);
+        q.fusion.sparse_weight = 1.0;
+        let Some(Variant::Rrf(rrf)) = query("docs", &q, &bm25)
+            .unwrap()
+            .query
+            .and_then(|q| q.variant)
+        else {
+            panic!("RRF fusion expected");
+        };
+        assert!(rrf.weights.is_empty());
+        let request = set_labels("docs", "d1", &["t".into()], &["g".into()]).unwrap();
+        assert_eq!(request.wait, Some(true));
+        assert!(request.payload.contains_key("groups") && request.payload.contains_key("tags"));
+        assert!(format!("{:?}", request.points_selector).contains("doc_id"));
     }
 
     #[test]
