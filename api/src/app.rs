@@ -109,10 +109,19 @@ impl App {
                 embedder.dimension(),
             )?)
         } else {
-            Arc::new(
+            let store =
                 QdrantServerStore::connect(settings.vector_store.server()?, embedder.dimension())
-                    .await?,
-            )
+                    .await?;
+            let fusion = settings.retrieval.fusion;
+            anyhow::ensure!(
+                store.weighted_fusion()
+                    || (fusion.dense_weight == 1.0 && fusion.sparse_weight == 1.0),
+                "the Qdrant server is version {}, which ignores fusion weights (they need 1.17 or \
+                 later): upgrade the server, or set retrieval.fusion.dense_weight and sparse_weight \
+                 to 1.0",
+                store.version()
+            );
+            Arc::new(store)
         };
         let docs: Arc<dyn DocumentStore> =
             Arc::new(SqlDocumentStore::connect(&settings.database_url()).await?);

@@ -217,7 +217,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Response, Ap
     generator.check().await?;
     // Ready, but with something an operator should fix (a collection with
     // fewer replicas than configured).
-    let warnings = app.vectors.warnings();
+    let warnings = app.vectors.warnings().await;
     Ok(Json(json!({
         "status": "ready",
         "documents": documents,

@@ -8,21 +8,6 @@ pub fn document_id(collection: &str, source: &str) -> String {
     short_hash(&[collection, source])
 }
 
-/// Identity of a document that a restricted writer (an API key limited to
-/// some groups) created under a name it could not take over: its
-/// collection, source, the groups it was written for, and a counter that
-/// starts at 0 (raised only if that id is held by a document the writer
-/// may not replace). ARCHITECTURE.md, "Invariants", has the whole rule.
-pub fn scoped_document_id(collection: &str, source: &str, groups: &[String], n: usize) -> String {
-    let mut groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-    groups.sort_unstable();
-    groups.dedup();
-    let n = n.to_string();
-    let mut parts = vec![collection, source, "scoped", &n];
-    parts.extend(groups);
-    short_hash(&parts)
-}
-
 /// Identity of a chunk: the document it belongs to, its text, and which
 /// occurrence of that text it is (a page may repeat a paragraph).
 ///
@@ -54,20 +39,6 @@ mod tests {
         assert_eq!(chunk_id(&doc, "a", 0), chunk_id(&doc, "a", 0));
         assert_ne!(chunk_id(&doc, "a", 0), chunk_id(&doc, "a", 1));
         assert_ne!(chunk_id(&doc, "a", 0), chunk_id(&doc, "b", 0));
-        let scoped = scoped_document_id("default", "travel/leave.md", &["b".into(), "a".into()], 0);
-        assert_ne!(scoped, doc);
-        assert_eq!(
-            scoped,
-            scoped_document_id("default", "travel/leave.md", &["a".into(), "b".into()], 0)
-        );
-        assert_ne!(
-            scoped,
-            scoped_document_id("default", "travel/leave.md", &["a".into(), "b".into()], 1)
-        );
-        assert_ne!(
-            scoped,
-            scoped_document_id("default", "travel/leave.md", &["a".into()], 0)
-        );
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
         assert_ne!(document_id("ab", "c"), document_id("a", "bc"));
     }

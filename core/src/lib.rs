@@ -11,8 +11,8 @@ mod traits;
 mod types;
 
 pub use error::{Error, Result};
-pub use ids::{chunk_id, document_id, scoped_document_id};
+pub use ids::{chunk_id, document_id};
 pub use traits::{
-    DocumentStore, Embedder, Generator, ReferenceLock, Reranker, TextSink, VectorStore,
+    DocumentStore, Embedder, Generator, ReferenceLock, Reranker, TextSink, VectorStore, WriterLease,
 };
 pub use types::*;

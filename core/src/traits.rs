@@ -41,8 +41,9 @@ pub trait VectorStore: Send + Sync {
     async fn set_labels(&self, document_id: &str, tags: &[String], groups: &[String])
     -> Result<()>;
     /// Problems that do not stop the store but that an operator should fix
-    /// (a collection with fewer replicas than configured); `/readyz` shows them.
-    fn warnings(&self) -> Vec<String> {
+    /// (a collection with fewer active replicas than configured), as of
+    /// now; `/readyz` shows them.
+    async fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
 }
@@ -80,8 +81,24 @@ pub trait DocumentStore: Send + Sync {
     /// Every committed chunk id (with repeats, if the store has any).
     async fn chunk_ids(&self) -> Result<Vec<String>>;
     async fn document_count(&self) -> Result<usize>;
-    /// Registers a writer, or renews its heartbeat, on the database's clock.
-    async fn heartbeat(&self, writer: &str) -> Result<()>;
+    /// Registers a writer, its heartbeat now on the database's clock.
+    async fn register_writer(&self, writer: &str) -> Result<()>;
+    /// Renews a writer's heartbeat; `false` when the writer is gone (taken
+    /// for dead by another process): it must stop for good.
+    async fn heartbeat(&self, writer: &str) -> Result<bool>;
+    /// [`DocumentStore::replace_document`] for a writer, under the
+    /// vector-deletion lock: refused (`Unavailable`) unless the writer is
+    /// still registered with a heartbeat at most `lease.timeout_s` old, and,
+    /// for a restricted writer, unless the row it replaces (if any) is
+    /// still one its groups cover. So no repair can have taken its marks
+    /// for a dead writer's, and no other process can have moved the
+    /// document out of its reach, between its checks and its commit.
+    async fn commit_document(
+        &self,
+        lease: &WriterLease<'_>,
+        doc: &DocumentRecord,
+        chunks: &[ChunkRecord],
+    ) -> Result<()>;
     /// Records that `writer` is about to write, or to rely on, the vectors
     /// of these chunks: while its heartbeat is live they are not deleted
     /// (see [`ReferenceLock`]). Waits for a deletion in progress.
@@ -112,6 +129,16 @@ pub trait DocumentStore: Send + Sync {
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
     /// Marks a key revoked; false when there is no such key.
     async fn revoke_key(&self, id: &str, revoked_at: &str) -> Result<bool>;
+}
+
+/// Who commits a document, for [`DocumentStore::commit_document`].
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLease<'a> {
+    pub writer: &'a str,
+    /// A heartbeat older than this is a dead writer's.
+    pub timeout_s: i64,
+    /// A restricted writer's groups: it may replace only a row it covers.
+    pub cover: Option<&'a [String]>,
 }
 
 /// The vector-deletion lock of [`DocumentStore::lock_references`]: while

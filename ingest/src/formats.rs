@@ -26,45 +26,68 @@ const VOID: &[&str] = &[
 /// Elements that the next one of their kind (or their parent's end)
 /// closes: left open in ordinary HTML, they do not nest.
 const SELF_CLOSING: &[&str] = &[
-    "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "thead", "tbody", "tfoot",
-    "colgroup", "rb", "rt", "rp",
+    "p", "li", "dt", "dd", "tr", "td", "th", "option", "thead", "tbody", "tfoot", "colgroup",
 ];
-/// Elements whose content is raw text, not tags.
+/// Elements whose content is raw text, not tags (in HTML, not inside SVG
+/// or MathML).
 const RAW_TEXT: &[&str] = &["script", "style", "textarea", "title", "xmp", "plaintext"];
+/// Elements whose content is SVG or MathML, where `/>` closes an element.
+const FOREIGN: &[&str] = &["svg", "math"];
+/// Elements inside SVG or MathML whose content is HTML again.
+const HTML_AGAIN: &[&str] = &["foreignobject", "desc", "title", "annotation-xml"];
 
 /// How deep the page's elements nest, counted by a linear scan of its tags
-/// (no tree is built), stopping as soon as it passes `limit`. An end tag
-/// closes the nearest open element of its name and those inside it, as
-/// the tree builder does; void and self-closing elements do not count.
+/// (no tree is built), stopping as soon as it passes `limit`. It follows
+/// the tree builder where that matters for depth: an end tag closes the
+/// nearest open element of its name and those inside it; void and
+/// self-closing elements do not count; `/>` closes an element only inside
+/// SVG or MathML (HTML ignores it); comments end at `-->`, `--!>` or at
+/// once (`<!-->`). Where it is unsure it counts more, never less.
 pub fn html_depth(html: &str, limit: usize) -> usize {
     let bytes = html.as_bytes();
-    let mut open: Vec<&str> = Vec::new();
+    // Open elements, each with whether its content is SVG or MathML.
+    let mut open: Vec<(&str, bool)> = Vec::new();
     let mut deepest = 0;
     let mut i = 0;
     while let Some(at) = memchr_lt(bytes, i) {
         i = at + 1;
         if html[i..].starts_with("!--") {
-            i = html[i..].find("-->").map_or(bytes.len(), |e| i + e + 3);
+            let body = &html[i + 3..];
+            i = if body.starts_with('>') {
+                i + 4
+            } else if body.starts_with("->") {
+                i + 5
+            } else {
+                let ends = [
+                    body.find("-->").map(|e| e + 3),
+                    body.find("--!>").map(|e| e + 4),
+                ];
+                ends.into_iter()
+                    .flatten()
+                    .min()
+                    .map_or(bytes.len(), |e| i + 3 + e)
+            };
             continue;
         }
         let closing = bytes.get(i) == Some(&b'/');
         let start = i + usize::from(closing);
+        if !bytes.get(start).is_some_and(u8::is_ascii_alphabetic) {
+            continue; // `<` as text, `<!DOCTYPE`, `<?xml`
+        }
         let end = html[start..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
             .map_or(bytes.len(), |e| start + e);
-        if end == start {
-            continue; // `<` as text, `<!DOCTYPE`, `<?xml`
-        }
         let name = &html[start..end];
         let tag_end = html[end..].find('>').map_or(bytes.len(), |e| end + e);
         let self_closed = html[..tag_end].ends_with('/');
         i = tag_end;
         let is = |list: &[&str]| list.iter().any(|t| t.eq_ignore_ascii_case(name));
+        let foreign = open.last().is_some_and(|(_, f)| *f);
         if closing {
-            if let Some(at) = open.iter().rposition(|o| o.eq_ignore_ascii_case(name)) {
+            if let Some(at) = open.iter().rposition(|(o, _)| o.eq_ignore_ascii_case(name)) {
                 open.truncate(at);
             }
-        } else if is(RAW_TEXT) {
+        } else if !foreign && is(RAW_TEXT) {
             // Skip to the element's end tag, in any case.
             let name = name.as_bytes();
             i = (i..bytes.len())
@@ -76,8 +99,13 @@ pub fn html_depth(html: &str, limit: usize) -> usize {
                             .is_some_and(|n| n.eq_ignore_ascii_case(name))
                 })
                 .unwrap_or(bytes.len());
-        } else if !(self_closed || is(VOID) || is(SELF_CLOSING)) {
-            open.push(name);
+        } else if !((foreign && self_closed) || is(VOID) || (!foreign && is(SELF_CLOSING))) {
+            let content_foreign = if foreign {
+                !is(HTML_AGAIN)
+            } else {
+                is(FOREIGN)
+            };
+            open.push((name, content_foreign));
             deepest = deepest.max(open.len());
             if deepest > limit {
                 break;
@@ -129,7 +157,7 @@ pub fn load_html(html: &str, fallback_title: &str) -> Result<LoadedDocument> {
         .find_map(|s| page.select(&select(s)).next())
         .unwrap_or_else(|| page.root_element());
     let mut out = String::new();
-    walk(root, &mut out);
+    walk(root, &mut out, 0);
     let body = out
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -145,7 +173,12 @@ pub fn load_html(html: &str, fallback_title: &str) -> Result<LoadedDocument> {
     })
 }
 
-fn walk(element: ElementRef, out: &mut String) {
+/// Appends the text under `element`; `depth` bounds the recursion, should
+/// the tree builder nest deeper than [`html_depth`] counted.
+fn walk(element: ElementRef, out: &mut String, depth: usize) {
+    if depth > 2 * MAX_HTML_DEPTH {
+        return;
+    }
     for child in element.children() {
         match child.value() {
             Node::Text(text) => out.push_str(text),
@@ -169,24 +202,24 @@ fn walk(element: ElementRef, out: &mut String) {
                     "br" => out.push('\n'),
                     "li" => {
                         out.push_str("\n- ");
-                        walk(child, out);
+                        walk(child, out, depth + 1);
                         out.push('\n');
                     }
                     "tr" => {
                         out.push('\n');
-                        walk(child, out);
+                        walk(child, out, depth + 1);
                     }
                     "td" | "th" => {
                         out.push_str(" | ");
-                        walk(child, out);
+                        walk(child, out, depth + 1);
                     }
                     "p" | "div" | "section" | "article" | "main" | "ul" | "ol" | "table"
                     | "blockquote" | "pre" | "dl" | "dt" | "dd" | "figure" | "figcaption" => {
                         out.push_str("\n\n");
-                        walk(child, out);
+                        walk(child, out, depth + 1);
                         out.push_str("\n\n");
                     }
-                    _ => walk(child, out),
+                    _ => walk(child, out, depth + 1),
                 }
             }
             _ => {}

@@ -306,11 +306,37 @@ mod tests {
         assert!(err.to_string().contains("nested more than 512"), "{err}");
         assert!(err.to_string().contains("bomb.html"), "{err}");
         eprintln!("refused in {:?}", started.elapsed());
+        // The same bomb behind what the tree builder reads differently
+        // from a naive scan: `/>` on HTML elements (ignored), ruby parts
+        // without a ruby (they nest), comments that end at `--!>` or at
+        // once, SVG's title (not raw text there), and HTML inside SVG.
+        let deep = "<div>".repeat(5_000);
+        for bomb in [
+            "<div/>".repeat(5_000),
+            "<rt>".repeat(5_000),
+            "<optgroup>".repeat(5_000),
+            format!("<!-- x --!>{deep}<!-- -->"),
+            format!("<!-->{deep}<!-- -->"),
+            format!("<svg><title>{deep}</title></svg>"),
+            format!(
+                "<svg><foreignObject>{}</foreignObject></svg>",
+                "<div/>".repeat(5_000)
+            ),
+        ] {
+            let err = load_bytes(Path::new("b.html"), bomb.as_bytes(), &Limits::default())
+                .map(|d| d.body.len())
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("nested more than 512"),
+                "{bomb:.40}: {err}"
+            );
+        }
         // Ordinary pages, unclosed paragraphs and list items included, and
         // nesting up to the limit, still load.
         let ordinary = format!(
-            "<html><body><main>{}<ul><li>a<li>b</ul><p>one<p>two<br><img src=x>{}deep{}</main></body></html>",
+            "<html><body><main>{}<svg>{}</svg><ul><li>a<li>b</ul><p>one<p>two<br><img src=x>{}deep{}</main></body></html>",
             "<p>text".repeat(5_000),
+            "<path d=\"M0 0\"/>".repeat(5_000),
             "<section>".repeat(500),
             "</section>".repeat(500)
         );

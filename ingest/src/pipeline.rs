@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use rag_core::{
     ChunkRecord, DocumentRecord, DocumentStore, Embedder, Error, Result, VectorPoint, VectorStore,
+    WriterLease,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -63,40 +64,35 @@ impl Default for IngestOptions {
 ///   source)`;
 /// - a restricted writer writes the first document of that name that it
 ///   covers (it has every one of the document's groups, and there is at
-///   least one): the unscoped one first, then its own scoped one;
-/// - otherwise it writes a document of its own,
-///   `scoped_document_id(collection, source, groups, n)` with the lowest
-///   `n` that no existing document holds, as if the name were free.
+///   least one): the unscoped one first, then one it made before;
+/// - otherwise it makes a document of its own, with a random id, as if the
+///   name were free.
 ///
 /// So a restricted writer never replaces what another group can see
-/// without it, and what it is told (added, updated) is the same whether
-/// or not another group has a document of that name.
+/// without it, and nothing it is told (added or updated, counts, its
+/// document's id) depends on whether another group has a document of that
+/// name.
 pub fn target(
     source: &str,
     options: &IngestOptions,
     existing: Vec<DocumentRecord>,
 ) -> (String, Option<DocumentRecord>) {
-    let collection = &options.collection;
-    let unscoped = rag_core::document_id(collection, source);
+    let unscoped = rag_core::document_id(&options.collection, source);
     let Some(mine) = &options.writer_groups else {
         let previous = existing.into_iter().find(|d| d.id == unscoped);
         return (unscoped, previous);
     };
-    let own = rag_core::scoped_document_id(collection, source, &options.groups, 0);
     let covered =
         |d: &DocumentRecord| !d.groups.is_empty() && d.groups.iter().all(|g| mine.contains(g));
-    if let Some(doc) = existing
-        .iter()
-        .filter(|d| covered(d))
-        .min_by_key(|d| (d.id != unscoped, d.id != own, d.id.clone()))
+    match existing
+        .into_iter()
+        .filter(covered)
+        .min_by_key(|d| (d.id != unscoped, d.id.clone()))
     {
-        return (doc.id.clone(), Some(doc.clone()));
+        Some(doc) => (doc.id.clone(), Some(doc)),
+        // Random, so that the id says nothing about other documents.
+        None => (uuid::Uuid::new_v4().simple().to_string(), None),
     }
-    let id = (0..)
-        .map(|n| rag_core::scoped_document_id(collection, source, &options.groups, n))
-        .find(|id| *id != unscoped && existing.iter().all(|d| d.id != *id))
-        .expect("an unused id exists");
-    (id, None)
 }
 
 /// One ingest run as a writer that others sharing the stores can see: a
@@ -105,23 +101,35 @@ pub fn target(
 struct Writer {
     id: String,
     docs: Arc<dyn DocumentStore>,
-    last_beat: Arc<std::sync::Mutex<Instant>>,
+    /// When the last heartbeat that counted was sent; `None` once the
+    /// lease is lost, which is final.
+    lease: Arc<std::sync::Mutex<Option<Instant>>>,
     beating: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
     async fn start(docs: Arc<dyn DocumentStore>) -> Result<Self> {
         let id = uuid::Uuid::new_v4().to_string();
-        docs.heartbeat(&id).await?;
-        let last_beat = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let sent = Instant::now();
+        docs.register_writer(&id).await?;
+        let lease = Arc::new(std::sync::Mutex::new(Some(sent)));
         let beating = tokio::spawn({
-            let (docs, id, last_beat) = (docs.clone(), id.clone(), last_beat.clone());
+            let (docs, id, lease) = (docs.clone(), id.clone(), lease.clone());
             async move {
                 loop {
                     tokio::time::sleep(HEARTBEAT_EVERY).await;
-                    match docs.heartbeat(&id).await {
-                        Ok(()) => {
-                            *last_beat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now()
+                    // The heartbeat counts from when it was sent.
+                    let sent = Instant::now();
+                    let beat = docs.heartbeat(&id).await;
+                    let mut lease = lease.lock().unwrap_or_else(|p| p.into_inner());
+                    match beat {
+                        Ok(true) if lease.is_some() => *lease = Some(sent),
+                        Ok(_) => {
+                            // Taken for dead by another process, or lapsed
+                            // here: over for good.
+                            tracing::warn!(writer = %id, "this ingest lost its writer lease");
+                            *lease = None;
+                            return;
                         }
                         Err(e) => tracing::warn!(writer = %id, "heartbeat failed: {e}"),
                     }
@@ -131,25 +139,25 @@ impl Writer {
         Ok(Self {
             id,
             docs,
-            last_beat,
+            lease,
             beating,
         })
     }
 
-    /// Fails when the heartbeat could not be renewed for [`OWN_LEASE`]:
-    /// committing then could reference vectors another process has taken
-    /// for a dead writer's and deleted.
+    /// Fails when the heartbeat could not be renewed for [`OWN_LEASE`], or
+    /// the writer was taken for dead, and from then on: committing could
+    /// reference vectors another process has deleted. (The commit checks
+    /// the lease again in its own transaction.)
     fn check(&self) -> Result<()> {
-        let since = self
-            .last_beat
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed();
-        if since > OWN_LEASE {
+        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if lease.is_some_and(|sent| sent.elapsed() > OWN_LEASE) {
+            *lease = None;
+        }
+        if lease.is_none() {
             return Err(Error::unavailable(format!(
-                "this ingest could not renew its heartbeat in the metadata database for {} s; \
+                "this ingest could not renew its heartbeat in the metadata database within {} s; \
                  it stops so that nothing it writes can lose its vectors (run it again)",
-                since.as_secs()
+                OWN_LEASE.as_secs()
             )));
         }
         Ok(())
@@ -393,9 +401,6 @@ struct Pending {
     /// Chunk ids of the previous version.
     old_ids: HashSet<String>,
     update: bool,
-    /// The previous version had other tags or groups: the vectors it
-    /// keeps get the new ones before the commit.
-    relabel: bool,
 }
 
 impl Pending {
@@ -504,8 +509,15 @@ impl Ingestor {
         writer: &Writer,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<IngestReport> {
+        let repaired = repair(self.docs.as_ref(), self.vectors.as_ref()).await?;
         let mut report = IngestReport {
-            repaired_vectors: repair(self.docs.as_ref(), self.vectors.as_ref()).await?,
+            // Other writers' leftovers are not a restricted caller's to
+            // count.
+            repaired_vectors: if options.writer_groups.is_none() {
+                repaired
+            } else {
+                0
+            },
             ..Default::default()
         };
         progress(Progress::Started {
@@ -576,7 +588,7 @@ impl Ingestor {
                     Some(prepared) => match prepared? {
                         Prepared::Done(outcome) => record(outcome),
                         Prepared::Embed(p) if p.left() == 0 => {
-                            record(self.commit(*p, writer).await?)
+                            record(self.commit(*p, options, writer).await?)
                         }
                         Prepared::Embed(p) => waiting.push_back(*p),
                     },
@@ -641,7 +653,7 @@ impl Ingestor {
             });
             while waiting.front().is_some_and(|p| p.left() == 0) {
                 let done = waiting.pop_front().expect("front exists");
-                record(self.commit(done, writer).await?);
+                record(self.commit(done, options, writer).await?);
             }
         }
     }
@@ -746,9 +758,6 @@ impl Ingestor {
             chunk_count: chunks.len(),
             ingested_at: String::new(),
         };
-        let relabel = previous
-            .as_ref()
-            .is_some_and(|p| p.tags != record.tags || p.groups != record.groups);
         Ok(Prepared::Embed(Box::new(Pending {
             record,
             chunks,
@@ -756,32 +765,41 @@ impl Ingestor {
             embedded: 0,
             old_ids,
             update: previous.is_some(),
-            relabel,
         })))
     }
 
     /// Switches a fully embedded document to its new version (one SQL
-    /// transaction), then deletes the vectors of chunks that left it. When
-    /// its labels changed, every vector it keeps gets the new ones first,
-    /// so that no query after the switch sees the old labels.
-    async fn commit(&self, pending: Pending, writer: &Writer) -> Result<DocumentOutcome> {
+    /// transaction, under the writer's lease), then deletes the vectors of
+    /// chunks that left it. An updated document's labels are set on every
+    /// vector it keeps first, so that no query after the switch sees
+    /// other labels (even ones an earlier version left behind).
+    async fn commit(
+        &self,
+        pending: Pending,
+        options: &IngestOptions,
+        writer: &Writer,
+    ) -> Result<DocumentOutcome> {
         let Pending {
             mut record,
             chunks,
             to_embed,
             old_ids,
             update,
-            relabel,
             ..
         } = pending;
         writer.check()?;
-        if relabel {
+        if update {
             self.vectors
                 .set_labels(&record.id, &record.tags, &record.groups)
                 .await?;
         }
         record.ingested_at = now();
-        self.docs.replace_document(&record, &chunks).await?;
+        let lease = WriterLease {
+            writer: &writer.id,
+            timeout_s: WRITER_TIMEOUT_S,
+            cover: options.writer_groups.as_deref(),
+        };
+        self.docs.commit_document(&lease, &record, &chunks).await?;
         let new_ids: Vec<String> = chunks.iter().map(|c| c.id.clone()).collect();
         self.docs.clear_in_flight(&writer.id, &new_ids).await?;
         let new_ids: HashSet<String> = new_ids.into_iter().collect();
@@ -877,62 +895,47 @@ mod tests {
     #[test]
     fn a_restricted_writer_replaces_only_what_it_covers() {
         let unscoped = rag_core::document_id("default", "plan.md");
-        let scoped = |groups: &[&str], n| {
-            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-            rag_core::scoped_document_id("default", "plan.md", &groups, n)
-        };
-        let target = |existing: Vec<DocumentRecord>, o: IngestOptions| {
-            let (id, previous) = target("plan.md", &o, existing);
+        let own = "0123456789abcdef0123456789abcdef".to_string();
+        let target = |existing: Vec<DocumentRecord>, o: &IngestOptions| {
+            let (id, previous) = target("plan.md", o, existing);
             (id, previous.map(|p| p.id))
         };
         // Unrestricted: always the unscoped document.
         assert_eq!(
-            target(vec![doc(&unscoped, &["alpha"])], options(&["beta"], None)),
+            target(vec![doc(&unscoped, &["alpha"])], &options(&["beta"], None)),
             (unscoped.clone(), Some(unscoped.clone()))
         );
-        assert_eq!(target(vec![], options(&[], None)), (unscoped.clone(), None));
-        // beta cannot take alpha's name: a document of its own, as if new.
+        assert_eq!(
+            target(vec![], &options(&[], None)),
+            (unscoped.clone(), None)
+        );
+        // beta cannot take alpha's name, nor a document it shares with
+        // alpha, nor a group-less one: a new document, with a new random
+        // id each time (nothing to compare with a free name's).
         let beta = options(&["beta"], Some(&["beta"]));
-        let own = scoped(&["beta"], 0);
-        assert_eq!(
-            target(vec![doc(&unscoped, &["alpha"])], beta.clone()),
-            (own.clone(), None)
-        );
-        assert_eq!(target(vec![], beta.clone()), (own.clone(), None));
-        // Nor a document shared with alpha, nor a group-less one.
-        assert_eq!(
-            target(vec![doc(&unscoped, &["alpha", "beta"])], beta.clone()),
-            (own.clone(), None)
-        );
-        assert_eq!(
-            target(vec![doc(&unscoped, &[])], beta.clone()),
-            (own.clone(), None)
-        );
+        for groups in [&["alpha"][..], &["alpha", "beta"], &[]] {
+            let (id, previous) = target(vec![doc(&unscoped, groups)], &beta);
+            assert_eq!(previous, None, "{groups:?}");
+            assert!(id != unscoped && id.len() == 32, "{id}");
+            assert_ne!(id, target(vec![doc(&unscoped, groups)], &beta).0);
+        }
         // What it covers it replaces: the unscoped one first, then its own.
         assert_eq!(
-            target(
-                vec![doc(&own, &["beta"]), doc(&unscoped, &["beta"])],
-                beta.clone()
-            ),
+            target(vec![doc(&own, &["beta"]), doc(&unscoped, &["beta"])], &beta),
             (unscoped.clone(), Some(unscoped.clone()))
         );
         assert_eq!(
             target(
                 vec![doc(&unscoped, &["alpha"]), doc(&own, &["beta"])],
-                beta.clone()
+                &beta
             ),
             (own.clone(), Some(own.clone()))
         );
         // A key of alpha and beta covers alpha's document and may move it.
         let both = options(&["beta"], Some(&["alpha", "beta"]));
         assert_eq!(
-            target(vec![doc(&unscoped, &["alpha"])], both),
+            target(vec![doc(&unscoped, &["alpha"])], &both),
             (unscoped.clone(), Some(unscoped.clone()))
-        );
-        // Its own id, since regrouped by an admin to gamma: the next one.
-        assert_eq!(
-            target(vec![doc(&own, &["gamma"])], beta),
-            (scoped(&["beta"], 1), None)
         );
     }
 }

@@ -12,10 +12,13 @@ CREATE TABLE documents_v3 (
     chunk_count   BIGINT NOT NULL,
     ingested_at   TEXT NOT NULL
 );
+-- The content hash is cleared: earlier versions left the old groups and
+-- tags on the vectors of a regrouped document, and the next ingest of each
+-- document now reads it again and sets its labels on every vector (no
+-- text is embedded again: chunk ids are unchanged).
 INSERT INTO documents_v3 (id, collection, source, title, content_hash, tags, access_groups,
                           chunk_count, ingested_at)
-    SELECT id, collection, source, title, content_hash, tags, access_groups, chunk_count,
-           ingested_at
+    SELECT id, collection, source, title, '', tags, access_groups, chunk_count, ingested_at
     FROM documents;
 DROP TABLE documents;
 ALTER TABLE documents_v3 RENAME TO documents;

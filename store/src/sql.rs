@@ -1,6 +1,7 @@
 use async_trait::async_trait;
 use rag_core::{
-    ApiKeyRecord, ChunkRecord, DocumentRecord, DocumentStore, Error, KeyRole, ReferenceLock, Result,
+    ApiKeyRecord, ChunkRecord, DocumentRecord, DocumentStore, Error, KeyRole, ReferenceLock,
+    Result, WriterLease,
 };
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -86,6 +87,72 @@ async fn take_vector_lock(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Res
     Ok(())
 }
 
+/// Deletes the writers whose heartbeat is older than `timeout_s`, and the
+/// marks of writers that are gone; returns how many writers.
+async fn forget_dead(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    now: &str,
+    timeout_s: i64,
+) -> Result<usize> {
+    let writers = format!("DELETE FROM ingest_writers WHERE heartbeat_at < {now} - $1");
+    let gone = sqlx::query(sqlx::AssertSqlSafe(writers))
+        .bind(timeout_s)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+    sqlx::query(
+        "DELETE FROM inflight_chunks WHERE writer_id NOT IN (SELECT id FROM ingest_writers)",
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(gone as usize)
+}
+
+/// Writes a document's row and its chunks' rows inside `tx`, replacing
+/// what it had.
+async fn write_document(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    doc: &DocumentRecord,
+    chunks: &[ChunkRecord],
+) -> Result<()> {
+    delete_rows(tx, &doc.id).await?;
+    sqlx::query(
+        "INSERT INTO documents (id, collection, source, title, content_hash, tags, \
+         access_groups, chunk_count, ingested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&doc.id)
+    .bind(&doc.collection)
+    .bind(&doc.source)
+    .bind(&doc.title)
+    .bind(&doc.content_hash)
+    .bind(json_list(&doc.tags))
+    .bind(json_list(&doc.groups))
+    .bind(chunks.len() as i64)
+    .bind(&doc.ingested_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    for chunk in chunks {
+        sqlx::query(
+            "INSERT INTO chunks (id, document_id, ordinal, body, heading, page, token_count) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&chunk.id)
+        .bind(&doc.id)
+        .bind(chunk.ordinal as i64)
+        .bind(&chunk.text)
+        .bind(&chunk.heading)
+        .bind(chunk.page.map(i64::from))
+        .bind(chunk.token_count as i64)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
 /// The vector-deletion lock: an open transaction that holds it.
 struct SqlReferenceLock {
     tx: sqlx::Transaction<'static, sqlx::Any>,
@@ -95,6 +162,10 @@ struct SqlReferenceLock {
 #[async_trait]
 impl ReferenceLock for SqlReferenceLock {
     async fn unreferenced(&mut self, chunk_ids: &[String], timeout_s: i64) -> Result<Vec<String>> {
+        // A writer taken for dead here is removed for good, in the same
+        // transaction: its next heartbeat finds no row and it stops, and
+        // its commit is refused (`commit_document`).
+        forget_dead(&mut self.tx, self.now, timeout_s).await?;
         let mut referenced = std::collections::HashSet::new();
         for batch in chunk_ids.chunks(BATCH) {
             let committed = format!(
@@ -238,11 +309,10 @@ impl DocumentStore for SqlDocumentStore {
         rows.iter().map(document_from_row).collect()
     }
 
-    async fn heartbeat(&self, writer: &str) -> Result<()> {
+    async fn register_writer(&self, writer: &str) -> Result<()> {
         let sql = format!(
-            "INSERT INTO ingest_writers (id, heartbeat_at) VALUES ($1, {now}) \
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = {now}",
-            now = self.now
+            "INSERT INTO ingest_writers (id, heartbeat_at) VALUES ($1, {})",
+            self.now
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(writer)
@@ -250,6 +320,19 @@ impl DocumentStore for SqlDocumentStore {
             .await
             .map_err(db_error)?;
         Ok(())
+    }
+
+    async fn heartbeat(&self, writer: &str) -> Result<bool> {
+        let sql = format!(
+            "UPDATE ingest_writers SET heartbeat_at = {} WHERE id = $1",
+            self.now
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(writer)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn mark_in_flight(&self, writer: &str, chunk_ids: &[String]) -> Result<()> {
@@ -305,28 +388,9 @@ impl DocumentStore for SqlDocumentStore {
 
     async fn forget_dead_writers(&self, timeout_s: i64) -> Result<usize> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let marks = format!(
-            "DELETE FROM inflight_chunks WHERE writer_id NOT IN \
-             (SELECT id FROM ingest_writers WHERE heartbeat_at >= {} - $1)",
-            self.now
-        );
-        sqlx::query(sqlx::AssertSqlSafe(marks))
-            .bind(timeout_s)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let writers = format!(
-            "DELETE FROM ingest_writers WHERE heartbeat_at < {} - $1",
-            self.now
-        );
-        let gone = sqlx::query(sqlx::AssertSqlSafe(writers))
-            .bind(timeout_s)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?
-            .rows_affected();
+        let gone = forget_dead(&mut tx, self.now, timeout_s).await?;
         tx.commit().await.map_err(db_error)?;
-        Ok(gone as usize)
+        Ok(gone)
     }
 
     async fn forget_writers(&self) -> Result<usize> {
@@ -370,7 +434,7 @@ impl DocumentStore for SqlDocumentStore {
         // collection filter off.
         let sql = format!(
             "SELECT {DOC_COLUMNS} FROM documents WHERE ($1 IS NULL OR collection = $1) \
-             ORDER BY collection, source LIMIT $2 OFFSET $3"
+             ORDER BY collection, source, id LIMIT $2 OFFSET $3"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(collection)
@@ -398,7 +462,7 @@ impl DocumentStore for SqlDocumentStore {
         let rows = match collection {
             Some(c) => {
                 let sql = format!(
-                    "SELECT {DOC_COLUMNS} FROM documents WHERE collection = $1 ORDER BY source"
+                    "SELECT {DOC_COLUMNS} FROM documents WHERE collection = $1 ORDER BY source, id"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(c)
@@ -407,7 +471,7 @@ impl DocumentStore for SqlDocumentStore {
             }
             None => {
                 let sql =
-                    format!("SELECT {DOC_COLUMNS} FROM documents ORDER BY collection, source");
+                    format!("SELECT {DOC_COLUMNS} FROM documents ORDER BY collection, source, id");
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .fetch_all(&self.pool)
                     .await
@@ -428,44 +492,64 @@ impl DocumentStore for SqlDocumentStore {
 
     async fn replace_document(&self, doc: &DocumentRecord, chunks: &[ChunkRecord]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        delete_rows(&mut tx, &doc.id).await?;
-        sqlx::query(
-            "INSERT INTO documents (id, collection, source, title, content_hash, tags, \
-             access_groups, chunk_count, ingested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&doc.id)
-        .bind(&doc.collection)
-        .bind(&doc.source)
-        .bind(&doc.title)
-        .bind(&doc.content_hash)
-        .bind(json_list(&doc.tags))
-        .bind(json_list(&doc.groups))
-        .bind(chunks.len() as i64)
-        .bind(&doc.ingested_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        for chunk in chunks {
-            sqlx::query(
-                "INSERT INTO chunks (id, document_id, ordinal, body, heading, page, token_count) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&chunk.id)
-            .bind(&doc.id)
-            .bind(chunk.ordinal as i64)
-            .bind(&chunk.text)
-            .bind(&chunk.heading)
-            .bind(chunk.page.map(i64::from))
-            .bind(chunk.token_count as i64)
-            .execute(&mut *tx)
+        take_vector_lock(&mut tx).await?;
+        write_document(&mut tx, doc, chunks).await?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn commit_document(
+        &self,
+        lease: &WriterLease<'_>,
+        doc: &DocumentRecord,
+        chunks: &[ChunkRecord],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        take_vector_lock(&mut tx).await?;
+        let live = format!(
+            "SELECT id FROM ingest_writers WHERE id = $1 AND heartbeat_at >= {} - $2",
+            self.now
+        );
+        let live = sqlx::query(sqlx::AssertSqlSafe(live))
+            .bind(lease.writer)
+            .bind(lease.timeout_s)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db_error)?;
+        if live.is_none() {
+            return Err(Error::unavailable(format!(
+                "this ingest lost its writer lease (no heartbeat within {} s), so another \
+                 process may have deleted vectors it relied on; nothing more is committed, run \
+                 it again",
+                lease.timeout_s
+            )));
         }
+        if let Some(mine) = lease.cover {
+            let row = sqlx::query("SELECT access_groups FROM documents WHERE id = $1")
+                .bind(&doc.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            if let Some(row) = row {
+                let groups = parse_list(
+                    &row.try_get::<String, _>("access_groups")
+                        .map_err(db_error)?,
+                );
+                if groups.is_empty() || !groups.iter().all(|g| mine.contains(g)) {
+                    return Err(Error::unavailable(
+                        "the document changed while it was being written; try again",
+                    ));
+                }
+            }
+        }
+        write_document(&mut tx, doc, chunks).await?;
         tx.commit().await.map_err(db_error)
     }
 
     async fn delete_document(&self, id: &str) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // Document rows change under the lock only: two writers of one
+        // document, or a delete and a write, never interleave their rows.
+        take_vector_lock(&mut tx).await?;
         delete_rows(&mut tx, id).await?;
         tx.commit().await.map_err(db_error)
     }
@@ -697,7 +781,7 @@ mod tests {
 
         // Two documents may share a name: one per owner scope.
         let scoped = DocumentRecord {
-            id: rag_core::scoped_document_id("default", "a.md", &["beta".into()], 0),
+            id: "0123456789abcdef0123456789abcdef".into(),
             groups: vec!["beta".into()],
             ..doc("a.md", "h3")
         };
@@ -720,7 +804,7 @@ mod tests {
             rag_core::chunk_id(&d.id, "free", 0),
         );
         let all = [committed.clone(), marked.clone(), free.clone()];
-        store.heartbeat("w1").await.unwrap();
+        store.register_writer("w1").await.unwrap();
         store
             .mark_in_flight("w1", std::slice::from_ref(&marked))
             .await
@@ -755,19 +839,63 @@ mod tests {
         let mut lock = store.lock_references().await.unwrap();
         assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
         lock.release().await.unwrap();
-        store.heartbeat("w2").await.unwrap();
+        store.register_writer("w2").await.unwrap();
         store.mark_in_flight("w2", &all[1..]).await.unwrap();
         assert_eq!(store.forget_dead_writers(60).await.unwrap(), 0);
         assert_eq!(store.forget_dead_writers(-10).await.unwrap(), 1);
         let mut lock = store.lock_references().await.unwrap();
         assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
         lock.release().await.unwrap();
-        store.heartbeat("w3").await.unwrap();
+        store.register_writer("w3").await.unwrap();
         store.mark_in_flight("w3", &all[1..]).await.unwrap();
         assert_eq!(store.forget_writers().await.unwrap(), 1);
         let mut lock = store.lock_references().await.unwrap();
         assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
         lock.release().await.unwrap();
+        // Committing as a writer: only while its lease is live, and for a
+        // restricted writer only over a row it covers.
+        assert!(!store.heartbeat("gone").await.unwrap(), "an unknown writer");
+        store.register_writer("w4").await.unwrap();
+        assert!(store.heartbeat("w4").await.unwrap());
+        let lease = |cover| WriterLease {
+            writer: "w4",
+            timeout_s: 60,
+            cover,
+        };
+        store
+            .commit_document(&lease(None), &d2, &new_chunks)
+            .await
+            .unwrap();
+        let beta = ["beta".to_string()];
+        let err = store
+            .commit_document(&lease(Some(&beta)), &d2, &new_chunks)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("changed while"), "{err}");
+        let hr = ["hr".to_string()];
+        store
+            .commit_document(&lease(Some(&hr)), &d2, &new_chunks)
+            .await
+            .unwrap();
+        let dead = WriterLease {
+            timeout_s: -10,
+            ..lease(None)
+        };
+        let err = store
+            .commit_document(&dead, &d2, &new_chunks)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("lost its writer lease"), "{err}");
+        // A deletion check takes a dead writer for gone, for good.
+        let mut lock = store.lock_references().await.unwrap();
+        lock.unreferenced(&all, -10).await.unwrap();
+        lock.release().await.unwrap();
+        assert!(!store.heartbeat("w4").await.unwrap());
+        let err = store
+            .commit_document(&lease(None), &d2, &new_chunks)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("lost its writer lease"), "{err}");
         store.delete_document(&d.id).await.unwrap();
 
         // Reopening runs the migrations again without harm.

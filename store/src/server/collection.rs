@@ -244,15 +244,17 @@ pub async fn ensure_collection(
             }
         }
     }
+    // Checked before anything is written to it: a collection of another
+    // layout is refused as it is.
     let layout = admin.layout(name).await?;
+    let (errors, warnings) = check_layout(settings, dimension, &layout);
+    if !errors.is_empty() {
+        return Err(Error::invalid(errors.join("; ")));
+    }
     for index in field_indexes(name) {
         if !layout.indexed.contains(&index.field_name) {
             admin.create_index(index).await?;
         }
-    }
-    let (errors, warnings) = check_layout(settings, dimension, &layout);
-    if !errors.is_empty() {
-        return Err(Error::invalid(errors.join("; ")));
     }
     Ok(warnings)
 }
@@ -276,7 +278,7 @@ pub fn create_collection(settings: &ServerSettings, dimension: usize) -> CreateC
         .shard_number(settings.shard_number)
         .replication_factor(settings.replication_factor)
         .write_consistency_factor(settings.write_consistency_factor)
-        .timeout(settings.create_timeout.as_secs())
+        .timeout(settings.create_timeout.as_secs().max(1))
         .build()
 }
 
@@ -401,18 +403,19 @@ mod tests {
             }
             Ok(())
         }
+        /// Like Qdrant, creating an index that exists succeeds.
         async fn create_index(&self, request: CreateFieldIndexCollection) -> Result<()> {
+            tokio::task::yield_now().await;
             let mut collections = self.collections.lock().unwrap();
             let layout = collections.get_mut(&request.collection_name).unwrap();
-            assert!(
-                !layout.indexed.contains(&request.field_name),
-                "index {} created twice",
-                request.field_name
-            );
-            layout.indexed.push(request.field_name);
+            if !layout.indexed.contains(&request.field_name) {
+                layout.indexed.push(request.field_name);
+            }
             Ok(())
         }
         async fn layout(&self, name: &str) -> Result<Layout> {
+            // Lets starts that run together interleave here.
+            tokio::task::yield_now().await;
             Ok(self.collections.lock().unwrap()[name].clone())
         }
     }

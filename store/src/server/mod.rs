@@ -18,7 +18,8 @@ use qdrant_client::qdrant::{
     Condition, DeletePoints, DeletePointsBuilder, Filter, GetPointsBuilder, NamedVectors, PointId,
     PointStruct, PointsIdsList, PrefetchQueryBuilder, Query, QueryPoints, QueryPointsBuilder, Rrf,
     ScoredPoint, ScrollPointsBuilder, SearchParamsBuilder, SetPayloadPointsBuilder, UpsertPoints,
-    UpsertPointsBuilder, Vector, VectorInput, VectorsOutput, VectorsSelector,
+    UpsertPointsBuilder, Vector, VectorInput, VectorsOutput, VectorsSelector, WriteOrdering,
+    WriteOrderingType,
 };
 use qdrant_client::{Payload, Qdrant};
 use qdrant_edge::bm25_embed::EdgeBm25;
@@ -85,6 +86,16 @@ impl Default for ServerSettings {
     }
 }
 
+/// Writes go through each shard's leader, which orders them: a repair's
+/// delete and another writer's upsert of the same chunk id (after a
+/// crash, ids repeat) cannot be applied in opposite orders on two
+/// replicas.
+fn ordered() -> WriteOrdering {
+    WriteOrdering {
+        r#type: WriteOrderingType::Medium as i32,
+    }
+}
+
 /// The oldest server that fuses with weights (`Rrf::weights`); older ones
 /// ignore the field.
 const WEIGHTED_RRF_SINCE: (u64, u64) = (1, 17);
@@ -100,7 +111,9 @@ pub struct QdrantServerStore {
     version: String,
     /// Whether the server applies `retrieval.fusion` weights.
     weighted_fusion: bool,
-    warnings: Vec<String>,
+    /// The collection's operations, with their longer timeout.
+    admin: QdrantAdmin,
+    dimension: usize,
 }
 
 pub(crate) fn server_error(e: impl std::fmt::Display) -> Error {
@@ -147,8 +160,19 @@ impl QdrantServerStore {
             weighted_fusion: version_at_least(&version, WEIGHTED_RRF_SINCE),
             version,
             settings,
-            warnings,
+            admin,
+            dimension,
         })
+    }
+
+    /// Whether the server applies fusion weights (1.17 and later): `rag`
+    /// refuses to start with weights other than 1.0 when it does not.
+    pub fn weighted_fusion(&self) -> bool {
+        self.weighted_fusion
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
     }
 }
 
@@ -199,6 +223,7 @@ pub fn upsert(collection: &str, points: Vec<VectorPoint>, bm25: &EdgeBm25) -> Re
         .collect::<Result<Vec<_>>>()?;
     Ok(UpsertPointsBuilder::new(collection, points)
         .wait(true)
+        .ordering(ordered())
         .build())
 }
 
@@ -210,6 +235,7 @@ pub fn delete(collection: &str, chunk_ids: &[String]) -> Result<DeletePoints> {
     Ok(DeletePointsBuilder::new(collection)
         .points(PointsIdsList { ids })
         .wait(true)
+        .ordering(ordered())
         .build())
 }
 
@@ -441,8 +467,13 @@ impl VectorStore for QdrantServerStore {
         Ok(())
     }
 
-    fn warnings(&self) -> Vec<String> {
-        self.warnings.clone()
+    /// Read afresh: replicas that were still initialising at start, or a
+    /// peer lost since, show as they are now.
+    async fn warnings(&self) -> Vec<String> {
+        match self.admin.layout(&self.settings.collection).await {
+            Ok(layout) => check_layout(&self.settings, self.dimension, &layout).1,
+            Err(e) => vec![format!("the collection's layout cannot be read: {e}")],
+        }
     }
 }
 
@@ -462,6 +493,7 @@ pub fn set_labels(
             document_id.to_string(),
         )]))
         .wait(true)
+        .ordering(ordered())
         .build())
 }
 
