@@ -35,22 +35,159 @@ const RAW_TEXT: &[&str] = &["script", "style", "textarea", "title", "xmp", "plai
 const FOREIGN: &[&str] = &["svg", "math"];
 /// Elements inside SVG or MathML whose content is HTML again.
 const HTML_AGAIN: &[&str] = &["foreignobject", "desc", "title", "annotation-xml"];
+/// The tree builder's "special" elements and scope boundaries: an end tag
+/// that would have to close one of these to reach its element is ignored
+/// (the HTML standard's "any other end tag" and "has an element in
+/// scope"), so the scan keeps everything open then.
+const SPECIAL: &[&str] = &[
+    "address",
+    "applet",
+    "area",
+    "article",
+    "aside",
+    "base",
+    "basefont",
+    "bgsound",
+    "blockquote",
+    "body",
+    "br",
+    "button",
+    "caption",
+    "center",
+    "col",
+    "colgroup",
+    "dd",
+    "details",
+    "dir",
+    "div",
+    "dl",
+    "dt",
+    "embed",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "frame",
+    "frameset",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "head",
+    "header",
+    "hgroup",
+    "hr",
+    "html",
+    "iframe",
+    "img",
+    "input",
+    "keygen",
+    "li",
+    "link",
+    "listing",
+    "main",
+    "marquee",
+    "menu",
+    "meta",
+    "nav",
+    "noembed",
+    "noframes",
+    "noscript",
+    "object",
+    "ol",
+    "p",
+    "param",
+    "plaintext",
+    "pre",
+    "script",
+    "search",
+    "section",
+    "select",
+    "source",
+    "style",
+    "summary",
+    "table",
+    "tbody",
+    "td",
+    "template",
+    "textarea",
+    "tfoot",
+    "th",
+    "thead",
+    "title",
+    "tr",
+    "track",
+    "ul",
+    "wbr",
+    "xmp",
+    "svg",
+    "math",
+    "foreignobject",
+    "desc",
+    "annotation-xml",
+];
+/// Elements that bound the scope an end tag of a special element looks in.
+const SCOPE: &[&str] = &[
+    "applet", "caption", "html", "table", "td", "th", "marquee", "object", "template",
+];
+/// Levels the tree builder adds for a table: the table, and the `tbody`,
+/// `tr` and `td` it makes whether or not the page writes them.
+const TABLE_LEVELS: usize = 4;
+
+/// Where the tag that starts at `from` (just after its name) ends: the
+/// first `>` outside a quoted attribute value.
+fn tag_end(bytes: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'>' => return i,
+            b'=' => {
+                i += 1;
+                while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
+                    i += 1;
+                }
+                if let Some(&q) = bytes.get(i).filter(|&&q| q == b'"' || q == b'\'') {
+                    i = bytes[i + 1..]
+                        .iter()
+                        .position(|&b| b == q)
+                        .map_or(bytes.len(), |p| i + 1 + p);
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
 
 /// How deep the page's elements nest, counted by a linear scan of its tags
 /// (no tree is built), stopping as soon as it passes `limit`. It follows
-/// the tree builder where that matters for depth: an end tag closes the
-/// nearest open element of its name and those inside it; void and
-/// self-closing elements do not count; `/>` closes an element only inside
-/// SVG or MathML (HTML ignores it); comments end at `-->`, `--!>` or at
-/// once (`<!-->`). Where it is unsure it counts more, never less.
+/// the tokenizer and the tree builder where that matters for depth: tags
+/// end at a `>` outside quoted attribute values; comments at `-->`, `--!>`
+/// or at once (`<!-->`), bogus ones (`<?`, `<!x`, `</1`) at the next `>`,
+/// CDATA in SVG at `]]>`; an end tag closes the nearest open element of
+/// its name and those inside it, unless a special element or a scope
+/// boundary is in the way (then it is ignored, as the tree builder does);
+/// void and self-closing elements do not count, a table counts its
+/// implied rows and cells; `/>` closes an element only inside SVG or
+/// MathML (HTML ignores it). Where it is unsure it counts more, never less.
 pub fn html_depth(html: &str, limit: usize) -> usize {
     let bytes = html.as_bytes();
     // Open elements, each with whether its content is SVG or MathML.
     let mut open: Vec<(&str, bool)> = Vec::new();
     let mut deepest = 0;
     let mut i = 0;
+    let skip_past = |from: usize, needle: &str| {
+        html[from..]
+            .find(needle)
+            .map_or(bytes.len(), |e| from + e + needle.len())
+    };
     while let Some(at) = memchr_lt(bytes, i) {
         i = at + 1;
+        let foreign = open.last().is_some_and(|(_, f)| *f);
         if html[i..].starts_with("!--") {
             let body = &html[i + 3..];
             i = if body.starts_with('>') {
@@ -69,23 +206,56 @@ pub fn html_depth(html: &str, limit: usize) -> usize {
             };
             continue;
         }
+        if foreign && html[i..].starts_with("![CDATA[") {
+            i = skip_past(i, "]]>");
+            continue;
+        }
         let closing = bytes.get(i) == Some(&b'/');
         let start = i + usize::from(closing);
+        let next = bytes.get(start).copied();
+        let bogus = if closing {
+            next.is_some_and(|c| !c.is_ascii_alphabetic())
+        } else {
+            matches!(next, Some(b'!' | b'?'))
+        };
+        if bogus {
+            // A doctype or a bogus comment: to the next `>`.
+            i = skip_past(start, ">");
+            continue;
+        }
         if !bytes.get(start).is_some_and(u8::is_ascii_alphabetic) {
-            continue; // `<` as text, `<!DOCTYPE`, `<?xml`
+            continue; // `<` as text
         }
         let end = html[start..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
             .map_or(bytes.len(), |e| start + e);
         let name = &html[start..end];
-        let tag_end = html[end..].find('>').map_or(bytes.len(), |e| end + e);
+        let tag_end = tag_end(bytes, end);
         let self_closed = html[..tag_end].ends_with('/');
         i = tag_end;
         let is = |list: &[&str]| list.iter().any(|t| t.eq_ignore_ascii_case(name));
-        let foreign = open.last().is_some_and(|(_, f)| *f);
         if closing {
             if let Some(at) = open.iter().rposition(|(o, _)| o.eq_ignore_ascii_case(name)) {
-                open.truncate(at);
+                // In the way: for a table, another template; for a special
+                // element, a scope boundary; for any other, a special one.
+                // (A table's unnamed levels are its cells: both.)
+                let in_way = |list: &[&str]| {
+                    open[at + 1..].iter().any(|(o, _)| {
+                        o.is_empty() || list.iter().any(|s| s.eq_ignore_ascii_case(o))
+                    })
+                };
+                let blocked = if name.eq_ignore_ascii_case("table") {
+                    open[at + 1..]
+                        .iter()
+                        .any(|(o, _)| o.eq_ignore_ascii_case("template"))
+                } else if is(SPECIAL) {
+                    in_way(SCOPE)
+                } else {
+                    in_way(SPECIAL)
+                };
+                if !blocked {
+                    open.truncate(at);
+                }
             }
         } else if !foreign && is(RAW_TEXT) {
             // Skip to the element's end tag, in any case.
@@ -106,6 +276,10 @@ pub fn html_depth(html: &str, limit: usize) -> usize {
                 is(FOREIGN)
             };
             open.push((name, content_foreign));
+            if !foreign && name.eq_ignore_ascii_case("table") {
+                // Unnamed levels: no end tag closes them but the table's.
+                open.extend(std::iter::repeat_n(("", false), TABLE_LEVELS - 1));
+            }
             deepest = deepest.max(open.len());
             if deepest > limit {
                 break;

@@ -322,6 +322,18 @@ mod tests {
                 "<svg><foreignObject>{}</foreignObject></svg>",
                 "<div/>".repeat(5_000)
             ),
+            // End tags the tree builder ignores: a special element or a
+            // scope boundary is in the way.
+            "<span><section></span>".repeat(5_000),
+            "<div><object></div>".repeat(5_000),
+            // What the tokenizer reads differently: `>` inside a quoted
+            // attribute, bogus comments, CDATA in SVG.
+            format!("<div x=\"><!--\">{deep}<div y=\"-->\">"),
+            format!("<? <!-- >{deep}-->"),
+            format!("</ <!-- >{deep}-->"),
+            format!("<svg><![CDATA[<!--]]></svg>{deep}-->"),
+            // Tables nest through the rows and cells they imply.
+            "<table><td>".repeat(200),
         ] {
             let err = load_bytes(Path::new("b.html"), bomb.as_bytes(), &Limits::default())
                 .map(|d| d.body.len())
@@ -334,8 +346,9 @@ mod tests {
         // Ordinary pages, unclosed paragraphs and list items included, and
         // nesting up to the limit, still load.
         let ordinary = format!(
-            "<html><body><main>{}<svg>{}</svg><ul><li>a<li>b</ul><p>one<p>two<br><img src=x>{}deep{}</main></body></html>",
+            "<html><body><main>{}{}<svg>{}</svg><ul><li>a<li>b</ul><p>one<p>two<br><img src=x>{}deep{}</main></body></html>",
             "<p>text".repeat(5_000),
+            "<div><span>unclosed</div><table><tr><td><div>cell</table>".repeat(5_000),
             "<path d=\"M0 0\"/>".repeat(5_000),
             "<section>".repeat(500),
             "</section>".repeat(500)

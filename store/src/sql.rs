@@ -94,6 +94,17 @@ async fn forget_dead(
     now: &str,
     timeout_s: i64,
 ) -> Result<usize> {
+    // Marks, then writers: the order `retire_writer` deletes in, so the
+    // two never wait on each other's rows.
+    let marks = format!(
+        "DELETE FROM inflight_chunks WHERE writer_id NOT IN \
+         (SELECT id FROM ingest_writers WHERE heartbeat_at >= {now} - $1)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(marks))
+        .bind(timeout_s)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
     let writers = format!("DELETE FROM ingest_writers WHERE heartbeat_at < {now} - $1");
     let gone = sqlx::query(sqlx::AssertSqlSafe(writers))
         .bind(timeout_s)
@@ -101,12 +112,6 @@ async fn forget_dead(
         .await
         .map_err(db_error)?
         .rows_affected();
-    sqlx::query(
-        "DELETE FROM inflight_chunks WHERE writer_id NOT IN (SELECT id FROM ingest_writers)",
-    )
-    .execute(&mut **tx)
-    .await
-    .map_err(db_error)?;
     Ok(gone as usize)
 }
 
@@ -156,16 +161,17 @@ async fn write_document(
 /// The vector-deletion lock: an open transaction that holds it.
 struct SqlReferenceLock {
     tx: sqlx::Transaction<'static, sqlx::Any>,
-    now: &'static str,
 }
 
 #[async_trait]
 impl ReferenceLock for SqlReferenceLock {
     async fn unreferenced(&mut self, chunk_ids: &[String], timeout_s: i64) -> Result<Vec<String>> {
-        // A writer taken for dead here is removed for good, in the same
-        // transaction: its next heartbeat finds no row and it stops, and
-        // its commit is refused (`commit_document`).
-        forget_dead(&mut self.tx, self.now, timeout_s).await?;
+        // Writers taken for dead are removed for good before this, in a
+        // transaction of their own (`forget_dead_writers`, committed
+        // before any vector goes): their next heartbeat finds no row and
+        // they stop, and their commits are refused (`commit_document`).
+        // Every writer still registered counts as live, judged once.
+        let _ = timeout_s;
         let mut referenced = std::collections::HashSet::new();
         for batch in chunk_ids.chunks(BATCH) {
             let committed = format!(
@@ -174,16 +180,14 @@ impl ReferenceLock for SqlReferenceLock {
             );
             let in_flight = format!(
                 "SELECT i.chunk_id AS id FROM inflight_chunks i \
-                 JOIN ingest_writers w ON w.id = i.writer_id \
-                 WHERE w.heartbeat_at >= {} - $1 AND i.chunk_id IN ({})",
-                self.now,
-                placeholders(2, batch.len())
+                 JOIN ingest_writers w ON w.id = i.writer_id WHERE i.chunk_id IN ({})",
+                placeholders(1, batch.len())
             );
             // Marks first, then rows: a writer commits a document's rows
-            // before it clears their marks, and its commit does not wait
-            // for this lock, so read the other way round a chunk could
-            // pass between the two reads and be in neither.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(in_flight)).bind(timeout_s);
+            // before it clears their marks (outside this lock), so read the
+            // other way round a chunk could pass between the two reads and
+            // be in neither.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(in_flight));
             for id in batch {
                 q = q.bind(id);
             }
@@ -411,7 +415,7 @@ impl DocumentStore for SqlDocumentStore {
     async fn lock_references(&self) -> Result<Box<dyn ReferenceLock>> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         take_vector_lock(&mut tx).await?;
-        Ok(Box::new(SqlReferenceLock { tx, now: self.now }))
+        Ok(Box::new(SqlReferenceLock { tx }))
     }
 
     async fn document(&self, id: &str) -> Result<Option<DocumentRecord>> {
@@ -820,13 +824,16 @@ mod tests {
             std::slice::from_ref(&free)
         );
         lock.release().await.unwrap();
-        // A heartbeat older than the timeout is a dead writer's.
+        // A heartbeat older than the timeout is a dead writer's: forgotten,
+        // its marks protect nothing.
+        assert_eq!(store.forget_dead_writers(-10).await.unwrap(), 1);
         let mut lock = store.lock_references().await.unwrap();
         assert_eq!(
-            lock.unreferenced(&all, -10).await.unwrap(),
+            lock.unreferenced(&all, 60).await.unwrap(),
             [marked.clone(), free.clone()]
         );
         drop(lock); // dropped unreleased: the lock goes with its transaction
+        store.register_writer("w1").await.unwrap();
         store
             .clear_in_flight("w1", std::slice::from_ref(&marked))
             .await
@@ -835,6 +842,9 @@ mod tests {
         assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
         lock.release().await.unwrap();
         store.mark_in_flight("w1", &all[1..]).await.unwrap();
+        let mut lock = store.lock_references().await.unwrap();
+        assert!(lock.unreferenced(&all, 60).await.unwrap().is_empty());
+        lock.release().await.unwrap();
         store.retire_writer("w1").await.unwrap();
         let mut lock = store.lock_references().await.unwrap();
         assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
@@ -886,10 +896,8 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("lost its writer lease"), "{err}");
-        // A deletion check takes a dead writer for gone, for good.
-        let mut lock = store.lock_references().await.unwrap();
-        lock.unreferenced(&all, -10).await.unwrap();
-        lock.release().await.unwrap();
+        // A writer taken for dead is gone for good.
+        store.forget_dead_writers(-10).await.unwrap();
         assert!(!store.heartbeat("w4").await.unwrap());
         let err = store
             .commit_document(&lease(None), &d2, &new_chunks)
