@@ -52,8 +52,9 @@ pub trait VectorStore: Send + Sync {
 /// a chunk is part of the corpus when, and only when, its row is committed.
 #[async_trait]
 pub trait DocumentStore: Send + Sync {
-    /// The documents of this name in a collection, by id: one per owner
-    /// scope (`rag_core::document_id`, `scoped_document_id`).
+    /// The documents of this name in a collection, by id: the one
+    /// unrestricted writers write (`rag_core::document_id`) and those
+    /// restricted writers made of their own.
     async fn documents_by_source(
         &self,
         collection: &str,
@@ -147,9 +148,10 @@ pub struct WriterLease<'a> {
 /// vectors are deleted and the lock released.
 #[async_trait]
 pub trait ReferenceLock: Send {
-    /// Of `chunk_ids`, those neither committed nor in flight for a writer
-    /// whose heartbeat is at most `timeout_s` old.
-    async fn unreferenced(&mut self, chunk_ids: &[String], timeout_s: i64) -> Result<Vec<String>>;
+    /// Of `chunk_ids`, those neither committed nor marked by a registered
+    /// writer (call [`DocumentStore::forget_dead_writers`] first: every
+    /// writer still registered counts as live).
+    async fn unreferenced(&mut self, chunk_ids: &[String]) -> Result<Vec<String>>;
     async fn release(self: Box<Self>) -> Result<()>;
 }
 

@@ -192,7 +192,7 @@ pub async fn delete_unreferenced(
         return Ok(0);
     }
     let mut lock = docs.lock_references().await?;
-    let free = lock.unreferenced(candidates, WRITER_TIMEOUT_S).await?;
+    let free = lock.unreferenced(candidates).await?;
     vectors.delete(&free).await?;
     lock.release().await?;
     Ok(free.len())

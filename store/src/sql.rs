@@ -165,13 +165,12 @@ struct SqlReferenceLock {
 
 #[async_trait]
 impl ReferenceLock for SqlReferenceLock {
-    async fn unreferenced(&mut self, chunk_ids: &[String], timeout_s: i64) -> Result<Vec<String>> {
+    async fn unreferenced(&mut self, chunk_ids: &[String]) -> Result<Vec<String>> {
         // Writers taken for dead are removed for good before this, in a
         // transaction of their own (`forget_dead_writers`, committed
         // before any vector goes): their next heartbeat finds no row and
         // they stop, and their commits are refused (`commit_document`).
         // Every writer still registered counts as live, judged once.
-        let _ = timeout_s;
         let mut referenced = std::collections::HashSet::new();
         for batch in chunk_ids.chunks(BATCH) {
             let committed = format!(
@@ -820,7 +819,7 @@ mod tests {
             .unwrap();
         let mut lock = store.lock_references().await.unwrap();
         assert_eq!(
-            lock.unreferenced(&all, 60).await.unwrap(),
+            lock.unreferenced(&all).await.unwrap(),
             std::slice::from_ref(&free)
         );
         lock.release().await.unwrap();
@@ -829,7 +828,7 @@ mod tests {
         assert_eq!(store.forget_dead_writers(-10).await.unwrap(), 1);
         let mut lock = store.lock_references().await.unwrap();
         assert_eq!(
-            lock.unreferenced(&all, 60).await.unwrap(),
+            lock.unreferenced(&all).await.unwrap(),
             [marked.clone(), free.clone()]
         );
         drop(lock); // dropped unreleased: the lock goes with its transaction
@@ -839,28 +838,28 @@ mod tests {
             .await
             .unwrap();
         let mut lock = store.lock_references().await.unwrap();
-        assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
+        assert_eq!(lock.unreferenced(&all).await.unwrap().len(), 2);
         lock.release().await.unwrap();
         store.mark_in_flight("w1", &all[1..]).await.unwrap();
         let mut lock = store.lock_references().await.unwrap();
-        assert!(lock.unreferenced(&all, 60).await.unwrap().is_empty());
+        assert!(lock.unreferenced(&all).await.unwrap().is_empty());
         lock.release().await.unwrap();
         store.retire_writer("w1").await.unwrap();
         let mut lock = store.lock_references().await.unwrap();
-        assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
+        assert_eq!(lock.unreferenced(&all).await.unwrap().len(), 2);
         lock.release().await.unwrap();
         store.register_writer("w2").await.unwrap();
         store.mark_in_flight("w2", &all[1..]).await.unwrap();
         assert_eq!(store.forget_dead_writers(60).await.unwrap(), 0);
         assert_eq!(store.forget_dead_writers(-10).await.unwrap(), 1);
         let mut lock = store.lock_references().await.unwrap();
-        assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
+        assert_eq!(lock.unreferenced(&all).await.unwrap().len(), 2);
         lock.release().await.unwrap();
         store.register_writer("w3").await.unwrap();
         store.mark_in_flight("w3", &all[1..]).await.unwrap();
         assert_eq!(store.forget_writers().await.unwrap(), 1);
         let mut lock = store.lock_references().await.unwrap();
-        assert_eq!(lock.unreferenced(&all, 60).await.unwrap().len(), 2);
+        assert_eq!(lock.unreferenced(&all).await.unwrap().len(), 2);
         lock.release().await.unwrap();
         // Committing as a writer: only while its lease is live, and for a
         // restricted writer only over a row it covers.
