@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz.sh [SECONDS per target, default 600] [TARGET...]
 #
-# Seeds come from `rag_ingest::fuzzing::seeds` plus the inputs kept in
+# Seeds come from `rag_ingest::fuzzing::seeds` and `rag_api::fuzzing::seeds` plus the inputs kept in
 # fuzz/regressions/. The corpus grows in target/fuzz/corpus/<target>; a
 # crash, timeout or allocation over the limit is written to
 # target/fuzz/artifacts/<target>/ and stops that target. Copy it into
@@ -20,6 +20,7 @@ targets=("$@")
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 cargo run --release --locked -q -p rag-ingest --example fuzz_seeds -- target/fuzz/seeds
+cargo run --release --locked -q -p rag-api --example form_fuzz_seeds -- target/fuzz/seeds
 mkdir -p target/fuzz
 for t in "${targets[@]}"; do
     mkdir -p "target/fuzz/corpus/$t" "target/fuzz/artifacts/$t" "fuzz/regressions/$t"

@@ -9,8 +9,8 @@ cargo build --release --locked -p rag-api
 ./target/release/rag models fetch
 ./target/release/rag models fetch smollm2-135m-instruct
 ./target/release/rag models fetch gemma3-270m
-# The `rag` binary sets this itself (ARCHITECTURE.md, "Dequantized weights
-# on CPU"); the library tests that load models directly get it from here.
+# The `rag` binary sets this itself (BENCHMARKS.md, "Quantized against
+# dequantized weights"); the library tests that load models directly get it from here.
 export CANDLE_DEQUANTIZE_ALL=1
 # Postgres for the store tests when the packages are there (.ci/run
 # installs them); without it those tests are skipped.

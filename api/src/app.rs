@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use rag_answer::Policy;
 use rag_core::{
-    Answer, Citation, DocumentStore, Embedder, Error, GenerationRequest, Generator, Hit, Reranker,
-    SearchFilter, SearchMode, TextSink, Usage, VectorStore,
+    Answer, DocumentStore, Embedder, Error, GenerationRequest, Generator, Hit, Reranker,
+    SearchFilter, SearchMode, TextSink, VectorStore,
 };
 use rag_embed::{BertEmbedder, OrtEmbedder};
-use rag_generator::{CandleGenerator, OpenAiConfig, OpenAiGenerator, grounding};
+use rag_inference::{Backend, CandleGenerator, OpenAiGenerator};
 use rag_ingest::{Chunker, Ingestor};
 use rag_retriever::{EmbeddingReranker, RetrieveOptions, Retriever};
 use rag_store::{EdgeVectorStore, QdrantServerStore, SqlDocumentStore};
 
-use crate::config::{EmbedderRuntime, GeneratorBackend, Settings};
-use crate::models;
+use crate::config::{EmbedderRuntime, Settings};
+use crate::ops::models;
 
 /// What a caller may set of one retrieval; the rest comes from the
 /// settings.
@@ -43,10 +44,6 @@ pub struct Sampling {
 pub struct GenerationSlot {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
-
-/// Share of an answer's words a passage must contain for an uncited
-/// answer to be attributed to it.
-const MIN_ATTRIBUTION: f32 = 0.5;
 
 pub struct App {
     pub settings: Settings,
@@ -103,11 +100,13 @@ impl App {
         };
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
-        let vectors: Arc<dyn VectorStore> = if settings.vector_store.url.is_empty() {
-            Arc::new(EdgeVectorStore::open(
-                &settings.data_dir.join("vectors"),
-                embedder.dimension(),
-            )?)
+        let vectors: Arc<dyn VectorStore> = if settings.vector_store.is_embedded() {
+            // Opening replays the engine's write-ahead log: blocking work.
+            let (path, dimension) = (settings.data_dir.join("vectors"), embedder.dimension());
+            let store =
+                tokio::task::spawn_blocking(move || EdgeVectorStore::open(&path, dimension))
+                    .await??;
+            Arc::new(store)
         } else {
             let store =
                 QdrantServerStore::connect(settings.vector_store.server()?, embedder.dimension())
@@ -125,12 +124,27 @@ impl App {
         };
         let docs: Arc<dyn DocumentStore> =
             Arc::new(SqlDocumentStore::connect(&settings.database_url()).await?);
-        if settings.vector_store.url.is_empty() {
+        if settings.vector_store.is_embedded() {
             // The embedded vector store is this process's alone (it locks
             // its folder): a writer still registered died with an earlier
             // one, and what it had in flight is for the next repair.
             docs.forget_writers().await?;
         }
+        Ok(Self::from_parts(
+            settings, embedder, tokenizer, vectors, docs, None,
+        ))
+    }
+
+    /// An app of these parts, opened elsewhere (tests use fakes); the
+    /// generator, when given, replaces the configured one.
+    pub fn from_parts(
+        settings: Settings,
+        embedder: Arc<dyn Embedder>,
+        tokenizer: tokenizers::Tokenizer,
+        vectors: Arc<dyn VectorStore>,
+        docs: Arc<dyn DocumentStore>,
+        generator: Option<Arc<dyn Generator>>,
+    ) -> Self {
         let retriever = Retriever {
             embedder: embedder.clone(),
             vectors: vectors.clone(),
@@ -141,7 +155,7 @@ impl App {
                 }) as Arc<dyn Reranker>
             }),
         };
-        Ok(Self {
+        Self {
             embedder,
             tokenizer,
             vectors,
@@ -150,9 +164,9 @@ impl App {
                 settings.generator.queue_depth.max(1),
             )),
             retriever,
-            generator: Default::default(),
+            generator: tokio::sync::OnceCell::new_with(generator),
             settings,
-        })
+        }
     }
 
     pub fn ingestor(&self) -> anyhow::Result<Ingestor> {
@@ -166,9 +180,9 @@ impl App {
         })
     }
 
-    /// The GGUF file of the configured candle model.
-    pub fn generator_path(&self) -> anyhow::Result<PathBuf> {
-        let name = &self.settings.generator.model;
+    /// The weights of the candle model `name`: a model from `rag models
+    /// list`, a `.gguf` file, or a folder of safetensors weights.
+    pub fn generator_path(&self, name: &str) -> anyhow::Result<PathBuf> {
         // A path: a .gguf file, or a folder of safetensors weights.
         if name.ends_with(".gguf") || name.contains('/') {
             let path = PathBuf::from(name);
@@ -194,14 +208,14 @@ impl App {
     pub async fn generator(&self) -> Result<Arc<dyn Generator>, Error> {
         self.generator
             .get_or_try_init(|| async {
-                let cfg = &self.settings.generator;
-                match cfg.backend {
-                    GeneratorBackend::Candle => {
+                match &self.settings.generator.backend {
+                    Backend::Candle(cfg) => {
+                        // Our own message (which model, how to install it): it
+                        // is what an operator acts on, so it is the message.
                         let path = self
-                            .generator_path()
-                            .map_err(|e| Error::unavailable(format!("{e:#}")))?;
-                        let device = rag_generator::device(&cfg.device)
-                            .map_err(|e| Error::unavailable(format!("{e:#}")))?;
+                            .generator_path(&cfg.model)
+                            .map_err(|e| Error::unavailable(e.to_string()))?;
+                        let device = cfg.device.open()?;
                         let (max_batch, quantized) = (cfg.max_batch, cfg.quantized_decoding);
                         tokio::task::spawn_blocking(move || {
                             let generator = CandleGenerator::load_on(&path, &device)?;
@@ -210,17 +224,12 @@ impl App {
                             anyhow::Ok(generator)
                         })
                         .await
-                        .map_err(|e| Error::internal(e.to_string()))?
+                        .map_err(|e| Error::internal("the loading task failed").with_source(e))?
                         .map(|g| Arc::new(g) as Arc<dyn Generator>)
-                        .map_err(|e| Error::unavailable(format!("loading the generator: {e:#}")))
+                        .map_err(|e| Error::unavailable("loading the generator").with_source(e))
                     }
-                    GeneratorBackend::Openai => {
-                        let mut remote = OpenAiConfig::new(&cfg.url, &cfg.model);
-                        remote.api_key = (!cfg.api_key.0.is_empty()).then(|| cfg.api_key.0.clone());
-                        remote.context_window = cfg.context_window;
-                        remote.timeout = std::time::Duration::from_secs(cfg.timeout_s.max(1));
-                        remote.max_retries = cfg.max_retries;
-                        Ok(Arc::new(OpenAiGenerator::new(remote)?) as Arc<dyn Generator>)
+                    Backend::OpenAi(cfg) => {
+                        Ok(Arc::new(OpenAiGenerator::new(cfg.config())?) as Arc<dyn Generator>)
                     }
                 }
             })
@@ -235,18 +244,9 @@ impl App {
 
     /// The retrieval options of the settings, with a query's overrides.
     pub fn retrieve_options(&self, query: &Query) -> RetrieveOptions {
-        let cfg = &self.settings.retrieval;
-        RetrieveOptions {
-            k: query.k.unwrap_or(cfg.k),
-            mode: query.mode.unwrap_or(cfg.mode),
-            fusion: cfg.fusion,
-            filter: query.filter.clone(),
-            dedup_similarity: cfg.dedup_similarity,
-            mmr_lambda: cfg.mmr_lambda,
-            expand_neighbours: cfg.expand_neighbours,
-            exact: false,
-            hnsw_ef: cfg.hnsw_ef,
-        }
+        self.settings
+            .retrieval
+            .options(query.k, query.mode, query.filter.clone())
     }
 
     pub async fn retrieve(&self, question: &str, query: &Query) -> Result<Vec<Hit>, Error> {
@@ -296,7 +296,11 @@ impl App {
         }
         let started = Instant::now();
         let generation = generator.generate_stream(request, sink).await?;
-        crate::metrics::generation(&generation, started.elapsed());
+        crate::metrics::generation(
+            generation.prompt_tokens,
+            generation.completion_tokens,
+            started.elapsed(),
+        );
         Ok(generation)
     }
 
@@ -333,7 +337,8 @@ impl App {
         answer
     }
 
-    /// [`App::ask_stream`]'s work, before it is counted by outcome.
+    /// [`App::ask_stream`]'s work, before it is counted by outcome:
+    /// retrieval, then the answer policy (`rag_answer`).
     async fn answer(
         &self,
         question: &str,
@@ -342,143 +347,27 @@ impl App {
     ) -> Result<Answer, Error> {
         let started = Instant::now();
         let hits = self.retrieve(question, query).await?;
-        let retrieval_ms = started.elapsed().as_millis() as u64;
-        crate::metrics::stage("retrieval", started.elapsed());
-        let cfg = &self.settings.retrieval;
-        // Similarity, not the ranking score: it means the same in every mode.
-        let best = hits.iter().map(|h| h.similarity).fold(f32::MIN, f32::max);
-        let relevant: Vec<&Hit> = hits
-            .iter()
-            .filter(|h| h.similarity >= cfg.min_score && h.similarity >= best - cfg.relative_cutoff)
-            .collect();
-        // A passage that gives the model orders is an injection, not a
-        // source: even a warning beside it does not stop a small model
-        // from obeying (tests/hardening.rs), so it is not given at all.
-        let (withheld, relevant): (Vec<&Hit>, Vec<&Hit>) = relevant.into_iter().partition(|h| {
-            self.settings.generator.withhold_instructions
-                && (grounding::gives_orders(&h.text) || grounding::gives_orders(&h.title))
-        });
-        if !withheld.is_empty() {
-            let sources: Vec<&str> = withheld.iter().map(|h| h.source.as_str()).collect();
-            tracing::warn!(
-                ?sources,
-                "passages that give the model orders were withheld"
-            );
-            crate::metrics::passages_withheld(withheld.len());
-        }
-        let passages_withheld = withheld.len();
-        let abstain = |usage: Usage| Answer {
-            answer: grounding::NOT_COVERED.to_string(),
-            abstained: true,
-            citations: vec![],
-            verified_citations: 0,
-            removed_citations: 0,
-            usage,
-        };
-        if relevant.is_empty() {
-            return Ok(abstain(Usage {
-                retrieval_ms,
-                passages_withheld,
-                ..Default::default()
-            }));
-        }
-
+        let retrieval = started.elapsed();
+        crate::metrics::stage("retrieval", retrieval);
         let generator = self.generator().await?;
-        let max_tokens = query
-            .sampling
-            .max_tokens
-            .unwrap_or(self.settings.generator.max_tokens);
-        // Passages in rank order while the prompt and the answer fit.
-        let mut passages: Vec<String> = Vec::new();
-        for hit in &relevant {
-            let mut candidate = passages.clone();
-            candidate.push(grounding::render_passage(candidate.len() + 1, hit));
-            let prompt_tokens =
-                generator.count_prompt_tokens(&grounding::build_messages(question, &candidate))?;
-            if prompt_tokens + max_tokens > generator.context_window() {
-                break;
-            }
-            passages = candidate;
-        }
-        if passages.is_empty() {
-            return Err(Error::invalid(format!(
-                "the question and one passage do not fit the model's context of {} tokens with {max_tokens} answer tokens reserved; ask for fewer max_tokens",
-                generator.context_window()
-            )));
-        }
-        let request = self.generation_request(
-            grounding::build_messages(question, &passages),
-            &query.sampling,
-        );
-        let gen_started = Instant::now();
-        let generation = generator.generate_stream(request, sink).await?;
-        crate::metrics::generation(&generation, gen_started.elapsed());
-        let usage = Usage {
-            prompt_tokens: generation.prompt_tokens,
-            completion_tokens: generation.completion_tokens,
-            retrieval_ms,
-            generation_ms: gen_started.elapsed().as_millis() as u64,
-            passages_used: passages.len(),
-            passages_left_out: relevant.len() - passages.len(),
-            passages_withheld,
-        };
-        let mut checked = grounding::check_citations(&generation.text, passages.len());
-        if grounding::is_refusal(&checked.text) {
-            return Ok(abstain(usage));
-        }
-        if checked.cited.is_empty() {
-            // Small models often answer without citing. An answer that
-            // draws on one passage is attributed to it; one that matches
-            // none is not grounded and is not shown.
-            match grounding::attribute(&checked.text, &passages, MIN_ATTRIBUTION) {
-                Some(n) => {
-                    checked.text = format!("{} [{n}]", checked.text);
-                    checked.cited = vec![n];
-                }
-                None => return Ok(abstain(usage)),
-            }
-        }
-        let min_support = self.settings.generator.verify_min_support;
-        let citations: Vec<Citation> = checked
-            .cited
-            .iter()
-            .map(|&n| {
-                let hit = relevant[n - 1];
-                Citation {
-                    n,
-                    doc_id: hit.doc_id.clone(),
-                    chunk_id: hit.chunk_id.clone(),
-                    source: hit.source.clone(),
-                    title: hit.title.clone(),
-                    page: hit.page,
-                    quote: best_quote(&checked.text, &hit.text),
-                    verified: grounding::verify_citation(&checked.text, n, &hit.text, min_support),
-                }
-            })
-            .collect();
-        Ok(Answer {
-            answer: checked.text,
-            abstained: false,
-            verified_citations: citations.iter().filter(|c| c.verified).count(),
-            removed_citations: checked.removed,
-            citations,
-            usage,
-        })
+        let request = self.generation_request(vec![], &query.sampling);
+        let mut answer = self
+            .policy()
+            .answer(generator.as_ref(), question, &hits, request, sink)
+            .await?;
+        answer.usage.retrieval_ms = retrieval.as_millis() as u64;
+        crate::metrics::answer_usage(&answer.usage);
+        Ok(answer)
     }
-}
 
-/// The sentence of `passage` that shares most words with the answer.
-fn best_quote(answer: &str, passage: &str) -> String {
-    let sentences = passage
-        .split_inclusive(['.', '\n', '!', '?'])
-        .map(str::trim)
-        .filter(|s| s.chars().filter(|c| c.is_alphanumeric()).count() > 10);
-    sentences
-        .max_by(|a, b| grounding::support(a, answer).total_cmp(&grounding::support(b, answer)))
-        .unwrap_or(passage)
-        .trim_start_matches('#')
-        .trim()
-        .chars()
-        .take(400)
-        .collect()
+    /// The answer policy of the settings.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            min_score: self.settings.retrieval.min_score,
+            relative_cutoff: self.settings.retrieval.relative_cutoff,
+            withhold_instructions: self.settings.generator.withhold_instructions,
+            verify_min_support: self.settings.generator.verify_min_support,
+            ..Policy::default()
+        }
+    }
 }

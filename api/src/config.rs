@@ -1,9 +1,16 @@
 //! Settings: defaults, then an optional TOML file (`--config`), then
 //! environment variables `RAG_*` (nested keys with `__`, e.g.
 //! `RAG_RETRIEVAL__K=8`). Only this crate reads files and the environment.
+//!
+//! Each library owns the settings of its section (`rag_store`'s
+//! `[vector_store]`, `rag_ingest`'s `[ingest]` and `[chunking]`,
+//! `rag_retriever`'s `[retrieval]`); [`Settings`] composes them with the
+//! sections of the service itself.
 
 use std::path::{Path, PathBuf};
 
+pub use rag_core::Secret;
+use rag_inference::{Backend, CandleSettings, OpenAiSettings};
 use serde::Deserialize;
 
 /// The top-level keys of a config file: [`Settings`]' fields.
@@ -28,60 +35,13 @@ pub struct Settings {
     /// Where `rag models fetch` installs models (`RAG_MODELS_DIR`).
     pub models_dir: PathBuf,
     pub database: Database,
-    pub vector_store: VectorStoreSettings,
+    pub vector_store: rag_store::VectorStoreSettings,
     pub embedder: EmbedderSettings,
     pub generator: GeneratorSettings,
-    pub retrieval: Retrieval,
+    pub retrieval: rag_retriever::RetrievalSettings,
     pub chunking: rag_ingest::ChunkOptions,
-    pub ingest: IngestSettings,
+    pub ingest: rag_ingest::IngestSettings,
     pub server: ServerSettings,
-}
-
-/// What one document may cost: over a limit, that document fails with the
-/// reason and the run goes on.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngestSettings {
-    pub max_document_mb: f64,
-    pub max_pages: usize,
-    pub max_text_mb: f64,
-    pub parse_timeout_s: f64,
-}
-
-impl Default for IngestSettings {
-    fn default() -> Self {
-        let limits = rag_ingest::Limits::default();
-        let mb = |bytes: usize| bytes as f64 / f64::from(1 << 20);
-        Self {
-            max_document_mb: mb(limits.max_bytes),
-            max_pages: limits.max_pages,
-            max_text_mb: mb(limits.max_text_bytes),
-            parse_timeout_s: limits.parse_timeout.as_secs_f64(),
-        }
-    }
-}
-
-impl IngestSettings {
-    pub fn limits(&self) -> anyhow::Result<rag_ingest::Limits> {
-        let bytes = |mb: f64, key: &str| {
-            anyhow::ensure!(
-                mb > 0.0 && mb.is_finite(),
-                "ingest.{key} must be a positive number of MiB"
-            );
-            Ok((mb * f64::from(1 << 20)) as usize)
-        };
-        anyhow::ensure!(self.max_pages > 0, "ingest.max_pages must be at least 1");
-        anyhow::ensure!(
-            self.parse_timeout_s > 0.0 && self.parse_timeout_s.is_finite(),
-            "ingest.parse_timeout_s must be a positive number of seconds"
-        );
-        Ok(rag_ingest::Limits {
-            max_bytes: bytes(self.max_document_mb, "max_document_mb")?,
-            max_pages: self.max_pages,
-            max_text_bytes: bytes(self.max_text_mb, "max_text_mb")?,
-            parse_timeout: std::time::Duration::from_secs_f64(self.parse_timeout_s),
-        })
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,78 +66,14 @@ impl Default for Settings {
             data_dir: PathBuf::from("data"),
             models_dir: PathBuf::from("models"),
             database: Database::default(),
-            vector_store: VectorStoreSettings::default(),
+            vector_store: Default::default(),
             embedder: EmbedderSettings::default(),
             generator: GeneratorSettings::default(),
-            retrieval: Retrieval::default(),
+            retrieval: Default::default(),
             chunking: rag_ingest::ChunkOptions::default(),
-            ingest: IngestSettings::default(),
+            ingest: Default::default(),
             server: ServerSettings::default(),
         }
-    }
-}
-
-/// The vector store: the embedded engine in `data_dir/vectors`, or a
-/// Qdrant server or cluster when `url` is set.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VectorStoreSettings {
-    /// gRPC address of a Qdrant server, e.g. `http://qdrant:6334`; empty:
-    /// embedded.
-    pub url: String,
-    pub api_key: Secret,
-    pub collection: String,
-    pub shard_number: u32,
-    pub replication_factor: u32,
-    pub write_consistency_factor: u32,
-    pub timeout_s: f64,
-    /// Creating the collection and its indexes (a cluster is slower).
-    pub create_timeout_s: f64,
-}
-
-impl Default for VectorStoreSettings {
-    fn default() -> Self {
-        let d = rag_store::ServerSettings::default();
-        Self {
-            url: String::new(),
-            api_key: Secret::default(),
-            collection: d.collection,
-            shard_number: d.shard_number,
-            replication_factor: d.replication_factor,
-            write_consistency_factor: d.write_consistency_factor,
-            timeout_s: d.timeout.as_secs_f64(),
-            create_timeout_s: d.create_timeout.as_secs_f64(),
-        }
-    }
-}
-
-impl VectorStoreSettings {
-    pub fn server(&self) -> anyhow::Result<rag_store::ServerSettings> {
-        for (name, value) in [
-            ("timeout_s", self.timeout_s),
-            ("create_timeout_s", self.create_timeout_s),
-        ] {
-            anyhow::ensure!(
-                value > 0.0 && value.is_finite(),
-                "vector_store.{name} must be a positive number of seconds"
-            );
-        }
-        anyhow::ensure!(
-            self.shard_number > 0
-                && self.replication_factor > 0
-                && self.write_consistency_factor > 0,
-            "vector_store.shard_number, replication_factor and write_consistency_factor must be at least 1"
-        );
-        Ok(rag_store::ServerSettings {
-            url: self.url.clone(),
-            api_key: (!self.api_key.0.is_empty()).then(|| self.api_key.0.clone()),
-            collection: self.collection.clone(),
-            shard_number: self.shard_number,
-            replication_factor: self.replication_factor,
-            write_consistency_factor: self.write_consistency_factor,
-            timeout: std::time::Duration::from_secs_f64(self.timeout_s),
-            create_timeout: std::time::Duration::from_secs_f64(self.create_timeout_s),
-        })
     }
 }
 
@@ -202,7 +98,7 @@ pub struct EmbedderSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbedderRuntime {
-    /// ONNX Runtime: the faster (ARCHITECTURE.md), and the default.
+    /// ONNX Runtime: the faster (BENCHMARKS.md), and the default.
     Onnx,
     /// candle's BERT: no native library needed.
     Candle,
@@ -232,47 +128,24 @@ impl EmbedderSettings {
 impl Default for EmbedderSettings {
     fn default() -> Self {
         Self {
-            model: crate::models::DEFAULT_EMBEDDER.into(),
+            model: crate::ops::models::DEFAULT_EMBEDDER.into(),
             runtime: EmbedderRuntime::Onnx,
             threads: 0,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// `[generator]`: what runs the model ([`Backend`], chosen by `backend`),
+/// the queue in front of it, and the sampling and checks of answers. The
+/// file keeps one flat section: the fields of the backend not chosen are
+/// ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "GeneratorSection")]
 pub struct GeneratorSettings {
-    /// `candle` (a model in this process) or `openai` (a server: vLLM,
-    /// TGI, Ollama's `/v1`, llama.cpp, another `rag serve`).
-    pub backend: GeneratorBackend,
-    /// candle: a name from `rag models list`, or a path to a `.gguf` file.
-    /// openai: the model name the server knows.
-    pub model: String,
-    /// candle: `cpu`, or `cuda` (a binary built with `--features cuda`).
-    pub device: String,
-    /// openai: the server's base URL up to and including `/v1`.
-    pub url: String,
-    /// openai: sent as a bearer token when not empty
-    /// (`RAG_GENERATOR__API_KEY`).
-    pub api_key: Secret,
-    /// openai: the served model's context window in tokens.
-    pub context_window: usize,
-    /// openai: longest wait for an answer to start, or between two pieces
-    /// of a stream.
-    pub timeout_s: u64,
-    /// openai: retries on 429, 502, 503, 504 and connection failures.
-    pub max_retries: u32,
+    pub backend: Backend,
     /// Questions being answered or waiting for the model; more are refused
     /// with 429 and `Retry-After`.
     pub queue_depth: usize,
-    /// candle (llama and qwen2 models): questions whose answers are
-    /// decoded together, one token of each per pass over the weights; the
-    /// others wait their turn in the queue. 1 answers one at a time.
-    pub max_batch: usize,
-    /// Decoding steps on the GGUF file's quantized weights (CPU, llama and
-    /// qwen2): 2 to 4 times faster than on the dequantized ones, which
-    /// prefill always uses. `false` decodes on the dequantized weights too.
-    pub quantized_decoding: bool,
     pub max_tokens: usize,
     pub temperature: f64,
     pub seed: u64,
@@ -288,9 +161,78 @@ pub struct GeneratorSettings {
 
 impl Default for GeneratorSettings {
     fn default() -> Self {
+        GeneratorSection::default()
+            .try_into()
+            .expect("the default generator settings are valid")
+    }
+}
+
+impl GeneratorSettings {
+    /// The candle engine's settings, when it is the backend.
+    pub fn candle(&self) -> Option<&CandleSettings> {
+        match &self.backend {
+            Backend::Candle(c) => Some(c),
+            Backend::OpenAi(_) => None,
+        }
+    }
+}
+
+/// What runs the generator, as the settings name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum BackendName {
+    Candle,
+    Openai,
+}
+
+/// The `[generator]` section as written: flat, every backend's fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct GeneratorSection {
+    /// `candle` (a model in this process) or `openai` (a server: vLLM,
+    /// TGI, Ollama's `/v1`, llama.cpp, another `rag serve`).
+    backend: BackendName,
+    /// candle: a name from `rag models list`, or a path to a `.gguf` file.
+    /// openai: the model name the server knows.
+    model: String,
+    /// candle: `cpu`, `cuda` or `cuda:N` (a binary built with `--features cuda`).
+    device: String,
+    /// openai: the server's base URL up to and including `/v1`.
+    url: String,
+    /// openai: sent as a bearer token when not empty
+    /// (`RAG_GENERATOR__API_KEY`).
+    api_key: Secret,
+    /// openai: the served model's context window in tokens.
+    context_window: usize,
+    /// openai: longest wait for an answer to start, or between two pieces
+    /// of a stream.
+    timeout_s: u64,
+    /// openai: retries on 429, 502, 503, 504 and connection failures.
+    max_retries: u32,
+    queue_depth: usize,
+    /// candle (llama and qwen2 models): questions whose answers are
+    /// decoded together, one token of each per pass over the weights; the
+    /// others wait their turn in the queue. 1 answers one at a time.
+    max_batch: usize,
+    /// candle: decoding steps on the GGUF file's quantized weights (CPU,
+    /// llama and qwen2): 2 to 4 times faster than on the dequantized ones,
+    /// which prefill always uses. `false` decodes on the dequantized
+    /// weights too.
+    quantized_decoding: bool,
+    max_tokens: usize,
+    temperature: f64,
+    seed: u64,
+    repeat_penalty: f32,
+    verify_min_support: f32,
+    withhold_instructions: bool,
+}
+
+impl Default for GeneratorSection {
+    fn default() -> Self {
+        let policy = rag_answer::Policy::default();
         Self {
-            backend: GeneratorBackend::Candle,
-            model: crate::models::DEFAULT_GENERATOR.into(),
+            backend: BackendName::Candle,
+            model: crate::ops::models::DEFAULT_GENERATOR.into(),
             device: "cpu".into(),
             url: String::new(),
             api_key: Secret::default(),
@@ -298,71 +240,51 @@ impl Default for GeneratorSettings {
             timeout_s: 120,
             max_retries: 3,
             queue_depth: 16,
-            max_batch: rag_generator::DEFAULT_MAX_BATCH,
+            max_batch: rag_inference::DEFAULT_MAX_BATCH,
             quantized_decoding: true,
             max_tokens: 200,
             temperature: 0.0,
             seed: 42,
             // Answers copy facts from the passages: no penalty for repeating them.
             repeat_penalty: 1.0,
-            verify_min_support: 0.5,
-            withhold_instructions: true,
+            verify_min_support: policy.verify_min_support,
+            withhold_instructions: policy.withhold_instructions,
         }
     }
 }
 
-/// What runs the generator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GeneratorBackend {
-    Candle,
-    Openai,
-}
+impl TryFrom<GeneratorSection> for GeneratorSettings {
+    type Error = rag_core::Error;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Retrieval {
-    /// Passages retrieved per question.
-    pub k: usize,
-    /// Below this cosine similarity of the best passage, the documents are
-    /// taken not to cover the question and the model is not called.
-    pub min_score: f32,
-    /// Passages scoring below `best - relative_cutoff` are not shown to the
-    /// model (they rarely help and cost prompt tokens).
-    pub relative_cutoff: f32,
-    /// dense, sparse (BM25) or hybrid (both, fused).
-    pub mode: rag_core::SearchMode,
-    /// Reciprocal rank fusion of the hybrid mode.
-    pub fusion: rag_core::Fusion,
-    /// Hits at least this similar to a better one are dropped.
-    pub dedup_similarity: f32,
-    /// Maximal marginal relevance, 0 (diverse) to 1 (relevant); off when unset.
-    pub mmr_lambda: Option<f32>,
-    /// A hit that ends mid-sentence takes in the next chunk.
-    pub expand_neighbours: bool,
-    /// Rescore candidates with the reranker (the embedder's cosine on the
-    /// bare passage until a cross-encoder ships).
-    pub rerank: bool,
-    /// Breadth of the approximate vector search (HNSW ef); unset: the
-    /// engine's default. `rag bench query` shows recall against it.
-    pub hnsw_ef: Option<usize>,
-}
-
-impl Default for Retrieval {
-    fn default() -> Self {
-        let shaping = rag_retriever::RetrieveOptions::default();
-        Self {
-            k: 5,
-            min_score: 0.25,
-            relative_cutoff: 0.25,
-            mode: shaping.mode,
-            fusion: shaping.fusion,
-            dedup_similarity: shaping.dedup_similarity,
-            mmr_lambda: shaping.mmr_lambda,
-            expand_neighbours: shaping.expand_neighbours,
-            rerank: false,
-            hnsw_ef: shaping.hnsw_ef,
-        }
+    fn try_from(s: GeneratorSection) -> Result<Self, Self::Error> {
+        let backend = match s.backend {
+            BackendName::Candle => Backend::Candle(CandleSettings {
+                model: s.model,
+                device: s.device.parse().map_err(|e: rag_core::Error| {
+                    rag_core::Error::invalid(format!("generator.device: {e}"))
+                })?,
+                max_batch: s.max_batch,
+                quantized_decoding: s.quantized_decoding,
+            }),
+            BackendName::Openai => Backend::OpenAi(OpenAiSettings {
+                url: s.url,
+                model: s.model,
+                api_key: s.api_key,
+                context_window: s.context_window,
+                timeout_s: s.timeout_s,
+                max_retries: s.max_retries,
+            }),
+        };
+        Ok(Self {
+            backend,
+            queue_depth: s.queue_depth,
+            max_tokens: s.max_tokens,
+            temperature: s.temperature,
+            seed: s.seed,
+            repeat_penalty: s.repeat_penalty,
+            verify_min_support: s.verify_min_support,
+            withhold_instructions: s.withhold_instructions,
+        })
     }
 }
 
@@ -427,22 +349,6 @@ impl Settings {
     }
 }
 
-/// A setting that must not be printed: `Debug` shows whether it is set,
-/// never its value, so settings can be logged.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "(unset)"
-        } else {
-            "(set)"
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,7 +356,14 @@ mod tests {
     #[test]
     fn secrets_never_show_in_debug_output() {
         let mut settings = Settings::default();
-        settings.generator.api_key = Secret("sk-very-secret".into());
+        settings.generator.backend = Backend::OpenAi(OpenAiSettings {
+            url: "http://vllm/v1".into(),
+            model: "m".into(),
+            api_key: Secret("sk-very-secret".into()),
+            context_window: 4096,
+            timeout_s: 1,
+            max_retries: 0,
+        });
         settings.vector_store.api_key = Secret("qdrant-very-secret".into());
         let printed = format!("{settings:?}");
         assert!(!printed.contains("sk-very-secret"), "{printed}");
@@ -496,8 +409,20 @@ mod tests {
             Settings::load(Some(&file), None)
                 .unwrap()
                 .generator
-                .max_batch,
-            4
+                .candle()
+                .map(|c| c.max_batch),
+            Some(4)
         );
+        // The backend chosen picks its variant; a bad device is refused by name.
+        std::fs::write(
+            &file,
+            "[generator]\nbackend = \"openai\"\nurl = \"http://vllm:8000/v1\"\nmodel = \"q\"\n",
+        )
+        .unwrap();
+        let generator = Settings::load(Some(&file), None).unwrap().generator;
+        assert!(matches!(&generator.backend, Backend::OpenAi(o) if o.url == "http://vllm:8000/v1"));
+        std::fs::write(&file, "[generator]\ndevice = \"gpu\"\n").unwrap();
+        let err = format!("{:#}", Settings::load(Some(&file), None).unwrap_err());
+        assert!(err.contains("generator.device"), "{err}");
     }
 }

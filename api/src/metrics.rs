@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use rag_core::{Answer, Error, Generation};
+use rag_core::{Answer, Error, Usage};
 
 /// Seconds: 5 ms to 2 minutes, for HTTP requests and answer stages.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -58,6 +58,7 @@ fn describe() {
         "hits dropped because their vector's labels did not match the committed document \
          (defence in depth; non-zero outside an ingest's relabelling is a bug)"
     );
+    // Counted by `rag_answer`.
     describe_counter!(
         "rag_passages_withheld_total",
         "relevant passages kept from the model because they give it orders (prompt injection)"
@@ -92,11 +93,21 @@ pub fn stage(name: &'static str, took: Duration) {
     histogram!("rag_stage_duration_seconds", "stage" => name).record(took.as_secs_f64());
 }
 
-pub fn generation(generation: &Generation, took: Duration) {
+pub fn generation(prompt_tokens: usize, completion_tokens: usize, took: Duration) {
     stage("generation", took);
-    counter!("rag_tokens_total", "kind" => "prompt").increment(generation.prompt_tokens as u64);
-    counter!("rag_tokens_total", "kind" => "completion")
-        .increment(generation.completion_tokens as u64);
+    counter!("rag_tokens_total", "kind" => "prompt").increment(prompt_tokens as u64);
+    counter!("rag_tokens_total", "kind" => "completion").increment(completion_tokens as u64);
+}
+
+/// The generation of an answer, when the model was called for it.
+pub fn answer_usage(usage: &Usage) {
+    if usage.prompt_tokens > 0 {
+        generation(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            Duration::from_millis(usage.generation_ms),
+        );
+    }
 }
 
 pub fn answer(answer: &Result<Answer, Error>) {
@@ -123,9 +134,4 @@ pub fn ingest_report(report: &rag_ingest::IngestReport) {
         counter!("rag_ingest_documents_total", "outcome" => outcome).increment(n as u64);
     }
     counter!("rag_ingest_chunks_total").increment(report.chunks as u64);
-}
-
-/// Passages kept out of a prompt because they give the model orders.
-pub fn passages_withheld(n: usize) {
-    counter!("rag_passages_withheld_total").increment(n as u64);
 }

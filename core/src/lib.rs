@@ -7,10 +7,11 @@
 
 mod error;
 mod ids;
+pub mod testing;
 mod traits;
 mod types;
 
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, ErrorKind, Result};
 pub use ids::{chunk_id, document_id};
 pub use traits::{
     DocumentStore, Embedder, Generator, ReferenceLock, Reranker, TextSink, VectorStore, WriterLease,

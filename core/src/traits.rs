@@ -180,6 +180,13 @@ pub trait Generator: Send + Sync {
     fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize> {
         Ok(messages.iter().map(|m| m.content.len() / 3 + 8).sum())
     }
+    /// Tokens `text` takes inside a prompt, estimated like
+    /// [`Generator::count_prompt_tokens`] without the model's tokenizer.
+    /// Lets a caller price each piece of a prompt once instead of
+    /// rendering the whole prompt per candidate.
+    fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(text.len() / 3 + 1)
+    }
     /// Generates the whole answer, sending each piece of text to `sink` as
     /// soon as it is known.
     async fn generate_stream(

@@ -68,7 +68,7 @@ pub enum SearchMode {
     /// BM25 over stemmed words, without stop words.
     Sparse,
     /// Both, fused by reciprocal rank: the best on the SciFact evaluation
-    /// (ARCHITECTURE.md), hence the default.
+    /// (BENCHMARKS.md), hence the default.
     #[default]
     Hybrid,
 }
@@ -370,4 +370,27 @@ pub struct ApiKeyRecord {
     pub groups: Vec<String>,
     pub created_at: String,
     pub revoked_at: Option<String>,
+}
+
+/// A setting that must not be printed (an API key): `Debug` shows whether
+/// it is set, never its value, so settings can be logged.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The value, or `None` when unset (empty).
+    pub fn get(&self) -> Option<&str> {
+        (!self.0.is_empty()).then_some(self.0.as_str())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "(unset)"
+        } else {
+            "(set)"
+        })
+    }
 }

@@ -1,7 +1,7 @@
 //! Sentence embeddings of all-MiniLM-L6-v2 on CPU, two runtimes:
 //!
 //! - [`OrtEmbedder`]: ONNX Runtime (the default: 3x candle's passages/s on
-//!   the handbook's chunks, `rag bench embed --peer`, ARCHITECTURE.md);
+//!   the handbook's chunks, `rag bench ingest --peer`, BENCHMARKS.md);
 //! - [`BertEmbedder`]: candle's BERT, no native library needed.
 //!
 //! Both do mean pooling over the attention mask, then L2 normalisation, as
@@ -11,14 +11,61 @@ mod onnx;
 
 pub use onnx::OrtEmbedder;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use rag_core::{Embedder, Error, Result};
+use rag_core::{BoxError, Embedder, Error, Result};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+/// Why an embedder could not be loaded or run. Every variant keeps the
+/// error that caused it.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a model config", path.display())]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the tokenizer")]
+    Tokenizer(#[source] BoxError),
+    #[error("the model (candle)")]
+    Candle(#[from] candle_core::Error),
+    #[error("ONNX Runtime")]
+    Ort(#[source] BoxError),
+}
+
+impl EmbedError {
+    pub(crate) fn ort(e: impl std::fmt::Display) -> Self {
+        EmbedError::Ort(e.to_string().into())
+    }
+}
+
+impl From<EmbedError> for Error {
+    fn from(e: EmbedError) -> Self {
+        Error::internal("embedding failed").with_source(e)
+    }
+}
+
+/// Reads a model's `config.json`.
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> std::result::Result<T, EmbedError> {
+    let path = dir.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|source| EmbedError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| EmbedError::Config { path, source })
+}
 
 /// Longest input the model was trained with; longer text is truncated.
 const MAX_TOKENS: usize = 256;
@@ -36,12 +83,9 @@ pub struct BertEmbedder {
 
 impl BertEmbedder {
     /// Loads `model.safetensors`, `config.json` and `tokenizer.json` from `dir`.
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+    pub fn load(dir: &Path) -> std::result::Result<Self, EmbedError> {
         let device = Device::Cpu;
-        let config: Config = serde_json::from_slice(
-            &std::fs::read(dir.join("config.json"))
-                .with_context(|| format!("reading {}", dir.join("config.json").display()))?,
-        )?;
+        let config: Config = read_config(dir)?;
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"))?;
         let weights = dir.join("model.safetensors");
         // SAFETY: the file is mapped read-only and not modified while mapped.
@@ -65,7 +109,7 @@ impl BertEmbedder {
         &self.tokenizer
     }
 
-    fn embed_batch(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn embed_batch(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, EmbedError> {
         let encodings = encode_padded(&self.tokenizer, texts)?;
         let ids: Vec<Tensor> = encodings
             .iter()
@@ -90,15 +134,14 @@ impl BertEmbedder {
     }
 }
 
-pub(crate) fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
-    let mut tokenizer = Tokenizer::from_file(path)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+pub(crate) fn load_tokenizer(path: &Path) -> std::result::Result<Tokenizer, EmbedError> {
+    let mut tokenizer = Tokenizer::from_file(path).map_err(EmbedError::Tokenizer)?;
     tokenizer
         .with_truncation(Some(TruncationParams {
             max_length: MAX_TOKENS,
             ..Default::default()
         }))
-        .map_err(anyhow::Error::msg)?;
+        .map_err(EmbedError::Tokenizer)?;
     tokenizer.with_padding(None);
     Ok(tokenizer)
 }
@@ -113,10 +156,7 @@ impl Embedder for BertEmbedder {
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        sorted_batches(texts, BATCH, |batch| {
-            self.embed_batch(batch)
-                .map_err(|e| Error::internal(format!("embedding failed: {e:#}")))
-        })
+        sorted_batches(texts, BATCH, |batch| Ok(self.embed_batch(batch)?))
     }
 }
 
@@ -124,7 +164,7 @@ impl Embedder for BertEmbedder {
 pub(crate) fn encode_padded(
     tokenizer: &Tokenizer,
     texts: &[&str],
-) -> anyhow::Result<Vec<tokenizers::Encoding>> {
+) -> std::result::Result<Vec<tokenizers::Encoding>, EmbedError> {
     let mut tokenizer = tokenizer.clone();
     tokenizer.with_padding(Some(PaddingParams {
         strategy: PaddingStrategy::BatchLongest,
@@ -132,7 +172,7 @@ pub(crate) fn encode_padded(
     }));
     tokenizer
         .encode_batch(texts.to_vec(), true)
-        .map_err(anyhow::Error::msg)
+        .map_err(EmbedError::Tokenizer)
 }
 
 /// Runs `embed` over batches of texts of similar length (little padding),

@@ -9,10 +9,10 @@ use std::sync::{Mutex, OnceLock};
 
 use ort::session::Session;
 use ort::value::Tensor;
-use rag_core::{Embedder, Error, Result};
+use rag_core::Embedder;
 use tokenizers::Tokenizer;
 
-use crate::{BATCH, encode_padded, load_tokenizer};
+use crate::{BATCH, EmbedError, encode_padded, load_tokenizer};
 
 pub struct OrtEmbedder {
     session: Mutex<Session>,
@@ -28,7 +28,7 @@ static RUNTIME: OnceLock<std::result::Result<ort::environment::Environment, Stri
 impl OrtEmbedder {
     /// Loads `model.onnx`, `config.json` and `tokenizer.json` from `dir`,
     /// with the ONNX Runtime shared library at `runtime`.
-    pub fn load(dir: &Path, runtime: &Path, threads: usize) -> anyhow::Result<Self> {
+    pub fn load(dir: &Path, runtime: &Path, threads: usize) -> Result<Self, EmbedError> {
         let env = RUNTIME
             .get_or_init(|| {
                 ort::init_from(runtime)
@@ -37,14 +37,15 @@ impl OrtEmbedder {
                     .map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+            .map_err(EmbedError::ort)?;
+        let config: serde_json::Value = crate::read_config(dir)?;
         let dimension = config["hidden_size"].as_u64().unwrap_or(384) as usize;
-        let session = Session::builder(env)?
+        let session = Session::builder(env)
+            .map_err(EmbedError::ort)?
             .with_intra_threads(threads)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .commit_from_file(dir.join("model.onnx"))?;
+            .map_err(EmbedError::ort)?
+            .commit_from_file(dir.join("model.onnx"))
+            .map_err(EmbedError::ort)?;
         let model_id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -61,7 +62,7 @@ impl OrtEmbedder {
         &self.tokenizer
     }
 
-    fn embed_batch(&self, texts: &[&str]) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let encodings = encode_padded(&self.tokenizer, texts)?;
         let rows = encodings.len();
         let cols = encodings.first().map(|e| e.len()).unwrap_or(0);
@@ -76,12 +77,17 @@ impl OrtEmbedder {
         let types = vec![0i64; ids.len()];
         let shape = [rows, cols];
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let outputs = session.run(ort::inputs![
-            "input_ids" => Tensor::from_array((shape, ids))?,
-            "attention_mask" => Tensor::from_array((shape, mask))?,
-            "token_type_ids" => Tensor::from_array((shape, types))?,
-        ])?;
-        let (_, data) = outputs["embedding"].try_extract_tensor::<f32>()?;
+        let tensor = |data: Vec<i64>| Tensor::from_array((shape, data)).map_err(EmbedError::ort);
+        let outputs = session
+            .run(ort::inputs![
+                "input_ids" => tensor(ids)?,
+                "attention_mask" => tensor(mask)?,
+                "token_type_ids" => tensor(types)?,
+            ])
+            .map_err(EmbedError::ort)?;
+        let (_, data) = outputs["embedding"]
+            .try_extract_tensor::<f32>()
+            .map_err(EmbedError::ort)?;
         Ok(data.chunks(self.dimension).map(<[f32]>::to_vec).collect())
     }
 }
@@ -95,10 +101,7 @@ impl Embedder for OrtEmbedder {
         self.dimension
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        crate::sorted_batches(texts, BATCH, |batch| {
-            self.embed_batch(batch)
-                .map_err(|e| Error::internal(format!("embedding failed: {e:#}")))
-        })
+    fn embed(&self, texts: &[&str]) -> rag_core::Result<Vec<Vec<f32>>> {
+        crate::sorted_batches(texts, BATCH, |batch| Ok(self.embed_batch(batch)?))
     }
 }

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| rag_ingest::fuzzing::run("multipart", data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| rag_api::fuzzing::run(data));

@@ -1,3 +1,4 @@
+use rag_core::{Error, Result};
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 use tokenizers::Tokenizer;
 
@@ -40,17 +41,17 @@ pub struct Chunker {
 }
 
 impl Chunker {
-    pub fn new(mut tokenizer: Tokenizer, options: ChunkOptions) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            options.overlap_tokens < options.max_tokens,
-            "chunk overlap ({}) must be smaller than the chunk size ({})",
-            options.overlap_tokens,
-            options.max_tokens
-        );
+    pub fn new(mut tokenizer: Tokenizer, options: ChunkOptions) -> Result<Self> {
+        if options.overlap_tokens >= options.max_tokens {
+            return Err(Error::invalid(format!(
+                "chunking.overlap_tokens ({}) must be smaller than chunking.max_tokens ({})",
+                options.overlap_tokens, options.max_tokens
+            )));
+        }
         // Counting must see whole texts: no truncation, no padding.
-        tokenizer
-            .with_truncation(None)
-            .map_err(anyhow::Error::msg)?;
+        tokenizer.with_truncation(None).map_err(|e| {
+            Error::internal("turning the tokenizer's truncation off").with_source(e)
+        })?;
         tokenizer.with_padding(None);
         Ok(Self { tokenizer, options })
     }

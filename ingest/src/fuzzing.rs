@@ -2,18 +2,15 @@
 //! on each result, shared with the regression tests that replay seeds and
 //! every input the fuzzer once found (`ingest/tests/fuzz_regressions.rs`).
 
-use std::cell::RefCell;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::formats::pdf_fixture::{build, bytes};
 use crate::{Limits, LoadedDocument};
 
-/// The fuzz targets, by name: one per loader and the upload form.
-pub const TARGETS: &[&str] = &["pdf", "html", "markdown", "multipart"];
-
-/// The multipart boundary the `multipart` target's inputs use.
-pub const BOUNDARY: &str = "XB";
+/// The fuzz targets of the loaders, by name (the upload form's is
+/// `rag_api::fuzzing`).
+pub const TARGETS: &[&str] = &["pdf", "html", "markdown"];
 
 /// The limits under fuzzing: the defaults, with a parse time well under
 /// libFuzzer's own timeout so that a slow input shows as our error rather
@@ -42,7 +39,6 @@ pub fn run(target: &str, data: &[u8]) {
                 check_document(&doc, &limits);
             }
         }
-        "multipart" => run_form(data, &limits),
         other => panic!("no fuzz target {other}; targets: {TARGETS:?}"),
     }
 }
@@ -63,49 +59,6 @@ fn check_document(doc: &LoadedDocument, limits: &Limits) {
             "pages out of order"
         );
         last = Some((page, offset));
-    }
-}
-
-thread_local! {
-    static RUNTIME: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
-}
-
-/// The body is split where its first byte says, so that the parser also
-/// sees a field cut across reads.
-fn run_form(data: &[u8], limits: &Limits) {
-    let Some((&split, body)) = data.split_first() else {
-        return;
-    };
-    let at = usize::from(split).min(body.len());
-    let pieces = vec![
-        Ok::<_, std::io::Error>(body[..at].to_vec()),
-        Ok(body[at..].to_vec()),
-    ];
-    let stream = futures_util::stream::iter(pieces);
-    let result = RUNTIME.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let runtime = cell.get_or_insert_with(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .expect("a runtime")
-        });
-        runtime.block_on(crate::form::read_form(stream, BOUNDARY, limits))
-    });
-    match result {
-        Ok(upload) => {
-            for input in &upload.inputs {
-                let source = input.source();
-                assert!(
-                    !source.contains(['/', '\\']) && source != ".." && !source.is_empty(),
-                    "a file name that is a path: {source:?}"
-                );
-            }
-            for r in &upload.rejected {
-                assert!([413, 415, 422].contains(&r.status), "{r:?}");
-            }
-        }
-        Err(e) => assert!([400, 413, 415].contains(&e.status), "{e:?}"),
     }
 }
 
@@ -153,57 +106,5 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     for (i, page) in markdown.iter().enumerate() {
         out.push(("markdown", format!("page-{i}.md"), page.as_bytes().to_vec()));
     }
-    let form = |parts: &[(&str, Option<&str>, &[u8])], split: u8| {
-        let mut body = vec![split];
-        for (name, file, content) in parts {
-            body.extend_from_slice(
-                format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"")
-                    .as_bytes(),
-            );
-            if let Some(file) = file {
-                body.extend_from_slice(format!("; filename=\"{file}\"").as_bytes());
-            }
-            body.extend_from_slice(b"\r\n\r\n");
-            body.extend_from_slice(content);
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-        body
-    };
-    let pdf = out[0].2.clone();
-    out.push((
-        "multipart",
-        "mixed.bin".into(),
-        form(
-            &[
-                ("collection", None, b"wiki"),
-                ("tags", None, b"hr,travel"),
-                ("groups", None, b"staff"),
-                ("file", Some("notes.md"), markdown[0].as_bytes()),
-                ("file", Some("page.html"), html[0].as_bytes()),
-                ("file", Some("handbook.pdf"), &pdf),
-                ("file", Some("tool.exe"), b"MZ"),
-            ],
-            40,
-        ),
-    ));
-    out.push((
-        "multipart",
-        "paths.bin".into(),
-        form(
-            &[
-                ("collection", None, b"c"),
-                ("file", Some("../../etc/passwd.txt"), b"x"),
-                ("file", Some("..\\win.txt"), b"y"),
-                ("file", Some(".."), b"z"),
-            ],
-            3,
-        ),
-    ));
-    out.push((
-        "multipart",
-        "unknown-field.bin".into(),
-        form(&[("owner", None, b"me")], 0),
-    ));
     out
 }

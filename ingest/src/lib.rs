@@ -6,19 +6,24 @@
 //! a store that the next run repairs (see ARCHITECTURE.md, "Ingest order").
 
 mod chunk;
-pub mod form;
 mod formats;
 #[doc(hidden)]
 pub mod fuzzing;
 mod load;
 mod pipeline;
+mod settings;
+mod writer;
 
 pub use chunk::{ChunkOptions, Chunker, TextChunk};
-pub use load::{Limits, LoadedDocument, SUPPORTED_EXTENSIONS, load_bytes, load_file, load_text};
-pub use pipeline::{
-    DocumentOutcome, IngestOptions, IngestReport, Ingestor, Input, Progress, WRITER_TIMEOUT_S,
-    collect_files, delete_unreferenced, embedding_text, repair, target,
+pub use load::{
+    Limits, LoadedDocument, SUPPORTED_EXTENSIONS, extension, load_bytes, load_file, load_text,
 };
+pub use pipeline::{
+    DocumentOutcome, IngestOptions, IngestReport, Ingestor, Input, Progress, collect_files,
+    embedding_text,
+};
+pub use settings::IngestSettings;
+pub use writer::{WRITER_TIMEOUT_S, delete_unreferenced, repair, target};
 
 /// Test helpers shared with the end-to-end tests.
 #[doc(hidden)]

@@ -74,7 +74,8 @@ impl Limits {
         start + self.parse_timeout
     }
 
-    pub(crate) fn timed_out(&self) -> Error {
+    /// The error of a document whose parsing outlived `parse_timeout`.
+    pub fn timed_out(&self) -> Error {
         Error::invalid(format!(
             "reading it took longer than {} s (ingest.parse_timeout_s)",
             self.parse_timeout.as_secs_f64()
@@ -148,7 +149,8 @@ pub(crate) fn unsupported(path: &Path) -> Error {
     ))
 }
 
-pub(crate) fn extension(path: &Path) -> String {
+/// A file's extension, lower-cased: what picks its loader.
+pub fn extension(path: &Path) -> String {
     path.extension()
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default()

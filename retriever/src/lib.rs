@@ -15,6 +15,7 @@
 //! cut mid-sentence can take in the chunk that follows it.
 
 pub mod metrics;
+mod settings;
 mod shape;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use rag_core::{
     SearchFilter, SearchMode, VectorQuery, VectorStore,
 };
 
+pub use settings::RetrievalSettings;
 pub use shape::{EmbeddingReranker, cut_mid_sentence, join_overlapping, mmr_order};
 
 /// Whether a committed document passes the filter the search ran under:
@@ -165,7 +167,7 @@ impl Retriever {
         let q = question.to_string();
         tokio::task::spawn_blocking(move || embedder.embed(&[q.as_str()]))
             .await
-            .map_err(|e| Error::internal(e.to_string()))??
+            .map_err(|e| Error::internal("a blocking task failed").with_source(e))??
             .pop()
             .ok_or_else(|| Error::internal("the embedder returned no vector"))
     }
@@ -242,7 +244,7 @@ impl Retriever {
             reranker.score(&q, &refs)
         })
         .await
-        .map_err(|e| Error::internal(e.to_string()))??;
+        .map_err(|e| Error::internal("a blocking task failed").with_source(e))??;
         if scores.len() != candidates.len() {
             return Err(Error::internal(format!(
                 "the reranker scored {} passages of {}",

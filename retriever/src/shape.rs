@@ -111,7 +111,7 @@ pub fn join_overlapping(first: &str, next: &str) -> String {
 ///
 /// It is the seam a cross-encoder plugs into, with a real scorer behind
 /// it: no cross-encoder ships in the package registries this project can
-/// reach (ARCHITECTURE.md).
+/// reach.
 pub struct EmbeddingReranker {
     pub embedder: Arc<dyn Embedder>,
 }

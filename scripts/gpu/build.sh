@@ -35,8 +35,8 @@ fi
 export CUDA_ROOT=$CUDA CUDA_PATH=$CUDA CUDA_HOME=$CUDA PATH=$CUDA/bin:$PATH
 export CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
 export RUSTFLAGS="-L $CUDA/stubs -L $CUDA/lib"
-cargo build --release --locked -p rag-generator --features cuda --example bench_generate --target-dir target/cuda
-cargo build --release --locked -p rag-generator --example gguf_tokenizer
+cargo build --release --locked -p rag-inference --features cuda --example bench_generate --target-dir target/cuda
+cargo build --release --locked -p rag-inference --example gguf_tokenizer
 mkdir -p target/gpu-carry
 strip -o target/gpu-carry/bench_generate target/cuda/release/examples/bench_generate
 xz -T0 -6 -f target/gpu-carry/bench_generate

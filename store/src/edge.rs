@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use qdrant_edge::bm25_embed::{EdgeBm25, EdgeBm25Config};
@@ -14,7 +14,8 @@ use qdrant_edge::{
 };
 use qdrant_edge::{CreateIndex, FieldIndexOperations};
 use rag_core::{
-    Error, Result, ScoredChunk, SearchFilter, SearchMode, VectorPoint, VectorQuery, VectorStore,
+    BoxError, Error, Result, ScoredChunk, SearchFilter, SearchMode, VectorPoint, VectorQuery,
+    VectorStore,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -36,10 +37,18 @@ pub(crate) const INDEXED_FIELDS: [&str; 4] = ["collection", "doc_id", "tags", "g
 /// Only one process may open the folder at a time: the engine locks its
 /// write-ahead log, and a second `rag` on the same data directory gets a
 /// clear error instead of a corrupted store.
+///
+/// The engine is synchronous: every call into it runs on tokio's blocking
+/// pool, so a search or a flushed write never stalls the async workers.
 pub struct EdgeVectorStore {
+    engine: Arc<Engine>,
+    path: PathBuf,
+}
+
+/// What the blocking calls share.
+struct Engine {
     shard: EdgeShard,
     bm25: EdgeBm25,
-    path: PathBuf,
     /// The engine's `flush` expects no concurrent writer; every write and
     /// flush goes through this lock.
     writes: Mutex<()>,
@@ -50,7 +59,7 @@ impl EdgeVectorStore {
     /// when it does not exist yet.
     pub fn open(path: &Path, dimension: usize) -> Result<Self> {
         std::fs::create_dir_all(path)
-            .map_err(|e| Error::internal(format!("creating {}: {e}", path.display())))?;
+            .map_err(|e| Error::internal(format!("creating {}", path.display())).with_source(e))?;
         let exists = path.join("edge_config.json").exists();
         let shard = if exists {
             EdgeShard::load(path, None)
@@ -89,16 +98,64 @@ impl EdgeVectorStore {
                 path.display()
             )));
         }
-        let store = Self {
+        let engine = Engine {
             shard,
             bm25: bm25()?,
-            path: path.to_owned(),
             writes: Mutex::new(()),
         };
         if !exists {
-            store.create_indexes()?;
+            engine.create_indexes()?;
         }
-        Ok(store)
+        Ok(Self {
+            engine: Arc::new(engine),
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` on the engine in tokio's blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Engine) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || work(&engine))
+            .await
+            .map_err(|e| Error::internal("a vector store task failed").with_source(e))?
+    }
+
+    async fn write(&self, op: UpdateOperation) -> Result<()> {
+        self.blocking(move |engine| engine.write(op)).await
+    }
+}
+
+impl Engine {
+    /// Every point's chunk id, a page at a time.
+    fn chunk_ids(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut offset = None;
+        loop {
+            let (records, next) = self
+                .shard
+                .scroll(ScrollRequest {
+                    offset,
+                    limit: Some(1000),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(false)),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                })
+                .map_err(engine_error)?;
+            out.extend(records.iter().map(|r| chunk_id_of(&r.id)));
+            match next {
+                Some(n) => offset = Some(n),
+                None => break,
+            }
+        }
+        Ok(out)
     }
 
     fn create_indexes(&self) -> Result<()> {
@@ -121,10 +178,6 @@ impl EdgeVectorStore {
         self.shard.update(op).map_err(engine_error)?;
         self.shard.flush();
         Ok(())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -152,7 +205,7 @@ pub(crate) fn bm25() -> Result<EdgeBm25> {
         avg_len: NotNan::new(BM25_AVG_LEN).expect("not NaN"),
         ..Default::default()
     })
-    .map_err(|e| Error::internal(format!("BM25: {e}")))
+    .map_err(|e| Error::internal("BM25").with_source(e))
 }
 
 /// Cosine of a stored (normalised) vector with the question (maybe not).
@@ -166,8 +219,8 @@ pub(crate) fn similarity(vector: &[f32], question: &[f32]) -> f32 {
     vector.iter().zip(question).map(|(a, b)| a * b).sum::<f32>() / norm
 }
 
-fn engine_error(e: impl std::fmt::Display) -> Error {
-    Error::internal(format!("vector store: {e}"))
+fn engine_error(e: impl Into<BoxError>) -> Error {
+    Error::internal("the embedded vector store failed").with_source(e)
 }
 
 /// The vectors found, in the order of `chunk_ids`; `None` for those not
@@ -280,7 +333,7 @@ impl VectorStore for EdgeVectorStore {
                     "tags": p.tags,
                     "groups": p.groups,
                 });
-                let sparse: SparseVector = self.bm25.embed_document(&p.text);
+                let sparse: SparseVector = self.engine.bm25.embed_document(&p.text);
                 let vectors: [(&str, Vector); 2] =
                     [(DENSE, p.dense.into()), (SPARSE, sparse.into())];
                 Ok(
@@ -292,6 +345,7 @@ impl VectorStore for EdgeVectorStore {
         self.write(UpdateOperation::PointOperation(
             PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
         ))
+        .await
     }
 
     async fn delete(&self, chunk_ids: &[String]) -> Result<()> {
@@ -305,6 +359,7 @@ impl VectorStore for EdgeVectorStore {
         self.write(UpdateOperation::PointOperation(
             PointOperations::DeletePoints { ids },
         ))
+        .await
     }
 
     async fn search(&self, query: &VectorQuery) -> Result<Vec<ScoredChunk>> {
@@ -320,7 +375,7 @@ impl VectorStore for EdgeVectorStore {
                 using: Some(DENSE.to_string()),
             }))
         };
-        let sparse_vector = self.bm25.embed_query(&query.text);
+        let sparse_vector = self.engine.bm25.embed_query(&query.text);
         let sparse = || {
             ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
                 query: VectorInternal::Sparse(sparse_vector.clone()),
@@ -367,7 +422,9 @@ impl VectorStore for EdgeVectorStore {
             with_vector: WithVector::Selector(vec![DENSE.into()]),
             with_payload: WithPayloadInterface::Bool(false),
         };
-        let points = self.shard.query(request).map_err(engine_error)?;
+        let points = self
+            .blocking(move |engine| engine.shard.query(request).map_err(engine_error))
+            .await?;
         points
             .into_iter()
             .map(|p| scored_chunk(p, &query.dense))
@@ -380,13 +437,17 @@ impl VectorStore for EdgeVectorStore {
             .map(|c| point_id(c))
             .collect::<Result<Vec<_>>>()?;
         let records = self
-            .shard
-            .retrieve(
-                &ids,
-                Some(WithPayloadInterface::Bool(false)),
-                Some(WithVector::Selector(vec![DENSE.into()])),
-            )
-            .map_err(engine_error)?;
+            .blocking(move |engine| {
+                engine
+                    .shard
+                    .retrieve(
+                        &ids,
+                        Some(WithPayloadInterface::Bool(false)),
+                        Some(WithVector::Selector(vec![DENSE.into()])),
+                    )
+                    .map_err(engine_error)
+            })
+            .await?;
         let found = records
             .into_iter()
             .filter_map(|r| Some((chunk_id_of(&r.id), dense_of(r.vector)?)));
@@ -394,27 +455,7 @@ impl VectorStore for EdgeVectorStore {
     }
 
     async fn chunk_ids(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        let mut offset = None;
-        loop {
-            let (records, next) = self
-                .shard
-                .scroll(ScrollRequest {
-                    offset,
-                    limit: Some(1000),
-                    filter: None,
-                    with_payload: Some(WithPayloadInterface::Bool(false)),
-                    with_vector: WithVector::Bool(false),
-                    order_by: None,
-                })
-                .map_err(engine_error)?;
-            out.extend(records.iter().map(|r| chunk_id_of(&r.id)));
-            match next {
-                Some(n) => offset = Some(n),
-                None => break,
-            }
-        }
-        Ok(out)
+        self.blocking(|engine| engine.chunk_ids()).await
     }
 
     async fn set_labels(
@@ -437,13 +478,17 @@ impl VectorStore for EdgeVectorStore {
                 key: None,
             },
         )))
+        .await
     }
 
     async fn optimize(&self) -> Result<()> {
-        let _guard = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        self.shard.optimize().map_err(engine_error)?;
-        self.shard.flush();
-        Ok(())
+        self.blocking(|engine| {
+            let _guard = engine.writes.lock().unwrap_or_else(|p| p.into_inner());
+            engine.shard.optimize().map_err(engine_error)?;
+            engine.shard.flush();
+            Ok(())
+        })
+        .await
     }
 }
 

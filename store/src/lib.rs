@@ -9,10 +9,12 @@
 
 mod edge;
 pub mod server;
+mod settings;
 mod sql;
 
 pub use edge::EdgeVectorStore;
 pub use server::{QdrantServerStore, ServerSettings};
+pub use settings::VectorStoreSettings;
 pub use sql::SqlDocumentStore;
 
 /// Test helpers shared with other crates' tests.

@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use rag_core::{
-    ApiKeyRecord, ChunkRecord, DocumentRecord, DocumentStore, Error, KeyRole, ReferenceLock,
-    Result, WriterLease,
+    ApiKeyRecord, BoxError, ChunkRecord, DocumentRecord, DocumentStore, Error, KeyRole,
+    ReferenceLock, Result, WriterLease,
 };
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -22,8 +22,8 @@ const POSTGRES_NOW: &str = "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)";
 /// Ids bound per statement: under every driver's parameter limit.
 const BATCH: usize = 200;
 
-fn db_error(e: impl std::fmt::Display) -> Error {
-    Error::unavailable(format!("metadata database: {e}"))
+fn db_error(e: impl Into<BoxError>) -> Error {
+    Error::unavailable("the metadata database is unavailable").with_source(e)
 }
 
 impl SqlDocumentStore {
@@ -57,11 +57,14 @@ impl SqlDocumentStore {
             })
             .connect(url)
             .await
-            .map_err(|e| db_error(format!("connecting to {url}: {e}")))?;
+            // Not the URL: it may hold a password.
+            .map_err(|e| {
+                Error::unavailable("connecting to the metadata database").with_source(e)
+            })?;
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|e| db_error(format!("migrating: {e}")))?;
+            .map_err(|e| Error::unavailable("migrating the metadata database").with_source(e))?;
         Ok(Self {
             pool,
             now: if sqlite { SQLITE_NOW } else { POSTGRES_NOW },
@@ -244,7 +247,7 @@ fn key_from_row(row: &sqlx::any::AnyRow) -> Result<ApiKeyRecord> {
         name: get("name")?,
         key_hash: get("key_hash")?,
         role: KeyRole::parse(&role)
-            .ok_or_else(|| db_error(format!("api_keys: unknown role {role:?}")))?,
+            .ok_or_else(|| Error::internal(format!("api_keys: unknown role {role:?}")))?,
         groups: parse_list(&get("groups_json")?),
         created_at: get("created_at")?,
         revoked_at: row

@@ -304,7 +304,7 @@ async fn an_unreachable_qdrant_server_is_reported_as_unavailable() {
     let Err(err) = QdrantServerStore::connect(settings, 3).await else {
         panic!("connected to nothing");
     };
-    assert!(matches!(err, rag_core::Error::Unavailable(_)), "{err}");
+    assert!(err.kind() == rag_core::ErrorKind::Unavailable, "{err}");
     assert!(err.to_string().contains("cannot be reached"), "{err}");
 }
 
@@ -327,5 +327,5 @@ async fn a_silent_qdrant_server_times_out_as_unavailable() {
     let Err(err) = QdrantServerStore::connect(settings, 3).await else {
         panic!("a silent server answered");
     };
-    assert!(matches!(err, rag_core::Error::Unavailable(_)), "{err}");
+    assert!(err.kind() == rag_core::ErrorKind::Unavailable, "{err}");
 }

@@ -212,7 +212,7 @@ impl CollectionAdmin for QdrantAdmin {
         Ok(Layout::of(
             &info
                 .result
-                .ok_or_else(|| server_error("no collection info"))?,
+                .ok_or_else(|| Error::unavailable("the Qdrant server sent no collection info"))?,
             &cluster,
         ))
     }
@@ -236,7 +236,7 @@ pub async fn ensure_collection(
                 tracing::info!(collection = %name, "another process created the collection")
             }
             Err(e) => {
-                return Err(server_error(format!(
+                return Err(Error::unavailable(format!(
                     "creating the collection {name:?} (within vector_store.create_timeout_s = \
                      {} s): {e}",
                     settings.create_timeout.as_secs()

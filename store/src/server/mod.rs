@@ -24,7 +24,8 @@ use qdrant_client::qdrant::{
 use qdrant_client::{Payload, Qdrant};
 use qdrant_edge::bm25_embed::EdgeBm25;
 use rag_core::{
-    Error, Result, ScoredChunk, SearchFilter, SearchMode, VectorPoint, VectorQuery, VectorStore,
+    BoxError, Error, Result, ScoredChunk, SearchFilter, SearchMode, VectorPoint, VectorQuery,
+    VectorStore,
 };
 use serde_json::json;
 
@@ -116,8 +117,8 @@ pub struct QdrantServerStore {
     dimension: usize,
 }
 
-pub(crate) fn server_error(e: impl std::fmt::Display) -> Error {
-    Error::unavailable(format!("Qdrant server: {e}"))
+pub(crate) fn server_error(e: impl Into<BoxError>) -> Error {
+    Error::unavailable("the Qdrant server is unavailable").with_source(e)
 }
 
 fn build_client(settings: &ServerSettings, timeout: Duration) -> Result<Qdrant> {
@@ -139,7 +140,13 @@ impl QdrantServerStore {
         let version = client
             .health_check()
             .await
-            .map_err(|e| server_error(format!("{} cannot be reached: {e}", settings.url)))?
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "the Qdrant server at {} cannot be reached",
+                    settings.url
+                ))
+                .with_source(e)
+            })?
             .version;
         if !version_at_least(&version, OLDEST_SERVER) {
             return Err(Error::invalid(format!(
@@ -213,7 +220,7 @@ pub fn upsert(collection: &str, points: Vec<VectorPoint>, bm25: &EdgeBm25) -> Re
                 "tags": p.tags,
                 "groups": p.groups,
             }))
-            .map_err(|e| Error::internal(format!("payload: {e}")))?;
+            .map_err(|e| Error::internal("payload").with_source(e))?;
             let sparse = bm25.embed_document(&p.text);
             let vectors = NamedVectors::default()
                 .add_vector(DENSE, Vector::new_dense(p.dense))
@@ -486,7 +493,7 @@ pub fn set_labels(
     groups: &[String],
 ) -> Result<qdrant_client::qdrant::SetPayloadPoints> {
     let payload = Payload::try_from(json!({"tags": tags, "groups": groups}))
-        .map_err(|e| Error::internal(format!("payload: {e}")))?;
+        .map_err(|e| Error::internal("payload").with_source(e))?;
     Ok(SetPayloadPointsBuilder::new(collection, payload)
         .points_selector(Filter::must([Condition::matches(
             "doc_id",

@@ -1,0 +1,257 @@
+//! What the model said, checked: citations that name a given passage,
+//! refusals, the support a passage gives a sentence, attribution, quotes.
+
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+static CITATION: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[(\d+(?:\s*,\s*\d+)*)\]").unwrap());
+
+/// Citation markers at the start of a text, after any spaces.
+static LEADING_CITATIONS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^\s*(?:\[\d+(?:\s*,\s*\d+)*\]\s*)+").unwrap());
+
+/// Citations found in an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedAnswer {
+    /// The answer with citations to unknown passages removed.
+    pub text: String,
+    /// Passage numbers cited, ascending, each within `1..=passages`.
+    pub cited: Vec<usize>,
+    /// Citations removed because they named a passage that was not given.
+    pub removed: usize,
+}
+
+/// Keeps citations that name a passage that was given (`1..=passages`) and
+/// drops the rest, so no citation can point outside what was retrieved.
+pub fn check_citations(answer: &str, passages: usize) -> CheckedAnswer {
+    let mut cited = BTreeSet::new();
+    let mut removed = 0;
+    let text = CITATION.replace_all(answer, |caps: &regex::Captures| {
+        let kept: Vec<usize> = caps[1]
+            .split(',')
+            .filter_map(|n| n.trim().parse::<usize>().ok())
+            .filter(|n| {
+                let ok = (1..=passages).contains(n);
+                if !ok {
+                    removed += 1;
+                }
+                ok
+            })
+            .collect();
+        cited.extend(kept.iter().copied());
+        if kept.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "[{}]",
+                kept.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    });
+    let text = text
+        .replace(" .", ".")
+        .replace("  ", " ")
+        .trim()
+        .to_string();
+    CheckedAnswer {
+        text,
+        cited: cited.into_iter().collect(),
+        removed,
+    }
+}
+
+static REFUSAL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)(documents?|passages?|context|provided (text|information)|sources?) (do(es)? not|don't|doesn't) (cover|contain|mention|say|answer|provide|include|specify)|not (covered|mentioned|found|specified) in the (documents?|passages?|context)|no (information|mention) (about|of|on) |i (do not|don't) know|cannot answer",
+    )
+    .unwrap()
+});
+
+/// True when the model itself says the passages do not answer.
+pub fn is_refusal(answer: &str) -> bool {
+    answer.trim().is_empty() || REFUSAL.is_match(answer)
+}
+
+static WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[A-Za-z0-9]+").unwrap());
+
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "is", "are", "was", "be", "by",
+    "with", "as", "at", "it", "this", "that", "you", "your", "can", "from", "if", "not", "do",
+    "does", "will", "should", "may", "must", "have", "has", "our", "we", "they", "their", "per",
+];
+
+fn content_words(text: &str) -> BTreeSet<String> {
+    WORD.find_iter(text)
+        .map(|m| m.as_str().to_lowercase())
+        .filter(|w| !STOP_WORDS.contains(&w.as_str()))
+        .collect()
+}
+
+/// Share of the answer's content words that occur in the passage.
+pub fn support(answer: &str, passage: &str) -> f32 {
+    let a = content_words(answer);
+    if a.is_empty() {
+        return 0.0;
+    }
+    let p = content_words(passage);
+    a.iter().filter(|w| p.contains(*w)).count() as f32 / a.len() as f32
+}
+
+/// The sentences of an answer that cite passage `n` (`[n]` or `[.., n]`),
+/// without their citation markers. A marker standing after the sentence's
+/// full stop (`... a year. [1]`) belongs to that sentence.
+pub fn sentences_citing(answer: &str, n: usize) -> Vec<String> {
+    let mut sentences: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut chars = answer.chars().peekable();
+    while let Some(c) = chars.next() {
+        current.push(c);
+        if matches!(c, '.' | '!' | '?' | '\n') && chars.peek().is_none_or(|n| n.is_whitespace()) {
+            sentences.push(std::mem::take(&mut current));
+        }
+    }
+    sentences.push(current);
+    // Markers at the start of a segment (`... leave. [1] Next ...`) belong
+    // to the sentence before.
+    let mut merged: Vec<String> = Vec::new();
+    for s in sentences {
+        let lead = LEADING_CITATIONS.find(&s).map_or(0, |m| m.end());
+        match merged.last_mut() {
+            Some(last) if lead > 0 => {
+                last.push_str(&s[..lead]);
+                merged.push(s[lead..].to_string());
+            }
+            _ => merged.push(s),
+        }
+    }
+    merged
+        .into_iter()
+        .filter(|s| {
+            CITATION.captures_iter(s).any(|caps| {
+                caps[1]
+                    .split(',')
+                    .any(|m| m.trim().parse::<usize>() == Ok(n))
+            })
+        })
+        .map(|s| {
+            let bare = CITATION.replace_all(&s, "");
+            let words: Vec<&str> = bare.split_whitespace().collect();
+            words.join(" ").replace(" .", ".").replace(" ,", ",")
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether the passage supports what cites it: every sentence citing `n`
+/// has at least `min_support` of its content words in the passage.
+pub fn verify_citation(answer: &str, n: usize, passage: &str, min_support: f32) -> bool {
+    let sentences = sentences_citing(answer, n);
+    !sentences.is_empty() && sentences.iter().all(|s| support(s, passage) >= min_support)
+}
+
+/// When a small model answers without citing, attribute the answer to the
+/// passage whose words it uses most, if it uses enough of them. Returns the
+/// 1-based passage number.
+pub fn attribute(answer: &str, passages: &[String], min_support: f32) -> Option<usize> {
+    passages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i + 1, support(answer, p)))
+        .filter(|(_, s)| *s >= min_support)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(n, _)| n)
+}
+
+/// The sentence of `passage` that shares most words with the answer, as
+/// the citation's quote (at most 400 characters).
+pub fn best_quote(answer: &str, passage: &str) -> String {
+    let sentences = passage
+        .split_inclusive(['.', '\n', '!', '?'])
+        .map(str::trim)
+        .filter(|s| s.chars().filter(|c| c.is_alphanumeric()).count() > 10);
+    sentences
+        .max_by(|a, b| support(a, answer).total_cmp(&support(b, answer)))
+        .unwrap_or(passage)
+        .trim_start_matches('#')
+        .trim()
+        .chars()
+        .take(400)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt::NOT_COVERED;
+
+    #[test]
+    fn citations_to_unknown_passages_are_removed() {
+        let c = check_citations(
+            "Per diem is $59 [2]. Hotels are booked in Concur [7]. See [1, 9].",
+            3,
+        );
+        assert_eq!(c.cited, [1, 2]);
+        assert_eq!(c.removed, 2);
+        assert_eq!(
+            c.text,
+            "Per diem is $59 [2]. Hotels are booked in Concur. See [1]."
+        );
+        let none = check_citations("No sources [0].", 3);
+        assert!(none.cited.is_empty());
+        assert_eq!(none.removed, 1);
+    }
+
+    #[test]
+    fn citations_are_verified_against_their_passage() {
+        let answer = "Employees get 28 days of paid annual leave. [1] Unused days expire in March [2]. \
+                      The office has a rooftop pool [1].";
+        assert_eq!(
+            sentences_citing(answer, 1),
+            [
+                "Employees get 28 days of paid annual leave.",
+                "The office has a rooftop pool."
+            ]
+        );
+        assert_eq!(
+            sentences_citing(answer, 2),
+            ["Unused days expire in March."]
+        );
+        assert!(sentences_citing(answer, 3).is_empty());
+        let leave = "Every employee has 28 days of paid annual leave per year.";
+        let expiry = "Unused days expire at the end of March.";
+        // Passage 1 supports its first sentence, not the invented pool.
+        assert!(!verify_citation(answer, 1, leave, 0.5));
+        assert!(verify_citation(answer, 2, expiry, 0.5));
+        assert!(verify_citation("Leave is 28 days [1, 2].", 1, leave, 0.5));
+        assert!(!verify_citation("Leave is 28 days [1].", 2, leave, 0.5));
+    }
+
+    #[test]
+    fn refusals_are_detected() {
+        assert!(is_refusal(NOT_COVERED));
+        assert!(is_refusal(
+            "The passages do not mention the parking policy."
+        ));
+        assert!(is_refusal("I don't know."));
+        assert!(!is_refusal("You get 13 days of sick leave a year [1]."));
+    }
+
+    #[test]
+    fn attribution_picks_the_passage_the_answer_uses() {
+        let passages = vec![
+            "[1] (Leave)\nEmployees earn 13 days of sick leave each year.".to_string(),
+            "[2] (Travel)\nBook flights through the travel desk.".to_string(),
+        ];
+        assert_eq!(
+            attribute("You earn 13 days of sick leave yearly.", &passages, 0.5),
+            Some(1)
+        );
+        assert_eq!(attribute("Bananas are yellow.", &passages, 0.5), None);
+    }
+}

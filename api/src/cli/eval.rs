@@ -1,0 +1,254 @@
+//! `rag eval answers` and `rag eval retrieval`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use rag_core::{SearchFilter, SearchMode};
+use rag_ingest::IngestOptions;
+
+use super::{dir_name, ingest_progress, progress_bar};
+use crate::app::App;
+use crate::config::Settings;
+use crate::ops::eval;
+use crate::ops::eval_answers as ea;
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    pub command: EvalCommand,
+}
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Answer quality on a question file (JSON lines: id, question,
+    /// answerable, gold_sources, answer, must_include, kind): retrieval hits,
+    /// must-include accuracy, F1, citation precision, abstention, latency,
+    /// tokens and cost, overall and per kind. Writes results.jsonl,
+    /// summary.json, report.md and report.html to --out; a killed run
+    /// resumes where it stopped.
+    Answers(EvalAnswersArgs),
+    /// Retrieval quality on a BEIR-format folder (corpus.jsonl, queries.jsonl,
+    /// qrels/SPLIT.tsv): nDCG@10, recall@10, recall@100 and MRR@10 per mode.
+    /// The corpus is ingested into a scratch data directory, reused while
+    /// unchanged.
+    Retrieval(RetrievalEvalArgs),
+}
+
+/// Options of `rag eval answers`.
+#[derive(clap::Args)]
+pub struct EvalAnswersArgs {
+    #[arg(long)]
+    pub questions: PathBuf,
+    /// Ingest this folder into a scratch data directory first (reused
+    /// while unchanged); without it, the configured data directory.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    #[arg(long, default_value = "eval-out")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// A previous run's --out folder, compared in the reports.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// TOML of `metric = minimum`: exit 4 when a metric falls short.
+    #[arg(long)]
+    pub thresholds: Option<PathBuf>,
+    /// Price per 1,000 tokens (prompt and completion) for the cost column.
+    #[arg(long, default_value_t = 0.0)]
+    pub price_per_1k_tokens: f64,
+    /// Start again instead of resuming the results in --out.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RetrievalEvalArgs {
+    #[arg(long)]
+    pub beir: PathBuf,
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Modes to score, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "dense,sparse,hybrid")]
+    pub mode: Vec<SearchMode>,
+    /// Scratch data directory; default DATA_DIR/eval/NAME-OF-THE-FOLDER.
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn answers(mut settings: Settings, args: EvalAnswersArgs) -> anyhow::Result<ExitCode> {
+    let questions = ea::load_questions(&args.questions)?;
+    let baseline: Option<ea::Report> = match &args.baseline {
+        Some(dir) => {
+            let path = dir.join("summary.json");
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("baseline {}: {e}", path.display()))?;
+            Some(serde_json::from_str(&text)?)
+        }
+        None => None,
+    };
+    if let Some(corpus) = &args.corpus {
+        let dir = settings.data_dir.join("eval").join(dir_name(corpus));
+        settings = settings.scratch(dir);
+    }
+    let app = Arc::new(App::open(settings).await?);
+    if let Some(corpus) = &args.corpus {
+        let files = rag_ingest::collect_files(std::slice::from_ref(corpus))?;
+        let bar = progress_bar(files.len() as u64, false);
+        let report = app
+            .ingestor()?
+            .ingest(
+                &files,
+                &IngestOptions::default(),
+                &ingest_progress(bar.clone()),
+            )
+            .await?;
+        bar.finish_and_clear();
+        eprintln!(
+            "corpus: {} documents ({} unchanged since the last run), {} chunks embedded now",
+            report.documents, report.unchanged, report.embedded_chunks
+        );
+    }
+    let files = ea::OutFiles::new(&args.out)?;
+    if args.fresh {
+        let _ = std::fs::remove_file(&files.results);
+    }
+    let wanted: std::collections::HashSet<&str> = questions.iter().map(|q| q.id.as_str()).collect();
+    let mut results: Vec<ea::QuestionResult> = ea::done_results(&files.results)?
+        .into_iter()
+        .filter(|r| wanted.contains(r.id.as_str()))
+        .collect();
+    let done: std::collections::HashSet<String> = results.iter().map(|r| r.id.clone()).collect();
+    let todo: Vec<ea::Question> = questions
+        .iter()
+        .filter(|q| !done.contains(&q.id))
+        .cloned()
+        .collect();
+    if !done.is_empty() {
+        eprintln!(
+            "resuming: {} of {} questions already answered",
+            done.len(),
+            questions.len()
+        );
+    }
+    // Load the model before the clock starts for the first question.
+    app.generator().await?;
+    let bar = ProgressBar::new(todo.len() as u64);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} questions [{elapsed_precise}, ETA {eta}]",
+            )
+            .expect("valid template"),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for q in todo {
+        let (app, slots) = (app.clone(), slots.clone());
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            ea::evaluate(&app, &q, &SearchFilter::default()).await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let r = joined??;
+        ea::append_result(&files.results, &r)?;
+        results.push(r);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let order: std::collections::HashMap<&str, usize> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (q.id.as_str(), i))
+        .collect();
+    results.sort_by_key(|r| order[r.id.as_str()]);
+    let report = ea::report(&results, &app, args.price_per_1k_tokens);
+    std::fs::write(&files.summary, serde_json::to_string_pretty(&report)?)?;
+    let markdown = ea::markdown(&report, baseline.as_ref());
+    std::fs::write(&files.markdown, &markdown)?;
+    std::fs::write(&files.html, ea::html(&report, &results, baseline.as_ref()))?;
+    println!("{markdown}");
+    println!("wrote {}", args.out.display());
+    if let Some(path) = &args.thresholds {
+        let failures = ea::check_thresholds(path, &report.overall)?;
+        if !failures.is_empty() {
+            eprintln!("below the thresholds of {}:", path.display());
+            for f in &failures {
+                eprintln!("  {f}");
+            }
+            return Ok(ExitCode::from(4));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn retrieval(settings: Settings, args: RetrievalEvalArgs) -> anyhow::Result<ExitCode> {
+    let RetrievalEvalArgs {
+        beir,
+        split,
+        mode,
+        scratch,
+        json,
+    } = args;
+    let data = eval::load(&beir, &split)?;
+    let name = dir_name(&beir);
+    let dir = scratch.unwrap_or_else(|| settings.data_dir.join("eval").join(&name));
+    let settings = settings.scratch(dir);
+    let app = App::open(settings).await?;
+    let bar = progress_bar(data.corpus.len() as u64, json);
+    let options = IngestOptions {
+        collection: eval::COLLECTION.into(),
+        ..Default::default()
+    };
+    let report = app
+        .ingestor()?
+        .ingest_inputs(&data.corpus, &options, &ingest_progress(bar.clone()))
+        .await?;
+    bar.finish_and_clear();
+    let mut modes = serde_json::Map::new();
+    for m in mode {
+        let scores = eval::score(&app, &data, m).await?;
+        if !json {
+            println!(
+                "{m:>6}: nDCG@10 {:.4}  recall@10 {:.4}  recall@100 {:.4}  MRR@10 {:.4}  ({:.1} ms/query)",
+                scores.ndcg_at_10,
+                scores.recall_at_10,
+                scores.recall_at_100,
+                scores.mrr_at_10,
+                scores.ms_per_query
+            );
+        }
+        modes.insert(m.to_string(), serde_json::to_value(scores)?);
+    }
+    let out = serde_json::json!({
+        "dataset": name,
+        "split": split,
+        "queries": data.queries.len(),
+        "documents": data.corpus.len(),
+        "chunks": report.chunks,
+        "embedded_chunks": report.embedded_chunks,
+        "ingest_seconds": report.seconds,
+        "embedder": app.embedder.model_id(),
+        "modes": modes,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{name} {split}: {} queries over {} documents ({} chunks)",
+            data.queries.len(),
+            data.corpus.len(),
+            report.chunks
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,31 @@
+//! Inference: the models behind `rag_core::Generator`.
+//!
+//! - [`CandleGenerator`]: quantized GGUF models (llama, qwen2, gemma3
+//!   families) and qwen2 safetensors weights run in-process with candle, on
+//!   the CPU or (feature `cuda`) a GPU. Concurrent requests to llama and
+//!   qwen2 models are decoded together in one batch (`engine.rs` over
+//!   `batched.rs`).
+//! - [`OpenAiGenerator`]: any OpenAI-compatible server (vLLM, TGI, Ollama,
+//!   llama.cpp, another `rag serve`).
+
+mod batched;
+pub mod bench;
+mod candle_backend;
+mod decode_attention;
+mod engine;
+mod gguf_tokenizer;
+mod openai;
+mod qgemv;
+mod settings;
+
+pub use candle_backend::{CandleGenerator, DEFAULT_MAX_BATCH, LoadError};
+pub use engine::BatchStats;
+pub use gguf_tokenizer::tokenizer_from_gguf;
+pub use openai::{OpenAiConfig, OpenAiGenerator};
+pub use settings::{Backend, CandleSettings, Device, OpenAiSettings};
+
+/// The number of threads candle's CPU kernels use: `RAYON_NUM_THREADS`,
+/// else the physical cores (which candle looks up again at every call).
+pub fn candle_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}

@@ -1,0 +1,62 @@
+//! `[ingest]`: what one document may cost, in the units a person sets.
+
+use std::time::Duration;
+
+use rag_core::{Error, Result};
+use serde::Deserialize;
+
+use crate::Limits;
+
+/// What one document may cost: over a limit, that document fails with the
+/// reason and the run goes on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    pub max_document_mb: f64,
+    pub max_pages: usize,
+    pub max_text_mb: f64,
+    pub parse_timeout_s: f64,
+}
+
+const MIB: f64 = (1 << 20) as f64;
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            max_document_mb: limits.max_bytes as f64 / MIB,
+            max_pages: limits.max_pages,
+            max_text_mb: limits.max_text_bytes as f64 / MIB,
+            parse_timeout_s: limits.parse_timeout.as_secs_f64(),
+        }
+    }
+}
+
+impl IngestSettings {
+    /// The limits these settings describe, checked.
+    pub fn limits(&self) -> Result<Limits> {
+        let bytes = |mb: f64, key: &str| {
+            if mb > 0.0 && mb.is_finite() {
+                Ok((mb * MIB) as usize)
+            } else {
+                Err(Error::invalid(format!(
+                    "ingest.{key} must be a positive number of MiB"
+                )))
+            }
+        };
+        if self.max_pages == 0 {
+            return Err(Error::invalid("ingest.max_pages must be at least 1"));
+        }
+        if !(self.parse_timeout_s > 0.0 && self.parse_timeout_s.is_finite()) {
+            return Err(Error::invalid(
+                "ingest.parse_timeout_s must be a positive number of seconds",
+            ));
+        }
+        Ok(Limits {
+            max_bytes: bytes(self.max_document_mb, "max_document_mb")?,
+            max_pages: self.max_pages,
+            max_text_bytes: bytes(self.max_text_mb, "max_text_mb")?,
+            parse_timeout: Duration::from_secs_f64(self.parse_timeout_s),
+        })
+    }
+}

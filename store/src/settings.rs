@@ -1,0 +1,81 @@
+//! `[vector_store]`: the embedded engine, or a Qdrant server or cluster.
+
+use std::time::Duration;
+
+use rag_core::{Error, Result, Secret};
+use serde::Deserialize;
+
+use crate::ServerSettings;
+
+/// The vector store: the embedded engine in `data_dir/vectors`, or a
+/// Qdrant server or cluster when `url` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorStoreSettings {
+    /// gRPC address of a Qdrant server, e.g. `http://qdrant:6334`; empty:
+    /// embedded.
+    pub url: String,
+    pub api_key: Secret,
+    pub collection: String,
+    pub shard_number: u32,
+    pub replication_factor: u32,
+    pub write_consistency_factor: u32,
+    pub timeout_s: f64,
+    /// Creating the collection and its indexes (a cluster is slower).
+    pub create_timeout_s: f64,
+}
+
+impl Default for VectorStoreSettings {
+    fn default() -> Self {
+        let d = ServerSettings::default();
+        Self {
+            url: String::new(),
+            api_key: Secret::default(),
+            collection: d.collection,
+            shard_number: d.shard_number,
+            replication_factor: d.replication_factor,
+            write_consistency_factor: d.write_consistency_factor,
+            timeout_s: d.timeout.as_secs_f64(),
+            create_timeout_s: d.create_timeout.as_secs_f64(),
+        }
+    }
+}
+
+impl VectorStoreSettings {
+    /// Whether these settings name the embedded engine (no server URL).
+    pub fn is_embedded(&self) -> bool {
+        self.url.is_empty()
+    }
+
+    /// The server connection these settings describe, checked.
+    pub fn server(&self) -> Result<ServerSettings> {
+        for (name, value) in [
+            ("timeout_s", self.timeout_s),
+            ("create_timeout_s", self.create_timeout_s),
+        ] {
+            if !(value > 0.0 && value.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "vector_store.{name} must be a positive number of seconds"
+                )));
+            }
+        }
+        if self.shard_number == 0
+            || self.replication_factor == 0
+            || self.write_consistency_factor == 0
+        {
+            return Err(Error::invalid(
+                "vector_store.shard_number, replication_factor and write_consistency_factor must be at least 1",
+            ));
+        }
+        Ok(ServerSettings {
+            url: self.url.clone(),
+            api_key: self.api_key.get().map(str::to_string),
+            collection: self.collection.clone(),
+            shard_number: self.shard_number,
+            replication_factor: self.replication_factor,
+            write_consistency_factor: self.write_consistency_factor,
+            timeout: Duration::from_secs_f64(self.timeout_s),
+            create_timeout: Duration::from_secs_f64(self.create_timeout_s),
+        })
+    }
+}
