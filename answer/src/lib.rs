@@ -19,5 +19,5 @@ pub mod citations;
 mod policy;
 pub mod prompt;
 
-pub use policy::Policy;
+pub use policy::{Admitted, Policy};
 pub use prompt::NOT_COVERED;

@@ -52,10 +52,33 @@ impl Policy {
         generator: &dyn Generator,
         question: &str,
         hits: &[Hit],
+        request: GenerationRequest,
+        sink: TextSink<'_>,
+    ) -> Result<Answer> {
+        let admitted = self.admit(hits);
+        match admitted.abstention() {
+            Some(answer) => Ok(answer),
+            None => {
+                self.answer_admitted(generator, question, admitted, request, sink)
+                    .await
+            }
+        }
+    }
+
+    /// [`Policy::answer`] over hits already [admitted](Policy::admit):
+    /// for a caller that loads the model only when some passage is.
+    pub async fn answer_admitted(
+        &self,
+        generator: &dyn Generator,
+        question: &str,
+        admitted: Admitted<'_>,
         mut request: GenerationRequest,
         sink: TextSink<'_>,
     ) -> Result<Answer> {
-        let (relevant, withheld) = self.admit(hits);
+        let Admitted {
+            passages: relevant,
+            withheld,
+        } = admitted;
         let mut usage = Usage {
             passages_withheld: withheld,
             ..Default::default()
@@ -76,8 +99,8 @@ impl Policy {
     }
 
     /// The hits the model may see: those past the relevance cut-off, less
-    /// those that give it orders. Returns them and how many were withheld.
-    fn admit<'a>(&self, hits: &'a [Hit]) -> (Vec<&'a Hit>, usize) {
+    /// those that give it orders (counted as withheld).
+    pub fn admit<'a>(&self, hits: &'a [Hit]) -> Admitted<'a> {
         // Similarity, not the ranking score: it means the same in every mode.
         let best = hits.iter().map(|h| h.similarity).fold(f32::MIN, f32::max);
         let relevant = hits.iter().filter(|h| {
@@ -98,7 +121,10 @@ impl Policy {
             );
             metrics::counter!("rag_passages_withheld_total").increment(withheld.len() as u64);
         }
-        (admitted, withheld.len())
+        Admitted {
+            passages: admitted,
+            withheld: withheld.len(),
+        }
     }
 
     /// The answer shown for the model's `text` over `passages` (rendered
@@ -155,6 +181,28 @@ impl Policy {
     }
 }
 
+/// The hits a question's prompt may draw on, in rank order (see
+/// [`Policy::admit`]).
+#[derive(Debug, Clone)]
+pub struct Admitted<'a> {
+    pub passages: Vec<&'a Hit>,
+    /// Relevant hits kept out because they give the model orders.
+    pub withheld: usize,
+}
+
+impl Admitted<'_> {
+    /// The answer when nothing was admitted: the documents do not cover
+    /// the question, and the model is not called.
+    pub fn abstention(&self) -> Option<Answer> {
+        self.passages.is_empty().then(|| {
+            abstain(Usage {
+                passages_withheld: self.withheld,
+                ..Default::default()
+            })
+        })
+    }
+}
+
 fn abstain(usage: Usage) -> Answer {
     Answer {
         answer: NOT_COVERED.to_string(),
@@ -167,9 +215,12 @@ fn abstain(usage: Usage) -> Answer {
 }
 
 /// The passages, rendered and in rank order, that fit the context window
-/// with `max_tokens` reserved for the answer. Each passage is priced once
-/// (`count_tokens`); the prompt they make is then counted whole, and
-/// passages come off the end while an estimate proved short.
+/// with `max_tokens` reserved for the answer: the longest such prefix.
+/// Each passage is priced once (`count_tokens`) instead of rendering the
+/// whole prompt per candidate; the whole prompt is counted exactly where
+/// the estimate says stop (an estimate on the high side must not leave a
+/// passage out) and once at the end (one on the low side must not
+/// overflow), and passages come off the end while it does not fit.
 fn pack(
     generator: &dyn Generator,
     question: &str,
@@ -182,13 +233,19 @@ fn pack(
     let mut tokens = generator.count_prompt_tokens(&prompt::build_messages(question, &[]))?;
     let mut passages = Vec::new();
     for hit in relevant {
-        let passage = prompt::render_passage(passages.len() + 1, hit);
-        let cost = generator.count_tokens(&passage)? + separator;
-        if !fits(tokens + cost) {
+        passages.push(prompt::render_passage(passages.len() + 1, hit));
+        let estimate =
+            tokens + generator.count_tokens(passages.last().expect("pushed"))? + separator;
+        if fits(estimate) {
+            tokens = estimate;
+            continue;
+        }
+        let exact = generator.count_prompt_tokens(&prompt::build_messages(question, &passages))?;
+        if !fits(exact) {
+            passages.pop();
             break;
         }
-        tokens += cost;
-        passages.push(passage);
+        tokens = exact;
     }
     while !passages.is_empty()
         && !fits(generator.count_prompt_tokens(&prompt::build_messages(question, &passages))?)

@@ -215,10 +215,10 @@ impl App {
                         let path = self
                             .generator_path(&cfg.model)
                             .map_err(|e| Error::unavailable(e.to_string()))?;
-                        let device = cfg.device.open()?;
+                        let device = cfg.device;
                         let (max_batch, quantized) = (cfg.max_batch, cfg.quantized_decoding);
                         tokio::task::spawn_blocking(move || {
-                            let generator = CandleGenerator::load_on(&path, &device)?;
+                            let generator = CandleGenerator::load_on(&path, &device.open()?)?;
                             generator.set_max_batch(max_batch);
                             generator.set_quantized_decoding(quantized);
                             anyhow::Ok(generator)
@@ -349,12 +349,19 @@ impl App {
         let hits = self.retrieve(question, query).await?;
         let retrieval = started.elapsed();
         crate::metrics::stage("retrieval", retrieval);
-        let generator = self.generator().await?;
-        let request = self.generation_request(vec![], &query.sampling);
-        let mut answer = self
-            .policy()
-            .answer(generator.as_ref(), question, &hits, request, sink)
-            .await?;
+        let policy = self.policy();
+        let admitted = policy.admit(&hits);
+        // Without a passage to give it, the model is not loaded or called.
+        let mut answer = match admitted.abstention() {
+            Some(abstention) => abstention,
+            None => {
+                let generator = self.generator().await?;
+                let request = self.generation_request(vec![], &query.sampling);
+                policy
+                    .answer_admitted(generator.as_ref(), question, admitted, request, sink)
+                    .await?
+            }
+        };
         answer.usage.retrieval_ms = retrieval.as_millis() as u64;
         crate::metrics::answer_usage(&answer.usage);
         Ok(answer)

@@ -150,9 +150,10 @@ impl OpenAiGenerator {
                 }
                 Ok(Err(e)) => (
                     Error::unavailable(format!(
-                        "the model server at {} cannot be reached: {e}",
+                        "the model server at {} cannot be reached",
                         self.url
-                    )),
+                    ))
+                    .with_source(e),
                     None,
                 ),
                 Err(_) => (

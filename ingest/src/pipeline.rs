@@ -503,12 +503,19 @@ impl Ingestor {
         writer: &Writer,
     ) -> Result<Prepared> {
         let source = input.source();
-        let bytes = input.bytes(&self.limits)?;
-        let mut hasher = Sha256::new();
-        hasher.update(&bytes);
         // Options change what is stored, so they are part of the identity.
-        hasher.update(serde_json::to_vec(&(&options.tags, &options.groups)).unwrap_or_default());
-        let content_hash = hex::encode(hasher.finalize());
+        let labels = serde_json::to_vec(&(&options.tags, &options.groups)).unwrap_or_default();
+        let (read, limits) = (input.clone(), self.limits);
+        // Reading and hashing a file (up to the size limit) is blocking work.
+        let (bytes, content_hash) = tokio::task::spawn_blocking(move || {
+            let bytes = read.bytes(&limits)?;
+            let mut hasher = Sha256::new();
+            hasher.update(&bytes);
+            hasher.update(&labels);
+            Ok::<_, Error>((bytes, hex::encode(hasher.finalize())))
+        })
+        .await
+        .map_err(|e| Error::internal("a blocking task failed").with_source(e))??;
         let existing = self
             .docs
             .documents_by_source(&options.collection, source)

@@ -323,28 +323,33 @@ impl VectorStore for EdgeVectorStore {
         if points.is_empty() {
             return Ok(());
         }
-        let points = points
-            .into_iter()
-            .map(|p| {
-                let payload = json!({
-                    "chunk_id": p.chunk_id,
-                    "doc_id": p.document_id,
-                    "collection": p.collection,
-                    "tags": p.tags,
-                    "groups": p.groups,
-                });
-                let sparse: SparseVector = self.engine.bm25.embed_document(&p.text);
-                let vectors: [(&str, Vector); 2] =
-                    [(DENSE, p.dense.into()), (SPARSE, sparse.into())];
-                Ok(
-                    PointStruct::new(point_id(&p.chunk_id)?, Vectors::new_named(vectors), payload)
-                        .into(),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.write(UpdateOperation::PointOperation(
-            PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
-        ))
+        // BM25 over every passage, then the write: all on the blocking pool.
+        self.blocking(move |engine| {
+            let points = points
+                .into_iter()
+                .map(|p| {
+                    let payload = json!({
+                        "chunk_id": p.chunk_id,
+                        "doc_id": p.document_id,
+                        "collection": p.collection,
+                        "tags": p.tags,
+                        "groups": p.groups,
+                    });
+                    let sparse: SparseVector = engine.bm25.embed_document(&p.text);
+                    let vectors: [(&str, Vector); 2] =
+                        [(DENSE, p.dense.into()), (SPARSE, sparse.into())];
+                    Ok(PointStruct::new(
+                        point_id(&p.chunk_id)?,
+                        Vectors::new_named(vectors),
+                        payload,
+                    )
+                    .into())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            engine.write(UpdateOperation::PointOperation(
+                PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+            ))
+        })
         .await
     }
 

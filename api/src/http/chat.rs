@@ -445,7 +445,7 @@ fn stream_answer(
     max_tokens: usize,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    tokio::spawn(super::error::in_this_request(async move {
         let (id, created) = (chunk_id(), now());
         send(&tx, &role_chunk(&id, created, &model));
         let mut streamed = String::new();
@@ -485,7 +485,7 @@ fn stream_answer(
             Err(e) => send(&tx, &ApiError::from(e).body()),
         }
         let _ = tx.send(Event::default().data("[DONE]"));
-    });
+    }));
     sse_response(rx)
 }
 
@@ -498,7 +498,7 @@ fn stream_raw(
     sampling: Sampling,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    tokio::spawn(super::error::in_this_request(async move {
         let (id, created) = (chunk_id(), now());
         send(&tx, &role_chunk(&id, created, &model));
         let result = app
@@ -516,7 +516,7 @@ fn stream_raw(
             Err(e) => send(&tx, &ApiError::from(e).body()),
         }
         let _ = tx.send(Event::default().data("[DONE]"));
-    });
+    }));
     sse_response(rx)
 }
 

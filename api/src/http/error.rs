@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rag_core::{Error, ErrorKind};
 use serde_json::json;
+use tracing::Instrument;
 
 /// The error body, for the OpenAPI document.
 #[derive(utoipa::ToSchema)]
@@ -43,27 +44,35 @@ pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(String::clone).ok()
 }
 
-/// Gives every request an id: the caller's `x-request-id` when it is short
-/// and plain, else a new one. Handlers run inside a span carrying it, and
-/// the response carries it back.
+/// `work` carrying this request's id, for a task spawned to finish the
+/// request (a stream): task-locals do not cross `tokio::spawn`.
+pub fn in_this_request<F: std::future::Future>(
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    let id = current_request_id().unwrap_or_default();
+    REQUEST_ID.scope(id, work.instrument(tracing::Span::current()))
+}
+
+/// Gives every request an id of our own (a caller's `x-request-id` is
+/// logged beside it, never trusted as ours: it could name another
+/// request). Handlers run inside a span carrying it, at a level every
+/// filter keeps, and the response carries it back.
 pub async fn request_id(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let id = request
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let client = request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
+            v.len() <= 64
                 && v.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
-        .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string);
-    let span = tracing::info_span!("request", request_id = %id);
+        .unwrap_or_default()
+        .to_string();
+    let span = tracing::error_span!("request", request_id = %id, client_request_id = %client);
     let mut response = REQUEST_ID
-        .scope(
-            id.clone(),
-            tracing::Instrument::instrument(next.run(request), span),
-        )
+        .scope(id.clone(), next.run(request).instrument(span))
         .await;
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);

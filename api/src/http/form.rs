@@ -184,7 +184,11 @@ where
         });
         let checked = match tokio::time::timeout(limits.parse_timeout, parse).await {
             Err(_) => Err(limits.timed_out().to_string()),
-            Ok(Err(e)) => Err(format!("the loader failed: {e}")),
+            Ok(Err(e)) => {
+                // A panic in a loader: its text is for the log, not the client.
+                tracing::error!(file = %source, error = %e, "a loader failed");
+                Err("the loader failed on this file".to_string())
+            }
             Ok(Ok(loaded)) => loaded.map_err(|e| e.to_string()),
         };
         match checked {

@@ -82,6 +82,19 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// What a failed job tells its caller, who polls it later: like an HTTP
+/// error (`http::error`), the chain is logged and an internal error is
+/// reported only by the job's id.
+fn job_error(job: &str, e: &Error) -> String {
+    if e.kind() == ErrorKind::Internal {
+        tracing::error!(%job, error = %e.chain(), "ingest job failed");
+        format!("internal error; the server's log has the details under job {job}")
+    } else {
+        tracing::warn!(%job, error = %e.chain(), "ingest job failed");
+        e.to_string()
+    }
+}
+
 impl Jobs {
     /// Starts the worker; at most `depth` jobs wait behind the running one.
     pub fn start(app: Arc<App>, depth: usize) -> Arc<Self> {
@@ -209,7 +222,7 @@ impl Jobs {
                 }
                 Err(e) => {
                     j.state = JobState::Failed;
-                    j.error = Some(e.to_string());
+                    j.error = Some(job_error(&work.id, &e));
                 }
             }
         });

@@ -132,8 +132,8 @@ pub fn router(app: Arc<App>, open: bool) -> anyhow::Result<Router> {
             deadline,
         ))
         .route_layer(axum::middleware::from_fn(track))
-        .layer(axum::middleware::from_fn(error::request_id))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(error::request_id))
         .with_state(state))
 }
 
