@@ -339,10 +339,9 @@ impl CandleGenerator {
     /// The same model with another chat template (Jinja, as in a
     /// `tokenizer_config.json`): for base models, whose own template (if
     /// any) expects instruction tuning they do not have.
-    pub fn with_template(&self, template: &str) -> anyhow::Result<Self> {
-        minijinja::Environment::new()
-            .template_from_str(template)
-            .map_err(|e| anyhow::anyhow!("the chat template does not parse: {e}"))?;
+    /// The error says why the template does not parse.
+    pub fn with_template(&self, template: &str) -> Result<Self, minijinja::Error> {
+        minijinja::Environment::new().template_from_str(template)?;
         Ok(Self {
             shared: self.shared.clone(),
             template: template.into(),
@@ -360,7 +359,7 @@ impl CandleGenerator {
 
     /// The prompt text for `messages`, rendered by the model's own chat
     /// template.
-    pub fn render(&self, messages: &[ChatMessage]) -> anyhow::Result<String> {
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, minijinja::Error> {
         let mut env = minijinja::Environment::new();
         env.add_function(
             "raise_exception",
