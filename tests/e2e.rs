@@ -1510,6 +1510,98 @@ fn openai_python_sdk_against_rag_serve() {
     assert_eq!(summary["citations"], 1, "{summary}");
 }
 
+/// Verification and checked streaming through the real server, its
+/// retrieval and checks, and the official `openai` client, with the model
+/// scripted (tests/clients/scripted_model.py) to say a right answer or a
+/// copy with one fact changed: the changed ones are caught, and what the
+/// client assembles from the stream is exactly the checked answer.
+#[test]
+fn checked_answers_through_the_openai_client() {
+    let Some(python) = client_env("RAG_CLIENT_PYTHON") else {
+        return;
+    };
+    let (_turn, data) = fixture_data();
+    let port = free_port();
+    let _model = KillOnDrop(
+        Command::new(&python)
+            .arg(root().join("tests/clients/scripted_model.py"))
+            .arg(port.to_string())
+            .arg(root().join("tests/clients/scripted_replies.json"))
+            .spawn()
+            .unwrap(),
+    );
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the scripted model did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let (_server, addr) = start_server_with(
+        data,
+        &[
+            ("RAG_GENERATOR__BACKEND", "openai"),
+            ("RAG_GENERATOR__URL", url.as_str()),
+            ("RAG_GENERATOR__MODEL", "scripted"),
+            ("RAG_GENERATOR__CONTEXT_WINDOW", "32768"),
+        ],
+    );
+    let out = run_ok(
+        Command::new(&python)
+            .arg(root().join("tests/clients/checked_answers.py"))
+            .arg(format!("http://{addr}/v1"))
+            .args(["1", "2", "3", "4", "5", "6", "7", "8"]),
+    );
+    let cases: Vec<Value> = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}"));
+    for case in &cases {
+        // One text, however it is read.
+        assert_eq!(case["streamed"], case["content"], "{case}");
+        assert_eq!(case["answer"], case["content"], "{case}");
+        let citations = case["citations"].as_array().unwrap();
+        assert!(citations.iter().all(|c| c["verified"] == true), "{case}");
+    }
+    let by = |n: &str| cases.iter().find(|c| c["case"] == n).unwrap();
+    // Right answers pass; a changed number, name or negation is caught.
+    for (right, altered) in [("1", "2"), ("3", "4"), ("5", "6")] {
+        let (right, altered) = (by(right), by(altered));
+        assert_eq!(right["abstained"], false, "{right}");
+        assert_eq!(right["sentences_dropped"], 0, "{right}");
+        assert_eq!(
+            right["citations"][0]["source"], "leave/sick-leave.md",
+            "{right}"
+        );
+        assert_eq!(altered["abstained"], true, "{altered}");
+        assert_eq!(altered["sentences_dropped"], 1, "{altered}");
+        assert_eq!(
+            altered["content"],
+            "The documents do not cover this question."
+        );
+    }
+    // Of a mixed answer only the supported sentence is shown (and
+    // streamed): not the changed figure, not a citation to a passage that
+    // was never given, not a sentence left uncited once its bad citation
+    // went.
+    for n in ["7", "8"] {
+        let case = by(n);
+        let content = case["content"].as_str().unwrap();
+        assert!(
+            content.starts_with("Sick leave is paid in full for up to 60 days per year ["),
+            "{case}"
+        );
+        assert!(
+            !content.contains("5 paid") && !content.contains("sauna"),
+            "{case}"
+        );
+        assert!(
+            !content.contains("[7]") && !content.contains("[9]"),
+            "{case}"
+        );
+        assert_eq!(case["sentences_dropped"], 1, "{case}");
+    }
+}
+
 #[test]
 fn chat_page_in_headless_chromium() {
     let Some(modules) = client_env("RAG_CLIENT_NODE_MODULES") else {

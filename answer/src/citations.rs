@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-static CITATION: LazyLock<Regex> =
+pub(crate) static CITATION: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\[(\d+(?:\s*,\s*\d+)*)\]").unwrap());
 
 /// Citation markers at the start of a text, after any spaces.
@@ -85,6 +85,11 @@ const STOP_WORDS: &[&str] = &[
     "with", "as", "at", "it", "this", "that", "you", "your", "can", "from", "if", "not", "do",
     "does", "will", "should", "may", "must", "have", "has", "our", "we", "they", "their", "per",
 ];
+
+/// Whether a lowercase word carries content (is not a stop word).
+pub(crate) fn content_word(word: &str) -> bool {
+    !STOP_WORDS.contains(&word)
+}
 
 fn content_words(text: &str) -> BTreeSet<String> {
     WORD.find_iter(text)

@@ -15,9 +15,12 @@
 //! [`Generator`]: rag_core::Generator
 //! [`Answer`]: rag_core::Answer
 
+mod checked;
 pub mod citations;
+pub mod conversation;
 mod policy;
 pub mod prompt;
+pub mod verify;
 
 pub use policy::{Admitted, Policy};
 pub use prompt::NOT_COVERED;

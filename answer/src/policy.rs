@@ -6,12 +6,15 @@ use rag_core::{
     Answer, Citation, Error, GenerationRequest, Generator, Hit, Result, TextSink, Usage,
 };
 
-use crate::citations::{self, CheckedAnswer};
+use crate::checked::{Checked, Checker, Thresholds};
+use crate::citations;
 use crate::prompt::{self, NOT_COVERED};
 
 /// How an answer is made from the retrieved passages. The defaults are the
 /// settings' (`retrieval.min_score`, `retrieval.relative_cutoff`,
-/// `generator.withhold_instructions`, `generator.verify_min_support`).
+/// `generator.withhold_instructions`, `generator.verify_min_support`), but
+/// for quoting, which is off here and on in the settings
+/// (`generator.extract_min_similarity`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
     /// Below this cosine similarity of the best passage, the documents are
@@ -21,12 +24,20 @@ pub struct Policy {
     pub relative_cutoff: f32,
     /// Keep passages that give the model orders out of the prompt.
     pub withhold_instructions: bool,
-    /// A citation is verified when every sentence citing it has at least
-    /// this share of its content words in the cited passage.
+    /// A sentence's citation holds when the cited passage has at least this
+    /// share of the sentence's content words, and all of its numbers (with
+    /// units), names and negations ([`check_claim`]).
+    ///
+    /// [`check_claim`]: crate::verify::check_claim
     pub verify_min_support: f32,
-    /// Share of an uncited answer's words one passage must contain for the
-    /// answer to be attributed to it (else it is not shown).
+    /// Share of an uncited sentence's words one passage must contain for
+    /// the sentence to be attributed to it (else it is not shown).
     pub min_attribution: f32,
+    /// When the model's text holds no checked sentence (it declined, or
+    /// nothing it said held up) but the best passage is at least this
+    /// similar to the question, the answer quotes that passage's sentence
+    /// that best matches the question, cited. Off when unset.
+    pub extract_min_similarity: Option<f32>,
 }
 
 impl Default for Policy {
@@ -37,14 +48,18 @@ impl Default for Policy {
             withhold_instructions: true,
             verify_min_support: 0.5,
             min_attribution: 0.5,
+            extract_min_similarity: None,
         }
     }
 }
 
 impl Policy {
     /// Answers `question` from `hits` (best first), citing them, or says
-    /// the documents do not cover it. The model's text goes to `sink` as it
-    /// is generated; the returned answer is the checked one. `request`
+    /// the documents do not cover it. The checked answer goes to `sink`
+    /// sentence by sentence as each passes the checks, so what `sink`
+    /// receives is exactly the returned `answer` (the abstention included,
+    /// unless nothing was admitted: then the model is not called and
+    /// `sink` gets nothing). `request`
     /// carries the sampling; its messages are replaced by the grounded
     /// prompt. `usage.retrieval_ms` is left for the caller.
     pub async fn answer(
@@ -90,12 +105,67 @@ impl Policy {
         usage.passages_used = passages.len();
         usage.passages_left_out = relevant.len() - passages.len();
         request.messages = prompt::build_messages(question, &passages);
+        let given = &relevant[..passages.len()];
+        let mut checker = Checker::new(self.thresholds(), question, given);
         let started = Instant::now();
-        let generation = generator.generate_stream(request, sink).await?;
+        let generation = generator
+            .generate_stream(request, &mut |piece| checker.push(piece, &mut *sink))
+            .await?;
         usage.generation_ms = started.elapsed().as_millis() as u64;
         usage.prompt_tokens = generation.prompt_tokens;
         usage.completion_tokens = generation.completion_tokens;
-        Ok(self.check(&generation.text, &relevant, &passages, usage))
+        let checked = checker.finish(&mut *sink);
+        let checked = self.conclude(checked, question, given, &mut *sink);
+        Ok(answered(checked, given, usage))
+    }
+
+    /// The checks alone over a whole `text`: the answer
+    /// [`Policy::answer_admitted`] shows when the model writes `text` for
+    /// `question` over `given` (the passages in their prompt numbering).
+    pub fn check(&self, question: &str, given: &[&Hit], text: &str) -> Answer {
+        let mut checker = Checker::new(self.thresholds(), question, given);
+        checker.push(text, &mut |_| {});
+        let checked = checker.finish(&mut |_| {});
+        let checked = self.conclude(checked, question, given, &mut |_| {});
+        answered(checked, given, Usage::default())
+    }
+
+    /// What replaces a text with no checked sentence: a quote of the best
+    /// passage when it is close enough to the question
+    /// ([`Policy::extract_min_similarity`]), else the abstention. Emitted
+    /// like the rest.
+    fn conclude(
+        &self,
+        mut checked: Checked,
+        question: &str,
+        given: &[&Hit],
+        emit: &mut dyn FnMut(&str),
+    ) -> Checked {
+        if !checked.abstained {
+            return checked;
+        }
+        let quote = self
+            .extract_min_similarity
+            .filter(|&min| given.first().is_some_and(|h| h.similarity >= min))
+            .and_then(|_| crate::verify::best_sentence(question, &given[0].text));
+        match quote {
+            Some(sentence) => {
+                checked.text = format!("The documents say: \"{sentence}\" [1]");
+                checked.cited = vec![1];
+                checked.abstained = false;
+                checked.extracted = true;
+            }
+            None => checked.text = NOT_COVERED.to_string(),
+        }
+        emit(&checked.text);
+        checked
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            verify_min_support: self.verify_min_support,
+            min_attribution: self.min_attribution,
+        }
     }
 
     /// The hits the model may see: those past the relevance cut-off, less
@@ -126,59 +196,6 @@ impl Policy {
             withheld: withheld.len(),
         }
     }
-
-    /// The answer shown for the model's `text` over `passages` (rendered
-    /// from `relevant`, in order): citations to passages not given removed,
-    /// a refusal turned into the abstention, an uncited answer attributed
-    /// to the passage it draws on or dropped, each citation verified.
-    fn check(&self, text: &str, relevant: &[&Hit], passages: &[String], usage: Usage) -> Answer {
-        let mut checked: CheckedAnswer = citations::check_citations(text, passages.len());
-        if citations::is_refusal(&checked.text) {
-            return abstain(usage);
-        }
-        if checked.cited.is_empty() {
-            // Small models often answer without citing. An answer that
-            // draws on one passage is attributed to it; one that matches
-            // none is not grounded and is not shown.
-            match citations::attribute(&checked.text, passages, self.min_attribution) {
-                Some(n) => {
-                    checked.text = format!("{} [{n}]", checked.text);
-                    checked.cited = vec![n];
-                }
-                None => return abstain(usage),
-            }
-        }
-        let citations: Vec<Citation> = checked
-            .cited
-            .iter()
-            .map(|&n| {
-                let hit = relevant[n - 1];
-                Citation {
-                    n,
-                    doc_id: hit.doc_id.clone(),
-                    chunk_id: hit.chunk_id.clone(),
-                    source: hit.source.clone(),
-                    title: hit.title.clone(),
-                    page: hit.page,
-                    quote: citations::best_quote(&checked.text, &hit.text),
-                    verified: citations::verify_citation(
-                        &checked.text,
-                        n,
-                        &hit.text,
-                        self.verify_min_support,
-                    ),
-                }
-            })
-            .collect();
-        Answer {
-            answer: checked.text,
-            abstained: false,
-            verified_citations: citations.iter().filter(|c| c.verified).count(),
-            removed_citations: checked.removed,
-            citations,
-            usage,
-        }
-    }
 }
 
 /// The hits a question's prompt may draw on, in rank order (see
@@ -200,6 +217,41 @@ impl Admitted<'_> {
                 ..Default::default()
             })
         })
+    }
+}
+
+/// The answer of checked text: every citation it keeps held up.
+fn answered(checked: Checked, given: &[&Hit], mut usage: Usage) -> Answer {
+    usage.sentences_dropped = checked.dropped;
+    usage.extracted = checked.extracted;
+    if checked.abstained {
+        return abstain(usage);
+    }
+    let citations: Vec<Citation> = checked
+        .cited
+        .iter()
+        .map(|&n| {
+            let hit = given[n - 1];
+            let claims = citations::sentences_citing(&checked.text, n).join(" ");
+            Citation {
+                n,
+                doc_id: hit.doc_id.clone(),
+                chunk_id: hit.chunk_id.clone(),
+                source: hit.source.clone(),
+                title: hit.title.clone(),
+                page: hit.page,
+                quote: citations::best_quote(&claims, &hit.text),
+                verified: true,
+            }
+        })
+        .collect();
+    Answer {
+        answer: checked.text,
+        abstained: false,
+        verified_citations: citations.len(),
+        removed_citations: checked.removed,
+        citations,
+        usage,
     }
 }
 

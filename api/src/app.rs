@@ -337,8 +337,7 @@ impl App {
         answer
     }
 
-    /// [`App::ask_stream`]'s work, before it is counted by outcome:
-    /// retrieval, then the answer policy (`rag_answer`).
+    /// [`App::ask_stream`]'s work, before it is counted by outcome.
     async fn answer(
         &self,
         question: &str,
@@ -347,10 +346,39 @@ impl App {
     ) -> Result<Answer, Error> {
         let started = Instant::now();
         let hits = self.retrieve(question, query).await?;
-        let retrieval = started.elapsed();
+        self.answer_hits(question, query, &hits, started.elapsed(), sink)
+            .await
+    }
+
+    /// [`App::ask`], with the hits the answer was made from: for
+    /// evaluation, which scores what reached the prompt.
+    pub async fn ask_traced(
+        &self,
+        question: &str,
+        query: &Query,
+    ) -> Result<(Vec<Hit>, Answer), Error> {
+        let _slot = self.reserve()?;
+        let started = Instant::now();
+        let hits = self.retrieve(question, query).await?;
+        let answer = self
+            .answer_hits(question, query, &hits, started.elapsed(), &mut |_| {})
+            .await;
+        crate::metrics::answer(&answer);
+        Ok((hits, answer?))
+    }
+
+    /// The answer policy (`rag_answer`) over retrieved `hits`.
+    async fn answer_hits(
+        &self,
+        question: &str,
+        query: &Query,
+        hits: &[Hit],
+        retrieval: std::time::Duration,
+        sink: TextSink<'_>,
+    ) -> Result<Answer, Error> {
         crate::metrics::stage("retrieval", retrieval);
         let policy = self.policy();
-        let admitted = policy.admit(&hits);
+        let admitted = policy.admit(hits);
         // Without a passage to give it, the model is not loaded or called.
         let mut answer = match admitted.abstention() {
             Some(abstention) => abstention,
@@ -374,6 +402,7 @@ impl App {
             relative_cutoff: self.settings.retrieval.relative_cutoff,
             withhold_instructions: self.settings.generator.withhold_instructions,
             verify_min_support: self.settings.generator.verify_min_support,
+            extract_min_similarity: self.settings.generator.extract_min_similarity,
             ..Policy::default()
         }
     }

@@ -150,9 +150,12 @@ pub struct GeneratorSettings {
     pub temperature: f64,
     pub seed: u64,
     pub repeat_penalty: f32,
-    /// A citation is verified when every sentence citing it has at least
-    /// this share of its content words in the cited passage.
+    /// A sentence's citation holds when the passage has at least this share
+    /// of its content words (and all its numbers, names and negations).
     pub verify_min_support: f32,
+    /// When nothing the model said holds up but the best passage is at
+    /// least this similar to the question, quote its best sentence.
+    pub extract_min_similarity: Option<f32>,
     /// Keep passages that give orders to the model (ignore previous
     /// instructions, answer only with, chat-template tokens...) out of the
     /// prompt. They stay searchable; the answer's usage counts them.
@@ -224,6 +227,7 @@ struct GeneratorSection {
     seed: u64,
     repeat_penalty: f32,
     verify_min_support: f32,
+    extract_min_similarity: Option<f32>,
     withhold_instructions: bool,
 }
 
@@ -248,6 +252,10 @@ impl Default for GeneratorSection {
             // Answers copy facts from the passages: no penalty for repeating them.
             repeat_penalty: 1.0,
             verify_min_support: policy.verify_min_support,
+            // Measured on the handbook dev set (BENCHMARKS.md, "Answer
+            // quality"): a quote where the small model declines or says
+            // nothing that holds up, without costing abstentions.
+            extract_min_similarity: Some(0.55),
             withhold_instructions: policy.withhold_instructions,
         }
     }
@@ -283,6 +291,7 @@ impl TryFrom<GeneratorSection> for GeneratorSettings {
             seed: s.seed,
             repeat_penalty: s.repeat_penalty,
             verify_min_support: s.verify_min_support,
+            extract_min_similarity: s.extract_min_similarity,
             withhold_instructions: s.withhold_instructions,
         })
     }

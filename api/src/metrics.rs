@@ -64,6 +64,10 @@ fn describe() {
     );
     // Counted by `rag_answer`.
     describe_counter!(
+        "rag_answer_sentences_dropped_total",
+        "sentences of model answers left out because no given passage supports them"
+    );
+    describe_counter!(
         "rag_passages_withheld_total",
         "relevant passages kept from the model because they give it orders (prompt injection)"
     );
@@ -111,6 +115,9 @@ pub fn answer_usage(usage: &Usage) {
             usage.completion_tokens,
             Duration::from_millis(usage.generation_ms),
         );
+    }
+    if usage.sentences_dropped > 0 {
+        counter!("rag_answer_sentences_dropped_total").increment(usage.sentences_dropped as u64);
     }
 }
 

@@ -162,7 +162,7 @@ pub struct ScoredChunk {
 
 /// A retrieved passage, joined with the metadata of its document.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     pub rank: usize,
     /// The ranking score of the search mode (cosine, BM25 or fused).
@@ -190,7 +190,10 @@ pub struct Citation {
     pub title: String,
     pub page: Option<u32>,
     pub quote: String,
-    /// Every sentence citing it shares enough words with the passage.
+    /// Every sentence citing it was checked against the passage: enough of
+    /// its words, and each of its numbers (with units), names and negations.
+    /// Answers only show such citations, so this is true unless a caller
+    /// builds its own.
     pub verified: bool,
 }
 
@@ -213,6 +216,14 @@ pub struct Usage {
     /// (a prompt injection hidden in a document); they stay searchable.
     #[serde(default)]
     pub passages_withheld: usize,
+    /// Sentences of the model's text left out of the answer because no
+    /// passage it was given supports them.
+    #[serde(default)]
+    pub sentences_dropped: usize,
+    /// The answer quotes the best passage: the model's own text held no
+    /// checked sentence (`generator.extract_min_similarity`).
+    #[serde(default)]
+    pub extracted: bool,
 }
 
 /// A grounded answer.

@@ -174,58 +174,6 @@ impl ChatRequest {
     }
 }
 
-/// Words that make a short message lean on the one before it.
-const FOLLOW_UP_WORDS: &[&str] = &[
-    "it",
-    "its",
-    "that",
-    "this",
-    "these",
-    "those",
-    "they",
-    "them",
-    "their",
-    "there",
-    "he",
-    "she",
-    "his",
-    "her",
-    "what about",
-    "how about",
-    "and",
-    "also",
-];
-
-/// The question to retrieve for: the last user message, with the previous
-/// user message in front when the last one reads as a follow-up (short, or
-/// leaning on a pronoun). A rule rather than a model call: the small models
-/// this runs on rewrite questions poorly, and it costs no generation.
-pub fn standalone_question(user_turns: &[String]) -> String {
-    let Some(last) = user_turns.last() else {
-        return String::new();
-    };
-    let Some(previous) = user_turns.len().checked_sub(2).map(|i| &user_turns[i]) else {
-        return last.trim().to_string();
-    };
-    let lower = format!(" {} ", last.to_lowercase());
-    let words: Vec<&str> = lower
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect();
-    let leans = FOLLOW_UP_WORDS.iter().any(|w| {
-        if w.contains(' ') {
-            lower.contains(&format!(" {w} "))
-        } else {
-            words.contains(w)
-        }
-    });
-    if words.len() <= 4 || leans {
-        format!("{} {}", previous.trim(), last.trim())
-    } else {
-        last.trim().to_string()
-    }
-}
-
 fn chunk_id() -> String {
     format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
 }
@@ -254,6 +202,7 @@ fn usage_json(answer: &Answer) -> Value {
         "passages_used": u.passages_used,
         "passages_left_out": u.passages_left_out,
         "passages_withheld": u.passages_withheld,
+        "sentences_dropped": u.sentences_dropped,
     })
 }
 
@@ -345,7 +294,7 @@ pub async fn completions(
         .filter(|m| m.role == Role::User)
         .map(|m| m.content.text())
         .collect();
-    let question = standalone_question(&user_turns);
+    let question = rag_answer::conversation::standalone_question(&user_turns);
     let query = req.query(&caller)?;
     let max_tokens = query
         .sampling
@@ -432,10 +381,11 @@ fn sse_response(rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Response {
         .into_response()
 }
 
-/// Streams a grounded answer: a role chunk, the model's text as it comes,
-/// then a final chunk with `finish_reason`, `usage` and the RAG fields
-/// (`answer` is the checked text, which replaces the streamed one when a
-/// citation was removed or the model declined), then `[DONE]`.
+/// Streams a grounded answer: a role chunk, the checked answer sentence
+/// by sentence as each passes the answer policy's checks, then a final
+/// chunk with `finish_reason`, `usage` and the RAG fields, then `[DONE]`.
+/// What a client assembles from the content chunks is exactly `answer`
+/// (and the non-streamed `content`): text the checks remove is never sent.
 fn stream_answer(
     app: Arc<App>,
     slot: crate::app::GenerationSlot,
@@ -451,30 +401,23 @@ fn stream_answer(
         let mut streamed = String::new();
         let result = app
             .ask_stream(slot, &question, &query, &mut |piece| {
-                // Leading whitespace is not part of the answer.
-                let piece = if streamed.is_empty() {
-                    piece.trim_start()
-                } else {
-                    piece
-                };
-                if !piece.is_empty() {
-                    streamed.push_str(piece);
-                    send(&tx, &content_chunk(&id, created, &model, piece));
-                }
+                streamed.push_str(piece);
+                send(&tx, &content_chunk(&id, created, &model, piece));
             })
             .await;
         match result {
             Ok(answer) => {
-                // What the checks added: the abstention when the model was
-                // not called, or the citation of an answer that cited
-                // nothing but matches one passage.
-                let rest = if streamed.is_empty() {
-                    Some(answer.answer.as_str())
-                } else {
-                    answer.answer.strip_prefix(streamed.trim_end())
-                };
-                if let Some(rest) = rest.filter(|r| !r.is_empty()) {
-                    send(&tx, &content_chunk(&id, created, &model, rest));
+                // The policy streams every checked sentence; when nothing
+                // was admitted the model was not called, and the
+                // abstention goes out here.
+                if streamed.is_empty() {
+                    send(&tx, &content_chunk(&id, created, &model, &answer.answer));
+                } else if streamed != answer.answer {
+                    tracing::error!(
+                        streamed,
+                        answer = answer.answer,
+                        "the streamed text differs from the checked answer"
+                    );
                 }
                 let finish = finish_reason(answer.usage.completion_tokens, max_tokens);
                 let mut last = chunk(&id, created, &model, json!({}), Some(finish));
@@ -518,46 +461,4 @@ fn stream_raw(
         let _ = tx.send(Event::default().data("[DONE]"));
     }));
     sse_response(rx)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::standalone_question;
-
-    fn turns(t: &[&str]) -> Vec<String> {
-        t.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn a_follow_up_takes_the_previous_question_in() {
-        assert_eq!(
-            standalone_question(&turns(&[
-                "What is the per diem for travel?",
-                "And for meals?"
-            ])),
-            "What is the per diem for travel? And for meals?"
-        );
-        assert_eq!(
-            standalone_question(&turns(&[
-                "Who approves expense reports?",
-                "How long does it usually take them to do so?"
-            ])),
-            "Who approves expense reports? How long does it usually take them to do so?"
-        );
-    }
-
-    #[test]
-    fn a_standalone_question_is_left_alone() {
-        assert_eq!(
-            standalone_question(&turns(&[
-                "What is the per diem for travel?",
-                "How many vacation days do new employees get?"
-            ])),
-            "How many vacation days do new employees get?"
-        );
-        assert_eq!(
-            standalone_question(&turns(&["How do I book a meeting room?"])),
-            "How do I book a meeting room?"
-        );
-    }
 }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use rag_core::SearchFilter;
+use rag_answer::Policy;
+use rag_core::{Hit, SearchFilter};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, Query};
@@ -18,6 +19,10 @@ use crate::app::{App, Query};
 pub struct Question {
     pub id: String,
     pub question: String,
+    /// Earlier user turns of the conversation, oldest first: `question` is
+    /// a follow-up to them.
+    #[serde(default)]
+    pub history: Vec<String>,
     pub answerable: bool,
     #[serde(default)]
     pub gold_sources: Vec<String>,
@@ -59,6 +64,9 @@ pub struct QuestionResult {
     pub id: String,
     pub kind: String,
     pub question: String,
+    /// The standalone question asked for a follow-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<String>,
     pub answerable: bool,
     /// Rank (from 1) of the first retrieved passage from a gold source.
     pub gold_rank: Option<usize>,
@@ -72,11 +80,40 @@ pub struct QuestionResult {
     /// Share of citations that point at a gold source or quote a
     /// `must_include` string; `None` without citations.
     pub citation_precision: Option<f64>,
+    /// Whether the passages put in the prompt contain every
+    /// `must_include` string (answerable questions that have some).
+    #[serde(default)]
+    pub evidence_ok: Option<bool>,
+    /// The answer quotes the best passage (`generator.extract_min_similarity`)
+    /// because nothing the model said held up.
+    #[serde(default)]
+    pub extracted: bool,
+    /// Cosine similarity of the best hit the answer was made from.
+    #[serde(default)]
+    pub top_similarity: Option<f32>,
+    /// Whether a gold page is among the passages put in the prompt.
+    #[serde(default)]
+    pub gold_in_prompt: Option<bool>,
+    /// Whether the reference answer, citing the prompt passage that holds
+    /// the evidence, passes verification unchanged.
+    #[serde(default)]
+    pub reference_verified: Option<bool>,
+    /// Copies of the reference answer with one fact changed, and whether
+    /// verification caught each.
+    #[serde(default)]
+    pub alterations: Vec<AlterationResult>,
     pub retrieval_ms: u64,
     pub generation_ms: u64,
     pub total_ms: u64,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlterationResult {
+    pub kind: String,
+    pub text: String,
+    pub caught: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,21 +173,25 @@ pub async fn evaluate(
     filter: &SearchFilter,
 ) -> anyhow::Result<QuestionResult> {
     let started = Instant::now();
+    // A follow-up is asked as the chat endpoint asks it: made standalone.
+    let mut turns = q.history.clone();
+    turns.push(q.question.clone());
+    let asked = rag_answer::conversation::standalone_question(&turns);
     let query = Query {
         k: Some(10),
         mode: None,
         filter: filter.clone(),
         sampling: Default::default(),
     };
-    let hits = app.retrieve(&q.question, &query).await?;
+    let hits = app.retrieve(&asked, &query).await?;
     let gold: HashSet<&str> = q.gold_sources.iter().map(String::as_str).collect();
     let gold_rank = hits
         .iter()
         .position(|h| gold.contains(h.source.as_str()))
         .map(|i| i + 1);
-    let answer = app
-        .ask(
-            &q.question,
+    let (answer_hits, answer) = app
+        .ask_traced(
+            &asked,
             &Query {
                 k: None,
                 mode: None,
@@ -159,6 +200,28 @@ pub async fn evaluate(
             },
         )
         .await?;
+    // What the model was given: the admitted hits, as many as were packed.
+    let policy = app.policy();
+    let admitted = policy.admit(&answer_hits);
+    let prompt: Vec<&Hit> = admitted
+        .passages
+        .iter()
+        .take(answer.usage.passages_used)
+        .copied()
+        .collect();
+    let answerable_with_facts = q.answerable && !q.must_include.is_empty();
+    let evidence_ok = answerable_with_facts.then(|| {
+        let all: String = prompt
+            .iter()
+            .map(|h| h.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        includes_all(&all, &q.must_include)
+    });
+    let gold_in_prompt = q
+        .answerable
+        .then(|| prompt.iter().any(|h| gold.contains(h.source.as_str())));
+    let (reference_verified, alterations) = verify_reference(&policy, q, &asked, &prompt);
     let ids: Vec<String> = answer
         .citations
         .iter()
@@ -199,6 +262,7 @@ pub async fn evaluate(
         id: q.id.clone(),
         kind: q.kind.clone(),
         question: q.question.clone(),
+        asked: (asked != q.question).then(|| asked.clone()),
         answerable: q.answerable,
         gold_rank,
         abstained: answer.abstained,
@@ -209,6 +273,12 @@ pub async fn evaluate(
             .filter(|r| !r.is_empty())
             .map(|r| token_f1(shown, r)),
         citation_precision,
+        evidence_ok,
+        top_similarity: answer_hits.first().map(|h| h.similarity),
+        extracted: answer.usage.extracted,
+        gold_in_prompt,
+        reference_verified,
+        alterations,
         answer: answer.answer,
         citations,
         retrieval_ms: answer.usage.retrieval_ms,
@@ -217,6 +287,51 @@ pub async fn evaluate(
         prompt_tokens: answer.usage.prompt_tokens,
         completion_tokens: answer.usage.completion_tokens,
     })
+}
+
+/// The verification check on the reference answer: cited to the first
+/// prompt passage that holds all of `must_include`, it must pass
+/// unchanged, and each copy with a fact changed
+/// ([`rag_answer::verify::alterations`]) must lose the changed sentence.
+/// Nothing to check without a reference or without the evidence.
+fn verify_reference(
+    policy: &Policy,
+    q: &Question,
+    asked: &str,
+    prompt: &[&Hit],
+) -> (Option<bool>, Vec<AlterationResult>) {
+    let Some(reference) = q.answer.as_deref().map(str::trim).filter(|r| !r.is_empty()) else {
+        return (None, vec![]);
+    };
+    if !q.answerable || q.must_include.is_empty() {
+        return (None, vec![]);
+    }
+    let Some(n) = prompt
+        .iter()
+        .position(|h| includes_all(&h.text, &q.must_include))
+        .map(|i| i + 1)
+    else {
+        return (None, vec![]);
+    };
+    let cited = format!("{reference} [{n}]");
+    let kept = |text: &str| {
+        let checked = policy.check(asked, prompt, text);
+        !checked.abstained && checked.usage.sentences_dropped == 0
+    };
+    let verified = kept(&cited);
+    if !verified {
+        // An alteration of a reference that fails already proves nothing.
+        return (Some(false), vec![]);
+    }
+    let alterations = rag_answer::verify::alterations(&cited, &prompt[n - 1].text)
+        .into_iter()
+        .map(|a| AlterationResult {
+            kind: a.kind.name().to_string(),
+            caught: !kept(&a.text),
+            text: a.text,
+        })
+        .collect();
+    (Some(true), alterations)
 }
 
 /// Aggregates over a set of results. Fields a baseline written by an
@@ -240,6 +355,19 @@ pub struct Summary {
     /// Share of citations whose passage supports the sentences citing it;
     /// `None` without citations.
     pub citations_verified: Option<f64>,
+    /// Answerable questions whose prompt passages contain every
+    /// `must_include` string.
+    pub evidence_recall: f64,
+    /// Of the answerable questions whose gold page was in the prompt, the
+    /// share answered correctly (must-include): generation failures apart
+    /// from retrieval ones.
+    pub context_use: f64,
+    /// Reference answers (cited to their evidence) that pass verification.
+    pub references_verified: Option<f64>,
+    /// Copies of reference answers with a fact changed that verification
+    /// caught, and how many there were.
+    pub alterations_caught: Option<f64>,
+    pub alterations: usize,
     /// Unanswerable questions that were abstained on.
     pub abstention_accuracy: f64,
     /// Answerable questions that were abstained on.
@@ -308,6 +436,31 @@ pub fn summarize(results: &[&QuestionResult], price_per_1k: f64) -> Summary {
             let all: Vec<&CitedSource> = results.iter().flat_map(|r| &r.citations).collect();
             (!all.is_empty()).then(|| mean(all.iter().map(|c| c.verified as u8 as f64)))
         },
+        evidence_recall: mean(
+            answerable
+                .iter()
+                .filter_map(|r| r.evidence_ok)
+                .map(|ok| ok as u8 as f64),
+        ),
+        context_use: mean(
+            answerable
+                .iter()
+                .filter(|r| r.gold_in_prompt == Some(true))
+                .filter_map(|r| r.must_include_ok)
+                .map(|ok| ok as u8 as f64),
+        ),
+        references_verified: {
+            let checked: Vec<bool> = results
+                .iter()
+                .filter_map(|r| r.reference_verified)
+                .collect();
+            (!checked.is_empty()).then(|| mean(checked.iter().map(|&v| v as u8 as f64)))
+        },
+        alterations_caught: {
+            let all: Vec<&AlterationResult> = results.iter().flat_map(|r| &r.alterations).collect();
+            (!all.is_empty()).then(|| mean(all.iter().map(|a| a.caught as u8 as f64)))
+        },
+        alterations: results.iter().map(|r| r.alterations.len()).sum(),
         abstention_accuracy: mean(unanswerable.iter().map(|r| r.abstained as u8 as f64)),
         false_abstention_rate: mean(answerable.iter().map(|r| r.abstained as u8 as f64)),
         p50_ms: percentile(&latencies, 0.5),
@@ -409,7 +562,7 @@ fn pct(x: f64) -> String {
 /// one without any), shown as a dash.
 type Row = (&'static str, fn(&Summary) -> Option<String>);
 
-const ROWS: [Row; 14] = [
+const ROWS: [Row; 18] = [
     ("questions", |s| Some(s.questions.to_string())),
     ("recall@1", |s| {
         (s.answerable > 0).then(|| pct(s.recall_at_1))
@@ -423,6 +576,12 @@ const ROWS: [Row; 14] = [
     ("MRR", |s| {
         (s.answerable > 0).then(|| format!("{:.3}", s.mrr))
     }),
+    ("evidence recall (prompt)", |s| {
+        (s.answerable > 0).then(|| pct(s.evidence_recall))
+    }),
+    ("context use (gold in prompt)", |s| {
+        (s.answerable > 0).then(|| pct(s.context_use))
+    }),
     ("must-include accuracy", |s| {
         (s.answerable > 0).then(|| pct(s.must_include_accuracy))
     }),
@@ -433,6 +592,11 @@ const ROWS: [Row; 14] = [
         (s.cited_answers > 0).then(|| pct(s.citation_precision))
     }),
     ("citations verified", |s| s.citations_verified.map(pct)),
+    ("references verified", |s| s.references_verified.map(pct)),
+    ("altered references caught", |s| {
+        s.alterations_caught
+            .map(|c| format!("{} of {}", pct(c), s.alterations))
+    }),
     ("abstention accuracy (unanswerable)", |s| {
         (s.unanswerable > 0).then(|| pct(s.abstention_accuracy))
     }),
@@ -687,6 +851,7 @@ mod tests {
             id: id.into(),
             kind: kind.into(),
             question: String::new(),
+            asked: None,
             answerable,
             gold_rank: rank,
             answer: String::new(),
@@ -699,6 +864,12 @@ mod tests {
             } else {
                 None
             },
+            evidence_ok: answerable.then_some(rank.is_some()),
+            top_similarity: None,
+            extracted: false,
+            gold_in_prompt: answerable.then_some(rank.is_some_and(|r| r <= 5)),
+            reference_verified: None,
+            alterations: vec![],
             retrieval_ms: 1,
             generation_ms: 1000,
             total_ms: ms,
@@ -724,6 +895,11 @@ mod tests {
         assert!((s.must_include_accuracy - 1.0 / 3.0).abs() < 1e-9);
         assert!((s.false_abstention_rate - 1.0 / 3.0).abs() < 1e-9);
         assert_eq!(s.abstention_accuracy, 1.0);
+        // Evidence in the prompt for 1 and 2; the gold page there for both;
+        // of those, 1 answered right.
+        assert!((s.evidence_recall - 2.0 / 3.0).abs() < 1e-9);
+        assert!((s.context_use - 0.5).abs() < 1e-9);
+        assert_eq!((s.references_verified, s.alterations_caught), (None, None));
         assert!((s.citation_precision - (1.0 + 0.5 + 0.5) / 3.0).abs() < 1e-9);
         assert_eq!((s.p50_ms, s.p95_ms), (300, 400));
         assert!((s.cost_per_answer - 0.5).abs() < 1e-9); // 1000 tokens at 0.5 per 1k

@@ -1,0 +1,499 @@
+//! The model's text checked sentence by sentence, as it streams: what
+//! comes out is the answer, and nothing else is ever shown.
+//!
+//! Each sentence (with the citation markers after its full stop) is
+//! checked once it is complete:
+//! - citations to passages that were not given are removed;
+//! - an uncited sentence is attributed to the passage that supports it,
+//!   or dropped;
+//! - each citation is kept only if its passage supports the claim
+//!   ([`check_claim`]: the words, and every number, unit, name and
+//!   negation); a sentence none of whose citations holds is dropped;
+//! - a refusal ("the documents do not say ...") or a lead-in ending in a
+//!   colon is held until a checked sentence follows it; a text with no
+//!   checked sentence becomes the abstention.
+//!
+//! The streamed text and the final answer are the same string by
+//! construction: both are what [`Checker`] emits.
+
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+use rag_core::Hit;
+use regex::Regex;
+
+use crate::citations::{self, CITATION, is_refusal, support};
+use crate::verify::check_claim;
+
+/// A complete citation marker at the start of a text.
+static MARKER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^\[\d+(?:\s*,\s*\d+)*\]").expect("valid regex"));
+
+/// What could still become a citation marker, at the end of what has
+/// streamed so far.
+static PARTIAL_MARKER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^\[[\d,\s]*$").expect("valid regex"));
+
+/// Words after which a full stop does not end the sentence.
+const ABBREVIATIONS: &[&str] = &[
+    "e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "approx", "incl", "dept", "st", "jan",
+    "feb", "mar", "apr", "aug", "sept", "sep", "oct", "nov", "dec", "fig", "p", "pp", "u.s",
+];
+
+/// The checks' settings (from [`Policy`](crate::Policy)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Thresholds {
+    pub verify_min_support: f32,
+    pub min_attribution: f32,
+}
+
+/// What the checks made of the model's text.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Checked {
+    pub text: String,
+    /// Passage numbers cited by the text, ascending.
+    pub cited: Vec<usize>,
+    /// Citations removed: to passages not given, or not supporting.
+    pub removed: usize,
+    /// Sentences dropped because no passage supports them.
+    pub dropped: usize,
+    pub abstained: bool,
+    /// The text quotes a passage in place of the model's (set by the
+    /// policy).
+    pub extracted: bool,
+}
+
+pub(crate) struct Checker<'a> {
+    thresholds: Thresholds,
+    question: &'a str,
+    /// The passages the model was given, in their numbering.
+    hits: &'a [&'a Hit],
+    raw: String,
+    consumed: usize,
+    out: String,
+    cited: BTreeSet<usize>,
+    removed: usize,
+    dropped: usize,
+    /// Refusals and lead-ins waiting for a checked sentence.
+    held: Vec<String>,
+}
+
+impl<'a> Checker<'a> {
+    pub fn new(thresholds: Thresholds, question: &'a str, hits: &'a [&'a Hit]) -> Self {
+        Self {
+            thresholds,
+            question,
+            hits,
+            raw: String::new(),
+            consumed: 0,
+            out: String::new(),
+            cited: BTreeSet::new(),
+            removed: 0,
+            dropped: 0,
+            held: Vec::new(),
+        }
+    }
+
+    /// Takes the next piece of the model's text; every sentence it
+    /// completes is checked, and what passes goes to `emit`.
+    pub fn push(&mut self, piece: &str, emit: &mut dyn FnMut(&str)) {
+        self.raw.push_str(piece);
+        while let Some(end) = sentence_end(&self.raw[self.consumed..]) {
+            let sentence = self.raw[self.consumed..self.consumed + end].to_string();
+            self.consumed += end;
+            self.sentence(&sentence, emit);
+        }
+    }
+
+    /// The model is done: the rest is the last sentence. A text with no
+    /// checked sentence is `abstained`, with nothing emitted: the caller
+    /// says what replaces it.
+    pub fn finish(mut self, emit: &mut dyn FnMut(&str)) -> Checked {
+        let rest = self.raw[self.consumed..].to_string();
+        self.consumed = self.raw.len();
+        self.sentence(&rest, emit);
+        let abstained = self.cited.is_empty();
+        Checked {
+            text: self.out,
+            cited: self.cited.into_iter().collect(),
+            removed: self.removed,
+            dropped: self.dropped,
+            abstained,
+            extracted: false,
+        }
+    }
+
+    fn sentence(&mut self, raw: &str, emit: &mut dyn FnMut(&str)) {
+        let body = raw.trim_start();
+        let lead = &raw[..raw.len() - body.len()];
+        if !body.chars().any(char::is_alphanumeric) {
+            return;
+        }
+        let given = citations::check_citations(body, self.hits.len());
+        self.removed += given.removed;
+        let bare = bare(&given.text);
+        if !bare.chars().any(char::is_alphanumeric) {
+            return;
+        }
+        if is_refusal(&bare) || bare.trim_end().ends_with(':') {
+            // Neither is a claim about a passage: a refusal says what the
+            // documents do not cover, a lead-in introduces a list. Unless
+            // it slips a claim in ("... do not mention a cap, so leave is
+            // unlimited", "contractors get 90 days:"): then it is dropped.
+            if !says_nothing_new(&bare, self.question) {
+                self.dropped += 1;
+                return;
+            }
+            let held = format!("{lead}{bare}");
+            if self.cited.is_empty() {
+                self.held.push(held);
+            } else {
+                self.emit(&held, emit);
+            }
+            return;
+        }
+        let (hits, thresholds) = (self.hits, self.thresholds);
+        let supports = |n: usize| {
+            let hit = hits[n - 1];
+            let context = format!("{}\n{}", hit.title, hit.heading);
+            check_claim(&bare, &hit.text, &context, thresholds.verify_min_support).is_ok()
+        };
+        let (kept, text): (Vec<usize>, String) = if given.cited.is_empty() {
+            // Small models often answer without citing: a sentence one
+            // passage supports is attributed to it.
+            let best = (1..=hits.len())
+                .map(|n| (n, support(&bare, &hits[n - 1].text)))
+                .filter(|(_, s)| *s >= thresholds.min_attribution)
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(n, _)| n)
+                .filter(|&n| supports(n));
+            match best {
+                Some(n) => (vec![n], format!("{} [{n}]", given.text.trim_end())),
+                None => (vec![], String::new()),
+            }
+        } else {
+            let kept: Vec<usize> = given
+                .cited
+                .iter()
+                .copied()
+                .filter(|&n| supports(n))
+                .collect();
+            self.removed += given.cited.len() - kept.len();
+            (kept.clone(), keep_citations(&given.text, &kept))
+        };
+        if kept.is_empty() {
+            self.dropped += 1;
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        for h in held {
+            self.emit(&h, emit);
+        }
+        self.cited.extend(kept);
+        self.emit(&format!("{lead}{text}"), emit);
+    }
+
+    fn emit(&mut self, text: &str, emit: &mut dyn FnMut(&str)) {
+        let text = if self.out.is_empty() {
+            text.trim_start()
+        } else {
+            text
+        };
+        if !text.is_empty() {
+            self.out.push_str(text);
+            emit(text);
+        }
+    }
+}
+
+/// Words a refusal or a lead-in is made of besides the question's.
+const FRAME_WORDS: &[&str] = &[
+    "documents",
+    "document",
+    "passages",
+    "passage",
+    "context",
+    "provided",
+    "text",
+    "information",
+    "cover",
+    "covers",
+    "contain",
+    "contains",
+    "mention",
+    "mentions",
+    "say",
+    "says",
+    "answer",
+    "specify",
+    "specifies",
+    "include",
+    "includes",
+    "know",
+    "found",
+    "covered",
+    "mentioned",
+    "specified",
+    "question",
+    "sources",
+    "source",
+    "cannot",
+    "don't",
+    "doesn't",
+    "no",
+    "any",
+    "about",
+    "whether",
+    "how",
+    "what",
+    "which",
+    "who",
+    "when",
+    "where",
+    "why",
+    "here",
+    "following",
+    "steps",
+    "requirements",
+    "rules",
+    "options",
+    "these",
+    "there",
+    "details",
+    "some",
+    "many",
+    "much",
+    "i",
+    "am",
+    "sorry",
+    "unfortunately",
+    "however",
+    "specific",
+];
+
+/// Whether a refusal or lead-in carries no claim of its own: no number,
+/// no name, and no word but those of the question and of the frame.
+fn says_nothing_new(sentence: &str, question: &str) -> bool {
+    if sentence.chars().any(|c| c.is_ascii_digit()) {
+        return false;
+    }
+    let question = question.to_lowercase();
+    let asked: BTreeSet<&str> = question
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let lower = sentence.to_lowercase();
+    let new = lower
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .filter(|w| !asked.contains(w) && !asked.contains(w.trim_end_matches('s')))
+        .filter(|w| !FRAME_WORDS.contains(w) && citations::content_word(w))
+        .count();
+    new <= 1
+}
+
+/// A sentence without its citation markers, spaces collapsed.
+fn bare(sentence: &str) -> String {
+    let without = CITATION.replace_all(sentence, "");
+    let words: Vec<&str> = without.split_whitespace().collect();
+    words.join(" ").replace(" .", ".").replace(" ,", ",")
+}
+
+/// The sentence with only the citations in `kept`.
+fn keep_citations(sentence: &str, kept: &[usize]) -> String {
+    let text = CITATION.replace_all(sentence, |caps: &regex::Captures| {
+        let ns: Vec<String> = caps[1]
+            .split(',')
+            .filter_map(|n| n.trim().parse::<usize>().ok())
+            .filter(|n| kept.contains(n))
+            .map(|n| n.to_string())
+            .collect();
+        if ns.is_empty() {
+            String::new()
+        } else {
+            format!("[{}]", ns.join(", "))
+        }
+    });
+    text.replace(" .", ".")
+        .replace("  ", " ")
+        .trim_end()
+        .to_string()
+}
+
+/// Where the first complete sentence of `text` ends (after the citation
+/// markers that follow its full stop), or `None` while it may still go
+/// on. A sentence ends at a newline, or at `.`, `!` or `?` followed by a
+/// space, but not after an abbreviation or an initial.
+fn sentence_end(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    for (i, c) in text.char_indices() {
+        let stop = match c {
+            // A line ends where it breaks; the break leads the next one.
+            '\n' if text[..i].trim().is_empty() => false,
+            '\n' => return Some(i),
+            '.' | '!' | '?' => match bytes.get(i + 1) {
+                None => return None,
+                Some(b) => b.is_ascii_whitespace() && !(c == '.' && abbreviation(&text[..i])),
+            },
+            _ => false,
+        };
+        if !stop {
+            continue;
+        }
+        // The markers after the stop belong to this sentence; the end is
+        // known once something else follows them.
+        let mut end = i + c.len_utf8();
+        loop {
+            let after = &text[end..];
+            let trimmed = after.trim_start();
+            if trimmed.is_empty() {
+                return None;
+            }
+            if let Some(m) = MARKER.find(trimmed) {
+                end += after.len() - trimmed.len() + m.end();
+                continue;
+            }
+            if PARTIAL_MARKER.is_match(trimmed) {
+                return None;
+            }
+            break;
+        }
+        return Some(end);
+    }
+    None
+}
+
+fn abbreviation(before: &str) -> bool {
+    let word = before
+        .rsplit(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("")
+        .to_lowercase();
+    // A list item's number ("1. ", "12. ") at the start of a line.
+    let line = before.rsplit('\n').next().unwrap_or("").trim_start();
+    if !line.is_empty() && line.chars().all(|c| c.is_ascii_digit()) {
+        return true;
+    }
+    word.chars().count() == 1 && word.chars().all(char::is_alphabetic)
+        || ABBREVIATIONS.contains(&word.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt::NOT_COVERED;
+
+    fn hit(text: &str) -> Hit {
+        Hit {
+            text: text.to_string(),
+            title: "Leave".to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn run(text: &str, pieces: usize, hits: &[&Hit]) -> (Checked, String) {
+        let thresholds = Thresholds {
+            verify_min_support: 0.5,
+            min_attribution: 0.5,
+        };
+        let mut checker = Checker::new(
+            thresholds,
+            "How much leave do I get, and can I carry it over?",
+            hits,
+        );
+        let mut streamed = String::new();
+        let chars: Vec<char> = text.chars().collect();
+        let size = chars.len().div_ceil(pieces.max(1)).max(1);
+        for piece in chars.chunks(size) {
+            let piece: String = piece.iter().collect();
+            checker.push(&piece, &mut |s| streamed.push_str(s));
+        }
+        let mut checked = checker.finish(&mut |s| streamed.push_str(s));
+        if checked.abstained {
+            checked.text = NOT_COVERED.to_string();
+            streamed.push_str(NOT_COVERED);
+        }
+        (checked, streamed)
+    }
+
+    #[test]
+    fn sentences_end_after_their_markers() {
+        assert_eq!(sentence_end("Leave is 28 days. [1] Next"), Some(21));
+        assert_eq!(sentence_end("Leave is 28 days [1]. Next"), Some(21));
+        assert_eq!(sentence_end("Leave is 28 days. [1"), None);
+        assert_eq!(sentence_end("Leave is 28 days."), None);
+        assert_eq!(sentence_end("See e.g. the form. Next"), Some(18));
+        assert_eq!(sentence_end("1. Tell your manager [1].\n2. Rest"), Some(25));
+        assert_eq!(sentence_end("It costs 12. Next"), Some(12));
+        assert_eq!(sentence_end("- one [1]\n- two"), Some(9));
+        assert_eq!(sentence_end("\n\n- one [1]\n- two"), Some(11));
+    }
+
+    #[test]
+    fn what_streams_is_the_checked_answer_however_it_is_split() {
+        let leave = hit("Every employee has 28 days of paid annual leave per year.");
+        let expiry = hit("Unused days expire at the end of March.");
+        let hits = [&leave, &expiry];
+        let text = "Employees get 28 days of paid annual leave [1]. Unused days expire in March. [2] \
+                    They also get 90 days of paid annual leave [1]. The office has a pool [2]. [7]";
+        for pieces in [1, 3, 17, 1000] {
+            let (checked, streamed) = run(text, pieces, &hits);
+            assert_eq!(streamed, checked.text, "{pieces} pieces");
+            assert_eq!(
+                checked.text,
+                "Employees get 28 days of paid annual leave [1]. Unused days expire in March. [2]"
+            );
+            assert_eq!(checked.cited, [1, 2]);
+            assert_eq!(checked.dropped, 2);
+            assert!(!checked.abstained);
+        }
+    }
+
+    #[test]
+    fn refusals_and_lead_ins_wait_for_a_checked_sentence() {
+        let leave = hit("Every employee has 28 days of paid annual leave per year.");
+        let hits = [&leave];
+        let (checked, streamed) = run(
+            "The documents do not cover carry-over. Employees have 28 days of paid annual leave [1].",
+            5,
+            &hits,
+        );
+        assert_eq!(streamed, checked.text);
+        assert!(
+            checked
+                .text
+                .starts_with("The documents do not cover carry-over. Employees")
+        );
+        // A refusal that slips in a claim of its own is no refusal.
+        let (checked, _) = run(
+            "The documents do not mention a cap, so sick leave is unlimited. \
+             Employees have 28 days of paid annual leave [1].",
+            3,
+            &hits,
+        );
+        assert_eq!(
+            checked.text,
+            "Employees have 28 days of paid annual leave [1]."
+        );
+        assert_eq!(checked.dropped, 1);
+        let (checked, streamed) = run("The documents do not cover this question.", 4, &hits);
+        assert!(checked.abstained);
+        assert_eq!(streamed, NOT_COVERED);
+        let (checked, _) = run("The rules are:\n- Bananas are yellow [1].", 4, &hits);
+        assert!(checked.abstained, "{checked:?}");
+    }
+
+    #[test]
+    fn an_uncited_sentence_is_attributed_when_a_passage_supports_it() {
+        let leave = hit("Every employee has 28 days of paid annual leave per year.");
+        let hits = [&leave];
+        let (checked, streamed) = run("Every employee has 28 days of paid annual leave.", 2, &hits);
+        assert_eq!(
+            checked.text,
+            "Every employee has 28 days of paid annual leave. [1]"
+        );
+        assert_eq!(streamed, checked.text);
+        let (checked, _) = run("Every employee has 30 days of paid annual leave.", 2, &hits);
+        assert!(checked.abstained);
+    }
+}

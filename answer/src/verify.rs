@@ -1,0 +1,775 @@
+//! Whether a passage supports what a sentence claims: not only that the
+//! sentence shares its words, but that its numbers (with their units),
+//! names and negations are the passage's. A paraphrase passes; a changed
+//! figure, a swapped office or a dropped "not" does not.
+
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::citations::support;
+
+/// Why a sentence is not supported by a passage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// Too few of the sentence's content words are in the passage.
+    Words,
+    /// A number (with its unit, when it has one) is not in the passage.
+    Number(String),
+    /// A name (a capitalised word or an acronym) is not in the passage.
+    Name(String),
+    /// The sentence negates what the passage's closest sentence affirms,
+    /// or the other way round.
+    Negation,
+}
+
+/// Numbers as written: `45`, `1,000`, `2.5`, `$59`, `10%`, `9:30`.
+static NUMBER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\d+(?:[.,:]\d+)*").expect("valid regex"));
+
+/// Words, keeping an apostrophe inside (`can't`, `employee's`).
+static TOKEN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[\p{L}\p{N}]+(?:['’][\p{L}]+)?|%").expect("valid regex"));
+
+const NUMBER_WORDS: &[(&str, &str)] = &[
+    ("one", "1"),
+    ("two", "2"),
+    ("three", "3"),
+    ("four", "4"),
+    ("five", "5"),
+    ("six", "6"),
+    ("seven", "7"),
+    ("eight", "8"),
+    ("nine", "9"),
+    ("ten", "10"),
+    ("eleven", "11"),
+    ("twelve", "12"),
+    ("fifteen", "15"),
+    ("twenty", "20"),
+    ("thirty", "30"),
+    ("forty", "40"),
+    ("fifty", "50"),
+    ("sixty", "60"),
+    ("ninety", "90"),
+    ("hundred", "100"),
+];
+
+/// Units a number is read with: "45 days" and "45 hours" are not the same
+/// claim. Singular and plural are one unit.
+const UNITS: &[&str] = &[
+    "%",
+    "percent",
+    "second",
+    "minute",
+    "hour",
+    "day",
+    "week",
+    "month",
+    "year",
+    "mile",
+    "km",
+    "kilometer",
+    "kilometre",
+    "dollar",
+    "usd",
+    "eur",
+    "euro",
+    "gbp",
+    "pound",
+    "times",
+    "page",
+    "employee",
+    "person",
+    "people",
+    "character",
+    "digit",
+    "gb",
+    "mb",
+    "tb",
+    "kg",
+    "night",
+    "meal",
+    "session",
+    "credit",
+    "point",
+    "step",
+    "level",
+];
+
+const NEGATIONS: &[&str] = &[
+    "not",
+    "no",
+    "never",
+    "cannot",
+    "can't",
+    "won't",
+    "isn't",
+    "aren't",
+    "doesn't",
+    "don't",
+    "didn't",
+    "wasn't",
+    "weren't",
+    "shouldn't",
+    "mustn't",
+    "without",
+    "none",
+    "nobody",
+    "nothing",
+    "neither",
+    "nor",
+    "unpaid",
+    "ineligible",
+    "prohibited",
+    "forbidden",
+    "unable",
+];
+
+/// Capitalised words that are not names wherever they stand.
+const NOT_NAMES: &[&str] = &[
+    "i",
+    "you",
+    "your",
+    "yours",
+    "we",
+    "our",
+    "they",
+    "their",
+    "he",
+    "she",
+    "it",
+    "its",
+    "the",
+    "a",
+    "an",
+    "this",
+    "that",
+    "these",
+    "those",
+    "if",
+    "for",
+    "to",
+    "in",
+    "on",
+    "at",
+    "by",
+    "of",
+    "and",
+    "or",
+    "but",
+    "yes",
+    "no",
+    "not",
+    "all",
+    "any",
+    "each",
+    "every",
+    "per",
+    "please",
+    "note",
+    "also",
+    "however",
+    "then",
+    "when",
+    "after",
+    "before",
+    "with",
+    "from",
+    "as",
+    "is",
+    "are",
+    "be",
+    "employees",
+    "employee",
+    "staff",
+    "managers",
+    "manager",
+    "according",
+    "based",
+    "passage",
+    "passages",
+    "document",
+    "documents",
+    "answer",
+    "yes,",
+    "there",
+    "here",
+    "what",
+    "which",
+    "who",
+];
+
+fn normalise_number(raw: &str) -> String {
+    // Thousands separators only: "1,000" is 1000, "2.5" stays itself.
+    let s = if raw.contains(',') && raw.split(',').skip(1).all(|g| g.len() == 3) {
+        raw.replace(',', "")
+    } else {
+        raw.to_string()
+    };
+    s.trim_end_matches(['.', ',', ':']).to_string()
+}
+
+fn unit_of(word: &str) -> Option<String> {
+    let w = word.to_lowercase();
+    let w = w.trim_end_matches("'s");
+    match w {
+        "percent" => return Some("%".into()),
+        "usd" | "dollars" => return Some("dollar".into()),
+        "eur" | "euros" => return Some("euro".into()),
+        "gbp" | "pounds" => return Some("pound".into()),
+        "people" | "persons" => return Some("person".into()),
+        _ => {}
+    }
+    let singular = w.strip_suffix('s').filter(|s| UNITS.contains(s));
+    if UNITS.contains(&w) {
+        Some(w.to_string())
+    } else {
+        singular.map(str::to_string)
+    }
+}
+
+/// The numbers of a text, each with the unit that follows it (if one of
+/// [`UNITS`] does, within two words): digits and the number words.
+fn numbers(text: &str) -> Vec<(String, Option<String>)> {
+    let tokens: Vec<(usize, &str)> = TOKEN
+        .find_iter(text)
+        .map(|m| (m.start(), m.as_str()))
+        .collect();
+    let digits: Vec<(usize, String)> = NUMBER
+        .find_iter(text)
+        .map(|m| (m.start(), normalise_number(m.as_str())))
+        .collect();
+    let mut found = Vec::new();
+    for (i, (start, token)) in tokens.iter().enumerate() {
+        let lower = token.to_lowercase();
+        let value = if let Some((_, n)) = digits.iter().find(|(s, _)| s == start) {
+            Some(n.clone())
+        } else {
+            NUMBER_WORDS
+                .iter()
+                .find(|(w, _)| *w == lower)
+                .map(|(_, n)| n.to_string())
+        };
+        let Some(value) = value else { continue };
+        // A currency sign before the digits, or a percent sign after
+        // them, is the unit.
+        let after = &text[start + token.len()..];
+        let currency = match text[..*start].chars().next_back() {
+            Some('$') => Some("dollar"),
+            Some('€') => Some("euro"),
+            Some('£') => Some("pound"),
+            _ => None,
+        };
+        let unit = if let Some(c) = currency {
+            Some(c.to_string())
+        } else if after.starts_with('%') {
+            Some("%".to_string())
+        } else {
+            tokens[i + 1..].iter().take(2).find_map(|(_, w)| unit_of(w))
+        };
+        // A number word is a number only with a unit ("one year", not
+        // "the one you need").
+        let spelled = !digits.iter().any(|(s, _)| s == start);
+        if spelled && unit.is_none() {
+            continue;
+        }
+        found.push((value, unit));
+    }
+    found
+}
+
+/// The words of a text, lowercased, each also without a possessive `'s`.
+fn words_lower(text: &str) -> BTreeSet<String> {
+    let mut words = BTreeSet::new();
+    for m in TOKEN.find_iter(text) {
+        let w = m.as_str().to_lowercase().replace('’', "'");
+        if let Some(bare) = w.strip_suffix("'s") {
+            words.insert(bare.to_string());
+        }
+        words.insert(w);
+    }
+    words
+}
+
+/// The names in a sentence: acronyms and capitalised words, but for a
+/// capitalised word that starts the sentence, a list item, a quote or a
+/// clause after a colon.
+fn names(sentence: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut last_end = 0;
+    for m in TOKEN.find_iter(sentence) {
+        let between = &sentence[last_end..m.start()];
+        let starts = last_end == 0
+            || between.contains([':', '\n', '"', '“', '(', '•', '*', '-', '.', '!', '?']);
+        last_end = m.end();
+        let word = m.as_str();
+        let first_upper = word.chars().next().is_some_and(char::is_uppercase);
+        let inner_upper = word.chars().skip(1).any(char::is_uppercase);
+        let acronym = word.chars().filter(|c| c.is_alphabetic()).count() >= 2
+            && word.chars().all(|c| !c.is_lowercase());
+        if acronym
+            || (((first_upper && !starts) || inner_upper)
+                && !NOT_NAMES.contains(&word.to_lowercase().as_str()))
+        {
+            found.push(word.to_string());
+        }
+    }
+    found
+}
+
+fn negated(words: &BTreeSet<String>) -> bool {
+    words
+        .iter()
+        .any(|w| NEGATIONS.contains(&w.as_str()) || w.ends_with("n't"))
+}
+
+/// Whether an acronym ("CEO") is spelled out in `text` as consecutive
+/// words with its initials ("chief executive officer").
+fn spelled_out(acronym: &str, text: &str) -> bool {
+    let letters: Vec<char> = acronym
+        .trim_end_matches("'s")
+        .trim_end_matches('s')
+        .chars()
+        .filter(|c| c.is_alphabetic())
+        .flat_map(char::to_lowercase)
+        .collect();
+    if letters.len() < 2 || !acronym.chars().all(|c| !c.is_lowercase() || c == 's') {
+        return false;
+    }
+    let initials: Vec<char> = TOKEN
+        .find_iter(text)
+        .filter_map(|m| m.as_str().chars().next())
+        .flat_map(char::to_lowercase)
+        .collect();
+    initials
+        .windows(letters.len())
+        .any(|w| w == letters.as_slice())
+}
+
+/// The passage's sentences (and list items).
+fn passage_sentences(passage: &str) -> Vec<&str> {
+    passage
+        .split_inclusive(['.', '!', '?', '\n', ';'])
+        .map(str::trim)
+        .filter(|s| s.chars().any(char::is_alphanumeric))
+        .collect()
+}
+
+/// Checks `sentence` (without its citation markers) against `passage`.
+/// `context` is the passage's own label (its title and heading), which the
+/// sentence may also draw numbers and names from. The question is not
+/// context: what a caller asks ("is it 90 days?") is no evidence.
+///
+/// Numbers must be in the passage sentences that share most of the
+/// claim's words, so a figure the passage gives for something else does
+/// not pass; names must be in the passage; the negation must be that of
+/// the closest sentence.
+pub fn check_claim(
+    sentence: &str,
+    passage: &str,
+    context: &str,
+    min_support: f32,
+) -> Result<(), Mismatch> {
+    if support(sentence, passage) < min_support {
+        return Err(Mismatch::Words);
+    }
+    // "No, ..." and "Yes, ..." answer the question; the claim follows.
+    static PARTICLE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"(?i)^\s*(yes|no)\b[,.;:!]?\s*").expect("valid regex"));
+    let sentence = PARTICLE.replace(sentence, "");
+    let sentence = sentence.as_ref();
+    let mut closest = passage_sentences(passage);
+    closest.sort_by(|a, b| support(sentence, b).total_cmp(&support(sentence, a)));
+    // The closest sentence, and any other that shares a third of the
+    // claim's words (a claim may join two).
+    let window = closest
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| *i == 0 || support(sentence, s) >= 0.34)
+        .map(|(_, s)| *s)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let window_numbers = numbers(&window);
+    let context_numbers = numbers(context);
+    for (value, unit) in numbers(sentence) {
+        let same = |(v, u): &(String, Option<String>)| {
+            *v == value && (unit.is_none() || u.is_none() || *u == unit)
+        };
+        if !window_numbers.iter().any(same) && !context_numbers.iter().any(same) {
+            return Err(Mismatch::Number(match unit {
+                Some(u) => format!("{value} {u}"),
+                None => value,
+            }));
+        }
+    }
+    let known = words_lower(&format!("{passage}\n{context}"));
+    for name in names(sentence) {
+        let lower = name.to_lowercase().replace('’', "'");
+        let bare = lower.trim_end_matches("'s");
+        let singular = bare.strip_suffix('s').unwrap_or(bare);
+        if ![bare, singular]
+            .iter()
+            .any(|w| known.contains(*w) || known.contains(&format!("{w}s")))
+            && !spelled_out(&name, &format!("{passage}\n{context}"))
+        {
+            return Err(Mismatch::Name(name));
+        }
+    }
+    // "not" is a stop word, so it does not move the choice of the
+    // closest sentence.
+    let claim = words_lower(sentence);
+    if let Some(closest) = closest.first()
+        && negated(&claim) != negated(&words_lower(closest))
+    {
+        return Err(Mismatch::Negation);
+    }
+    Ok(())
+}
+
+/// The sentence of `passage` that answers `question` best: the most of
+/// the question's content words, and for a question after an amount
+/// ("how many", "how long", "how much", "when") one with a number. `None`
+/// when no sentence shares 30% of the question's content words.
+pub fn best_sentence(question: &str, passage: &str) -> Option<String> {
+    let lower = question.to_lowercase();
+    let wants_number = [
+        "how many",
+        "how much",
+        "how long",
+        "how often",
+        "how far",
+        "when",
+        "what time",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
+    passage_sentences(passage)
+        .into_iter()
+        .map(|s| s.trim_start_matches(['#', '-', '*', '>', ' ']).trim())
+        // Whole sentences only: a chunk may start or stop mid-sentence.
+        .filter(|s| {
+            s.split_whitespace().count() >= 4
+                && s.chars()
+                    .next()
+                    .is_some_and(|c| c.is_uppercase() || c.is_ascii_digit())
+                && s.ends_with(['.', '!', '?'])
+        })
+        .map(|s| (s, support(question, s)))
+        .filter(|(_, base)| *base >= 0.3)
+        .map(|(s, base)| {
+            let bonus = if wants_number && !numbers(s).is_empty() {
+                0.25
+            } else {
+                0.0
+            };
+            (s, base + bonus)
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(s, _)| CITATION_MARKS.replace_all(s, "").trim().to_string())
+}
+
+/// What an [`Alteration`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AlterationKind {
+    Number,
+    Negation,
+    Name,
+}
+
+impl AlterationKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AlterationKind::Number => "number",
+            AlterationKind::Negation => "negation",
+            AlterationKind::Name => "name",
+        }
+    }
+}
+
+/// A copy of a correct answer with one fact changed: what verification
+/// must catch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alteration {
+    pub kind: AlterationKind,
+    pub text: String,
+}
+
+/// Names an altered answer may swap in for one of the answer's.
+const OTHER_NAMES: &[&str] = &["CFO", "Legal", "Marketing", "Oracle", "Zendesk", "Berlin"];
+
+const AUXILIARIES: &[&str] = &[
+    "is", "are", "was", "were", "can", "must", "may", "will", "should", "could", "would", "has",
+    "have", "does", "do",
+];
+
+/// Copies of `answer` with one fact changed, each kind at most once: its
+/// first number doubled (plus one when doubling gives a number `avoid`
+/// holds), its negation flipped (removed, or added after the first
+/// auxiliary verb), its first name swapped for one `avoid` does not
+/// contain. `avoid` is the evidence the answer is checked against.
+pub fn alterations(answer: &str, avoid: &str) -> Vec<Alteration> {
+    let mut out = Vec::new();
+    if let Some(m) = NUMBER
+        .find(answer)
+        .filter(|m| !in_marker(answer, m.start()))
+    {
+        let value: f64 = normalise_number(m.as_str())
+            .replace(':', ".")
+            .parse()
+            .unwrap_or(1.0_f64)
+            .min(1e9);
+        let known = numbers(avoid);
+        let mut altered = value * 2.0;
+        while known
+            .iter()
+            .any(|(v, _)| v.parse::<f64>().ok() == Some(altered))
+            || altered == value
+        {
+            altered += 1.0;
+        }
+        let altered = if altered.fract() == 0.0 {
+            format!("{altered:.0}")
+        } else {
+            format!("{altered}")
+        };
+        out.push(Alteration {
+            kind: AlterationKind::Number,
+            text: format!("{}{altered}{}", &answer[..m.start()], &answer[m.end()..]),
+        });
+    }
+    if let Some(flipped) = flip_negation(answer) {
+        out.push(Alteration {
+            kind: AlterationKind::Negation,
+            text: flipped,
+        });
+    }
+    if let Some(name) = names(&CITATION_MARKS.replace_all(answer, "")).first() {
+        let name = name.trim_end_matches("'s").trim_end_matches("’s");
+        let avoid = words_lower(avoid);
+        if let Some(other) = OTHER_NAMES
+            .iter()
+            .find(|o| !avoid.contains(&o.to_lowercase()) && !name.eq_ignore_ascii_case(o))
+        {
+            out.push(Alteration {
+                kind: AlterationKind::Name,
+                text: answer.replacen(name, other, 1),
+            });
+        }
+    }
+    out
+}
+
+static CITATION_MARKS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\[\d+(?:\s*,\s*\d+)*\]").expect("valid regex"));
+
+fn in_marker(text: &str, at: usize) -> bool {
+    CITATION_MARKS
+        .find_iter(text)
+        .any(|m| m.start() <= at && at < m.end())
+}
+
+/// The answer with its first negation removed, or, without one, "not"
+/// added after its first auxiliary verb.
+fn flip_negation(answer: &str) -> Option<String> {
+    static NEGATED: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?i)\b(cannot|can't|won't|isn't|aren't|doesn't|don't|not|never|no)\b")
+            .expect("valid regex")
+    });
+    if let Some(m) = NEGATED.find(answer) {
+        let replacement = match m.as_str().to_lowercase().as_str() {
+            "cannot" | "can't" => "can",
+            "won't" => "will",
+            "isn't" => "is",
+            "aren't" => "are",
+            "doesn't" => "does",
+            "don't" => "do",
+            "never" => "always",
+            "no" => "some",
+            _ => "",
+        };
+        let text = format!(
+            "{}{replacement}{}",
+            &answer[..m.start()],
+            &answer[m.end()..]
+        );
+        return Some(text.replace("  ", " "));
+    }
+    let m = TOKEN
+        .find_iter(answer)
+        .find(|m| AUXILIARIES.contains(&m.as_str().to_lowercase().as_str()))?;
+    Some(format!("{} not{}", &answer[..m.end()], &answer[m.end()..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEAVE: &str = "Sick leave is paid in full for up to 60 days per year. \
+        Requests over 45 days need the CISO's approval. Unused days do not carry over.";
+
+    #[test]
+    fn paraphrases_pass() {
+        for s in [
+            "You get up to 60 days of fully paid sick leave each year.",
+            "Sick leave over 45 days needs approval from the CISO.",
+            "Unused sick days don't carry over to the next year.",
+            "Sick leave is paid in full for up to sixty days per year.",
+        ] {
+            assert_eq!(check_claim(s, LEAVE, "", 0.5), Ok(()), "{s}");
+        }
+    }
+
+    #[test]
+    fn changed_numbers_names_and_negations_fail() {
+        assert_eq!(
+            check_claim(
+                "Sick leave is paid in full for up to 90 days per year.",
+                LEAVE,
+                "",
+                0.5
+            ),
+            Err(Mismatch::Number("90 day".into()))
+        );
+        assert_eq!(
+            check_claim(
+                "Sick leave is paid in full for up to 60 weeks per year.",
+                LEAVE,
+                "",
+                0.5
+            ),
+            Err(Mismatch::Number("60 week".into()))
+        );
+        assert_eq!(
+            check_claim(
+                "Requests over 45 days need the CFO's approval.",
+                LEAVE,
+                "",
+                0.5
+            ),
+            Err(Mismatch::Name("CFO's".into()))
+        );
+        assert_eq!(
+            check_claim("Unused days carry over.", LEAVE, "", 0.5),
+            Err(Mismatch::Negation)
+        );
+        assert_eq!(
+            check_claim(
+                "Sick leave is not paid in full for up to 60 days per year.",
+                LEAVE,
+                "",
+                0.5
+            ),
+            Err(Mismatch::Negation)
+        );
+    }
+
+    #[test]
+    fn an_acronym_passes_where_the_passage_spells_it_out() {
+        let about = "Aino Virtanen is the chief executive officer; Mateus Rocha is the chief technology officer.";
+        assert_eq!(
+            check_claim("The CEO is Aino Virtanen.", about, "", 0.5),
+            Ok(())
+        );
+        assert_eq!(
+            check_claim("The CFO is Aino Virtanen.", about, "", 0.5),
+            Err(Mismatch::Name("CFO".into()))
+        );
+    }
+
+    #[test]
+    fn the_label_may_name_what_the_text_does_not() {
+        let s = "Your PTO for sickness is paid in full for up to 60 days per year.";
+        assert!(check_claim(s, LEAVE, "", 0.4).is_err());
+        assert_eq!(check_claim(s, LEAVE, "Sick leave (PTO)", 0.4), Ok(()));
+    }
+
+    #[test]
+    fn a_figure_the_passage_gives_for_something_else_fails() {
+        assert_eq!(
+            check_claim(
+                "Sick leave is paid in full for up to 45 days per year.",
+                LEAVE,
+                "",
+                0.5
+            ),
+            Err(Mismatch::Number("45 day".into()))
+        );
+        assert_eq!(
+            check_claim(
+                "Laptops are ordered through IT.",
+                "Laptops are ordered through HR.",
+                "",
+                0.5
+            ),
+            Err(Mismatch::Name("IT".into()))
+        );
+        // Paraphrased units and answer particles pass.
+        let per_diem = "The meal allowance is $59 per day. Hotels are booked in 20 working days.";
+        for s in [
+            "The meal allowance is 59 dollars a day.",
+            "Hotels are booked in 20 days.",
+        ] {
+            assert_eq!(check_claim(s, per_diem, "", 0.5), Ok(()), "{s}");
+        }
+        assert_eq!(
+            check_claim("No, unused days do not carry over.", LEAVE, "", 0.5),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn alterations_change_one_fact_each_and_are_caught() {
+        let answer = "Requests over 45 days are approved by the CISO [1].";
+        let altered = alterations(answer, LEAVE);
+        let texts: Vec<&str> = altered.iter().map(|a| a.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "Requests over 90 days are approved by the CISO [1].",
+                "Requests over 45 days are not approved by the CISO [1].",
+                "Requests over 45 days are approved by the CFO [1].",
+            ]
+        );
+        assert_eq!(
+            check_claim(&answer.replace(" [1]", ""), LEAVE, "", 0.5),
+            Ok(())
+        );
+        for a in &altered {
+            assert!(
+                check_claim(&a.text.replace(" [1]", ""), LEAVE, "", 0.5).is_err(),
+                "{a:?}"
+            );
+        }
+        assert_eq!(
+            alterations("Unused days do not carry over.", LEAVE)[0].text,
+            "Unused days do carry over."
+        );
+    }
+
+    #[test]
+    fn the_best_sentence_answers_the_question() {
+        assert_eq!(
+            best_sentence("How many sick days do I get?", LEAVE).as_deref(),
+            Some("Sick leave is paid in full for up to 60 days per year.")
+        );
+        assert_eq!(best_sentence("Where is the parking garage?", LEAVE), None);
+        assert_eq!(
+            best_sentence("How many sick days?", "days of sick leave for 5 weeks and"),
+            None
+        );
+    }
+
+    #[test]
+    fn numbers_keep_their_units_and_separators() {
+        assert_eq!(
+            numbers("Up to $1,000 or 10% of 2.5 hours, two weeks."),
+            [
+                ("1000".to_string(), Some("dollar".to_string())),
+                ("10".to_string(), Some("%".to_string())),
+                ("2.5".to_string(), Some("hour".to_string())),
+                ("2".to_string(), Some("week".to_string())),
+            ]
+        );
+    }
+}
