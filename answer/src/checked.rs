@@ -22,7 +22,7 @@ use std::sync::LazyLock;
 use rag_core::Hit;
 use regex::Regex;
 
-use crate::citations::{self, CITATION, is_refusal, support};
+use crate::citations::{self, CITATION, is_refusal};
 use crate::verify::check_claim;
 
 /// A complete citation marker at the start of a text.
@@ -131,7 +131,7 @@ impl<'a> Checker<'a> {
         }
         let given = citations::check_citations(body, self.hits.len());
         self.removed += given.removed;
-        let bare = bare(&given.text);
+        let bare = citations::without_markers(&given.text);
         if !bare.chars().any(char::is_alphanumeric) {
             return;
         }
@@ -161,11 +161,8 @@ impl<'a> Checker<'a> {
         let (kept, text): (Vec<usize>, String) = if given.cited.is_empty() {
             // Small models often answer without citing: a sentence one
             // passage supports is attributed to it.
-            let best = (1..=hits.len())
-                .map(|n| (n, support(&bare, &hits[n - 1].text)))
-                .filter(|(_, s)| *s >= thresholds.min_attribution)
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(n, _)| n)
+            let texts = hits.iter().map(|h| h.text.as_str());
+            let best = citations::attribute(&bare, texts, thresholds.min_attribution)
                 .filter(|&n| supports(n));
             match best {
                 Some(n) => (vec![n], format!("{} [{n}]", given.text.trim_end())),
@@ -290,13 +287,6 @@ fn says_nothing_new(sentence: &str, question: &str) -> bool {
         .filter(|w| !FRAME_WORDS.contains(w) && citations::content_word(w))
         .count();
     new <= 1
-}
-
-/// A sentence without its citation markers, spaces collapsed.
-fn bare(sentence: &str) -> String {
-    let without = CITATION.replace_all(sentence, "");
-    let words: Vec<&str> = without.split_whitespace().collect();
-    words.join(" ").replace(" .", ".").replace(" ,", ",")
 }
 
 /// The sentence with only the citations in `kept`.

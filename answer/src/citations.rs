@@ -144,28 +144,28 @@ pub fn sentences_citing(answer: &str, n: usize) -> Vec<String> {
                     .any(|m| m.trim().parse::<usize>() == Ok(n))
             })
         })
-        .map(|s| {
-            let bare = CITATION.replace_all(&s, "");
-            let words: Vec<&str> = bare.split_whitespace().collect();
-            words.join(" ").replace(" .", ".").replace(" ,", ",")
-        })
+        .map(|s| without_markers(&s))
         .filter(|s| !s.is_empty())
         .collect()
 }
 
-/// Whether the passage supports what cites it: every sentence citing `n`
-/// has at least `min_support` of its content words in the passage.
-pub fn verify_citation(answer: &str, n: usize, passage: &str, min_support: f32) -> bool {
-    let sentences = sentences_citing(answer, n);
-    !sentences.is_empty() && sentences.iter().all(|s| support(s, passage) >= min_support)
+/// A sentence without its citation markers, spaces collapsed.
+pub(crate) fn without_markers(sentence: &str) -> String {
+    let bare = CITATION.replace_all(sentence, "");
+    let words: Vec<&str> = bare.split_whitespace().collect();
+    words.join(" ").replace(" .", ".").replace(" ,", ",")
 }
 
 /// When a small model answers without citing, attribute the answer to the
 /// passage whose words it uses most, if it uses enough of them. Returns the
 /// 1-based passage number.
-pub fn attribute(answer: &str, passages: &[String], min_support: f32) -> Option<usize> {
+pub fn attribute<'a>(
+    answer: &str,
+    passages: impl IntoIterator<Item = &'a str>,
+    min_support: f32,
+) -> Option<usize> {
     passages
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, p)| (i + 1, support(answer, p)))
         .filter(|(_, s)| *s >= min_support)
@@ -213,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn citations_are_verified_against_their_passage() {
+    fn sentences_are_found_by_the_passage_they_cite() {
         let answer = "Employees get 28 days of paid annual leave. [1] Unused days expire in March [2]. \
                       The office has a rooftop pool [1].";
         assert_eq!(
@@ -228,13 +228,10 @@ mod tests {
             ["Unused days expire in March."]
         );
         assert!(sentences_citing(answer, 3).is_empty());
-        let leave = "Every employee has 28 days of paid annual leave per year.";
-        let expiry = "Unused days expire at the end of March.";
-        // Passage 1 supports its first sentence, not the invented pool.
-        assert!(!verify_citation(answer, 1, leave, 0.5));
-        assert!(verify_citation(answer, 2, expiry, 0.5));
-        assert!(verify_citation("Leave is 28 days [1, 2].", 1, leave, 0.5));
-        assert!(!verify_citation("Leave is 28 days [1].", 2, leave, 0.5));
+        assert_eq!(
+            sentences_citing("Leave is 28 days [1, 2].", 2),
+            ["Leave is 28 days."]
+        );
     }
 
     #[test]
@@ -249,14 +246,14 @@ mod tests {
 
     #[test]
     fn attribution_picks_the_passage_the_answer_uses() {
-        let passages = vec![
-            "[1] (Leave)\nEmployees earn 13 days of sick leave each year.".to_string(),
-            "[2] (Travel)\nBook flights through the travel desk.".to_string(),
+        let passages = [
+            "[1] (Leave)\nEmployees earn 13 days of sick leave each year.",
+            "[2] (Travel)\nBook flights through the travel desk.",
         ];
         assert_eq!(
-            attribute("You earn 13 days of sick leave yearly.", &passages, 0.5),
+            attribute("You earn 13 days of sick leave yearly.", passages, 0.5),
             Some(1)
         );
-        assert_eq!(attribute("Bananas are yellow.", &passages, 0.5), None);
+        assert_eq!(attribute("Bananas are yellow.", passages, 0.5), None);
     }
 }
