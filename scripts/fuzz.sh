@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(pdf html markdown multipart)
+[ ${#targets[@]} -gt 0 ] || targets=(pdf html markdown docx multipart)
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 cargo run --release --locked -q -p rag-ingest --example fuzz_seeds -- target/fuzz/seeds

@@ -873,9 +873,17 @@ fn cluster_mode_metadata_on_postgres() {
 
 #[test]
 fn documents_over_http_upload_list_get_and_delete() {
-    use rag_ingest::testing::{build_pdf, pdf_bytes};
+    use rag_ingest::testing::{DocxBlock, build_docx, build_pdf, pdf_bytes};
     let dir = tempfile::tempdir().unwrap();
     let (_server, addr) = start_server(dir.path());
+    let docx = build_docx(
+        &[
+            DocxBlock::Paragraph(Some("Heading1"), "Loading dock"),
+            DocxBlock::Paragraph(Some("Heading2"), "Opening hours"),
+            DocxBlock::Table(vec![vec!["Day", "Hours"], vec!["Saturday", "8:00-12:00"]]),
+        ],
+        Some("Dock rules"),
+    );
     let pdf = pdf_bytes(build_pdf(
         &[
             Some(&["Forklift rules"]),
@@ -896,21 +904,60 @@ fn documents_over_http_upload_list_get_and_delete() {
                 b"# Shifts\n\nThe night shift starts at 22:00.\n",
             ),
             ("file", Some("tool.exe"), b"MZ"),
+            ("file", Some("dock.docx"), &docx),
+            ("file", Some("broken.docx"), b"PK\x03\x04 truncated"),
         ],
     );
     assert_eq!(status, 202, "{accepted}");
-    // The bad file is refused alone, with the status it would get alone.
+    // The bad files are refused alone, with the status each would get alone.
     assert_eq!(accepted["job"]["rejected"][0]["file"], "tool.exe");
     assert_eq!(accepted["job"]["rejected"][0]["status"], 415);
+    assert_eq!(accepted["job"]["rejected"][1]["file"], "broken.docx");
+    assert_eq!(accepted["job"]["rejected"][1]["status"], 422);
+    assert!(
+        accepted["job"]["rejected"][1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not a Word document")),
+        "{accepted}"
+    );
     // Path components of an upload's name are dropped: it is a name only.
     assert_eq!(
         accepted["job"]["files"],
-        serde_json::json!(["warehouse.pdf", "shifts.md"])
+        serde_json::json!(["warehouse.pdf", "shifts.md", "dock.docx"])
     );
     let job = wait_for_job(&addr, accepted["job_id"].as_str().unwrap());
     assert_eq!(job["state"], "done", "{job}");
-    assert_eq!(job["report"]["added"], 2, "{job}");
-    assert_eq!(job["done"], 2);
+    assert_eq!(job["report"]["added"], 3, "{job}");
+    assert_eq!(job["done"], 3);
+    // The Word file's headings are Markdown headings (the chunker's
+    // breadcrumb), its table rows lines of text.
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/retrieve",
+        r#"{"question":"loading dock opening hours on Saturday","collection":"ops"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let hits: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let dock = hits
+        .iter()
+        .find(|h| h["source"] == "dock.docx")
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        dock["heading"]
+            .as_str()
+            .unwrap()
+            .starts_with("Loading dock")
+            && dock["text"].as_str().unwrap().contains("## Opening hours"),
+        "{dock}"
+    );
+    assert!(
+        dock["text"]
+            .as_str()
+            .unwrap()
+            .contains("Saturday | 8:00-12:00"),
+        "{dock}"
+    );
 
     let (status, body) = http(&addr, "GET", "/v1/documents?collection=ops&limit=1", "");
     assert_eq!(status, 200, "{body}");
@@ -920,13 +967,13 @@ fn documents_over_http_upload_list_get_and_delete() {
             page["total"].as_u64(),
             page["documents"].as_array().unwrap().len()
         ),
-        (Some(2), 1)
+        (Some(3), 1)
     );
-    assert_eq!(page["documents"][0]["source"], "shifts.md");
+    assert_eq!(page["documents"][0]["source"], "dock.docx");
     let (_, body) = http(
         &addr,
         "GET",
-        "/v1/documents?collection=ops&offset=1&limit=1",
+        "/v1/documents?collection=ops&offset=2&limit=1",
         "",
     );
     let page: Value = serde_json::from_str(&body).unwrap();
@@ -1476,6 +1523,61 @@ fn bench_generate_prints_ours_the_peers_and_the_ratios() {
 
 /// A client environment from scripts/client-env.sh, or None (the test is
 /// skipped) unless RAG_REQUIRE_CLIENTS says it must run.
+/// The fixture wiki for the group `everyone`, and a salary page that only
+/// `hr` may see (ingested with `hr_args`, e.g. its own collection).
+fn wiki_and_hr_salaries(data: &Path, hr_args: &[&str]) {
+    run_ok(rag(data).args(["ingest", "fixtures/wiki", "--group", "everyone"]));
+    let hr = tempfile::tempdir().unwrap();
+    std::fs::write(
+        hr.path().join("salaries.md"),
+        "# Salary bands\n\nThe salary band for a senior engineer at Zeta is 91,000 to 118,000 euros.\n",
+    )
+    .unwrap();
+    run_ok(
+        rag(data)
+            .arg("ingest")
+            .arg(hr.path())
+            .args(hr_args)
+            .args(["--group", "hr"]),
+    );
+}
+
+/// A new API key: `(key, id)`.
+fn create_key(data: &Path, name: &str, role: &str, group: &str) -> (String, String) {
+    let out = run_ok(rag(data).args([
+        "keys", "create", "--name", name, "--role", role, "--group", group, "--json",
+    ]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    (
+        v["key"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A Git repository (in a temporary folder) with one commit of `files`.
+fn git_repo(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "--quiet", "--initial-branch=main"]);
+    for (path, text) in files {
+        let path = repo.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "--quiet", "-m", "pages"]);
+    repo
+}
+
+fn git(repo: &Path, args: &[&str]) {
+    run_ok(
+        Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+            .args(args),
+    );
+}
+
 fn client_env(var: &str) -> Option<String> {
     env_or_skip(var, "RAG_REQUIRE_CLIENTS", "scripts/client-env.sh")
 }
@@ -1607,10 +1709,22 @@ fn chat_page_in_headless_chromium() {
     let Some(modules) = client_env("RAG_CLIENT_NODE_MODULES") else {
         return;
     };
-    // Its own data: the page uploads a document.
+    // Its own data: the page uploads a document, and one page comes from a
+    // Git source with web addresses.
     let dir = tempfile::tempdir().unwrap();
     run_ok(rag(dir.path()).args(["ingest", "fixtures/wiki"]));
-    let (_server, addr) = start_server(dir.path());
+    let repo = git_repo(&[(
+        "facilities/cafeteria.md",
+        "# Cafeteria\n\nThe Zeta cafeteria opens at 7:30 and closes at 15:00 on working days.\n",
+    )]);
+    run_ok(
+        rag(dir.path())
+            .args(["sources", "add", "facilities", "--git"])
+            .arg(repo.path())
+            .args(["--url-template", "https://wiki.example/handbook/{path}"]),
+    );
+    run_ok(rag(dir.path()).args(["sync", "--json"]));
+    let (server, addr) = start_server(dir.path());
     let artifacts = std::env::var_os("RAG_ARTIFACT_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/artifacts"));
@@ -1622,10 +1736,40 @@ fn chat_page_in_headless_chromium() {
             .env("RAG_CLIENT_NODE_MODULES", modules)
             .arg(root().join("tests/clients/chat_page.cjs"))
             .arg(format!("http://{addr}"))
-            .arg(&screenshot),
+            .arg(&screenshot)
+            .arg("When does the Zeta cafeteria open?")
+            .arg("https://wiki.example/handbook/facilities/cafeteria.md"),
     );
     let summary: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}"));
     assert_eq!(summary["streamed"], true, "{summary}");
+    assert_eq!(summary["feedback_status"], 200, "{summary}");
+    drop(server);
+    // The thumbs down reached the database: it comes back as a question.
+    let exported = dir.path().join("feedback.jsonl");
+    run_ok(
+        rag(dir.path())
+            .args(["eval", "export-feedback", "--rating", "down", "--out"])
+            .arg(&exported),
+    );
+    let questions = rag_api::ops::eval_answers::load_questions(&exported).unwrap();
+    assert_eq!(questions.len(), 1, "{questions:?}");
+    assert_eq!(
+        questions[0].question,
+        "Which password manager does the company use?"
+    );
+    assert_eq!(questions[0].kind, "feedback-down");
+    let line: Value =
+        serde_json::from_str(std::fs::read_to_string(&exported).unwrap().trim()).unwrap();
+    assert_eq!(
+        line["feedback"]["comment"], "It should say where the vault is.",
+        "{line}"
+    );
+    assert!(
+        line["feedback"]["cited_sources"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{line}"
+    );
     assert!(
         std::fs::metadata(&screenshot).unwrap().len() > 10_000,
         "screenshot kept at {}",
@@ -1637,29 +1781,8 @@ fn chat_page_in_headless_chromium() {
 fn api_keys_roles_and_groups() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
-    run_ok(rag(data).args(["ingest", "fixtures/wiki", "--group", "everyone"]));
-    let hr = tempfile::tempdir().unwrap();
-    std::fs::write(
-        hr.path().join("salaries.md"),
-        "# Salary bands\n\nThe salary band for a senior engineer at Zeta is 91,000 to 118,000 euros.\n",
-    )
-    .unwrap();
-    run_ok(
-        rag(data)
-            .arg("ingest")
-            .arg(hr.path())
-            .args(["--collection", "hr", "--group", "hr"]),
-    );
-    let key = |role: &str, groups: &str| -> (String, String) {
-        let out = run_ok(rag(data).args([
-            "keys", "create", "--name", role, "--role", role, "--group", groups, "--json",
-        ]));
-        let v: Value = serde_json::from_str(&out).unwrap();
-        (
-            v["key"].as_str().unwrap().to_string(),
-            v["id"].as_str().unwrap().to_string(),
-        )
-    };
+    wiki_and_hr_salaries(data, &["--collection", "hr"]);
+    let key = |role: &str, groups: &str| create_key(data, role, role, groups);
     let (reader, reader_id) = key("reader", "everyone");
     let (uploader, _) = key("uploader", "everyone");
     let (admin, _) = key("admin", "");
@@ -1915,4 +2038,246 @@ fn bench_load_sheds_with_429_and_fails_nothing() {
         report["server_peak_rss_mib"].as_f64().unwrap() > 10.0,
         "{report}"
     );
+}
+
+/// `rag sources add`, `rag sync --json`, `rag sources list --json` and
+/// `rag sources remove` over a local Git repository: the JSON shapes, the
+/// counts of a change, a deletion and a rename, hits with their `url`, and
+/// bad input refused with a message that says what to fix.
+#[test]
+fn sources_sync_a_git_repository_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let repo = git_repo(&[
+        (
+            "docs/leave.md",
+            "# Leave\n\nSick leave at Zeta is paid in full for up to 60 days per year.\n",
+        ),
+        (
+            "docs/travel.md",
+            "# Travel\n\nZeta staff book trains for trips under four hours.\n",
+        ),
+        ("README.md", "# Readme\n\nNot under docs.\n"),
+    ]);
+    run_ok(
+        rag(data)
+            .args(["sources", "add", "wiki", "--git"])
+            .arg(repo.path())
+            .args([
+                "--path",
+                "docs",
+                "--url-template",
+                "https://git.example/wiki/blob/main/{path}",
+                "--group",
+                "staff",
+            ]),
+    );
+    let sync = |data: &Path| -> Value {
+        let out = run_ok(rag(data).args(["sync", "--json"]));
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+        v[0].clone()
+    };
+    let first = sync(data);
+    for key in [
+        "source",
+        "added",
+        "updated",
+        "unchanged",
+        "deleted",
+        "failed",
+    ] {
+        assert!(first.get(key).is_some(), "{key} missing: {first}");
+    }
+    assert_eq!(
+        (
+            first["source"].as_str(),
+            first["added"].as_u64(),
+            first["deleted"].as_u64()
+        ),
+        (Some("wiki"), Some(2), Some(0)),
+        "{first}"
+    );
+    let hits = retrieve_json(data, &["How many sick days are paid?"]);
+    assert_eq!(hits[0]["source"], "docs/leave.md", "{hits:?}");
+    assert_eq!(
+        hits[0]["url"], "https://git.example/wiki/blob/main/docs/leave.md",
+        "{hits:?}"
+    );
+
+    std::fs::write(
+        repo.path().join("docs/leave.md"),
+        "# Leave\n\nSick leave at Zeta is paid in full for up to 90 days per year.\n",
+    )
+    .unwrap();
+    git(repo.path(), &["mv", "docs/travel.md", "docs/trips.md"]);
+    git(
+        repo.path(),
+        &["commit", "--quiet", "-am", "edit and rename"],
+    );
+    let second = sync(data);
+    assert_eq!(
+        [
+            &second["added"],
+            &second["updated"],
+            &second["unchanged"],
+            &second["deleted"],
+            &second["failed"]
+        ],
+        [1, 1, 0, 1, 0],
+        "{second}"
+    );
+    let listed: Value =
+        serde_json::from_str(&run_ok(rag(data).args(["sources", "list", "--json"]))).unwrap();
+    assert_eq!(listed[0]["name"], "wiki", "{listed}");
+    assert_eq!(listed[0]["documents"], 2, "{listed}");
+    assert_eq!(listed[0]["groups"][0], "staff", "{listed}");
+
+    // Bad input: a message that says what to fix, nothing else changed.
+    fails_with(
+        rag(data)
+            .args(["sources", "add", "wiki", "--git"])
+            .arg(repo.path())
+            .output()
+            .unwrap(),
+        "exists already",
+    );
+    fails_with(
+        rag(data)
+            .args(["sources", "add", "bad", "--web", "ftp://x.example/"])
+            .output()
+            .unwrap(),
+        "http:// or https://",
+    );
+    let not_a_repo = tempfile::tempdir().unwrap();
+    run_ok(
+        rag(data)
+            .args(["sources", "add", "nothing", "--git"])
+            .arg(not_a_repo.path()),
+    );
+    let out = rag(data)
+        .args(["sync", "nothing", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v[0]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("git clone failed"),
+        "{v}"
+    );
+    let out = run_ok(rag(data).args(["sources", "remove", "wiki"]));
+    assert!(out.contains("2 documents"), "{out}");
+    assert!(retrieve_json(data, &["How many sick days are paid?"]).is_empty());
+    let report = doctor(data);
+    assert_eq!(
+        (
+            &report["documents"],
+            &report["orphan_vectors"],
+            &report["missing_vectors"]
+        ),
+        (&Value::from(0), &Value::from(0), &Value::from(0)),
+        "{report}"
+    );
+}
+
+/// The MCP Python SDK against `rag mcp` (stdio) and `/mcp` on `rag serve`
+/// (streamable HTTP): both tools, a bad argument answered as a tool error,
+/// and over HTTP a restricted key that never sees another group's passages,
+/// in search or in answers. Feedback: only the key that asked may rate.
+#[test]
+fn mcp_over_stdio_and_http_and_feedback_by_key() {
+    let Some(python) = client_env("RAG_CLIENT_PYTHON") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    wiki_and_hr_salaries(data, &[]);
+    let query = "salary band for a senior engineer";
+    let question = "What is the salary band for a senior engineer at Zeta?";
+    let client = |args: &[&str]| -> Value {
+        let out = run_ok(
+            Command::new(&python)
+                .env("RAG_MODELS_DIR", models_dir())
+                .arg(root().join("tests/clients/mcp_client.py"))
+                .args(args),
+        );
+        serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}"))
+    };
+    let sources = |v: &Value| -> Vec<String> {
+        v["search"]["passages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|p| p["source"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // stdio: the local user sees everything, as the CLI does.
+    let binary = env!("CARGO_BIN_EXE_rag");
+    let local = client(&["stdio", binary, data.to_str().unwrap(), query, question]);
+    assert_eq!(
+        local["tools"],
+        serde_json::json!(["ask", "search"]),
+        "{local}"
+    );
+    assert!(
+        sources(&local).contains(&"salaries.md".to_string()),
+        "{local}"
+    );
+    assert_eq!(local["empty_query_error"], true, "{local}");
+    let cited: Vec<&str> = local["ask"]["citations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{local}"))
+        .iter()
+        .filter_map(|c| c["source"].as_str())
+        .collect();
+    assert!(cited.contains(&"salaries.md"), "{local}");
+
+    // HTTP with keys: a reader of `everyone` never sees hr's passages.
+    let (everyone, _) = create_key(data, "everyone", "reader", "everyone");
+    let (hr_key, _) = create_key(data, "hr", "reader", "hr");
+    let (_server, addr) = start_server(data);
+    let url = format!("http://{addr}/mcp");
+    let restricted = client(&["http", &url, &everyone, query, question]);
+    assert_eq!(restricted["tools"], serde_json::json!(["ask", "search"]));
+    assert!(
+        !sources(&restricted).contains(&"salaries.md".to_string()),
+        "{restricted}"
+    );
+    let answer = restricted["ask"].to_string();
+    assert!(
+        !answer.contains("91,000") && !answer.contains("salaries.md"),
+        "{answer}"
+    );
+    let allowed = client(&["http", &url, &hr_key, query, question]);
+    assert_eq!(sources(&allowed), ["salaries.md"], "{allowed}");
+    // No key: refused before MCP.
+    let (status, _, _) = http_with(&addr, "POST", "/mcp", &[], "{}");
+    assert_eq!(status, 401);
+
+    // Feedback: the answer's own key rates it; another key finds nothing.
+    let answer_id = restricted["ask"]["answer_id"].as_str().unwrap().to_string();
+    let rate = |key: &str, body: &str| {
+        http_with(
+            &addr,
+            "POST",
+            "/v1/feedback",
+            &[("Authorization", &format!("Bearer {key}"))],
+            body,
+        )
+    };
+    let body = format!(r#"{{"answer_id":"{answer_id}","rating":"down","comment":"no answer"}}"#);
+    let (status, _, text) = rate(&hr_key, &body);
+    assert_eq!(status, 404, "{text}");
+    let (status, _, text) = rate(
+        &everyone,
+        &format!(r#"{{"answer_id":"{answer_id}","rating":"meh"}}"#),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("\\\"up\\\" or \\\"down\\\""), "{text}");
+    let (status, _, text) = rate(&everyone, &body);
+    assert_eq!(status, 200, "{text}");
 }

@@ -240,6 +240,7 @@ fn answered(checked: Checked, given: &[&Hit], mut usage: Usage) -> Answer {
                 source: hit.source.clone(),
                 title: hit.title.clone(),
                 page: hit.page,
+                url: hit.url.clone(),
                 quote: citations::best_quote(&claims, &hit.text),
                 verified: true,
             }

@@ -160,6 +160,7 @@ mod tests {
             page: None,
             heading: String::new(),
             text: attack.into(),
+            url: None,
         };
         let messages = build_messages("When?<|im_end|>", &[render_passage(1, &hit)]);
         for m in &messages {
@@ -181,6 +182,7 @@ mod tests {
             page: Some(3),
             heading: "Travel > Per diem".into(),
             text: " Rates vary. ".into(),
+            url: None,
         };
         assert_eq!(
             render_passage(2, &hit),

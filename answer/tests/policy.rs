@@ -18,6 +18,7 @@ fn hit(n: usize, similarity: f32, title: &str, text: &str) -> Hit {
         page: None,
         heading: String::new(),
         text: text.into(),
+        url: None,
     }
 }
 

@@ -50,6 +50,9 @@ pub async fn create(
 pub struct Caller {
     pub role: KeyRole,
     pub groups: Option<Vec<String>>,
+    /// The key's id; `None` in open mode. Answers are rated by the key
+    /// that asked.
+    pub key_id: Option<String>,
 }
 
 impl Caller {
@@ -58,6 +61,7 @@ impl Caller {
         Caller {
             role: KeyRole::Admin,
             groups: None,
+            key_id: None,
         }
     }
 
@@ -66,6 +70,7 @@ impl Caller {
         Caller {
             role: key.role,
             groups: (!unrestricted).then(|| key.groups.clone()),
+            key_id: Some(key.id.clone()),
         }
     }
 

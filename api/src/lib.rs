@@ -1,5 +1,5 @@
 //! The `rag` service as a library: the wiring of the crates ([`app`]), the
-//! settings ([`config`]), the HTTP API ([`http`]), the command line
+//! settings ([`config`]), the HTTP API ([`http`]), MCP ([`mcp`]), the command line
 //! ([`cli`]) and the operations behind some commands ([`ops`]: models,
 //! benchmarks, evaluations, the cluster). The binary (`main.rs`) only
 //! parses the command line and calls [`cli::run`].
@@ -11,6 +11,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod ops;
 

@@ -266,3 +266,152 @@ async fn ask_answers_from_the_documents_and_cites_them() {
         .await;
     assert_eq!(answer["abstained"], true, "{answer}");
 }
+
+#[tokio::test]
+async fn answers_are_rated_only_by_the_key_that_asked() {
+    let f = fixture("Employees get 28 days of paid annual leave [1].").await;
+    f.ingest(
+        "leave.md",
+        "# Leave\nEvery employee gets 28 days of paid annual leave per year.",
+        &["staff"],
+    )
+    .await;
+    let (alice, bob) = (
+        f.key(KeyRole::Reader, &["staff"]).await,
+        f.key(KeyRole::Reader, &["staff"]).await,
+    );
+    let question = json!({"question": "How many days of paid annual leave?"});
+    let (status, _, answer) = f
+        .call(false, "POST", "/v1/ask", Some(&alice), Some(question))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id = answer["answer_id"].as_str().unwrap().to_string();
+    let rate = |rating: &str| json!({"answer_id": id, "rating": rating, "comment": "spot on"});
+    let (status, _, body) = f
+        .call(false, "POST", "/v1/feedback", Some(&bob), Some(rate("up")))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, body) = f
+        .call(
+            false,
+            "POST",
+            "/v1/feedback",
+            Some(&alice),
+            Some(rate("sideways")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, body) = f
+        .call(
+            false,
+            "POST",
+            "/v1/feedback",
+            Some(&alice),
+            Some(rate("up")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rated = f.app.docs.rated_answers().await.unwrap();
+    assert_eq!(rated.len(), 1);
+    assert_eq!(rated[0].question, "How many days of paid annual leave?");
+    assert_eq!(rated[0].rating.as_deref(), Some("up"));
+    assert!(
+        rated[0].citations.contains("leave.md"),
+        "{}",
+        rated[0].citations
+    );
+    // A streamed chat answer carries its id in the final chunk, and the
+    // non-streamed one as `answer_id` beside OpenAI's `id`.
+    let (status, _, chat) = f
+        .call(
+            false,
+            "POST",
+            "/v1/chat/completions",
+            Some(&alice),
+            Some(json!({"model": "rag", "messages": [{"role": "user", "content": "How many days of paid annual leave?"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{chat}");
+    assert_eq!(chat["answer_id"], chat["id"], "{chat}");
+}
+
+#[tokio::test]
+async fn only_admin_keys_manage_sources() {
+    let f = fixture("unused").await;
+    let reader = f.key(KeyRole::Reader, &["staff"]).await;
+    let uploader = f.key(KeyRole::Uploader, &["staff"]).await;
+    let admin = f.key(KeyRole::Admin, &[]).await;
+    let source = json!({
+        "name": "wiki",
+        "config": {"kind": "git", "url": "/srv/wiki.git", "url_template": "https://git.example/{path}"},
+        "groups": ["staff"],
+    });
+    for key in [&reader, &uploader] {
+        let (status, _, body) = f
+            .call(
+                false,
+                "POST",
+                "/v1/sources",
+                Some(key),
+                Some(source.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let (status, _, _) = f.call(false, "GET", "/v1/sources", Some(key), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _, _) = f
+            .call(false, "POST", "/v1/sources/wiki/sync", Some(key), None)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    let (status, _, body) = f
+        .call(
+            false,
+            "POST",
+            "/v1/sources",
+            Some(&admin),
+            Some(source.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _, body) = f
+        .call(false, "POST", "/v1/sources", Some(&admin), Some(source))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exists already")
+    );
+    // Bad settings say what to fix.
+    let bad = json!({"name": "site", "config": {"kind": "web", "start_url": "ftp://x.example/"}});
+    let (status, _, body) = f
+        .call(false, "POST", "/v1/sources", Some(&admin), Some(bad))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("https://"),
+        "{body}"
+    );
+    let (status, _, list) = f
+        .call(false, "GET", "/v1/sources", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list[0]["name"], "wiki", "{list}");
+    assert_eq!(
+        list[0]["config"]["url_template"],
+        "https://git.example/{path}"
+    );
+    let (status, _, _) = f
+        .call(false, "DELETE", "/v1/sources/wiki", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = f
+        .call(false, "POST", "/v1/sources/wiki/sync", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

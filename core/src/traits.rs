@@ -1,8 +1,8 @@
 use async_trait::async_trait;
 
 use crate::{
-    ApiKeyRecord, ChatMessage, ChunkRecord, DocumentRecord, Generation, GenerationRequest, Result,
-    ScoredChunk, VectorPoint, VectorQuery,
+    AnswerRecord, ApiKeyRecord, ChatMessage, ChunkRecord, DocumentRecord, Generation,
+    GenerationRequest, Result, ScoredChunk, SourceRecord, VectorPoint, VectorQuery,
 };
 
 /// Turns passages and questions into dense vectors.
@@ -130,6 +130,32 @@ pub trait DocumentStore: Send + Sync {
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
     /// Marks a key revoked; false when there is no such key.
     async fn revoke_key(&self, id: &str, revoked_at: &str) -> Result<bool>;
+    /// Stores a new source; `InvalidInput` when the name is taken.
+    async fn add_source(&self, source: &SourceRecord) -> Result<()>;
+    /// Every source, by name.
+    async fn sources(&self) -> Result<Vec<SourceRecord>>;
+    async fn source(&self, name: &str) -> Result<Option<SourceRecord>>;
+    /// Records where a completed sync got to.
+    async fn set_source_state(&self, name: &str, state: &str, synced_at: &str) -> Result<()>;
+    /// Forgets a source (its documents are deleted by the caller first);
+    /// false when there is no such source.
+    async fn remove_source(&self, name: &str) -> Result<bool>;
+    /// The documents a source brought in.
+    async fn documents_of_origin(&self, origin: &str) -> Result<Vec<DocumentRecord>>;
+    /// Keeps an answer (its rating empty).
+    async fn record_answer(&self, answer: &AnswerRecord) -> Result<()>;
+    /// Rates the answer `id` asked with `key_id`; false when there is no
+    /// such answer of that key (another key's answer reads as missing).
+    async fn rate_answer(
+        &self,
+        id: &str,
+        key_id: Option<&str>,
+        rating: &str,
+        comment: Option<&str>,
+        rated_at: &str,
+    ) -> Result<bool>;
+    /// Rated answers, oldest first.
+    async fn rated_answers(&self) -> Result<Vec<AnswerRecord>>;
 }
 
 /// Who commits a document, for [`DocumentStore::commit_document`].

@@ -15,6 +15,15 @@ pub struct DocumentRecord {
     pub groups: Vec<String>,
     pub chunk_count: usize,
     pub ingested_at: String,
+    /// Where people read the document (the page of a crawled site, the
+    /// file in a repository's web view); only documents from a source
+    /// (`rag sources`) have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The source the document came from; `None` for files ingested by
+    /// path or uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// One passage of a document, the unit that is embedded and retrieved.
@@ -177,6 +186,9 @@ pub struct Hit {
     pub page: Option<u32>,
     pub heading: String,
     pub text: String,
+    /// The document's web address, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A numbered source of an answer. `n` is the number the answer cites as `[n]`.
@@ -189,6 +201,10 @@ pub struct Citation {
     pub source: String,
     pub title: String,
     pub page: Option<u32>,
+    /// The document's web address, when it has one: where a reader checks
+    /// the passage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     pub quote: String,
     /// Every sentence citing it was checked against the passage: enough of
     /// its words, and each of its numbers (with units), names and negations.
@@ -367,6 +383,46 @@ impl KeyRole {
             _ => None,
         }
     }
+}
+
+/// A place documents are synced from (`rag sources add`), as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    /// Unique; names the source in `rag sync NAME` and in its documents'
+    /// `origin`.
+    pub name: String,
+    /// The connector: `git` or `web`.
+    pub kind: String,
+    /// The connector's settings, as JSON (what `rag sources add` was given).
+    pub config: String,
+    pub collection: String,
+    pub tags: Vec<String>,
+    pub groups: Vec<String>,
+    /// Where the last completed sync got to, as JSON (a commit, the pages'
+    /// validators); empty before the first.
+    pub state: String,
+    pub created_at: String,
+    pub synced_at: Option<String>,
+}
+
+/// An answer the service gave, kept so that its reader can rate it
+/// (`POST /v1/feedback`) and evaluation sets can learn from real use.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnswerRecord {
+    pub id: String,
+    /// The API key that asked; `None` in open mode. Only the same key may
+    /// rate the answer.
+    pub key_id: Option<String>,
+    pub question: String,
+    pub answer: String,
+    /// The answer's citations, as JSON.
+    pub citations: String,
+    pub abstained: bool,
+    pub created_at: String,
+    /// `up` or `down`, once rated.
+    pub rating: Option<String>,
+    pub comment: Option<String>,
+    pub rated_at: Option<String>,
 }
 
 /// An API key as stored: its hash, never the key.

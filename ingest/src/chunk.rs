@@ -109,7 +109,7 @@ impl Chunker {
 }
 
 /// `(byte offset, level, text)` of every ATX heading outside code fences.
-fn heading_offsets(body: &str) -> Vec<(usize, usize, String)> {
+pub(crate) fn heading_offsets(body: &str) -> Vec<(usize, usize, String)> {
     let mut out = Vec::new();
     let mut offset = 0;
     let mut in_fence = false;
@@ -129,7 +129,7 @@ fn heading_offsets(body: &str) -> Vec<(usize, usize, String)> {
     out
 }
 
-fn breadcrumb(headings: &[(usize, usize, String)], at: usize) -> String {
+pub(crate) fn breadcrumb(headings: &[(usize, usize, String)], at: usize) -> String {
     let mut stack: Vec<(usize, &str)> = Vec::new();
     for (offset, level, text) in headings {
         if *offset > at {

@@ -10,7 +10,7 @@ use crate::{Limits, LoadedDocument};
 
 /// The fuzz targets of the loaders, by name (the upload form's is
 /// `rag_api::fuzzing`).
-pub const TARGETS: &[&str] = &["pdf", "html", "markdown"];
+pub const TARGETS: &[&str] = &["pdf", "html", "markdown", "docx"];
 
 /// The limits under fuzzing: the defaults, with a parse time well under
 /// libFuzzer's own timeout so that a slow input shows as our error rather
@@ -29,10 +29,11 @@ pub fn limits() -> Limits {
 pub fn run(target: &str, data: &[u8]) {
     let limits = limits();
     match target {
-        "pdf" | "html" | "markdown" => {
+        "pdf" | "html" | "markdown" | "docx" => {
             let name = match target {
                 "pdf" => "fuzz.pdf",
                 "html" => "fuzz.html",
+                "docx" => "fuzz.docx",
                 _ => "fuzz.md",
             };
             if let Ok(doc) = crate::load_bytes(Path::new(name), data, &limits) {
@@ -105,6 +106,29 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     ];
     for (i, page) in markdown.iter().enumerate() {
         out.push(("markdown", format!("page-{i}.md"), page.as_bytes().to_vec()));
+    }
+    use crate::docx::fixture::{Block, build as docx};
+    let docs = [
+        (
+            "handbook",
+            docx(
+                &[
+                    Block::Paragraph(Some("Title"), "Handbook"),
+                    Block::Paragraph(Some("Heading1"), "Leave"),
+                    Block::Paragraph(None, "Sick leave is paid for 60 days."),
+                    Block::Table(vec![vec!["Kind", "Days"], vec!["Annual", "25"]]),
+                ],
+                Some("Employee handbook"),
+            ),
+        ),
+        (
+            "plain",
+            docx(&[Block::Paragraph(None, "one & <two>")], None),
+        ),
+    ];
+    let truncated = docs[0].1[..docs[0].1.len() / 2].to_vec();
+    for (name, bytes) in docs.into_iter().chain([("truncated", truncated)]) {
+        out.push(("docx", format!("{name}.docx"), bytes));
     }
     out
 }

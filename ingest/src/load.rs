@@ -7,7 +7,9 @@ use regex::Regex;
 use serde::Deserialize;
 
 /// File extensions the loaders read.
-pub const SUPPORTED_EXTENSIONS: &[&str] = &["md", "markdown", "txt", "text", "html", "htm", "pdf"];
+pub const SUPPORTED_EXTENSIONS: &[&str] = &[
+    "md", "markdown", "txt", "text", "html", "htm", "pdf", "docx",
+];
 
 /// A parsed document, before chunking.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +126,9 @@ pub fn load_bytes(name: &Path, bytes: &[u8], limits: &Limits) -> Result<LoadedDo
     limits.check_bytes(bytes.len()).map_err(with_name)?;
     if ext == "pdf" {
         return crate::formats::load_pdf(bytes, &fallback, limits).map_err(with_name);
+    }
+    if ext == "docx" {
+        return crate::docx::load_docx(bytes, &fallback, limits).map_err(with_name);
     }
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Error::invalid(format!("{}: not valid UTF-8 text", name.display())))?;

@@ -36,6 +36,11 @@ pub struct IngestOptions {
     /// restricted writer replaces only documents it covers (see
     /// [`target`]).
     pub writer_groups: Option<Vec<String>>,
+    /// The source (`rag sources`) the documents come from. A document
+    /// belongs to one origin, or to none (ingested by path, uploaded): an
+    /// input never replaces a document of another origin, and `prune`
+    /// leaves sources' documents alone.
+    pub origin: Option<String>,
 }
 
 impl Default for IngestOptions {
@@ -45,6 +50,7 @@ impl Default for IngestOptions {
             tags: vec![],
             groups: vec![],
             writer_groups: None,
+            origin: None,
         }
     }
 }
@@ -153,6 +159,33 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
+/// The bytes of a fetched document: in memory, or read when the pipeline
+/// gets to it (a repository's file), so a large sync holds only the
+/// documents in progress.
+#[derive(Clone)]
+pub enum Content {
+    Bytes(Arc<Vec<u8>>),
+    Read(Arc<dyn Fn() -> Result<Vec<u8>> + Send + Sync>),
+}
+
+impl Content {
+    fn read(&self) -> Result<Vec<u8>> {
+        match self {
+            Content::Bytes(bytes) => Ok(bytes.to_vec()),
+            Content::Read(read) => read(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Content::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Content::Read(_) => f.write_str("Read"),
+        }
+    }
+}
+
 /// One document to ingest.
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -163,6 +196,14 @@ pub enum Input {
     Bytes {
         source: String,
         bytes: std::sync::Arc<Vec<u8>>,
+    },
+    /// A document a source brought (a file of a repository, a page of a
+    /// site): `name` (a file name, never opened) picks the loader.
+    Fetched {
+        source: String,
+        name: String,
+        url: Option<String>,
+        content: Content,
     },
     /// Plain text already in memory, e.g. a line of a BEIR corpus.
     Text {
@@ -177,7 +218,16 @@ impl Input {
         match self {
             Input::File { source, .. }
             | Input::Bytes { source, .. }
+            | Input::Fetched { source, .. }
             | Input::Text { source, .. } => source,
+        }
+    }
+
+    /// The document's web address, when it has one.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            Input::Fetched { url, .. } => url.as_deref(),
+            Input::File { .. } | Input::Bytes { .. } | Input::Text { .. } => None,
         }
     }
 
@@ -196,6 +246,7 @@ impl Input {
                 std::fs::read(path).map_err(cannot)
             }
             Input::Bytes { bytes, .. } => Ok(bytes.to_vec()),
+            Input::Fetched { content, .. } => content.read(),
             Input::Text { title, body, .. } => Ok(format!("{title}\n{body}").into_bytes()),
         }
     }
@@ -206,6 +257,7 @@ impl Input {
         match self {
             Input::File { path, .. } => crate::load_bytes(path, bytes, limits),
             Input::Bytes { source, .. } => crate::load_bytes(Path::new(source), bytes, limits),
+            Input::Fetched { name, .. } => crate::load_bytes(Path::new(name), bytes, limits),
             Input::Text { title, body, .. } => Ok(LoadedDocument {
                 title: title.clone(),
                 tags: vec![],
@@ -504,7 +556,8 @@ impl Ingestor {
     ) -> Result<Prepared> {
         let source = input.source();
         // Options change what is stored, so they are part of the identity.
-        let labels = serde_json::to_vec(&(&options.tags, &options.groups)).unwrap_or_default();
+        let labels =
+            serde_json::to_vec(&(&options.tags, &options.groups, input.url())).unwrap_or_default();
         let (read, limits) = (input.clone(), self.limits);
         // Reading and hashing a file (up to the size limit) is blocking work.
         let (bytes, content_hash) = tokio::task::spawn_blocking(move || {
@@ -521,6 +574,20 @@ impl Ingestor {
             .documents_by_source(&options.collection, source)
             .await?;
         let (doc_id, previous) = target(source, options, existing);
+        if let Some(p) = previous.as_ref().filter(|p| p.origin != options.origin) {
+            return Err(Error::invalid(match &p.origin {
+                Some(other) => format!(
+                    "{source}: collection {:?} has a document of that name from source {other:?}; \
+                     give this one another collection",
+                    options.collection
+                ),
+                None => format!(
+                    "{source}: collection {:?} has a document of that name that was ingested or \
+                     uploaded; give this source another collection, or delete that document",
+                    options.collection
+                ),
+            }));
+        }
         if previous
             .as_ref()
             .is_some_and(|p| p.content_hash == content_hash)
@@ -600,6 +667,8 @@ impl Ingestor {
             groups: options.groups.clone(),
             chunk_count: chunks.len(),
             ingested_at: String::new(),
+            url: input.url().map(str::to_string),
+            origin: options.origin.clone(),
         };
         Ok(Prepared::Embed(Box::new(Pending {
             record,
@@ -669,10 +738,11 @@ impl Ingestor {
 
     /// Deletes the documents of `collection` whose source is not in
     /// `keep` (files gone from an ingested folder); returns their sources.
+    /// Documents from a source are its own to delete (`rag sync`).
     pub async fn prune(&self, collection: &str, keep: &HashSet<&str>) -> Result<Vec<String>> {
         let mut gone = Vec::new();
         for doc in self.docs.documents(Some(collection)).await? {
-            if !keep.contains(doc.source.as_str()) {
+            if doc.origin.is_none() && !keep.contains(doc.source.as_str()) {
                 self.delete(&doc.id).await?;
                 gone.push(doc.source);
             }
@@ -723,6 +793,8 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             chunk_count: 1,
             ingested_at: String::new(),
+            url: None,
+            origin: None,
         }
     }
 

@@ -3,16 +3,10 @@
 //! headings the document has.
 
 use proptest::prelude::*;
+use rag_ingest::testing::word_tokenizer;
 use rag_ingest::{ChunkOptions, Chunker, LoadedDocument};
 
 /// Every word is one token (all unknown to a one-word vocabulary).
-fn word_tokenizer() -> tokenizers::Tokenizer {
-    let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
-        "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,
-        "decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0},"unk_token":"[UNK]"}}"#;
-    json.parse().unwrap()
-}
-
 /// Markdown of headings and paragraphs; words are `w<n>` so each is unique
 /// enough to find again.
 fn markdown() -> impl Strategy<Value = (String, Vec<String>)> {

@@ -5,13 +5,14 @@
 //! repair leaves no orphan. On SQLite always, on Postgres when
 //! `RAG_TEST_POSTGRES_URL` is set (required under `RAG_REQUIRE_POSTGRES`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rag_core::{DocumentStore, Embedder, ScoredChunk, VectorPoint, VectorQuery, VectorStore};
+use rag_ingest::testing::word_tokenizer;
 use rag_ingest::{ChunkOptions, Chunker, IngestOptions, Ingestor, Input, Limits, repair};
 use rag_store::{EdgeVectorStore, SqlDocumentStore};
 
@@ -85,19 +86,6 @@ impl VectorStore for SlowUpserts {
 }
 
 /// A tokenizer of whole words (the chunker counts in it).
-fn word_tokenizer() -> tokenizers::Tokenizer {
-    use tokenizers::models::wordlevel::WordLevel;
-    let vocab: HashMap<String, u32> = [("[UNK]".to_string(), 0)].into();
-    let model = WordLevel::builder()
-        .vocab(vocab.into_iter().collect())
-        .unk_token("[UNK]".into())
-        .build()
-        .unwrap();
-    let mut tokenizer = tokenizers::Tokenizer::new(model);
-    tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    tokenizer
-}
-
 /// A page of six paragraphs; `version` changes half of them.
 fn page(name: &str, version: &str) -> String {
     let mut text = format!("# {name}\n\n");

@@ -221,6 +221,7 @@ impl Retriever {
                     page: chunk.page,
                     heading: chunk.heading.clone(),
                     text: chunk.text.clone(),
+                    url: doc.url.clone(),
                 },
                 vector: s.vector,
                 ordinal: chunk.ordinal,

@@ -40,6 +40,8 @@ fn doc(source: &str, collection: &str, tags: &[&str], groups: &[&str]) -> Docume
         groups: groups.iter().map(|g| g.to_string()).collect(),
         chunk_count: 1,
         ingested_at: "2026-12-01T00:00:00Z".into(),
+        url: None,
+        origin: None,
     }
 }
 

@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use rag_core::{
-    ApiKeyRecord, BoxError, ChunkRecord, DocumentRecord, DocumentStore, Error, KeyRole,
-    ReferenceLock, Result, WriterLease,
+    AnswerRecord, ApiKeyRecord, BoxError, ChunkRecord, DocumentRecord, DocumentStore, Error,
+    KeyRole, ReferenceLock, Result, SourceRecord, WriterLease,
 };
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -128,7 +128,8 @@ async fn write_document(
     delete_rows(tx, &doc.id).await?;
     sqlx::query(
         "INSERT INTO documents (id, collection, source, title, content_hash, tags, \
-         access_groups, chunk_count, ingested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         access_groups, chunk_count, ingested_at, url, origin) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&doc.id)
     .bind(&doc.collection)
@@ -139,6 +140,8 @@ async fn write_document(
     .bind(json_list(&doc.groups))
     .bind(chunks.len() as i64)
     .bind(&doc.ingested_at)
+    .bind(doc.url.as_deref())
+    .bind(doc.origin.as_deref())
     .execute(&mut **tx)
     .await
     .map_err(db_error)?;
@@ -236,8 +239,49 @@ fn document_from_row(row: &sqlx::any::AnyRow) -> Result<DocumentRecord> {
         groups: parse_list(&get("access_groups")?),
         chunk_count: row.try_get::<i64, _>("chunk_count").map_err(db_error)? as usize,
         ingested_at: get("ingested_at")?,
+        url: row.try_get::<Option<String>, _>("url").map_err(db_error)?,
+        origin: row
+            .try_get::<Option<String>, _>("origin")
+            .map_err(db_error)?,
     })
 }
+
+fn source_from_row(row: &sqlx::any::AnyRow) -> Result<SourceRecord> {
+    let get = |c: &str| row.try_get::<String, _>(c).map_err(db_error);
+    Ok(SourceRecord {
+        name: get("name")?,
+        kind: get("kind")?,
+        config: get("config")?,
+        collection: get("collection")?,
+        tags: parse_list(&get("tags")?),
+        groups: parse_list(&get("access_groups")?),
+        state: get("state")?,
+        created_at: get("created_at")?,
+        synced_at: row
+            .try_get::<Option<String>, _>("synced_at")
+            .map_err(db_error)?,
+    })
+}
+
+fn answer_from_row(row: &sqlx::any::AnyRow) -> Result<AnswerRecord> {
+    let get = |c: &str| row.try_get::<String, _>(c).map_err(db_error);
+    let opt = |c: &str| row.try_get::<Option<String>, _>(c).map_err(db_error);
+    Ok(AnswerRecord {
+        id: get("id")?,
+        key_id: opt("key_id")?,
+        question: get("question")?,
+        answer: get("answer")?,
+        citations: get("citations")?,
+        abstained: row.try_get::<i64, _>("abstained").map_err(db_error)? != 0,
+        created_at: get("created_at")?,
+        rating: opt("rating")?,
+        comment: opt("comment")?,
+        rated_at: opt("rated_at")?,
+    })
+}
+
+const SOURCE_COLUMNS: &str =
+    "name, kind, config, collection, tags, access_groups, state, created_at, synced_at";
 
 fn key_from_row(row: &sqlx::any::AnyRow) -> Result<ApiKeyRecord> {
     let get = |c: &str| row.try_get::<String, _>(c).map_err(db_error);
@@ -293,8 +337,8 @@ fn ids_of(rows: &[sqlx::any::AnyRow]) -> Result<Vec<String>> {
         .collect()
 }
 
-const DOC_COLUMNS: &str =
-    "id, collection, source, title, content_hash, tags, access_groups, chunk_count, ingested_at";
+const DOC_COLUMNS: &str = "id, collection, source, title, content_hash, tags, access_groups, \
+                           chunk_count, ingested_at, url, origin";
 
 #[async_trait]
 impl DocumentStore for SqlDocumentStore {
@@ -672,6 +716,142 @@ impl DocumentStore for SqlDocumentStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn add_source(&self, source: &SourceRecord) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO sources (name, kind, config, collection, tags, access_groups, state, \
+             created_at, synced_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&source.name)
+        .bind(&source.kind)
+        .bind(&source.config)
+        .bind(&source.collection)
+        .bind(json_list(&source.tags))
+        .bind(json_list(&source.groups))
+        .bind(&source.state)
+        .bind(&source.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::invalid(format!(
+                "a source named {:?} exists already; remove it first or pick another name",
+                source.name
+            )));
+        }
+        Ok(())
+    }
+
+    async fn sources(&self) -> Result<Vec<SourceRecord>> {
+        let sql = format!("SELECT {SOURCE_COLUMNS} FROM sources ORDER BY name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(source_from_row).collect()
+    }
+
+    async fn source(&self, name: &str) -> Result<Option<SourceRecord>> {
+        let sql = format!("SELECT {SOURCE_COLUMNS} FROM sources WHERE name = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(source_from_row).transpose()
+    }
+
+    async fn set_source_state(&self, name: &str, state: &str, synced_at: &str) -> Result<()> {
+        sqlx::query("UPDATE sources SET state = $1, synced_at = $2 WHERE name = $3")
+            .bind(state)
+            .bind(synced_at)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn remove_source(&self, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM sources WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn documents_of_origin(&self, origin: &str) -> Result<Vec<DocumentRecord>> {
+        let sql =
+            format!("SELECT {DOC_COLUMNS} FROM documents WHERE origin = $1 ORDER BY source, id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(origin)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(document_from_row).collect()
+    }
+
+    async fn record_answer(&self, answer: &AnswerRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO answers (id, key_id, question, answer, citations, abstained, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&answer.id)
+        .bind(answer.key_id.as_deref())
+        .bind(&answer.question)
+        .bind(&answer.answer)
+        .bind(&answer.citations)
+        .bind(i64::from(answer.abstained))
+        .bind(&answer.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn rate_answer(
+        &self,
+        id: &str,
+        key_id: Option<&str>,
+        rating: &str,
+        comment: Option<&str>,
+        rated_at: &str,
+    ) -> Result<bool> {
+        // `key_id IS $5` would be SQLite only: the two cases are spelled out.
+        let sql = match key_id {
+            Some(_) => {
+                "UPDATE answers SET rating = $1, comment = $2, rated_at = $3 \
+                 WHERE id = $4 AND key_id = $5"
+            }
+            None => {
+                "UPDATE answers SET rating = $1, comment = $2, rated_at = $3 \
+                 WHERE id = $4 AND key_id IS NULL"
+            }
+        };
+        let mut query = sqlx::query(sql)
+            .bind(rating)
+            .bind(comment)
+            .bind(rated_at)
+            .bind(id);
+        if let Some(key) = key_id {
+            query = query.bind(key);
+        }
+        let done = query.execute(&self.pool).await.map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn rated_answers(&self) -> Result<Vec<AnswerRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, key_id, question, answer, citations, abstained, created_at, rating, \
+             comment, rated_at FROM answers WHERE rating IS NOT NULL ORDER BY rated_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.iter().map(answer_from_row).collect()
+    }
+
     async fn finish_run(&self, run_id: &str, finished_at: &str, report_json: &str) -> Result<()> {
         sqlx::query("UPDATE ingest_runs SET finished_at = $1, report = $2 WHERE id = $3")
             .bind(finished_at)
@@ -699,6 +879,8 @@ mod tests {
             groups: vec!["hr".into()],
             chunk_count: 0,
             ingested_at: "2026-01-01T00:00:00Z".into(),
+            url: None,
+            origin: None,
         }
     }
 
@@ -734,6 +916,7 @@ mod tests {
 
     async fn exercise(url: &str) {
         let store = SqlDocumentStore::connect(url).await.unwrap();
+        sources(&store).await;
         let d = doc("a.md", "h1");
         let chunks = vec![chunk(&d, 0, "one"), chunk(&d, 1, "two")];
         store.replace_document(&d, &chunks).await.unwrap();
@@ -913,5 +1096,87 @@ mod tests {
         let store = SqlDocumentStore::connect(url).await.unwrap();
         let run = store.start_run("t0").await.unwrap();
         store.finish_run(&run, "t1", "{}").await.unwrap();
+    }
+
+    /// Sources, and the url and origin of the documents they bring.
+    async fn sources(store: &SqlDocumentStore) {
+        let wiki = SourceRecord {
+            name: "wiki".into(),
+            kind: "git".into(),
+            config: r#"{"url":"/srv/wiki.git"}"#.into(),
+            collection: "default".into(),
+            tags: vec!["hr".into()],
+            groups: vec!["staff".into()],
+            state: String::new(),
+            created_at: "2026-12-02T00:00:00Z".into(),
+            synced_at: None,
+        };
+        store.add_source(&wiki).await.unwrap();
+        let err = store.add_source(&wiki).await.unwrap_err();
+        assert!(err.to_string().contains("exists already"), "{err}");
+        store
+            .set_source_state("wiki", r#"{"commit":"abc"}"#, "2026-12-02T01:00:00Z")
+            .await
+            .unwrap();
+        let got = store.source("wiki").await.unwrap().unwrap();
+        assert_eq!(got.state, r#"{"commit":"abc"}"#);
+        assert_eq!(got.synced_at.as_deref(), Some("2026-12-02T01:00:00Z"));
+        assert_eq!(got.groups, ["staff"]);
+        assert_eq!(store.sources().await.unwrap().len(), 1);
+
+        let page = DocumentRecord {
+            url: Some("https://wiki.example/leave".into()),
+            origin: Some("wiki".into()),
+            ..doc("leave.md", "h")
+        };
+        store.replace_document(&page, &[]).await.unwrap();
+        store
+            .replace_document(&doc("other.md", "h"), &[])
+            .await
+            .unwrap();
+        let mine = store.documents_of_origin("wiki").await.unwrap();
+        assert_eq!(mine, [page.clone()]);
+        assert!(store.documents_of_origin("none").await.unwrap().is_empty());
+        store.delete_document(&page.id).await.unwrap();
+        store
+            .delete_document(&doc("other.md", "h").id)
+            .await
+            .unwrap();
+        assert!(store.remove_source("wiki").await.unwrap());
+        assert!(!store.remove_source("wiki").await.unwrap());
+        assert!(store.source("wiki").await.unwrap().is_none());
+
+        // Answers are rated by the key that asked, and only by it.
+        let answer = AnswerRecord {
+            id: "a1".into(),
+            key_id: Some("key-a".into()),
+            question: "How many sick days?".into(),
+            answer: "60 days [1].".into(),
+            citations: "[]".into(),
+            abstained: false,
+            created_at: "2026-12-02T00:00:00Z".into(),
+            ..Default::default()
+        };
+        store.record_answer(&answer).await.unwrap();
+        let open = AnswerRecord {
+            id: "a2".into(),
+            key_id: None,
+            ..answer.clone()
+        };
+        store.record_answer(&open).await.unwrap();
+        let rate = |id: &'static str, key: Option<&'static str>| {
+            store.rate_answer(id, key, "down", Some("wrong"), "2026-12-02T01:00:00Z")
+        };
+        assert!(!rate("a1", Some("key-b")).await.unwrap());
+        assert!(!rate("a1", None).await.unwrap());
+        assert!(!rate("a2", Some("key-a")).await.unwrap());
+        assert!(store.rated_answers().await.unwrap().is_empty());
+        assert!(rate("a1", Some("key-a")).await.unwrap());
+        assert!(rate("a2", None).await.unwrap());
+        let rated = store.rated_answers().await.unwrap();
+        assert_eq!(rated.len(), 2);
+        assert_eq!(rated[0].rating.as_deref(), Some("down"));
+        assert_eq!(rated[0].comment.as_deref(), Some("wrong"));
+        assert_eq!(rated[0].question, "How many sick days?");
     }
 }

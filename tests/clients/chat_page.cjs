@@ -1,15 +1,17 @@
 // The chat page in headless Chromium, driven by playwright-core:
 // ask a fixture question and watch the answer stream, open a citation,
-// see the "not in the documents" state, upload a document and ask about it.
+// rate the answer (thumbs down with a comment), see the "not in the
+// documents" state, upload a document and ask about it, and ask a question
+// whose source has a web address: its citation links there.
 //
-//   node chat_page.cjs BASE_URL SCREENSHOT.png
+//   node chat_page.cjs BASE_URL SCREENSHOT.png LINKED_QUESTION URL_PREFIX
 // with RAG_CLIENT_NODE_MODULES naming the node_modules holding
 // playwright-core (scripts/client-env.sh). Prints one JSON line; exits
 // non-zero on the first failed check.
 const path = require("path");
 const { chromium } = require(path.join(process.env.RAG_CLIENT_NODE_MODULES, "playwright-core"));
 
-const [base, screenshot] = process.argv.slice(2);
+const [base, screenshot, linkedQuestion, urlPrefix] = process.argv.slice(2);
 const check = (ok, what) => { if (!ok) throw new Error("check failed: " + what); };
 
 (async () => {
@@ -48,6 +50,16 @@ const check = (ok, what) => { if (!ok) throw new Error("check failed: " + what);
     result.passage_where = await page.innerText("#passage-where");
     check(result.passage_where.includes("it/passwords-and-2fa.md"), "citation opens its passage: " + result.passage_where);
     check((await page.innerText("#passage-quote")).length > 20, "the quoted passage is shown");
+    check(await page.locator("#passage-link").isHidden(), "no link for a document without a web address");
+
+    // Rate it: thumbs down with a comment goes to POST /v1/feedback.
+    const rated = page.waitForResponse((r) => r.url().endsWith("/v1/feedback"), { timeout: 30000 });
+    await answer.locator(".feedback textarea").fill("It should say where the vault is.");
+    await answer.locator(".feedback .rate.down").click();
+    result.feedback_status = (await rated).status();
+    await page.waitForSelector(".feedback-status[data-state]", { timeout: 30000 });
+    result.feedback = await answer.locator(".feedback-status").innerText();
+    check(result.feedback.startsWith("Thanks"), "feedback sent: " + result.feedback);
 
     // Not in the documents: a visible state, not an invented answer.
     await page.fill("#question", "What is the boiling point of tungsten?");
@@ -72,6 +84,18 @@ const check = (ok, what) => { if (!ok) throw new Error("check failed: " + what);
     result.upload_answer = (await third.innerText()).split("\n")[0];
     const sources = await third.locator(".sources").innerText();
     check(sources.includes("Forklift rules"), "the answer cites the uploaded document: " + sources);
+
+    // A document synced from a source has a web address: its citation links to it.
+    await page.fill("#question", linkedQuestion);
+    await page.press("#question", "Enter");
+    await page.waitForSelector(".turn.assistant:nth-of-type(8):not(.pending)", { timeout: 120000 });
+    const fourth = page.locator(".turn.assistant").nth(3);
+    const links = await fourth.locator(".sources a.source-link").evaluateAll((as) => as.map((a) => a.href));
+    result.links = links;
+    check(links.some((h) => h.startsWith(urlPrefix)), "the citation links to its page: " + links.join(", "));
+    await fourth.locator(".sources .cite").first().click();
+    const href = await page.getAttribute("#passage-link", "href");
+    check(href && href.startsWith(urlPrefix) && await page.locator("#passage-link").isVisible(), "the passage links to its page: " + href);
 
     check(external.length === 0, "no request leaves the server: " + external.join(", "));
     await page.screenshot({ path: screenshot, fullPage: true });

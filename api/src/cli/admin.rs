@@ -21,6 +21,14 @@ pub struct ServeArgs {
 }
 
 #[derive(clap::Args)]
+pub struct McpArgs {
+    /// See only documents of these groups (repeatable), as a key of them
+    /// would; without it, every document, as the CLI does.
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+}
+
+#[derive(clap::Args)]
 pub struct KeysArgs {
     #[command(subcommand)]
     pub command: KeysCommand,
@@ -56,6 +64,17 @@ pub enum KeysCommand {
 pub struct DoctorArgs {
     #[arg(long)]
     pub json: bool,
+}
+
+pub async fn mcp(settings: Settings, args: McpArgs) -> anyhow::Result<ExitCode> {
+    let app = Arc::new(App::open(settings).await?);
+    let mut caller = crate::keys::Caller::open();
+    if !args.groups.is_empty() {
+        caller.role = rag_core::KeyRole::Reader;
+        caller.groups = Some(args.groups);
+    }
+    crate::mcp::serve_stdio(app, caller).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn serve(settings: Settings, args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -74,6 +74,7 @@ pub async fn ingest(settings: Settings, args: IngestArgs) -> anyhow::Result<Exit
         tags,
         groups,
         writer_groups: None,
+        origin: None,
     };
     let bar = progress_bar(files.len() as u64, json);
     let work = async {
@@ -169,19 +170,19 @@ pub async fn delete(settings: Settings, args: DeleteArgs) -> anyhow::Result<Exit
 
 /// Without the Kubernetes client there is no Lease to take.
 #[cfg(not(feature = "kube"))]
-async fn resync_lease(_name: &str) -> anyhow::Result<Option<NoLease>> {
+pub(super) async fn resync_lease(_name: &str) -> anyhow::Result<Option<NoLease>> {
     anyhow::bail!("--lease needs a `rag` built with the `kube` feature (on by default)")
 }
 
 #[cfg(not(feature = "kube"))]
-enum NoLease {}
+pub(super) enum NoLease {}
 
 #[cfg(not(feature = "kube"))]
 impl NoLease {
-    async fn hold(&self) -> anyhow::Error {
+    pub(super) async fn hold(&self) -> anyhow::Error {
         match *self {}
     }
-    async fn release(&self) -> anyhow::Result<()> {
+    pub(super) async fn release(&self) -> anyhow::Result<()> {
         match *self {}
     }
 }

@@ -36,6 +36,83 @@ pub enum EvalCommand {
     /// The corpus is ingested into a scratch data directory, reused while
     /// unchanged.
     Retrieval(RetrievalEvalArgs),
+    /// Write the answers readers rated (POST /v1/feedback, the chat page's
+    /// thumbs) as a question file for `rag eval answers`: each with its
+    /// question, the answer given, its cited sources, the rating and the
+    /// comment. A person completes `must_include`, `answer` and
+    /// `answerable`.
+    ExportFeedback(ExportFeedbackArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ExportFeedbackArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Which ratings: down, up or all.
+    #[arg(long, default_value = "all", value_parser = ["down", "up", "all"])]
+    pub rating: String,
+}
+
+pub async fn export_feedback(
+    settings: Settings,
+    args: ExportFeedbackArgs,
+) -> anyhow::Result<ExitCode> {
+    let app = App::open(settings).await?;
+    let rated = app.docs.rated_answers().await?;
+    let mut lines = String::new();
+    let (mut down, mut up) = (0, 0);
+    for a in &rated {
+        let rating = a.rating.as_deref().unwrap_or("");
+        if args.rating != "all" && args.rating != rating {
+            continue;
+        }
+        if rating == "down" {
+            down += 1;
+        } else {
+            up += 1;
+        }
+        let citations: Vec<rag_core::Citation> =
+            serde_json::from_str(&a.citations).unwrap_or_default();
+        let mut sources: Vec<String> = citations.iter().map(|c| c.source.clone()).collect();
+        sources.dedup();
+        // An answer readers liked is a reference and its sources are
+        // gold; one they did not is only the question, to be answered by a
+        // person.
+        let liked = rating == "up";
+        let line = serde_json::json!({
+            "id": format!("feedback-{}", a.id),
+            "question": a.question,
+            "answerable": !(liked && a.abstained),
+            "gold_sources": if liked { sources.clone() } else { vec![] },
+            "answer": if liked && !a.abstained { Some(a.answer.clone()) } else { None },
+            "must_include": [],
+            "kind": format!("feedback-{rating}"),
+            "feedback": {
+                "answer_id": a.id,
+                "rating": rating,
+                "comment": a.comment,
+                "answer_given": a.answer,
+                "abstained": a.abstained,
+                "cited_sources": sources,
+                "asked_at": a.created_at,
+                "rated_at": a.rated_at,
+            },
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, lines)?;
+    println!(
+        "wrote {} rated answers ({down} down, {up} up) to {}; complete must_include (and answer) \
+         before `rag eval answers --questions {}`",
+        down + up,
+        args.out.display(),
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Options of `rag eval answers`.

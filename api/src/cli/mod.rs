@@ -9,6 +9,7 @@ mod cluster;
 mod documents;
 mod eval;
 mod models;
+mod sources;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -39,11 +40,15 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Ingest files or folders (recursively): .md, .markdown, .txt, .text.
+    /// Ingest files or folders (recursively): .md, .markdown, .txt, .text, .html, .htm, .pdf, .docx.
     Ingest(documents::IngestArgs),
     /// Delete documents, by source (as `ingest` names it) or id: their rows
     /// and vectors, all of them.
     Delete(documents::DeleteArgs),
+    /// Places documents are synced from: Git repositories and web sites.
+    Sources(sources::SourcesArgs),
+    /// Bring sources up to date: added, changed and deleted documents.
+    Sync(sources::SyncArgs),
     /// Print the passages retrieved for a question.
     Retrieve(answers::QuestionArgs),
     /// Answer a question from the documents, with numbered sources.
@@ -61,6 +66,9 @@ pub enum Command {
     /// The Deployments and StatefulSets of a namespace and their rollouts.
     #[cfg(feature = "kube")]
     Status(cluster::StatusArgs),
+    /// Serve the knowledge base over the Model Context Protocol on stdin
+    /// and stdout (tools `search` and `ask`), for AI tools that start it.
+    Mcp(admin::McpArgs),
     /// API keys for `serve`.
     Keys(admin::KeysArgs),
     /// Check that the metadata and the vectors agree.
@@ -78,14 +86,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models(args) => models::models(&settings, args),
         Command::Ingest(args) => documents::ingest(settings, args).await,
         Command::Delete(args) => documents::delete(settings, args).await,
+        Command::Sources(args) => sources::sources(settings, args).await,
+        Command::Sync(args) => sources::sync(settings, args).await,
         Command::Retrieve(args) => answers::retrieve(settings, args).await,
         Command::Ask(args) => answers::ask(settings, args).await,
         Command::Eval(args) => match args.command {
             eval::EvalCommand::Answers(args) => eval::answers(settings, args).await,
             eval::EvalCommand::Retrieval(args) => eval::retrieval(settings, args).await,
+            eval::EvalCommand::ExportFeedback(args) => eval::export_feedback(settings, args).await,
         },
         Command::Serve(args) => admin::serve(settings, args).await,
         Command::Keys(args) => admin::keys(settings, args).await,
+        Command::Mcp(args) => admin::mcp(settings, args).await,
         Command::Doctor(args) => admin::doctor(settings, args).await,
         Command::Bench(args) => match args.command {
             bench::BenchCommand::Generate(args) => bench::generate(settings, args).await,

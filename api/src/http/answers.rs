@@ -52,7 +52,7 @@ impl AskRequest {
 }
 
 #[utoipa::path(post, path = "/v1/ask", tag = "answers", request_body = AskRequest,
-    responses((status = 200, description = "A grounded answer with citations, or the abstention", body = Answer),
+    responses((status = 200, description = "A grounded answer with citations, or the abstention, and its `answer_id` (for POST /v1/feedback)", body = Answer),
         (status = 400, description = "Bad input; the message names the field", body = ErrorBody), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 429, description = "Generation queue full; see Retry-After", body = ErrorBody), (status = 503, description = "A backend is down; see Retry-After", body = ErrorBody)))]
 pub(crate) async fn ask(
     State(state): State<AppState>,
@@ -61,7 +61,14 @@ pub(crate) async fn ask(
 ) -> Result<Response, ApiError> {
     let app = &state.app;
     let req: AskRequest = parse(&body)?;
-    Ok(Json(app.ask(&req.question, &req.query(&caller)?).await?).into_response())
+    let answer = app.ask(&req.question, &req.query(&caller)?).await?;
+    let id = super::chat::answer_id();
+    super::feedback::remember(app, &caller, &id, &req.question, &answer).await;
+    let mut body = serde_json::to_value(&answer).map_err(|e| {
+        ApiError::from(rag_core::Error::internal("serialising an answer").with_source(e))
+    })?;
+    body["answer_id"] = id.into();
+    Ok(Json(body).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/retrieve", tag = "answers", request_body = AskRequest,

@@ -178,6 +178,11 @@ fn chunk_id() -> String {
     format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A new answer's id: what `POST /v1/feedback` rates it by.
+pub(crate) fn answer_id() -> String {
+    chunk_id()
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -220,7 +225,7 @@ fn rag_fields(answer: &Answer) -> Value {
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "answers", request_body = ChatRequest,
     responses(
-        (status = 200, description = "OpenAI's chat.completion, plus `answer`, `abstained`, `citations`, `verified_citations`, `removed_citations` and per-stage `usage`; with `stream: true`, Server-Sent Events of chat.completion.chunk whose last chunk carries the same, then `[DONE]`"),
+        (status = 200, description = "OpenAI's chat.completion, plus `answer`, `abstained`, `citations`, `verified_citations`, `removed_citations`, `answer_id` (for POST /v1/feedback) and per-stage `usage`; with `stream: true`, Server-Sent Events of chat.completion.chunk whose last chunk carries the same, then `[DONE]`"),
         (status = 400, description = "Bad input; the message names the field", body = super::error::ErrorBody),
         (status = 401, description = "No or unknown API key", body = super::error::ErrorBody),
         (status = 404, description = "Unknown model", body = super::error::ErrorBody),
@@ -301,11 +306,15 @@ pub async fn completions(
         .max_tokens
         .unwrap_or(app.settings.generator.max_tokens);
     if req.stream {
-        return Ok(stream_answer(app, slot, model, question, query, max_tokens));
+        return Ok(stream_answer(
+            app, caller, slot, model, question, query, max_tokens,
+        ));
     }
     let answer = app.ask_stream(slot, &question, &query, &mut |_| {}).await?;
+    let id = answer_id();
+    super::feedback::remember(&app, &caller, &id, &question, &answer).await;
     let mut body = json!({
-        "id": chunk_id(),
+        "id": id,
         "object": "chat.completion",
         "created": now(),
         "model": model,
@@ -317,6 +326,7 @@ pub async fn completions(
         "usage": usage_json(&answer),
     });
     merge(&mut body, rag_fields(&answer));
+    body["answer_id"] = id.into();
     Ok(Json(body).into_response())
 }
 
@@ -388,6 +398,7 @@ fn sse_response(rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Response {
 /// (and the non-streamed `content`): text the checks remove is never sent.
 fn stream_answer(
     app: Arc<App>,
+    caller: Arc<Caller>,
     slot: crate::app::GenerationSlot,
     model: String,
     question: String,
@@ -396,7 +407,7 @@ fn stream_answer(
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(super::error::in_this_request(async move {
-        let (id, created) = (chunk_id(), now());
+        let (id, created) = (answer_id(), now());
         send(&tx, &role_chunk(&id, created, &model));
         let mut streamed = String::new();
         let result = app
@@ -419,10 +430,12 @@ fn stream_answer(
                         "the streamed text differs from the checked answer"
                     );
                 }
+                super::feedback::remember(&app, &caller, &id, &question, &answer).await;
                 let finish = finish_reason(answer.usage.completion_tokens, max_tokens);
                 let mut last = chunk(&id, created, &model, json!({}), Some(finish));
                 last["usage"] = usage_json(&answer);
                 merge(&mut last, rag_fields(&answer));
+                last["answer_id"] = id.clone().into();
                 send(&tx, &last);
             }
             Err(e) => send(&tx, &ApiError::from(e).body()),

@@ -6,10 +6,12 @@ mod auth;
 pub mod chat;
 mod documents;
 pub mod error;
+pub(crate) mod feedback;
 pub mod form;
 mod health;
 pub mod jobs;
 mod openapi;
+mod sources;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,7 +56,12 @@ async fn deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if request.uri().path() == "/v1/chat/completions" {
+    // MCP sessions hold a stream open, `ask` takes as long as an answer, and
+    // a sync as long as its source.
+    let path = request.uri().path();
+    if matches!(path, "/v1/chat/completions" | "/mcp")
+        || (path.starts_with("/v1/sources/") && path.ends_with("/sync"))
+    {
         return next.run(request).await;
     }
     let limit = std::time::Duration::from_secs_f64(state.app.settings.server.request_timeout_s);
@@ -92,6 +99,7 @@ async fn track(request: axum::extract::Request, next: axum::middleware::Next) ->
 
 pub fn router(app: Arc<App>, open: bool) -> anyhow::Result<Router> {
     let jobs = Jobs::start(app.clone(), JOB_QUEUE);
+    let mcp = crate::mcp::http_service(app.clone(), open);
     let metrics = crate::metrics::install()?;
     let state = AppState {
         app,
@@ -116,11 +124,16 @@ pub fn router(app: Arc<App>, open: bool) -> anyhow::Result<Router> {
         .route("/v1/ask", post(answers::ask))
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/retrieve", post(answers::retrieve))
+        .route("/v1/feedback", post(feedback::feedback))
+        .route("/v1/sources", get(sources::list).post(sources::add))
+        .route("/v1/sources/{name}", axum::routing::delete(sources::remove))
+        .route("/v1/sources/{name}/sync", post(sources::sync))
         .route("/v1/jobs/{id}", get(documents::job))
         .route(
             "/v1/documents/{id}",
             get(documents::get_document).delete(documents::delete_document),
         )
+        .route_service("/mcp", mcp)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(documents)
         .route_layer(axum::middleware::from_fn_with_state(

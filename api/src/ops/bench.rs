@@ -444,6 +444,8 @@ async fn scratch_store(
             groups: vec![],
             chunk_count: rows.len(),
             ingested_at: String::new(),
+            url: None,
+            origin: None,
         };
         docs.replace_document(&record, &rows).await?;
     }

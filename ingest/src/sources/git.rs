@@ -1,0 +1,481 @@
+//! A Git repository (a docs-as-code wiki): a bare clone kept in the
+//! source's cache folder, fetched at each sync; the files of the branch
+//! (under `path`), incrementally by the diff between the last synced
+//! commit and the new one.
+//!
+//! Through the `git` command rather than gix: a company's repository is
+//! reached with the credentials, proxies, SSH keys and helpers its git is
+//! already set up with, which the CLI honours and a library would have to
+//! be taught; and gix's fetch would add a large compile for one command.
+//! Files are read from the object database (`git cat-file`), never from a
+//! checkout, and only plain files are taken: a symbolic link in the
+//! repository cannot make a sync read a file of this machine.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rag_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{Scan, Source, fill_template};
+use crate::load::extension;
+use crate::{Content, Input, Limits, SUPPORTED_EXTENSIONS};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitConfig {
+    /// What `git clone` takes: a path, `https://`, `ssh://` or `git@host:`.
+    pub url: String,
+    /// The branch; the repository's default branch when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Only files under this folder of the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Each document's web address: `{path}` is its path in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_template: Option<String>,
+}
+
+impl GitConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        let url = self.url.trim();
+        if url.is_empty() {
+            return Err(Error::invalid("--git needs a repository URL or path"));
+        }
+        // An argument, not a URL; `transport::address` runs a remote
+        // helper (`ext::` runs any command).
+        if url.starts_with('-') || url.contains("::") {
+            return Err(Error::invalid(format!(
+                "--git {:?}: not a repository URL (use a path, https://, ssh:// or host:path)",
+                redact(url)
+            )));
+        }
+        if let Some(branch) = &self.branch {
+            let bad = branch.is_empty()
+                || branch.starts_with('-')
+                || branch.contains("..")
+                || branch
+                    .chars()
+                    .any(|c| c.is_whitespace() || "~^:?*[\\".contains(c));
+            if bad {
+                return Err(Error::invalid(format!(
+                    "--branch {branch:?}: not a branch name"
+                )));
+            }
+        }
+        if let Some(path) = &self.path {
+            let bad = path.starts_with('/')
+                || path.split('/').any(|s| s == "..")
+                || path.starts_with(':')
+                || path.starts_with('-');
+            if bad {
+                return Err(Error::invalid(format!(
+                    "--path {path:?}: give a folder inside the repository, like docs/handbook"
+                )));
+            }
+        }
+        if let Some(t) = &self.url_template
+            && !t.contains("{path}")
+        {
+            return Err(Error::invalid(format!(
+                "--url-template {t:?}: it must contain {{path}}, where each document's path \
+                 in the repository goes"
+            )));
+        }
+        Ok(())
+    }
+
+    fn subdir(&self) -> Option<&str> {
+        self.path
+            .as_deref()
+            .map(|p| p.trim_matches('/'))
+            .filter(|p| !p.is_empty() && *p != ".")
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    #[serde(default)]
+    branch: Option<String>,
+    #[serde(default)]
+    commit: Option<String>,
+}
+
+#[derive(Clone)]
+pub(crate) struct GitSource {
+    config: GitConfig,
+    /// The bare clone.
+    repo: PathBuf,
+}
+
+impl GitSource {
+    pub(crate) fn new(config: GitConfig, cache: &Path) -> Self {
+        Self {
+            config,
+            repo: cache.join("repo.git"),
+        }
+    }
+
+    fn scan_blocking(&self, state: &State, retry: &[String], limits: &Limits) -> Result<Scan> {
+        self.config.validate()?;
+        self.fetch()?;
+        let branch = match &self.config.branch {
+            Some(b) => b.clone(),
+            None => text(&git(
+                Some(&self.repo),
+                &["symbolic-ref", "--short", "HEAD"],
+            )?),
+        };
+        let commit = git(
+            Some(&self.repo),
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}^{{commit}}"),
+            ],
+        )
+        .map(|out| text(&out))
+        .map_err(|_| {
+            Error::invalid(format!(
+                "branch {branch:?} not found in {}",
+                redact(&self.config.url)
+            ))
+        })?;
+        // The last synced commit, if the repository still has it (a force
+        // push or a new branch may have dropped it): then only the diff.
+        let since = state
+            .commit
+            .as_ref()
+            .filter(|_| state.branch.as_deref() == Some(branch.as_str()))
+            .filter(|old| {
+                git(
+                    Some(&self.repo),
+                    &["cat-file", "-e", &format!("{old}^{{commit}}")],
+                )
+                .is_ok()
+            });
+        let mut scan = Scan {
+            state: serde_json::json!({ "branch": branch, "commit": commit }),
+            ..Default::default()
+        };
+        let mut files: Vec<(String, String)> = Vec::new(); // (path, blob id)
+        match since {
+            Some(old) => {
+                let mut args = vec![
+                    "diff-tree",
+                    "-r",
+                    "-z",
+                    "--no-renames",
+                    "--raw",
+                    old.as_str(),
+                    commit.as_str(),
+                ];
+                args.extend(self.pathspec());
+                let out = git(Some(&self.repo), &args)?;
+                let fields: Vec<&[u8]> = out.split(|&b| b == 0).collect();
+                let mut i = 0;
+                while i + 1 < fields.len() {
+                    let meta = String::from_utf8_lossy(fields[i]);
+                    let path = String::from_utf8_lossy(fields[i + 1]).into_owned();
+                    i += 2;
+                    // `:old-mode new-mode old-id new-id status`
+                    let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
+                    let [_, mode, _, id, status] = parts[..] else {
+                        continue;
+                    };
+                    if !wanted(&path) {
+                        continue;
+                    }
+                    if status.starts_with('D') || !plain_file(mode) {
+                        scan.deleted.push(path);
+                    } else {
+                        files.push((path, id.to_string()));
+                    }
+                }
+                // What failed last time is read again, if it is still there.
+                let listed: std::collections::HashSet<String> =
+                    files.iter().map(|(p, _)| p.clone()).collect();
+                let again: Vec<&String> = retry.iter().filter(|p| !listed.contains(*p)).collect();
+                if !again.is_empty() {
+                    for (path, id) in self.tree(&commit)? {
+                        if again.contains(&&path) {
+                            files.push((path, id));
+                        }
+                    }
+                }
+            }
+            None => {
+                files = self.tree(&commit)?;
+                scan.complete = true;
+            }
+        }
+        let sizes = self.sizes(&files)?;
+        for ((path, id), size) in files.into_iter().zip(sizes) {
+            if size > limits.max_bytes {
+                scan.failed.push((
+                    path,
+                    format!(
+                        "{size} bytes: larger than the {} bytes a document may be \
+                         (ingest.max_document_mb)",
+                        limits.max_bytes
+                    ),
+                ));
+                continue;
+            }
+            let repo = self.repo.clone();
+            let read =
+                move || -> Result<Vec<u8>> { git(Some(&repo), &["cat-file", "blob", id.as_str()]) };
+            scan.documents.push(Input::Fetched {
+                url: self
+                    .config
+                    .url_template
+                    .as_deref()
+                    .map(|t| fill_template(t, &path)),
+                name: path.clone(),
+                source: path,
+                content: Content::Read(Arc::new(read)),
+            });
+        }
+        Ok(scan)
+    }
+
+    fn pathspec(&self) -> Vec<&str> {
+        match self.config.subdir() {
+            Some(dir) => vec!["--", dir],
+            None => vec![],
+        }
+    }
+
+    /// Clones the repository (into a temporary folder, renamed when done,
+    /// so a crash never leaves half a clone), or fetches its branches.
+    fn fetch(&self) -> Result<()> {
+        let url = self.config.url.trim();
+        if self.repo.join("HEAD").exists() {
+            git(
+                Some(&self.repo),
+                &[
+                    "fetch",
+                    "--quiet",
+                    "--prune",
+                    "--no-tags",
+                    "origin",
+                    "+refs/heads/*:refs/heads/*",
+                ],
+            )
+            .map_err(|e| Error::invalid(format!("fetching {}: {e}", redact(url))))?;
+            return Ok(());
+        }
+        let parent = self.repo.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| {
+            Error::unavailable(format!("creating {}", parent.display())).with_source(e)
+        })?;
+        let partial = parent.join("repo.git.partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let partial_str = partial.to_string_lossy().into_owned();
+        let mut args = vec!["clone", "--bare", "--quiet", "--no-tags"];
+        if let Some(b) = &self.config.branch {
+            args.extend(["--branch", b.as_str()]);
+        }
+        args.extend(["--", url, partial_str.as_str()]);
+        git(None, &args).map_err(|e| Error::invalid(format!("cloning {}: {e}", redact(url))))?;
+        std::fs::rename(&partial, &self.repo).map_err(|e| {
+            Error::unavailable(format!("moving the clone to {}", self.repo.display()))
+                .with_source(e)
+        })
+    }
+
+    /// Every plain file of a supported type under `path` at `commit`.
+    fn tree(&self, commit: &str) -> Result<Vec<(String, String)>> {
+        let mut args = vec!["ls-tree", "-r", "-z", "--full-tree", commit];
+        args.extend(self.pathspec());
+        let out = git(Some(&self.repo), &args)?;
+        Ok(out
+            .split(|&b| b == 0)
+            .filter_map(|entry| {
+                // `mode type id\tpath`
+                let entry = String::from_utf8_lossy(entry);
+                let (meta, path) = entry.split_once('\t')?;
+                let mut meta = meta.split(' ');
+                let (mode, kind, id) = (meta.next()?, meta.next()?, meta.next()?);
+                (kind == "blob" && plain_file(mode) && wanted(path))
+                    .then(|| (path.to_string(), id.to_string()))
+            })
+            .collect())
+    }
+
+    /// The size of each file's blob, in one `git cat-file --batch-check`.
+    fn sizes(&self, files: &[(String, String)]) -> Result<Vec<usize>> {
+        if files.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut input = String::new();
+        for (_, id) in files {
+            input.push_str(id);
+            input.push('\n');
+        }
+        let out = git_with_input(Some(&self.repo), &["cat-file", "--batch-check"], &input)?;
+        let sizes: Vec<usize> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(usize::MAX)
+            })
+            .collect();
+        if sizes.len() != files.len() {
+            return Err(Error::internal("git cat-file --batch-check: short answer"));
+        }
+        Ok(sizes)
+    }
+}
+
+#[async_trait]
+impl Source for GitSource {
+    async fn scan(
+        &self,
+        state: &serde_json::Value,
+        retry: &[String],
+        limits: &Limits,
+    ) -> Result<Scan> {
+        let state: State = serde_json::from_value(state.clone()).unwrap_or_default();
+        let (this, retry, limits) = (self.clone(), retry.to_vec(), *limits);
+        tokio::task::spawn_blocking(move || this.scan_blocking(&state, &retry, &limits))
+            .await
+            .map_err(|e| Error::internal("a blocking task failed").with_source(e))?
+    }
+}
+
+/// A regular file (not a link, not a submodule).
+fn plain_file(mode: &str) -> bool {
+    matches!(mode, "100644" | "100755")
+}
+
+fn wanted(path: &str) -> bool {
+    SUPPORTED_EXTENSIONS.contains(&extension(Path::new(path)).as_str())
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).trim().to_string()
+}
+
+fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>> {
+    git_with_input(dir, args, "")
+}
+
+/// Runs git with no terminal (it never waits for a password), only the
+/// ordinary transports, and pathspecs taken literally.
+fn git_with_input(dir: Option<&Path>, args: &[&str], input: &str) -> Result<Vec<u8>> {
+    let mut cmd = Command::new("git");
+    cmd.arg("--literal-pathspecs")
+        .args(["-c", "protocol.ext.allow=never"]);
+    if let Some(dir) = dir {
+        cmd.arg("-C").arg(dir);
+    }
+    cmd.args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
+        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .stdin(if input.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::unavailable("running git (is it installed and on PATH?)").with_source(e)
+    })?;
+    if !input.is_empty() {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let input = input.to_string();
+        // Written from a thread: git answers as it reads, and a full pipe
+        // either way would block both.
+        std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::unavailable("running git").with_source(e))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let message = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Error::invalid(format!(
+            "git {} failed: {}",
+            args[0],
+            redact(if message.is_empty() {
+                "no message"
+            } else {
+                &message
+            })
+        )));
+    }
+    Ok(out.stdout)
+}
+
+/// A URL or message without the password of any `scheme://user:password@`
+/// in it.
+fn redact(text: &str) -> String {
+    static CREDENTIALS: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"://[^/@\s:]+:[^/@\s]+@").unwrap());
+    CREDENTIALS.replace_all(text, "://***@").into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> GitConfig {
+        GitConfig {
+            url: url.into(),
+            branch: None,
+            path: None,
+            url_template: None,
+        }
+    }
+
+    #[test]
+    fn settings_that_would_run_something_else_are_refused() {
+        for url in ["", "--upload-pack=touch /tmp/x", "ext::sh -c touch% /tmp/x"] {
+            assert!(config(url).validate().is_err(), "{url:?}");
+        }
+        assert!(config("/srv/wiki.git").validate().is_ok());
+        assert!(config("git@git.example:wiki.git").validate().is_ok());
+        let branch = GitConfig {
+            branch: Some("--orphan".into()),
+            ..config("/srv/wiki.git")
+        };
+        assert!(branch.validate().is_err());
+        let path = GitConfig {
+            path: Some("../etc".into()),
+            ..config("/srv/wiki.git")
+        };
+        assert!(path.validate().is_err());
+        let template = GitConfig {
+            url_template: Some("https://git.example/wiki".into()),
+            ..config("/srv/wiki.git")
+        };
+        let err = template.validate().unwrap_err();
+        assert!(err.to_string().contains("{path}"), "{err}");
+    }
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(
+            redact("fatal: unable to access 'https://bot:s3cr3t@git.example/wiki.git/'"),
+            "fatal: unable to access 'https://***@git.example/wiki.git/'"
+        );
+        assert_eq!(
+            redact("git@git.example:wiki.git"),
+            "git@git.example:wiki.git"
+        );
+    }
+}

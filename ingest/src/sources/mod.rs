@@ -1,0 +1,351 @@
+//! Sources: places documents are synced from, one module per kind (a Git
+//! repository, a web site), each a [`Source`]. [`sync`] brings a source's
+//! documents up to date through the [`Ingestor`], so each added or
+//! changed document is written like any ingest (crash-safe, one at a
+//! time), and documents the source no longer has are deleted.
+//!
+//! A new connector is one module: a config struct, a [`Source`] that
+//! turns the state of the last sync into a [`Scan`], and a variant of
+//! [`SourceConfig`].
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use rag_core::{Error, Result, SourceRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::{DocumentOutcome, IngestOptions, Ingestor, Input, Limits, Progress};
+
+mod git;
+mod web;
+
+pub use git::GitConfig;
+pub use web::WebConfig;
+
+/// A connector's settings, as `rag sources add` takes them and the
+/// database stores them (`SourceRecord::config`, by kind).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Git(GitConfig),
+    Web(WebConfig),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Git(_) => "git",
+            SourceConfig::Web(_) => "web",
+        }
+    }
+
+    /// Checks what can be checked before the first sync (the URL's form,
+    /// the template), with a message that says what to fix.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            SourceConfig::Git(c) => c.validate(),
+            SourceConfig::Web(c) => c.validate(),
+        }
+    }
+
+    /// The settings as stored: JSON without the kind (the record has it).
+    pub fn to_json(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("settings serialise");
+        if let Some(map) = value.as_object_mut() {
+            map.remove("kind");
+        }
+        value.to_string()
+    }
+
+    /// The settings of a stored source.
+    pub fn of(record: &SourceRecord) -> Result<Self> {
+        let mut value: serde_json::Value = serde_json::from_str(&record.config).map_err(|e| {
+            Error::internal(format!("source {:?}: stored settings", record.name)).with_source(e)
+        })?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("kind".into(), record.kind.clone().into());
+        }
+        serde_json::from_value(value).map_err(|e| {
+            Error::internal(format!("source {:?}: stored settings", record.name)).with_source(e)
+        })
+    }
+
+    /// Where a sync reads from: a short description for listings.
+    pub fn location(&self) -> String {
+        match self {
+            SourceConfig::Git(c) => c.url.clone(),
+            SourceConfig::Web(c) => c.start_url.clone(),
+        }
+    }
+
+    fn open(&self, cache: &Path) -> Box<dyn Source> {
+        match self {
+            SourceConfig::Git(c) => Box::new(git::GitSource::new(c.clone(), cache)),
+            SourceConfig::Web(c) => Box::new(web::WebSource::new(c.clone())),
+        }
+    }
+}
+
+/// What a connector found since the last sync.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Documents that are new or changed (or may be: their content hash
+    /// decides), as `Input::Fetched`.
+    pub documents: Vec<Input>,
+    /// Documents known to be unchanged (a `304 Not Modified`).
+    pub unchanged: Vec<String>,
+    /// Documents known to be gone (deleted in the repository, a 404).
+    pub deleted: Vec<String>,
+    /// Documents that could not be read this time, with the reason; their
+    /// last version stays.
+    pub failed: Vec<(String, String)>,
+    /// When true, `documents`, `unchanged` and `failed` name every document
+    /// the source has now: any other document of this origin is gone.
+    pub complete: bool,
+    /// What to store once the sync is done, for the next scan to start
+    /// from.
+    pub state: serde_json::Value,
+}
+
+/// A place documents come from.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// What changed since `state` (what the last completed sync stored;
+    /// `Null` before the first). `retry` names the documents that failed
+    /// last time, to be read again if they are still there. An error means
+    /// nothing can be said of the source now (unreachable, not a
+    /// repository, robots.txt forbids it): the sync changes nothing.
+    async fn scan(
+        &self,
+        state: &serde_json::Value,
+        retry: &[String],
+        limits: &Limits,
+    ) -> Result<Scan>;
+}
+
+/// What a sync stores for the next: the connector's own state, and the
+/// documents that failed (read again next time).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Stored {
+    #[serde(default)]
+    connector: serde_json::Value,
+    #[serde(default)]
+    retry: Vec<String>,
+}
+
+/// What one sync did, as `rag sync --json` prints it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SyncReport {
+    pub source: String,
+    pub added: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub deleted: usize,
+    pub failed: usize,
+    /// Each failed document with its reason.
+    pub failures: Vec<Failure>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failure {
+    pub document: String,
+    pub reason: String,
+}
+
+/// Brings `record`'s documents up to date. `cache` is the source's own
+/// folder (a Git source keeps its clone there). The new state is stored
+/// only after every change is committed: a sync that stops half way is
+/// done again from the old state, and what it had committed reads as
+/// unchanged.
+pub async fn sync(
+    ingestor: &Ingestor,
+    record: &SourceRecord,
+    cache: &Path,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<SyncReport> {
+    let started = Instant::now();
+    let config = SourceConfig::of(record)?;
+    let stored: Stored = if record.state.is_empty() {
+        Stored::default()
+    } else {
+        serde_json::from_str(&record.state).map_err(|e| {
+            Error::internal(format!("source {:?}: stored state", record.name)).with_source(e)
+        })?
+    };
+    let scan = config
+        .open(cache)
+        .scan(&stored.connector, &stored.retry, &ingestor.limits)
+        .await
+        .map_err(|e| match e.kind() {
+            rag_core::ErrorKind::Internal => e,
+            _ => Error::invalid(format!("source {:?}: {e}", record.name)),
+        })?;
+    let options = IngestOptions {
+        collection: record.collection.clone(),
+        tags: record.tags.clone(),
+        groups: record.groups.clone(),
+        writer_groups: None,
+        origin: Some(record.name.clone()),
+    };
+    let ingested = ingestor
+        .ingest_inputs(&scan.documents, &options, progress)
+        .await?;
+    let mut report = SyncReport {
+        source: record.name.clone(),
+        added: ingested.added,
+        updated: ingested.updated,
+        ..Default::default()
+    };
+    for outcome in &ingested.outcomes {
+        if let DocumentOutcome::Failed { source, reason } = outcome {
+            report.failures.push(Failure {
+                document: source.clone(),
+                reason: reason.clone(),
+            });
+        }
+    }
+    for (document, reason) in &scan.failed {
+        report.failures.push(Failure {
+            document: document.clone(),
+            reason: reason.clone(),
+        });
+    }
+    report.failed = report.failures.len();
+
+    // Deletions: what the source says is gone, and, after a complete
+    // scan, whatever it no longer names. A document that failed keeps its
+    // last version; one skipped (no text) was removed by the ingest.
+    let gone: HashSet<&str> = scan.deleted.iter().map(String::as_str).collect();
+    let present: HashSet<&str> = scan
+        .documents
+        .iter()
+        .map(Input::source)
+        .chain(scan.unchanged.iter().map(String::as_str))
+        .chain(scan.failed.iter().map(|(d, _)| d.as_str()))
+        .collect();
+    let before = ingestor.docs.documents_of_origin(&record.name).await?;
+    let mut kept = 0usize;
+    for doc in &before {
+        let source = doc.source.as_str();
+        if (gone.contains(source) && !present.contains(source))
+            || (scan.complete && !present.contains(source))
+        {
+            ingestor.delete(&doc.id).await?;
+            report.deleted += 1;
+        } else {
+            kept += 1;
+        }
+    }
+    report.unchanged = kept.saturating_sub(report.added + report.updated);
+    let stored = Stored {
+        connector: scan.state,
+        retry: report.failures.iter().map(|f| f.document.clone()).collect(),
+    };
+    let stored = serde_json::to_string(&stored).expect("state serialises");
+    ingestor
+        .docs
+        .set_source_state(&record.name, &stored, &now())
+        .await?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Deletes every document of a source, then the source.
+pub async fn remove(ingestor: &Ingestor, name: &str) -> Result<usize> {
+    let docs = ingestor.docs.documents_of_origin(name).await?;
+    for doc in &docs {
+        ingestor.delete(&doc.id).await?;
+    }
+    if !ingestor.docs.remove_source(name).await? {
+        return Err(Error::not_found(format!(
+            "no source named {name:?}; `rag sources list` shows them"
+        )));
+    }
+    Ok(docs.len())
+}
+
+/// Checks a source name: it names the source on the command line and in
+/// its documents' `origin`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "source name {name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with \
+             '-' or '.'"
+        )))
+    }
+}
+
+/// `{path}` in a URL template, filled in; the path's segments are
+/// percent-encoded where a URL needs it.
+pub(crate) fn fill_template(template: &str, path: &str) -> String {
+    let encoded: Vec<String> = path
+        .split('/')
+        .map(|segment| {
+            segment
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        })
+        .collect();
+    template.replace("{path}", &encoded.join("/"))
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_through_the_record() {
+        let config = SourceConfig::Git(GitConfig {
+            url: "/srv/wiki.git".into(),
+            branch: Some("main".into()),
+            path: None,
+            url_template: Some("https://git.example/wiki/blob/main/{path}".into()),
+        });
+        let record = SourceRecord {
+            name: "wiki".into(),
+            kind: config.kind().into(),
+            config: config.to_json(),
+            collection: "default".into(),
+            tags: vec![],
+            groups: vec![],
+            state: String::new(),
+            created_at: String::new(),
+            synced_at: None,
+        };
+        assert!(!record.config.contains("kind"));
+        assert_eq!(SourceConfig::of(&record).unwrap(), config);
+    }
+
+    #[test]
+    fn names_and_templates() {
+        assert!(validate_name("hr-wiki_2.0").is_ok());
+        for bad in ["", "-x", ".x", "a b", "a/b", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            fill_template("https://w.example/{path}?plain=1", "leave/sick leave.md"),
+            "https://w.example/leave/sick%20leave.md?plain=1"
+        );
+    }
+}

@@ -1,0 +1,626 @@
+//! Sources over real peers on this machine: a Git repository the test
+//! commits to (with the `git` command), and a web site an HTTP server on
+//! loopback serves, whose pages change and disappear.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use rag_core::{DocumentStore, Embedder, SourceRecord, VectorStore};
+use rag_ingest::sources::{GitConfig, SourceConfig, SyncReport, WebConfig, sync};
+use rag_ingest::testing::{DocxBlock, build_docx, word_tokenizer};
+use rag_ingest::{ChunkOptions, Chunker, Ingestor, Limits};
+use rag_store::{EdgeVectorStore, SqlDocumentStore};
+
+const DIM: usize = 8;
+
+struct Hashed;
+
+impl Embedder for Hashed {
+    fn model_id(&self) -> &str {
+        "hashed"
+    }
+    fn dimension(&self) -> usize {
+        DIM
+    }
+    fn embed(&self, texts: &[&str]) -> rag_core::Result<Vec<Vec<f32>>> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0.01f32; DIM];
+                for w in t.split_whitespace() {
+                    v[w.len() % DIM] += 1.0;
+                }
+                v
+            })
+            .collect())
+    }
+}
+
+struct Fixture {
+    ingestor: Ingestor,
+    _dir: tempfile::TempDir,
+    cache: std::path::PathBuf,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
+    let vectors: Arc<dyn VectorStore> =
+        Arc::new(EdgeVectorStore::open(&dir.path().join("vectors"), DIM).unwrap());
+    let docs: Arc<dyn DocumentStore> = Arc::new(SqlDocumentStore::connect(&url).await.unwrap());
+    let chunker = Chunker::new(
+        word_tokenizer(),
+        ChunkOptions {
+            max_tokens: 60,
+            overlap_tokens: 0,
+        },
+    )
+    .unwrap();
+    Fixture {
+        cache: dir.path().join("sources"),
+        ingestor: Ingestor {
+            embedder: Arc::new(Hashed),
+            vectors,
+            docs,
+            chunker: Arc::new(chunker),
+            limits: Limits::default(),
+        },
+        _dir: dir,
+    }
+}
+
+impl Fixture {
+    async fn add(&self, name: &str, config: SourceConfig) {
+        config.validate().unwrap();
+        self.ingestor
+            .docs
+            .add_source(&SourceRecord {
+                name: name.into(),
+                kind: config.kind().into(),
+                config: config.to_json(),
+                collection: "default".into(),
+                tags: vec!["wiki".into()],
+                groups: vec!["staff".into()],
+                state: String::new(),
+                created_at: "2026-12-02T00:00:00Z".into(),
+                synced_at: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn sync(&self, name: &str) -> rag_core::Result<SyncReport> {
+        let record = self.ingestor.docs.source(name).await?.unwrap();
+        sync(
+            &self.ingestor,
+            &record,
+            &self.cache.join(name),
+            &|_: rag_ingest::Progress| {},
+        )
+        .await
+    }
+
+    /// `(source, url)` of every document, by source.
+    async fn documents(&self) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<_> = self
+            .ingestor
+            .docs
+            .documents(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.source, d.url))
+            .collect();
+        out.sort();
+        out
+    }
+
+    async fn text_of(&self, source: &str) -> String {
+        let doc = self
+            .ingestor
+            .docs
+            .documents_by_source("default", source)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap_or_else(|| panic!("no document {source}"));
+        let ids = self.ingestor.docs.chunk_ids_of(&doc.id).await.unwrap();
+        let chunks = self.ingestor.docs.chunks(&ids).await.unwrap();
+        chunks
+            .iter()
+            .map(|c| c.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every vector belongs to a committed chunk and the other way round.
+    async fn consistent(&self) {
+        let mut rows = self.ingestor.docs.chunk_ids().await.unwrap();
+        let mut vectors = self.ingestor.vectors.chunk_ids().await.unwrap();
+        rows.sort();
+        vectors.sort();
+        assert_eq!(rows, vectors, "rows and vectors differ");
+    }
+}
+
+fn counts(r: &SyncReport) -> (usize, usize, usize, usize, usize) {
+    (r.added, r.updated, r.unchanged, r.deleted, r.failed)
+}
+
+fn git(repo: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write(repo: &Path, path: &str, bytes: &[u8]) {
+    let path = repo.join(path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_git_repository_stays_in_sync() {
+    let f = fixture().await;
+    let upstream = tempfile::tempdir().unwrap();
+    let repo = upstream.path();
+    git(repo, &["init", "--quiet", "--initial-branch=main"]);
+    write(
+        repo,
+        "handbook/leave.md",
+        b"# Leave\n\nSick leave is paid for 60 days.\n",
+    );
+    write(
+        repo,
+        "handbook/travel.md",
+        b"# Travel\n\nTrains under four hours.\n",
+    );
+    write(
+        repo,
+        "handbook/benefits.docx",
+        &build_docx(
+            &[
+                DocxBlock::Paragraph(Some("Heading1"), "Benefits"),
+                DocxBlock::Table(vec![vec!["Plan", "Cost"], vec!["Dental", "12 EUR"]]),
+            ],
+            Some("Benefits"),
+        ),
+    );
+    write(repo, "handbook/broken.docx", b"PK\x03\x04 not a word file");
+    write(repo, "handbook/logo.png", b"\x89PNG");
+    write(repo, "outside.md", b"# Outside\n\nNot under the path.\n");
+    // A link to a file of this machine is never read.
+    std::os::unix::fs::symlink("/etc/hostname", repo.join("handbook/host.md")).unwrap();
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "--quiet", "-m", "first"]);
+
+    let config = SourceConfig::Git(GitConfig {
+        url: repo.display().to_string(),
+        branch: None,
+        path: Some("handbook".into()),
+        url_template: Some("https://git.example/wiki/blob/main/{path}".into()),
+    });
+    f.add("wiki", config).await;
+    let first = f.sync("wiki").await.unwrap();
+    eprintln!("{first:?}");
+    assert_eq!(counts(&first), (3, 0, 0, 0, 1));
+    assert_eq!(first.failures[0].document, "handbook/broken.docx");
+    assert!(
+        first.failures[0].reason.contains("not a Word document"),
+        "{}",
+        first.failures[0].reason
+    );
+    assert_eq!(
+        f.documents().await,
+        [
+            (
+                "handbook/benefits.docx".to_string(),
+                Some("https://git.example/wiki/blob/main/handbook/benefits.docx".to_string())
+            ),
+            (
+                "handbook/leave.md".into(),
+                Some("https://git.example/wiki/blob/main/handbook/leave.md".into())
+            ),
+            (
+                "handbook/travel.md".into(),
+                Some("https://git.example/wiki/blob/main/handbook/travel.md".into())
+            ),
+        ]
+    );
+    assert!(
+        f.text_of("handbook/benefits.docx")
+            .await
+            .contains("Dental | 12 EUR")
+    );
+    let doc = f
+        .ingestor
+        .docs
+        .documents_by_source("default", "handbook/leave.md")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(doc.origin.as_deref(), Some("wiki"));
+    assert_eq!(doc.groups, ["staff"]);
+    f.consistent().await;
+
+    // Nothing new: nothing read again.
+    let again = f.sync("wiki").await.unwrap();
+    assert_eq!(counts(&again), (0, 0, 3, 0, 1), "{again:?}");
+
+    // A change, a deletion, a rename, and the broken file mended.
+    write(
+        repo,
+        "handbook/leave.md",
+        b"# Leave\n\nSick leave is paid for 90 days.\n",
+    );
+    git(repo, &["rm", "--quiet", "handbook/travel.md"]);
+    std::fs::create_dir_all(repo.join("handbook/hr")).unwrap();
+    git(
+        repo,
+        &["mv", "handbook/benefits.docx", "handbook/hr/benefits.docx"],
+    );
+    write(
+        repo,
+        "handbook/broken.docx",
+        &build_docx(&[DocxBlock::Paragraph(None, "Mended.")], None),
+    );
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "--quiet", "-m", "second"]);
+    let second = f.sync("wiki").await.unwrap();
+    eprintln!("{second:?}");
+    // Added: the renamed file and the mended one; deleted: the old name
+    // and the removed page.
+    assert_eq!(counts(&second), (2, 1, 0, 2, 0));
+    let sources: Vec<String> = f.documents().await.into_iter().map(|d| d.0).collect();
+    assert_eq!(
+        sources,
+        [
+            "handbook/broken.docx",
+            "handbook/hr/benefits.docx",
+            "handbook/leave.md"
+        ]
+    );
+    assert!(f.text_of("handbook/leave.md").await.contains("90 days"));
+    f.consistent().await;
+
+    // A rewritten history (a force push of an unrelated commit) seen from
+    // a fresh clone (the cache gone, as in a new pod): the last synced
+    // commit is nowhere, so a full listing, and what it no longer names is
+    // deleted.
+    git(repo, &["checkout", "--quiet", "--orphan", "fresh"]);
+    git(repo, &["rm", "--quiet", "-r", "--cached", "."]);
+    std::fs::remove_dir_all(repo.join("handbook")).unwrap();
+    write(repo, "handbook/only.md", b"# Only\n\nThe one page left.\n");
+    git(repo, &["add", "handbook/only.md"]);
+    git(repo, &["commit", "--quiet", "-m", "rewritten"]);
+    git(repo, &["branch", "--quiet", "-D", "main"]);
+    git(repo, &["branch", "--quiet", "-m", "main"]);
+    git(repo, &["reflog", "expire", "--expire=now", "--all"]);
+    git(repo, &["gc", "--quiet", "--prune=now"]);
+    std::fs::remove_dir_all(f.cache.join("wiki")).unwrap();
+    let third = f.sync("wiki").await.unwrap();
+    eprintln!("{third:?}");
+    assert_eq!(third.added, 1);
+    assert_eq!(
+        f.documents().await,
+        [(
+            "handbook/only.md".to_string(),
+            Some("https://git.example/wiki/blob/main/handbook/only.md".to_string())
+        )]
+    );
+    f.consistent().await;
+
+    // Removing the source removes its documents.
+    let removed = rag_ingest::sources::remove(&f.ingestor, "wiki")
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(f.documents().await.is_empty());
+    f.consistent().await;
+}
+
+#[tokio::test]
+async fn a_bad_repository_fails_with_the_reason_and_changes_nothing() {
+    let f = fixture().await;
+    let not_a_repo = tempfile::tempdir().unwrap();
+    f.add(
+        "nothing",
+        SourceConfig::Git(GitConfig {
+            url: not_a_repo.path().display().to_string(),
+            branch: None,
+            path: None,
+            url_template: None,
+        }),
+    )
+    .await;
+    let err = f.sync("nothing").await.unwrap_err().to_string();
+    assert!(
+        err.contains("cloning") && err.contains("git clone failed"),
+        "{err}"
+    );
+
+    // A branch that is not there.
+    let upstream = tempfile::tempdir().unwrap();
+    git(
+        upstream.path(),
+        &["init", "--quiet", "--initial-branch=main"],
+    );
+    write(upstream.path(), "a.md", b"# A\n\ntext\n");
+    git(upstream.path(), &["add", "-A"]);
+    git(upstream.path(), &["commit", "--quiet", "-m", "a"]);
+    f.add(
+        "nobranch",
+        SourceConfig::Git(GitConfig {
+            url: upstream.path().display().to_string(),
+            branch: Some("release".into()),
+            path: None,
+            url_template: None,
+        }),
+    )
+    .await;
+    let err = f.sync("nobranch").await.unwrap_err().to_string();
+    assert!(err.contains("release"), "{err}");
+    assert!(f.documents().await.is_empty());
+}
+
+/// A small site served on loopback; the test changes its pages.
+#[derive(Clone, Default)]
+struct Site {
+    pages: Arc<Mutex<HashMap<String, (String, String)>>>, // path -> (content type, body)
+    log: Arc<Mutex<Vec<(String, bool)>>>,                 // (path, conditional)
+}
+
+impl Site {
+    fn set(&self, path: &str, content_type: &str, body: &str) {
+        self.pages
+            .lock()
+            .unwrap()
+            .insert(path.into(), (content_type.into(), body.into()));
+    }
+    fn remove(&self, path: &str) {
+        self.pages.lock().unwrap().remove(path);
+    }
+    fn take_log(&self) -> Vec<(String, bool)> {
+        std::mem::take(&mut self.log.lock().unwrap())
+    }
+
+    async fn serve(&self) -> String {
+        use axum::http::{HeaderMap, StatusCode, Uri, header};
+        use axum::response::IntoResponse;
+        let site = self.clone();
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+            let site = site.clone();
+            async move {
+                let path = uri.path().to_string();
+                let page = site.pages.lock().unwrap().get(&path).cloned();
+                let conditional = headers.contains_key(header::IF_NONE_MATCH);
+                site.log.lock().unwrap().push((path.clone(), conditional));
+                let Some((content_type, body)) = page else {
+                    return StatusCode::NOT_FOUND.into_response();
+                };
+                if content_type == "redirect" {
+                    return (StatusCode::FOUND, [(header::LOCATION, body)]).into_response();
+                }
+                let etag = format!(
+                    "\"{:x}\"",
+                    body.len() * 31 + body.bytes().map(usize::from).sum::<usize>()
+                );
+                if headers
+                    .get(header::IF_NONE_MATCH)
+                    .is_some_and(|v| v.to_str().unwrap_or("") == etag)
+                {
+                    return StatusCode::NOT_MODIFIED.into_response();
+                }
+                (
+                    [(header::CONTENT_TYPE, content_type), (header::ETAG, etag)],
+                    body,
+                )
+                    .into_response()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+}
+
+fn html(title: &str, body: &str) -> String {
+    format!(
+        "<html><head><title>{title}</title></head><body><nav><a href=\"/docs/\">Home</a> \
+         <a href=\"/elsewhere/page\">Elsewhere</a></nav><main><h1>{title}</h1>{body}</main></body></html>"
+    )
+}
+
+fn web(start: &str) -> SourceConfig {
+    SourceConfig::Web(WebConfig {
+        start_url: start.into(),
+        prefix: None,
+        max_pages: 50,
+        delay_ms: 0,
+    })
+}
+
+#[tokio::test]
+async fn a_web_site_stays_in_sync() {
+    let f = fixture().await;
+    let site = Site::default();
+    let base = site.serve().await;
+    site.set(
+        "/robots.txt",
+        "text/plain",
+        "User-agent: *\nDisallow: /docs/private\n",
+    );
+    site.set(
+        "/docs/",
+        "text/html",
+        &html(
+            "Handbook",
+            "<p>Start here.</p><a href=\"leave\">Leave</a> <a href=\"travel#rates\">Travel</a> \
+             <a href=\"private/salaries\">Salaries</a> <a href=\"logo.png\">Logo</a> \
+             <a href=\"moved\">Moved</a>",
+        ),
+    );
+    site.set(
+        "/docs/leave",
+        "text/html; charset=utf-8",
+        &html(
+            "Leave",
+            "<p>Sick leave is paid for 60 days.</p><a href=\"old\">Old</a>",
+        ),
+    );
+    site.set(
+        "/docs/travel",
+        "text/html",
+        &html("Travel", "<p>Trains under four hours.</p>"),
+    );
+    site.set(
+        "/docs/old",
+        "text/html",
+        &html("Old", "<p>An old page.</p>"),
+    );
+    site.set(
+        "/docs/private/salaries",
+        "text/html",
+        &html("Salaries", "<p>Secret.</p>"),
+    );
+    site.set("/docs/logo.png", "image/png", "png");
+    site.set(
+        "/elsewhere/page",
+        "text/html",
+        &html("Elsewhere", "<p>Outside.</p>"),
+    );
+    // A redirect out of the prefix is not followed.
+    site.set("/docs/moved", "redirect", "/elsewhere/page");
+
+    f.add("site", web(&format!("{base}/docs/"))).await;
+    let first = f.sync("site").await.unwrap();
+    eprintln!("{first:?}");
+    assert_eq!(counts(&first), (4, 0, 0, 0, 0));
+    let docs = f.documents().await;
+    let sources: Vec<&str> = docs.iter().map(|d| d.0.as_str()).collect();
+    let expected: Vec<String> = ["/docs/", "/docs/leave", "/docs/old", "/docs/travel"]
+        .iter()
+        .map(|p| format!("{base}{p}"))
+        .collect();
+    assert_eq!(sources, expected);
+    // Its URL is its address; the text is the main part only.
+    assert!(docs.iter().all(|(s, u)| u.as_deref() == Some(s.as_str())));
+    let leave = f.text_of(&format!("{base}/docs/leave")).await;
+    assert!(
+        leave.contains("60 days") && !leave.contains("Elsewhere"),
+        "{leave}"
+    );
+    let log = site.take_log();
+    assert!(
+        log.iter()
+            .all(|(p, _)| !p.starts_with("/docs/private") && !p.starts_with("/elsewhere")),
+        "{log:?}"
+    );
+
+    // A change, a page gone (404), a page no longer linked; the rest
+    // answer 304 to conditional requests.
+    site.set(
+        "/docs/leave",
+        "text/html",
+        &html("Leave", "<p>Sick leave is paid for 90 days.</p>"),
+    );
+    site.remove("/docs/travel");
+    let second = f.sync("site").await.unwrap();
+    eprintln!("{second:?}");
+    assert_eq!(counts(&second), (0, 1, 1, 2, 0));
+    assert!(
+        f.text_of(&format!("{base}/docs/leave"))
+            .await
+            .contains("90 days")
+    );
+    let sources: Vec<String> = f.documents().await.into_iter().map(|d| d.0).collect();
+    assert_eq!(
+        sources,
+        [format!("{base}/docs/"), format!("{base}/docs/leave")]
+    );
+    let log = site.take_log();
+    assert!(
+        log.iter()
+            .any(|(p, conditional)| p == "/docs/" && *conditional),
+        "{log:?}"
+    );
+    f.consistent().await;
+
+    // A robots.txt that forbids everything: an error, and nothing lost.
+    site.set("/robots.txt", "text/plain", "User-agent: *\nDisallow: /\n");
+    let err = f.sync("site").await.unwrap_err().to_string();
+    assert!(
+        err.contains("robots.txt") && err.contains("forbids"),
+        "{err}"
+    );
+    assert_eq!(f.documents().await.len(), 2);
+
+    // The site down: an error, and nothing lost.
+    site.set("/robots.txt", "text/plain", "User-agent: *\nAllow: /\n");
+    site.remove("/docs/");
+    let err = f.sync("site").await.unwrap_err().to_string();
+    assert!(
+        err.contains("start page") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(f.documents().await.len(), 2);
+    f.consistent().await;
+}
+
+#[tokio::test]
+async fn sitemaps_and_unreachable_sites() {
+    let f = fixture().await;
+    let site = Site::default();
+    let base = site.serve().await;
+    site.set(
+        "/docs/sitemap.xml",
+        "application/xml",
+        &format!(
+            "<?xml version=\"1.0\"?><urlset xmlns=\"http://www.sitemaps.org/schemas/sitemap/0.9\">\
+             <url><loc>{base}/docs/a</loc></url><url><loc>{base}/docs/b</loc></url>\
+             <url><loc>{base}/other/c</loc></url></urlset>"
+        ),
+    );
+    site.set("/docs/a", "text/html", &html("A", "<p>Page a.</p>"));
+    site.set("/docs/b", "text/markdown", "# B\n\nPage b.\n");
+    site.set(
+        "/other/c",
+        "text/html",
+        &html("C", "<p>Outside the prefix.</p>"),
+    );
+    f.add("map", web(&format!("{base}/docs/sitemap.xml"))).await;
+    let report = f.sync("map").await.unwrap();
+    assert_eq!(counts(&report), (2, 0, 0, 0, 0), "{report:?}");
+
+    // A malformed sitemap: an error that says so, and nothing lost.
+    site.set("/docs/sitemap.xml", "application/xml", "<urlset><url><loc>");
+    let err = f.sync("map").await.unwrap_err().to_string();
+    assert!(
+        err.contains("sitemap") && err.contains("malformed"),
+        "{err}"
+    );
+    assert_eq!(f.documents().await.len(), 2);
+
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    f.add("down", web(&format!("http://127.0.0.1:{port}/docs/")))
+        .await;
+    let err = f.sync("down").await.unwrap_err().to_string();
+    assert!(err.contains("unreachable"), "{err}");
+    assert_eq!(f.documents().await.len(), 2);
+}
