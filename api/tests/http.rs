@@ -320,8 +320,7 @@ async fn answers_are_rated_only_by_the_key_that_asked() {
         "{}",
         rated[0].citations
     );
-    // A streamed chat answer carries its id in the final chunk, and the
-    // non-streamed one as `answer_id` beside OpenAI's `id`.
+    // A chat answer carries it as `answer_id`, the same as OpenAI's `id`.
     let (status, _, chat) = f
         .call(
             false,

@@ -5,8 +5,11 @@
 //! joined by ` | `; list paragraphs become `- ` items.
 //!
 //! The XML is read as a stream (quick-xml), never built into a tree, and
-//! what is inflated from the archive is capped, so a zip bomb or a huge
-//! part costs at most the text limit, not memory.
+//! what is inflated from the archive is capped: a zip bomb or a huge part
+//! is refused once `word/document.xml` passes 8 bytes of XML per byte of
+//! text allowed (64 MB at the default limits) or the styles and
+//! properties pass 8 MB. Text boxes are read in place; the fallback copy
+//! of alternate content is skipped.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Cursor, Read};
@@ -17,9 +20,12 @@ use rag_core::{Error, Result};
 
 use crate::{Limits, LoadedDocument};
 
-/// At most this many bytes of XML are inflated per byte of text allowed:
-/// WordprocessingML spends 10-30 bytes of markup per byte of text.
-const XML_PER_TEXT_BYTE: usize = 32;
+/// At most this many bytes of `word/document.xml` are inflated per byte of
+/// text allowed: WordprocessingML spends a few bytes of markup per byte of
+/// text (more in heavily formatted files, whose text is then capped lower).
+const XML_PER_TEXT_BYTE: usize = 8;
+/// At most this much of the styles and properties parts.
+const MAX_SIDE_PART: usize = 8 << 20;
 /// How often (in XML events) the parse deadline is checked.
 const CHECK_EVERY: usize = 4096;
 
@@ -35,8 +41,9 @@ pub fn load_docx(bytes: &[u8], fallback_title: &str, limits: &Limits) -> Result<
         ))
     })?;
     let cap = limits.max_text_bytes.saturating_mul(XML_PER_TEXT_BYTE);
-    let styles = match read_part(&mut archive, "word/styles.xml", cap)? {
-        Some(xml) => heading_styles(&xml)?,
+    let side = cap.min(MAX_SIDE_PART);
+    let styles = match read_part(&mut archive, "word/styles.xml", side)? {
+        Some(xml) => heading_styles(&xml, limits, deadline)?,
         None => HashMap::new(),
     };
     let Some(document) = read_part(&mut archive, "word/document.xml", cap)? else {
@@ -44,7 +51,7 @@ pub fn load_docx(bytes: &[u8], fallback_title: &str, limits: &Limits) -> Result<
             "not a Word document: the archive has no word/document.xml",
         ));
     };
-    let title = read_part(&mut archive, "docProps/core.xml", cap)?
+    let title = read_part(&mut archive, "docProps/core.xml", side)?
         .and_then(|xml| core_title(&xml))
         .filter(|t| !t.is_empty());
     let (body, styled_title) = document_text(&document, &styles, limits, deadline)?;
@@ -115,7 +122,11 @@ enum Style {
 /// The heading styles of `word/styles.xml`, by style id: from the style's
 /// name ("heading 2", "Title"), else its outline level, else what it is
 /// based on.
-fn heading_styles(xml: &[u8]) -> Result<HashMap<String, Style>> {
+fn heading_styles(
+    xml: &[u8],
+    limits: &Limits,
+    deadline: Instant,
+) -> Result<HashMap<String, Style>> {
     struct Raw {
         name: String,
         outline: Option<usize>,
@@ -125,8 +136,13 @@ fn heading_styles(xml: &[u8]) -> Result<HashMap<String, Style>> {
     let mut reader = quick_xml::Reader::from_reader(BufReader::new(xml));
     let mut buf = Vec::new();
     let mut current: Option<(String, Raw)> = None;
+    let mut events = 0usize;
     loop {
         buf.clear();
+        events += 1;
+        if events.is_multiple_of(CHECK_EVERY) && Instant::now() >= deadline {
+            return Err(limits.timed_out());
+        }
         let event = reader
             .read_event_into(&mut buf)
             .map_err(|e| malformed("word/styles.xml", e))?;
@@ -273,6 +289,9 @@ fn document_text(
     let mut paragraph: Option<Paragraph> = None;
     let mut tables: Vec<Table> = Vec::new();
     let mut in_text = false;
+    // Paragraphs inside the open one (a text box), and the depth inside
+    // `mc:Fallback` (a second copy of alternate content).
+    let (mut nested, mut fallback) = (0usize, 0usize);
     let mut events = 0usize;
     loop {
         buf.clear();
@@ -288,7 +307,12 @@ fn document_text(
             .map_err(|e| malformed("word/document.xml", e))?;
         match event {
             Event::Start(e) => match e.local_name().as_ref() {
+                b"p" if paragraph.is_some() => {
+                    nested += 1;
+                    push_text(paragraph.as_mut(), " ");
+                }
                 b"p" => paragraph = Some(Paragraph::default()),
+                b"Fallback" => fallback += 1,
                 b"t" => in_text = true,
                 b"tbl" => tables.push(Table::default()),
                 b"tr" => {
@@ -309,7 +333,7 @@ fn document_text(
                 b"p" => {}
                 _ => paragraph_property(&e, paragraph.as_mut(), styles),
             },
-            Event::Text(t) if in_text => {
+            Event::Text(t) if in_text && fallback == 0 => {
                 let text = t
                     .unescape()
                     .map_err(|e| malformed("word/document.xml", e))?;
@@ -317,6 +341,11 @@ fn document_text(
             }
             Event::End(e) => match e.local_name().as_ref() {
                 b"t" => in_text = false,
+                b"Fallback" => fallback = fallback.saturating_sub(1),
+                b"p" if nested > 0 => {
+                    nested -= 1;
+                    push_text(paragraph.as_mut(), " ");
+                }
                 b"p" => {
                     let Some(p) = paragraph.take() else { continue };
                     let text = p.text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -626,6 +655,29 @@ mod tests {
                 .title,
             "notes"
         );
+    }
+
+    #[test]
+    fn text_boxes_stay_in_place_and_fallback_copies_are_skipped() {
+        let w = "xmlns:w=\"http://schemas.openxmlformats.org/wordprocessingml/2006/main\" \
+                 xmlns:mc=\"http://schemas.openxmlformats.org/markup-compatibility/2006\"";
+        let xml = format!(
+            "<w:document {w}><w:body><w:p><w:r><w:t>Before the box.</w:t></w:r>\
+             <w:r><mc:AlternateContent><mc:Choice><w:txbxContent><w:p><w:r><w:t>Inside it.</w:t>\
+             </w:r></w:p></w:txbxContent></mc:Choice><mc:Fallback><w:txbxContent><w:p><w:r>\
+             <w:t>Inside it.</w:t></w:r></w:p></w:txbxContent></mc:Fallback></mc:AlternateContent>\
+             </w:r><w:r><w:t>After it.</w:t></w:r></w:p></w:body></w:document>"
+        );
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        zip.start_file(
+            "word/document.xml",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut zip, xml.as_bytes()).unwrap();
+        let bytes = zip.finish().unwrap().into_inner();
+        let doc = load_docx(&bytes, "f", &Limits::default()).unwrap();
+        assert_eq!(doc.body, "Before the box. Inside it. After it.");
     }
 
     #[test]

@@ -323,11 +323,15 @@ async fn a_git_repository_stays_in_sync() {
     f.consistent().await;
 
     // Removing the source removes its documents.
-    let removed = rag_ingest::sources::remove(&f.ingestor, "wiki")
+    let removed = rag_ingest::sources::remove(&f.ingestor, "wiki", &f.cache.join("wiki"))
         .await
         .unwrap();
     assert_eq!(removed, 1);
     assert!(f.documents().await.is_empty());
+    assert!(
+        !f.cache.join("wiki").exists(),
+        "the clone went with the source"
+    );
     f.consistent().await;
 }
 
@@ -559,6 +563,19 @@ async fn a_web_site_stays_in_sync() {
     );
     f.consistent().await;
 
+    // The start page sends the crawler to a login page out of the prefix:
+    // an error, and nothing lost (not "every page gone").
+    site.set("/docs/", "redirect", "/login?next=/docs/");
+    let err = f.sync("site").await.unwrap_err().to_string();
+    assert!(err.contains("redirects out of"), "{err}");
+    assert_eq!(f.documents().await.len(), 2);
+    assert!(!site.take_log().iter().any(|(p, _)| p == "/login"));
+    site.set(
+        "/docs/",
+        "text/html",
+        &html("Handbook", "<p>Start here.</p><a href=\"leave\">Leave</a>"),
+    );
+
     // A robots.txt that forbids everything: an error, and nothing lost.
     site.set("/robots.txt", "text/plain", "User-agent: *\nDisallow: /\n");
     let err = f.sync("site").await.unwrap_err().to_string();
@@ -605,6 +622,17 @@ async fn sitemaps_and_unreachable_sites() {
     let report = f.sync("map").await.unwrap();
     assert_eq!(counts(&report), (2, 0, 0, 0, 0), "{report:?}");
 
+    // A sitemap that lists nothing under the prefix: an error, and nothing
+    // lost.
+    site.set(
+        "/docs/sitemap.xml",
+        "application/xml",
+        &format!("<urlset><url><loc>{base}/other/c</loc></url></urlset>"),
+    );
+    let err = f.sync("map").await.unwrap_err().to_string();
+    assert!(err.contains("lists no page"), "{err}");
+    assert_eq!(f.documents().await.len(), 2);
+
     // A malformed sitemap: an error that says so, and nothing lost.
     site.set("/docs/sitemap.xml", "application/xml", "<urlset><url><loc>");
     let err = f.sync("map").await.unwrap_err().to_string();
@@ -623,4 +651,48 @@ async fn sitemaps_and_unreachable_sites() {
     let err = f.sync("down").await.unwrap_err().to_string();
     assert!(err.contains("unreachable"), "{err}");
     assert_eq!(f.documents().await.len(), 2);
+}
+
+/// A crawl stopped by `max_pages` is not the whole site: what it did not
+/// reach this time stays.
+#[tokio::test]
+async fn a_crawl_cut_at_max_pages_deletes_nothing_it_did_not_reach() {
+    let f = fixture().await;
+    let site = Site::default();
+    let base = site.serve().await;
+    site.set(
+        "/docs/",
+        "text/html",
+        &html(
+            "Start",
+            "<p>Start.</p><a href=\"a\">A</a> <a href=\"b\">B</a>",
+        ),
+    );
+    site.set("/docs/a", "text/html", &html("A", "<p>Page a.</p>"));
+    site.set("/docs/b", "text/html", &html("B", "<p>Page b.</p>"));
+    f.add(
+        "capped",
+        SourceConfig::Web(WebConfig {
+            start_url: format!("{base}/docs/"),
+            prefix: None,
+            max_pages: 3,
+            delay_ms: 0,
+        }),
+    )
+    .await;
+    assert_eq!(counts(&f.sync("capped").await.unwrap()), (3, 0, 0, 0, 0));
+    // The start page now links to a new page first: the cap is reached
+    // before b, which must not be deleted for that.
+    site.set(
+        "/docs/",
+        "text/html",
+        &html(
+            "Start",
+            "<p>Start.</p><a href=\"new\">New</a> <a href=\"a\">A</a> <a href=\"b\">B</a>",
+        ),
+    );
+    site.set("/docs/new", "text/html", &html("New", "<p>A new page.</p>"));
+    let report = f.sync("capped").await.unwrap();
+    assert_eq!((report.added, report.deleted), (1, 0), "{report:?}");
+    assert_eq!(f.documents().await.len(), 4);
 }

@@ -143,8 +143,9 @@ async fn list(settings: Settings, json: bool) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for record in app.docs.sources().await? {
         let documents = app.docs.documents_of_origin(&record.name).await?.len();
-        let config: serde_json::Value =
-            serde_json::from_str(&record.config).unwrap_or(serde_json::Value::Null);
+        let config = SourceConfig::of(&record)
+            .map(|c| c.shown())
+            .unwrap_or(serde_json::Value::Null);
         rows.push((record, config, documents));
     }
     if json {
@@ -191,9 +192,10 @@ async fn list(settings: Settings, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 async fn remove(settings: Settings, name: &str) -> anyhow::Result<ExitCode> {
+    let cache = settings.data_dir.join("sources").join(name);
     let app = App::open(settings).await?;
     let ingestor = app.ingestor()?;
-    let removed = rag_ingest::sources::remove(&ingestor, name).await?;
+    let removed = rag_ingest::sources::remove(&ingestor, name, &cache).await?;
     println!("removed source {name:?} and its {removed} documents");
     Ok(ExitCode::SUCCESS)
 }

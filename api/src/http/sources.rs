@@ -41,7 +41,7 @@ fn view(record: &SourceRecord) -> serde_json::Value {
     json!({
         "name": record.name,
         "kind": record.kind,
-        "config": serde_json::from_str::<serde_json::Value>(&record.config).unwrap_or_default(),
+        "config": SourceConfig::of(record).map(|c| c.shown()).unwrap_or_default(),
         "collection": record.collection,
         "groups": record.groups,
         "tags": record.tags,
@@ -98,7 +98,8 @@ pub(crate) async fn remove(
 ) -> Result<Response, ApiError> {
     caller.require(KeyRole::Admin, "remove sources")?;
     let ingestor = ingestor(&state)?;
-    let documents = rag_ingest::sources::remove(&ingestor, &name).await?;
+    let cache = state.app.settings.data_dir.join("sources").join(&name);
+    let documents = rag_ingest::sources::remove(&ingestor, &name, &cache).await?;
     Ok(Json(json!({ "removed": name, "documents": documents })).into_response())
 }
 

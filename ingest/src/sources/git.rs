@@ -273,19 +273,34 @@ impl GitSource {
         std::fs::create_dir_all(parent).map_err(|e| {
             Error::unavailable(format!("creating {}", parent.display())).with_source(e)
         })?;
-        let partial = parent.join("repo.git.partial");
-        let _ = std::fs::remove_dir_all(&partial);
+        // Its own name: two syncs of one source never share a partial clone.
+        let partial = parent.join(format!(
+            "repo.git.partial-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         let partial_str = partial.to_string_lossy().into_owned();
         let mut args = vec!["clone", "--bare", "--quiet", "--no-tags"];
         if let Some(b) = &self.config.branch {
             args.extend(["--branch", b.as_str()]);
         }
         args.extend(["--", url, partial_str.as_str()]);
-        git(None, &args).map_err(|e| Error::invalid(format!("cloning {}: {e}", redact(url))))?;
-        std::fs::rename(&partial, &self.repo).map_err(|e| {
-            Error::unavailable(format!("moving the clone to {}", self.repo.display()))
-                .with_source(e)
-        })
+        let cloned =
+            git(None, &args).map_err(|e| Error::invalid(format!("cloning {}: {e}", redact(url))));
+        if let Err(e) = cloned {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        if std::fs::rename(&partial, &self.repo).is_err() {
+            // Another sync got there first: its clone serves.
+            let _ = std::fs::remove_dir_all(&partial);
+            if !self.repo.join("HEAD").exists() {
+                return Err(Error::unavailable(format!(
+                    "moving the clone to {}",
+                    self.repo.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Every plain file of a supported type under `path` at `commit`.
@@ -421,11 +436,12 @@ fn git_with_input(dir: Option<&Path>, args: &[&str], input: &str) -> Result<Vec<
     Ok(out.stdout)
 }
 
-/// A URL or message without the password of any `scheme://user:password@`
-/// in it.
-fn redact(text: &str) -> String {
+/// A URL or message without the user information (a password, a token)
+/// of any `scheme://...@` in it.
+pub(crate) fn redact(text: &str) -> String {
+    // Any user information: `user:password@` and a token alone (`ghp_...@`).
     static CREDENTIALS: std::sync::LazyLock<regex::Regex> =
-        std::sync::LazyLock::new(|| regex::Regex::new(r"://[^/@\s:]+:[^/@\s]+@").unwrap());
+        std::sync::LazyLock::new(|| regex::Regex::new(r"://[^/@\s]+@").unwrap());
     CREDENTIALS.replace_all(text, "://***@").into_owned()
 }
 
@@ -472,6 +488,10 @@ mod tests {
         assert_eq!(
             redact("fatal: unable to access 'https://bot:s3cr3t@git.example/wiki.git/'"),
             "fatal: unable to access 'https://***@git.example/wiki.git/'"
+        );
+        assert_eq!(
+            redact("https://ghp_token@git.example/wiki.git"),
+            "https://***@git.example/wiki.git"
         );
         assert_eq!(
             redact("git@git.example:wiki.git"),

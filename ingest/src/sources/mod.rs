@@ -72,12 +72,24 @@ impl SourceConfig {
         })
     }
 
-    /// Where a sync reads from: a short description for listings.
+    /// Where a sync reads from, for listings: without any password or
+    /// token in the URL.
     pub fn location(&self) -> String {
         match self {
-            SourceConfig::Git(c) => c.url.clone(),
-            SourceConfig::Web(c) => c.start_url.clone(),
+            SourceConfig::Git(c) => git::redact(&c.url),
+            SourceConfig::Web(c) => git::redact(&c.start_url),
         }
+    }
+
+    /// The settings to show (listings, `GET /v1/sources`): URLs without
+    /// their user information.
+    pub fn shown(&self) -> serde_json::Value {
+        let mut shown = self.clone();
+        match &mut shown {
+            SourceConfig::Git(c) => c.url = git::redact(&c.url),
+            SourceConfig::Web(c) => c.start_url = git::redact(&c.start_url),
+        }
+        serde_json::from_str(&shown.to_json()).expect("settings serialise")
     }
 
     fn open(&self, cache: &Path) -> Box<dyn Source> {
@@ -183,6 +195,25 @@ pub async fn sync(
             rag_core::ErrorKind::Internal => e,
             _ => Error::invalid(format!("source {:?}: {e}", record.name)),
         })?;
+    // A complete scan that names nothing, of a source that has documents,
+    // is a site behind a login or an emptied repository far more often
+    // than a wiki deleted on purpose: refused, so nothing is lost.
+    if scan.complete
+        && scan.documents.is_empty()
+        && scan.unchanged.is_empty()
+        && scan.failed.is_empty()
+        && !ingestor
+            .docs
+            .documents_of_origin(&record.name)
+            .await?
+            .is_empty()
+    {
+        return Err(Error::invalid(format!(
+            "source {:?} lists no documents now; nothing was deleted (`rag sources remove {}` \
+             deletes its documents)",
+            record.name, record.name
+        )));
+    }
     let options = IngestOptions {
         collection: record.collection.clone(),
         tags: record.tags.clone(),
@@ -226,8 +257,19 @@ pub async fn sync(
         .chain(scan.unchanged.iter().map(String::as_str))
         .chain(scan.failed.iter().map(|(d, _)| d.as_str()))
         .collect();
+    // What this sync wrote or could not read is not "unchanged".
+    let touched: HashSet<&str> = ingested
+        .outcomes
+        .iter()
+        .filter_map(|o| match o {
+            DocumentOutcome::Added { source, .. } | DocumentOutcome::Updated { source, .. } => {
+                Some(source.as_str())
+            }
+            _ => None,
+        })
+        .chain(report.failures.iter().map(|f| f.document.as_str()))
+        .collect();
     let before = ingestor.docs.documents_of_origin(&record.name).await?;
-    let mut kept = 0usize;
     for doc in &before {
         let source = doc.source.as_str();
         if (gone.contains(source) && !present.contains(source))
@@ -235,11 +277,10 @@ pub async fn sync(
         {
             ingestor.delete(&doc.id).await?;
             report.deleted += 1;
-        } else {
-            kept += 1;
+        } else if !touched.contains(source) {
+            report.unchanged += 1;
         }
     }
-    report.unchanged = kept.saturating_sub(report.added + report.updated);
     let stored = Stored {
         connector: scan.state,
         retry: report.failures.iter().map(|f| f.document.clone()).collect(),
@@ -253,16 +294,26 @@ pub async fn sync(
     Ok(report)
 }
 
-/// Deletes every document of a source, then the source.
-pub async fn remove(ingestor: &Ingestor, name: &str) -> Result<usize> {
+/// Deletes every document of a source, then the source and its cache
+/// folder. Its state is cleared first: a removal that stops half way
+/// leaves a source whose next sync starts from nothing (and brings back
+/// what was deleted), or that a second `remove` finishes.
+pub async fn remove(ingestor: &Ingestor, name: &str, cache: &Path) -> Result<usize> {
+    if ingestor.docs.source(name).await?.is_none() {
+        return Err(Error::not_found(format!(
+            "no source named {name:?}; `rag sources list` shows them"
+        )));
+    }
+    ingestor.docs.set_source_state(name, "", &now()).await?;
     let docs = ingestor.docs.documents_of_origin(name).await?;
     for doc in &docs {
         ingestor.delete(&doc.id).await?;
     }
-    if !ingestor.docs.remove_source(name).await? {
-        return Err(Error::not_found(format!(
-            "no source named {name:?}; `rag sources list` shows them"
-        )));
+    ingestor.docs.remove_source(name).await?;
+    if cache.exists() {
+        std::fs::remove_dir_all(cache).map_err(|e| {
+            Error::unavailable(format!("removing {}", cache.display())).with_source(e)
+        })?;
     }
     Ok(docs.len())
 }

@@ -111,6 +111,17 @@ struct Page {
     /// body to read them from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     links: Vec<String>,
+    /// The URL a redirect landed on, when it is not the one asked for: the
+    /// document's source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    landed: Option<String>,
+}
+
+impl Page {
+    /// The source of the document this page was fetched as.
+    fn document(&self, asked: &str) -> String {
+        self.landed.clone().unwrap_or_else(|| asked.to_string())
+    }
 }
 
 pub(crate) struct WebSource {
@@ -169,12 +180,15 @@ enum Fetched {
 impl Crawler {
     fn new(config: &WebConfig, limits: Limits) -> Result<Self> {
         let prefix = config.prefix()?.to_string();
-        // Redirects are followed only within the prefix (and robots.txt on
-        // the same site): the crawl never requests what it may not crawl.
-        let within = prefix.clone();
+        let start = http_url("--web", &config.start_url)?;
+        // Redirects are followed only within the prefix (and to robots.txt
+        // of the start page's own site): the crawl never requests what it
+        // may not crawl.
+        let (within, origin) = (prefix.clone(), start.origin());
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             let url = attempt.url();
-            let allowed = url.as_str().starts_with(&within) || url.path() == "/robots.txt";
+            let allowed = url.as_str().starts_with(&within)
+                || (url.path() == "/robots.txt" && url.origin() == origin);
             if attempt.previous().len() < 5 && allowed {
                 attempt.follow()
             } else {
@@ -189,7 +203,7 @@ impl Crawler {
             .map_err(|e| Error::internal("building the HTTP client").with_source(e))?;
         Ok(Self {
             client,
-            start: http_url("--web", &config.start_url)?,
+            start,
             prefix,
             max_pages: config.max_pages,
             delay: Duration::from_millis(config.delay_ms),
@@ -226,15 +240,24 @@ impl Crawler {
         } else {
             queue.push_back(self.start.clone());
         }
+        if self.sitemap && queue.is_empty() {
+            return Err(Error::invalid(format!(
+                "the sitemap {} lists no page under {}; nothing was changed",
+                self.start, self.prefix
+            )));
+        }
         let mut seen: HashSet<String> = queue.iter().map(|u| u.to_string()).collect();
+        // Complete (what it did not reach is gone) only if the crawl ends
+        // by itself, not at `max_pages`.
         let mut scan = Scan {
             complete: true,
             ..Default::default()
         };
         let mut state = State::default();
-        let mut requests = 0usize;
+        let (mut requests, mut pages) = (0usize, 0usize);
         while let Some(url) = queue.pop_front() {
-            if requests == self.max_pages {
+            if pages == self.max_pages || requests == 4 * self.max_pages {
+                scan.complete = false;
                 break;
             }
             if !allowed(&url) {
@@ -263,12 +286,16 @@ impl Crawler {
                     if extension == "html" {
                         links = self.links(&landed, &body);
                     }
+                    pages += 1;
+                    // Under the URL asked for (the next crawl asks for it
+                    // again), naming the document it landed on.
                     state.pages.insert(
-                        landed_key.clone(),
+                        key.clone(),
                         Page {
                             etag,
                             last_modified,
                             links: links.clone(),
+                            landed: (landed_key != key).then(|| landed_key.clone()),
                         },
                     );
                     scan.documents.push(Input::Fetched {
@@ -281,8 +308,9 @@ impl Crawler {
                 Fetched::NotModified => {
                     let page = before.cloned().unwrap_or_default();
                     links = page.links.clone();
+                    pages += 1;
+                    scan.unchanged.push(page.document(&key));
                     state.pages.insert(key.clone(), page);
-                    scan.unchanged.push(key);
                 }
                 Fetched::Gone if first => {
                     return Err(Error::invalid(format!(
@@ -290,7 +318,18 @@ impl Crawler {
                          nothing was changed"
                     )));
                 }
-                Fetched::Gone => scan.deleted.push(key),
+                Fetched::Gone => scan
+                    .deleted
+                    .push(before.map_or(key.clone(), |p| p.document(&key))),
+                // A start page that leads out of the prefix (a login page)
+                // or is not a document would make every page look gone.
+                Fetched::Ignored if first => {
+                    return Err(Error::invalid(format!(
+                        "the start page {url} redirects out of {} (to a login page?) or is not \
+                         a document; nothing was changed",
+                        self.prefix
+                    )));
+                }
                 Fetched::Ignored => {}
                 Fetched::Failed(reason) if first => {
                     return Err(Error::invalid(format!(
@@ -301,8 +340,8 @@ impl Crawler {
                     // Kept as it was, links and all, until it answers again.
                     if let Some(page) = before {
                         links = page.links.clone();
+                        scan.failed.push((page.document(&key), reason));
                         state.pages.insert(key.clone(), page.clone());
-                        scan.failed.push((key, reason));
                     }
                 }
             }
@@ -343,12 +382,15 @@ impl Crawler {
                 "{url} answers {status}: the site may not be crawled now; nothing was changed"
             )));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| Error::invalid(format!("reading {url}: {}", describe(&e))))?;
-        let body = &body[..body.len().min(512 << 10)];
-        texting_robots::Robot::new(AGENT, body)
+        let body = read_capped(response, 512 << 10).await.map_err(|reason| {
+            let reason = if reason.is_empty() {
+                "larger than 512 KiB".to_string()
+            } else {
+                reason
+            };
+            Error::invalid(format!("reading {url}: {reason}"))
+        })?;
+        texting_robots::Robot::new(AGENT, &body)
             .map(Some)
             .map_err(|e| Error::invalid(format!("{url}: not a robots.txt the parser reads: {e}")))
     }
@@ -452,21 +494,15 @@ impl Crawler {
     }
 
     /// A response's body, refused past the document size limit.
-    async fn body(&self, mut response: reqwest::Response) -> std::result::Result<Vec<u8>, String> {
+    async fn body(&self, response: reqwest::Response) -> std::result::Result<Vec<u8>, String> {
         let max = self.limits.max_bytes;
-        let too_big =
-            || format!("larger than the {max} bytes a document may be (ingest.max_document_mb)");
-        if response.content_length().is_some_and(|n| n > max as u64) {
-            return Err(too_big());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
-            body.extend_from_slice(&chunk);
-            if body.len() > max {
-                return Err(too_big());
+        read_capped(response, max).await.map_err(|e| {
+            if e.is_empty() {
+                format!("larger than the {max} bytes a document may be (ingest.max_document_mb)")
+            } else {
+                e
             }
-        }
-        Ok(body)
+        })
     }
 
     /// The links of an HTML page within the prefix, without fragments.
@@ -499,6 +535,25 @@ impl Crawler {
         }
         out
     }
+}
+
+/// A response's body, read up to `max` bytes: an empty error when it is
+/// longer, else what failed.
+async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(String::new());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > max {
+            return Err(String::new());
+        }
+    }
+    Ok(body)
 }
 
 /// The loader a response goes to, by its content type (else the URL's
