@@ -1087,19 +1087,42 @@ fn document_endpoints_answer_every_error_with_its_status() {
 
 #[test]
 fn bench_ingest_prints_the_embedder_the_pipeline_and_the_peer_ratios() {
+    // (peer name, engine it reports)
+    let mut peers = Vec::new();
+    let mut env = Vec::new();
+    if let Some(python) = peer_python("RAG_BENCH_PYTHON") {
+        env.push(("PYTHON", python));
+        peers.push(("onnxruntime", "python-onnxruntime"));
+    }
+    bench_ingest(&peers, &env);
+}
+
+/// The same against sentence-transformers on PyTorch (about 6 GB with the
+/// CUDA libraries its wheel brings): opt-in, not part of CI. Runs when the
+/// caller sets RAG_BENCH_ST_PYTHON (`scripts/bench-venv.sh
+/// sentence-transformers`); RAG_REQUIRE_ST_PEER makes its absence a failure.
+#[test]
+fn bench_ingest_against_sentence_transformers() {
+    let Some(python) = env_or_skip(
+        "RAG_BENCH_ST_PYTHON",
+        "RAG_REQUIRE_ST_PEER",
+        "scripts/bench-venv.sh sentence-transformers",
+    ) else {
+        return;
+    };
+    bench_ingest(
+        &[("sentence-transformers", "sentence-transformers")],
+        &[("ST_PYTHON", python)],
+    );
+}
+
+/// `rag bench ingest` over the fixture wiki with `peers` (name, engine it
+/// reports) and their environment.
+fn bench_ingest(peers: &[(&str, &str)], env: &[(&str, String)]) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = rag(dir.path());
     cmd.args(["bench", "ingest", "--corpus", "fixtures/wiki"]);
-    // (peer name, engine it reports)
-    let mut peers = Vec::new();
-    if let Some(python) = peer_python("RAG_BENCH_PYTHON") {
-        cmd.env("PYTHON", python);
-        peers.push(("onnxruntime", "python-onnxruntime"));
-    }
-    if let Some(python) = peer_python("RAG_BENCH_ST_PYTHON") {
-        cmd.env("ST_PYTHON", python);
-        peers.push(("sentence-transformers", "sentence-transformers"));
-    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     if !peers.is_empty() {
         let names: Vec<&str> = peers.iter().map(|p| p.0).collect();
         cmd.args(["--peer", &names.join(",")]);
@@ -1116,7 +1139,7 @@ fn bench_ingest_prints_the_embedder_the_pipeline_and_the_peer_ratios() {
     assert_eq!(find("stage", "embedder")["chunks"], 16, "{out}");
     assert_eq!(find("stage", "pipeline")["chunks"], 16, "{out}");
     assert!(find("stage", "pipeline")["chunks_per_s"].as_f64().unwrap() > 0.0);
-    for (_, engine) in peers {
+    for &(_, engine) in peers {
         // Each peer embedded the same passages (after matching our vectors).
         assert_eq!(find("engine", engine)["passages"], 16, "{out}");
         let ratios = find("peer", engine);

@@ -216,11 +216,13 @@ impl App {
                             .generator_path(&cfg.model)
                             .map_err(|e| Error::unavailable(e.to_string()))?;
                         let device = cfg.device;
-                        let (max_batch, quantized) = (cfg.max_batch, cfg.quantized_decoding);
+                        let (max_batch, precision, prefix_cache) =
+                            (cfg.max_batch, cfg.precision, cfg.prefix_cache);
                         tokio::task::spawn_blocking(move || {
-                            let generator = CandleGenerator::load_on(&path, &device.open()?)?;
+                            let generator =
+                                CandleGenerator::load_with(&path, &device.open()?, precision)?;
                             generator.set_max_batch(max_batch);
-                            generator.set_quantized_decoding(quantized);
+                            generator.set_prefix_cache(prefix_cache);
                             anyhow::Ok(generator)
                         })
                         .await

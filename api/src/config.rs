@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 pub use rag_core::Secret;
-use rag_inference::{Backend, CandleSettings, OpenAiSettings};
+use rag_inference::{Backend, CandleSettings, OpenAiSettings, Precision};
 use serde::Deserialize;
 
 /// The top-level keys of a config file: [`Settings`]' fields.
@@ -217,11 +217,21 @@ struct GeneratorSection {
     /// decoded together, one token of each per pass over the weights; the
     /// others wait their turn in the queue. 1 answers one at a time.
     max_batch: usize,
-    /// candle: decoding steps on the GGUF file's quantized weights (CPU,
-    /// llama and qwen2): 2 to 4 times faster than on the dequantized ones,
-    /// which prefill always uses. `false` decodes on the dequantized
-    /// weights too.
+    /// candle (GGUF llama and qwen2 models on the CPU): decoding steps on
+    /// the file's quantized weights, 2 to 4 times faster than on
+    /// dequantized f32 ones. `false` holds f32 weights only (4 to 7 times
+    /// the memory; the arithmetic of candle's own models).
     quantized_decoding: bool,
+    /// candle, as above: prompts on the quantized weights too (our int8
+    /// kernels), so only the quantized copy is held: about a third of the
+    /// memory, but prefill is slower than on the f32 copy on CPUs without
+    /// AVX-512 VNNI for now. Needs `quantized_decoding`.
+    quantized_prefill: bool,
+    /// candle (llama and qwen2): a prompt starts from the keys and values
+    /// of the prompt before, where the two share their start (the system
+    /// prompt and instructions): a shorter time to first token, but a
+    /// greedy answer can differ in a word between a cold and a warm cache.
+    prefix_cache: bool,
     max_tokens: usize,
     temperature: f64,
     seed: u64,
@@ -246,6 +256,8 @@ impl Default for GeneratorSection {
             queue_depth: 16,
             max_batch: rag_inference::DEFAULT_MAX_BATCH,
             quantized_decoding: true,
+            quantized_prefill: false,
+            prefix_cache: false,
             max_tokens: 200,
             temperature: 0.0,
             seed: 42,
@@ -272,7 +284,18 @@ impl TryFrom<GeneratorSection> for GeneratorSettings {
                     rag_core::Error::invalid(format!("generator.device: {e}"))
                 })?,
                 max_batch: s.max_batch,
-                quantized_decoding: s.quantized_decoding,
+                prefix_cache: s.prefix_cache,
+                precision: match (s.quantized_decoding, s.quantized_prefill) {
+                    (true, true) => Precision::Quantized,
+                    (true, false) => Precision::Both,
+                    (false, false) => Precision::Dequantized,
+                    (false, true) => {
+                        return Err(rag_core::Error::invalid(
+                            "generator.quantized_prefill = true needs \
+                             generator.quantized_decoding = true",
+                        ));
+                    }
+                },
             }),
             BackendName::Openai => Backend::OpenAi(OpenAiSettings {
                 url: s.url,
@@ -433,5 +456,28 @@ mod tests {
         std::fs::write(&file, "[generator]\ndevice = \"gpu\"\n").unwrap();
         let err = format!("{:#}", Settings::load(Some(&file), None).unwrap_err());
         assert!(err.contains("generator.device"), "{err}");
+        // How the weights are held: two copies by default, one quantized
+        // copy when prompts run on it too, f32 only; prompts on quantized
+        // weights without decoding on them is refused by name.
+        for (text, precision) in [
+            ("", Precision::Both),
+            ("quantized_prefill = true\n", Precision::Quantized),
+            ("quantized_decoding = false\n", Precision::Dequantized),
+        ] {
+            std::fs::write(&file, format!("[generator]\n{text}")).unwrap();
+            let settings = Settings::load(Some(&file), None).unwrap();
+            assert_eq!(
+                settings.generator.candle().map(|c| c.precision),
+                Some(precision),
+                "{text}"
+            );
+        }
+        std::fs::write(
+            &file,
+            "[generator]\nquantized_decoding = false\nquantized_prefill = true\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Settings::load(Some(&file), None).unwrap_err());
+        assert!(err.contains("generator.quantized_prefill"), "{err}");
     }
 }

@@ -10,7 +10,8 @@ fn main() -> ExitCode {
     // candle's own models (gemma3) run on dequantized f32 weights: the f32
     // gemm prefills 13-17x faster than candle's quantized kernels on our
     // machines (`rag bench generate`, BENCHMARKS.md). Our llama/qwen2
-    // decoder chooses per step and ignores this. Set before any thread
+    // decoder holds its weights as `generator.quantized_decoding` and
+    // `quantized_prefill` say and ignores this. Set before any thread
     // starts, which is what makes `set_var` sound here.
     if std::env::var_os("CANDLE_DEQUANTIZE_ALL").is_none()
         && std::env::var_os("RAG_KEEP_QUANTIZED").is_none()

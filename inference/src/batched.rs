@@ -11,102 +11,187 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::decode_attention;
+use crate::qgemm;
 use crate::qgemv::{self, Format, QMatrix};
 
-/// A weight matrix. A GGUF weight on the CPU is held twice: dequantized to
-/// f32, for prefill (a gemm over many tokens, bound by arithmetic), and
-/// quantized, for decoding steps (one token per row: every weight is read
-/// once per token, so the step is bound by the bytes read, 4 to 6 times
-/// fewer quantized).
-struct Linear {
-    dense: QMatMul,
-    quantized: Option<Quantized>,
+/// How a GGUF model's weights are held on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Two copies: dequantized to f32 for prompts (a gemm over many tokens,
+    /// bound by arithmetic) and quantized for decoding steps (one token per
+    /// row: every weight is read once per token, so a step is bound by the
+    /// bytes read, 4 to 6 times fewer quantized). The default until prompts
+    /// on the quantized weights (`qgemm.rs`) are as fast as on f32.
+    #[default]
+    Both,
+    /// One copy, quantized: the file's format, or one with fast kernels on
+    /// this CPU (see [`for_decoding`]), for prompts and decoding steps.
+    Quantized,
+    /// Dequantized to f32: 4 to 7 times the memory and slower, but the
+    /// arithmetic of candle's own models under `CANDLE_DEQUANTIZE_ALL`
+    /// (the reference the tests hold this decoder to).
+    Dequantized,
 }
 
-/// The copy for decoding steps (see [`for_decoding`]).
+/// A weight matrix: dense (safetensors, a GGUF's f32 and f16 tensors, GGUF
+/// weights dequantized or on a GPU), one quantized copy for prompts and
+/// decoding steps alike, or both (see [`Precision::Both`]).
+enum Linear {
+    Dense(QMatMul),
+    Quantized(Arc<Quantized>),
+    Both {
+        dense: QMatMul,
+        quantized: Arc<Quantized>,
+    },
+}
+
+/// The copy of a [`Linear`] that multiplies a given input.
+enum Matrix<'a> {
+    Dense(&'a QMatMul),
+    Quantized(&'a Quantized),
+}
+
+/// Quantized weights (see [`for_decoding`]).
 enum Quantized {
-    /// On candle's kernels.
-    Candle(QMatMul),
+    /// On candle's kernels for decoding steps, and for prompts on ours
+    /// (`qgemm.rs`) where this CPU has one for the format, else candle's.
+    Candle {
+        weights: Arc<QTensor>,
+        prompt: Option<qgemm::Kernel>,
+    },
     /// On ours (`qgemv.rs`).
     Own(QMatrix),
 }
 
 impl Linear {
     fn dense(dense: QMatMul) -> Self {
-        Self {
-            dense,
-            quantized: None,
-        }
+        Self::Dense(dense)
     }
 
-    /// `t` dequantized and, on the CPU, also quantized for decoding (see
-    /// [`for_decoding`]).
-    fn from_gguf(t: QTensor, device: &Device) -> candle_core::Result<Self> {
-        Self::from_gguf_on(t, device, qgemv::available())
+    /// `t` as `precision` says on the CPU (see [`for_decoding`]),
+    /// dequantized elsewhere and for f32, f16 and bf16 tensors.
+    fn from_gguf(t: QTensor, device: &Device, precision: Precision) -> candle_core::Result<Self> {
+        Self::from_gguf_on(t, device, precision, qgemv::available())
     }
 
     /// [`Linear::from_gguf`], with our kernels or without them.
-    fn from_gguf_on(t: QTensor, device: &Device, own: bool) -> candle_core::Result<Self> {
-        let dense = QMatMul::Tensor(t.dequantize(device)?);
-        let quantized = match t.dtype() {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => None,
-            _ if device.is_cpu() => Some(for_decoding(t, own)?),
-            _ => None,
-        };
-        Ok(Self { dense, quantized })
+    fn from_gguf_on(
+        t: QTensor,
+        device: &Device,
+        precision: Precision,
+        own: bool,
+    ) -> candle_core::Result<Self> {
+        let quantizable = device.is_cpu()
+            && !matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        Ok(match precision {
+            Precision::Quantized if quantizable => Self::Quantized(Arc::new(for_decoding(t, own)?)),
+            Precision::Both if quantizable => Self::Both {
+                dense: QMatMul::Tensor(t.dequantize(device)?),
+                quantized: Arc::new(for_decoding(t, own)?),
+            },
+            _ => Self::Dense(QMatMul::Tensor(t.dequantize(device)?)),
+        })
     }
 
-    /// `x` `(tokens, in)` times the weight: quantized when `decoding` and
-    /// there is a quantized copy. A row's result never depends on the rows
-    /// decoded beside it: our kernels take all rows in one pass over the
-    /// weights with each row's arithmetic unchanged, and candle's are
-    /// called row by row (it multiplies several rows of some quantized
-    /// types with other kernels than one).
-    fn forward(&self, x: &Tensor, decoding: bool) -> candle_core::Result<Tensor> {
-        Ok(Self::forward_all(&[self], x, decoding)?.remove(0))
+    /// The copy that multiplies a decoding step's rows (`step`) or a
+    /// prompt's.
+    fn matrix(&self, step: bool) -> Matrix<'_> {
+        match self {
+            Self::Dense(d) => Matrix::Dense(d),
+            Self::Quantized(q) => Matrix::Quantized(q),
+            Self::Both { quantized, .. } if step => Matrix::Quantized(quantized),
+            Self::Both { dense, .. } => Matrix::Dense(dense),
+        }
+    }
+
+    /// `x` `(tokens, in)` times the weight. `step`: the rows are one token
+    /// of each sequence of a decoding step, and a row's result must not
+    /// depend on the rows beside it: our kernels take all rows in one pass
+    /// over the weights with each row's arithmetic unchanged, and candle's
+    /// are called row by row there (it multiplies several rows of some
+    /// quantized types with other kernels than one). A prompt's tokens go
+    /// through one product together (`qgemm.rs` where it has the format).
+    fn forward(&self, x: &Tensor, step: bool) -> candle_core::Result<Tensor> {
+        Ok(Self::forward_all(&[self], x, step)?.remove(0))
     }
 
     /// [`Linear::forward`] for weights that multiply the same `x` (q, k
-    /// and v; gate and up). A decoding step multiplies them in one call
-    /// where it can (one quantization of `x`, one parallel region).
-    fn forward_all(ws: &[&Self], x: &Tensor, decoding: bool) -> candle_core::Result<Vec<Tensor>> {
+    /// and v; gate and up): in one call where our kernels take them all
+    /// (one quantization of `x`, one parallel region).
+    fn forward_all(ws: &[&Self], x: &Tensor, step: bool) -> candle_core::Result<Vec<Tensor>> {
         let quantized: Option<Vec<&Quantized>> = ws
             .iter()
-            .map(|w| w.quantized.as_ref().filter(|_| decoding))
-            .collect();
-        let Some(quantized) = quantized else {
-            return ws.iter().map(|w| w.dense.forward(x)).collect();
-        };
-        let rows = x.dim(0)?;
-        let own: Option<Vec<&QMatrix>> = quantized
-            .iter()
-            .map(|w| match w {
-                Quantized::Own(m) => Some(m),
-                Quantized::Candle(_) => None,
+            .map(|w| match w.matrix(step) {
+                Matrix::Quantized(q) => Some(q),
+                Matrix::Dense(_) => None,
             })
             .collect();
-        if let Some(own) = own {
-            // All rows in one call: each tile of weights is read once.
-            return own_products(&own, x);
-        }
-        let mut out: Vec<Vec<Tensor>> = vec![Vec::with_capacity(rows); ws.len()];
-        for r in 0..rows {
-            for (o, p) in out
-                .iter_mut()
-                .zip(products(&quantized, &x.narrow(0, r, 1)?)?)
-            {
-                o.push(p);
-            }
-        }
-        out.iter().map(|o| Tensor::cat(o, 0)).collect()
+        let Some(quantized) = quantized else {
+            return ws
+                .iter()
+                .map(|w| match w.matrix(step) {
+                    Matrix::Dense(d) => d.forward(x),
+                    Matrix::Quantized(q) => products(&[q], x, step).map(|mut p| p.remove(0)),
+                })
+                .collect();
+        };
+        products(&quantized, x, step)
     }
+}
+
+/// `ws` times `x` `(rows, in)`, each `(rows, out)`; `step` as in
+/// [`Linear::forward`].
+fn products(ws: &[&Quantized], x: &Tensor, step: bool) -> candle_core::Result<Vec<Tensor>> {
+    let own: Option<Vec<&QMatrix>> = ws
+        .iter()
+        .map(|w| match w {
+            Quantized::Own(m) => Some(m),
+            Quantized::Candle { .. } => None,
+        })
+        .collect();
+    if let Some(own) = own {
+        // All rows in one call: each tile of weights is read once.
+        return own_products(&own, x);
+    }
+    let rows = x.dim(0)?;
+    if !step && rows > 1 {
+        // A prompt: all its tokens in one product per weight, rounded to
+        // 8 bits once for all of them.
+        let mut prompt = None;
+        return ws
+            .iter()
+            .map(|w| match w {
+                Quantized::Own(m) => Ok(own_products(&[m], x)?.remove(0)),
+                Quantized::Candle {
+                    weights,
+                    prompt: Some(kernel),
+                } => {
+                    let (out, cols) = weights.shape().dims2()?;
+                    if prompt.is_none() {
+                        let values = x.flatten_all()?.to_vec1::<f32>()?;
+                        prompt = Some(qgemm::Prompt::new(&values, cols));
+                    }
+                    let prompt = prompt.as_ref().expect("made above");
+                    let products = qgemm::matmul(*kernel, &weights.data()?, out, prompt);
+                    Tensor::from_vec(products, (rows, out), x.device())
+                }
+                Quantized::Candle { weights, .. } => x.apply_op1_no_bwd(weights.as_ref()),
+            })
+            .collect();
+    }
+    let mut out: Vec<Vec<Tensor>> = vec![Vec::with_capacity(rows); ws.len()];
+    for r in 0..rows {
+        for (o, p) in out.iter_mut().zip(row_products(ws, &x.narrow(0, r, 1)?)?) {
+            o.push(p);
+        }
+    }
+    out.iter().map(|o| Tensor::cat(o, 0)).collect()
 }
 
 /// Our `ms` times `x` `(rows, in)`, each `(rows, out)`.
@@ -123,12 +208,12 @@ fn own_products(ms: &[&QMatrix], x: &Tensor) -> candle_core::Result<Vec<Tensor>>
 }
 
 /// `ws` (not all ours) times one row `x` `(1, in)`, each `(1, out)`.
-fn products(ws: &[&Quantized], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+fn row_products(ws: &[&Quantized], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
     let candle: Option<Vec<&QTensor>> = ws
         .iter()
         .map(|w| match w {
-            Quantized::Candle(QMatMul::QTensor(t)) => Some(t.as_ref()),
-            _ => None,
+            Quantized::Candle { weights, .. } => Some(weights.as_ref()),
+            Quantized::Own(_) => None,
         })
         .collect();
     if let Some(candle) = candle.filter(|c| c.len() > 1) {
@@ -141,9 +226,74 @@ fn products(ws: &[&Quantized], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
     ws.iter()
         .map(|w| match w {
             Quantized::Own(m) => Ok(own_products(&[m], x)?.remove(0)),
-            Quantized::Candle(weights) => weights.forward(x),
+            Quantized::Candle { weights, .. } => x.apply_op1_no_bwd(weights.as_ref()),
         })
         .collect()
+}
+
+impl Quantized {
+    /// `t` on candle's kernels (and ours for prompts where there is one).
+    fn candle(t: QTensor) -> Self {
+        Self::Candle {
+            prompt: qgemm::kernel(&t),
+            weights: Arc::new(t),
+        }
+    }
+
+    /// Rows `ids` of the weights, dequantized, one after the other: the
+    /// embeddings of tokens, looked up in the quantized table.
+    fn rows(&self, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+        let (rows, cols) = self.shape();
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= rows) {
+            candle_core::bail!("token id {id} is outside the vocabulary of {rows}");
+        }
+        match self {
+            Self::Own(m) => Ok(m.rows(ids)),
+            Self::Candle { weights: t, .. } => {
+                let data = t.data()?;
+                let dtype = t.dtype();
+                let size = cols / dtype.block_size() * dtype.type_size();
+                let mut picked = Vec::with_capacity(ids.len() * size);
+                for &id in ids {
+                    picked.extend_from_slice(&data[id as usize * size..][..size]);
+                }
+                let storage = QStorage::from_data(Cow::Owned(picked), &Device::Cpu, dtype)?;
+                QTensor::new(storage, (ids.len(), cols))?
+                    .dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()
+            }
+        }
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Self::Own(m) => m.shape(),
+            Self::Candle { weights, .. } => weights.shape().dims2().unwrap_or_default(),
+        }
+    }
+}
+
+/// The token embeddings: dense rows, or rows dequantized as they are
+/// looked up in the quantized table (the output's own copy where the model
+/// ties them: one copy of the table in memory).
+enum Embedding {
+    Dense(candle_nn::Embedding),
+    Quantized(Arc<Quantized>),
+}
+
+impl Embedding {
+    /// The embeddings of `ids` `(rows, tokens)`, `(rows * tokens, hidden)`.
+    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Dense(e) => e.forward(ids)?.reshape((ids.elem_count(), ())),
+            Self::Quantized(table) => {
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                let values = table.rows(&ids)?;
+                Tensor::from_vec(values, (ids.len(), table.shape().1), &Device::Cpu)
+            }
+        }
+    }
 }
 
 /// `t` in a format with fast CPU dot products. candle 0.11's Q4_1, Q5_0
@@ -179,12 +329,9 @@ fn for_decoding(t: QTensor, own: bool) -> candle_core::Result<Quantized> {
             .map_err(|e| candle_core::Error::Msg(e.to_string())),
         Some((_, bytes)) => {
             let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, GgmlDType::Q8_0)?;
-            Ok(Quantized::Candle(QMatMul::QTensor(Arc::new(QTensor::new(
-                storage,
-                (rows, cols),
-            )?))))
+            Ok(Quantized::candle(QTensor::new(storage, (rows, cols))?))
         }
-        None => Ok(Quantized::Candle(QMatMul::QTensor(Arc::new(t)))),
+        None => Ok(Quantized::candle(t)),
     }
 }
 
@@ -226,7 +373,7 @@ struct Layer {
 
 /// The weights and shape of one model.
 pub(crate) struct Decoder {
-    embed: candle_nn::Embedding,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     output: Linear,
@@ -240,9 +387,9 @@ pub(crate) struct Decoder {
     /// GGUF llama weights are laid out for interleaved rotary pairs;
     /// qwen2 (GGUF and Hugging Face) uses halves.
     interleaved: bool,
-    /// Whether decoding steps use the quantized weights where there are
-    /// any (see [`Linear`]); shared with the generator, which can switch it.
-    quantized_decoding: Arc<AtomicBool>,
+    /// How GGUF weights are held; our decoding attention runs only on
+    /// quantized decoding steps, the reference (dequantized) being candle's.
+    precision: Precision,
     dtype: DType,
     device: Device,
 }
@@ -264,7 +411,8 @@ pub(crate) struct Batch {
 }
 
 /// One sequence's caches after its prefill, per layer
-/// `(1, kv_heads, tokens, head_dim)`.
+/// `(1, kv_heads, tokens, head_dim)`. Cloning shares the tensors.
+#[derive(Clone)]
 pub(crate) struct Prefilled {
     kv: Vec<(Tensor, Tensor)>,
     tokens: usize,
@@ -389,12 +537,13 @@ fn rotary_tables(
 }
 
 impl Decoder {
-    /// Reads a GGUF file of the llama or qwen2 architecture (weights stay
-    /// quantized; activations are f32).
+    /// Reads a GGUF file of the llama or qwen2 architecture (weights held
+    /// as `precision` says; activations are f32).
     pub fn from_gguf<R: std::io::Seek + std::io::Read>(
         content: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
+        precision: Precision,
     ) -> anyhow::Result<Self> {
         let arch = content
             .metadata
@@ -438,18 +587,60 @@ impl Decoder {
         );
         let mut tensor = |name: &str| content.tensor(reader, name, device);
         let dense = |t: candle_core::quantized::QTensor| t.dequantize(device);
-        let embed = dense(tensor("token_embd.weight")?)?;
-        let output = match tensor("output.weight") {
-            Ok(w) => Linear::from_gguf(w, device)?,
-            // Tied to the embeddings.
-            Err(_) => Linear::from_gguf(tensor("token_embd.weight")?, device)?,
+        let table = tensor("token_embd.weight")?;
+        let quantizable = device.is_cpu()
+            && !matches!(
+                table.dtype(),
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            );
+        let quantized = quantizable && precision == Precision::Quantized;
+        let (embed, output) = match tensor("output.weight") {
+            Ok(w) => {
+                let embed = if quantized {
+                    // Looked up only: the file's blocks as they are.
+                    Embedding::Quantized(Arc::new(Quantized::candle(table)))
+                } else {
+                    Embedding::Dense(candle_nn::Embedding::new(dense(table)?, hidden))
+                };
+                (embed, Linear::from_gguf(w, device, precision)?)
+            }
+            // Tied to the embeddings: one quantized table for both.
+            Err(_) if quantized => {
+                let table = Arc::new(for_decoding(table, qgemv::available())?);
+                (
+                    Embedding::Quantized(table.clone()),
+                    Linear::Quantized(table),
+                )
+            }
+            // Tied, both copies: the dense table for prompts and lookups.
+            Err(_) if quantizable && precision == Precision::Both => {
+                let dense_table = table.dequantize(device)?;
+                (
+                    Embedding::Dense(candle_nn::Embedding::new(dense_table.clone(), hidden)),
+                    Linear::Both {
+                        dense: QMatMul::Tensor(dense_table),
+                        quantized: Arc::new(for_decoding(table, qgemv::available())?),
+                    },
+                )
+            }
+            Err(_) => {
+                let table = dense(table)?;
+                (
+                    Embedding::Dense(candle_nn::Embedding::new(table.clone(), hidden)),
+                    Linear::Dense(QMatMul::Tensor(table)),
+                )
+            }
         };
         let norm = dense(tensor("output_norm.weight")?)?;
         let mut layers = Vec::with_capacity(blocks);
         for i in 0..blocks {
             let p = format!("blk.{i}");
             let mut q = |name: &str| -> anyhow::Result<Linear> {
-                Ok(Linear::from_gguf(tensor(&format!("{p}.{name}"))?, device)?)
+                Ok(Linear::from_gguf(
+                    tensor(&format!("{p}.{name}"))?,
+                    device,
+                    precision,
+                )?)
             };
             let (wq, wk, wv, wo) = (
                 q("attn_q.weight")?,
@@ -486,7 +677,7 @@ impl Decoder {
         }
         let (cos, sin) = rotary_tables(head_dim, base, context, DType::F32, device)?;
         let decoder = Self {
-            embed: candle_nn::Embedding::new(embed, hidden),
+            embed,
             layers,
             norm,
             output,
@@ -497,7 +688,7 @@ impl Decoder {
             cos,
             sin,
             interleaved: arch == "llama",
-            quantized_decoding: Arc::new(AtomicBool::new(true)),
+            precision,
             dtype: DType::F32,
             device: device.clone(),
         };
@@ -570,7 +761,7 @@ impl Decoder {
             vb.device(),
         )?;
         Ok(Self {
-            embed: candle_nn::Embedding::new(embed, hidden),
+            embed: Embedding::Dense(candle_nn::Embedding::new(embed, hidden)),
             layers,
             norm: m.pp("norm").get(hidden, "weight")?,
             output,
@@ -581,43 +772,70 @@ impl Decoder {
             cos,
             sin,
             interleaved: false,
-            quantized_decoding: Arc::new(AtomicBool::new(false)),
+            precision: Precision::Dequantized,
             dtype: vb.dtype(),
             device: vb.device().clone(),
         })
     }
 
-    /// The switch between quantized decoding steps (true, the default for
-    /// GGUF weights on the CPU) and dequantized ones (false: slower on the
-    /// CPU, but the same arithmetic as prefill, and as candle's models
-    /// under `CANDLE_DEQUANTIZE_ALL`). Without quantized weights, the
-    /// switch changes nothing.
-    pub fn quantized_decoding(&self) -> Arc<AtomicBool> {
-        self.quantized_decoding.clone()
-    }
-
     /// Runs one sequence's prompt: the logits for its next token (f32,
     /// `(vocab,)`) and its caches, ready to join a [`Batch`].
     pub fn prefill(&self, ids: &[u32]) -> candle_core::Result<(Tensor, Prefilled)> {
-        let n = ids.len();
-        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let cos = self.cos.narrow(0, 0, n)?;
-        let sin = self.sin.narrow(0, 0, n)?;
-        // Causal: position i sees 0..=i.
+        self.prefill_after(None, ids)
+    }
+
+    /// [`Decoder::prefill`] of `ids` whose first `prefix.1` tokens are
+    /// those `prefix.0` was prefilled with: their keys and values are taken
+    /// from it, and only the rest runs through the model (at least one
+    /// token). What comes out is what a prefill of all of `ids` gives, up
+    /// to float rounding in attention.
+    pub fn prefill_after(
+        &self,
+        prefix: Option<(&Prefilled, usize)>,
+        ids: &[u32],
+    ) -> candle_core::Result<(Tensor, Prefilled)> {
+        let reused = prefix.map_or(0, |(_, p)| p);
+        if reused >= ids.len() || prefix.is_some_and(|(kv, p)| p > kv.tokens) {
+            candle_core::bail!(
+                "a prefix of {reused} tokens leaves nothing to prefill of {}",
+                ids.len()
+            );
+        }
+        let n = ids.len() - reused;
+        let input = Tensor::new(&ids[reused..], &self.device)?.unsqueeze(0)?;
+        let cos = self.cos.narrow(0, reused, n)?;
+        let sin = self.sin.narrow(0, reused, n)?;
+        // Causal: position i (of the new tokens) sees 0..=reused + i.
         let mask = (n > 1)
             .then(|| {
                 let masked: Vec<u8> = (0..n)
-                    .flat_map(|i| (0..n).map(move |j| u8::from(j > i)))
+                    .flat_map(|i| (0..reused + n).map(move |j| u8::from(j > reused + i)))
                     .collect();
-                Tensor::from_vec(masked, (1, 1, n, n), &self.device)
+                Tensor::from_vec(masked, (1, 1, n, reused + n), &self.device)
             })
             .transpose()?;
         let mut kv = Vec::with_capacity(self.layers.len());
-        let logits = self.forward(&input, &cos, &sin, mask.as_ref(), None, |_, k, v| {
+        let logits = self.forward(&input, &cos, &sin, mask.as_ref(), None, |layer, k, v| {
+            let (k, v) = match prefix {
+                Some((cached, p)) if p > 0 => {
+                    let (ck, cv) = &cached.kv[layer];
+                    (
+                        Tensor::cat(&[&ck.narrow(2, 0, p)?, &k], 2)?,
+                        Tensor::cat(&[&cv.narrow(2, 0, p)?, &v], 2)?,
+                    )
+                }
+                _ => (k, v),
+            };
             kv.push((k.clone(), v.clone()));
             Ok((k, v))
         })?;
-        Ok((logits.squeeze(0)?, Prefilled { kv, tokens: n }))
+        Ok((
+            logits.squeeze(0)?,
+            Prefilled {
+                kv,
+                tokens: ids.len(),
+            },
+        ))
     }
 
     /// One step for every row of `batch`: `tokens[row]` goes in, the
@@ -650,14 +868,13 @@ impl Decoder {
                 Tensor::from_vec(masked, (rows, 1, 1, columns), &self.device)
             })
             .transpose()?;
-        let quantized = self.quantized_decoding.load(Ordering::Relaxed);
         let starts = batch.starts.clone();
         let logits = self.forward(
             &input,
             &cos,
             &sin,
             mask.as_ref(),
-            quantized.then_some(starts.as_slice()),
+            Some(starts.as_slice()),
             |layer, k, v| batch.append(layer, &k, &v),
         )?;
         batch.len += 1;
@@ -666,8 +883,7 @@ impl Decoder {
 
     /// The transformer over `input` `(rows, tokens)`; `cache(layer, k, v)`
     /// turns this pass's keys and values into the ones attended to.
-    /// `step`: a decoding step on the quantized weights, with each row's
-    /// first unmasked column. Returns the last position's logits, `(rows,
+    /// `step`: a decoding step, with each row's first unmasked column. Returns the last position's logits, `(rows,
     /// vocab)`, in f32.
     fn forward(
         &self,
@@ -699,12 +915,13 @@ impl Decoder {
         };
         let group = self.heads / self.kv_heads;
         let neg_inf = Tensor::new(f32::NEG_INFINITY, &self.device)?.to_dtype(self.dtype)?;
-        let quantized = step.is_some();
+        let each = step.is_some();
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // Our attention for decoding steps where it runs (see
         // `decode_attention.rs`), candle's elsewhere.
         let own_attention = step.filter(|_| {
             n == 1
+                && self.precision != Precision::Dequantized
                 && self.dtype == DType::F32
                 && self.device.is_cpu()
                 && decode_attention::available(self.head_dim)
@@ -712,7 +929,7 @@ impl Decoder {
         for (i, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.eps)?;
             let [mut q, mut k, mut v]: [Tensor; 3] =
-                Linear::forward_all(&[&layer.wq, &layer.wk, &layer.wv], &h, quantized)?
+                Linear::forward_all(&[&layer.wq, &layer.wk, &layer.wv], &h, each)?
                     .try_into()
                     .expect("three products");
             if let Some([bq, bk, bv]) = &layer.bias {
@@ -751,18 +968,17 @@ impl Decoder {
                         .reshape((rows * n, hidden))?
                 }
             };
-            x = (layer.wo.forward(&y, quantized)? + x)?;
+            x = (layer.wo.forward(&y, each)? + x)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.eps)?;
-            let [gate, up]: [Tensor; 2] =
-                Linear::forward_all(&[&layer.gate, &layer.up], &h, quantized)?
-                    .try_into()
-                    .expect("two products");
+            let [gate, up]: [Tensor; 2] = Linear::forward_all(&[&layer.gate, &layer.up], &h, each)?
+                .try_into()
+                .expect("two products");
             let gated = (candle_nn::ops::silu(&gate)? * up)?;
-            x = (layer.down.forward(&gated, quantized)? + x)?;
+            x = (layer.down.forward(&gated, each)? + x)?;
         }
         let last = x.reshape((rows, n, ()))?.narrow(1, n - 1, 1)?.squeeze(1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps)?;
-        self.output.forward(&last, quantized)?.to_dtype(DType::F32)
+        self.output.forward(&last, each)?.to_dtype(DType::F32)
     }
 }
 
@@ -774,7 +990,8 @@ mod tests {
     /// positive scales.
     fn weights(dtype: GgmlDType, rows: usize, cols: usize, seed: u64) -> QTensor {
         let count = rows * cols / dtype.block_size();
-        let offset = dtype == GgmlDType::Q4_1;
+        // Q4_1's offsets and Q4_K's minimum scales are small too.
+        let offset = matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q4K);
         let raw = crate::qgemv::tests::arbitrary_blocks(dtype.type_size(), count, offset, seed);
         let storage = QStorage::from_data(Cow::Owned(raw), &Device::Cpu, dtype).unwrap();
         QTensor::new(storage, (rows, cols)).unwrap()
@@ -801,10 +1018,11 @@ mod tests {
         }
     }
 
-    /// A decoding step's product on the quantized copy is the dense one up
-    /// to the rounding of the inputs to 8 bits, and each row's result is the
-    /// one it gets alone: on our kernels (where this CPU has AVX-512 VNNI)
-    /// and on candle's.
+    /// A product on the quantized weights is the dense one up to the
+    /// rounding of the inputs to 8 bits, for a decoding step's rows and a
+    /// prompt's alike, and in a step each row's result is the one it gets
+    /// alone: on our kernels (where this CPU has AVX-512 VNNI) and on
+    /// candle's.
     #[test]
     fn quantized_products_match_the_dense_ones_row_by_row() {
         let x = Tensor::randn(0f32, 1.0, (3, 96), &Device::Cpu).unwrap();
@@ -819,45 +1037,114 @@ mod tests {
         .flat_map(|dtype| kernels.map(|own| (dtype, own)))
         .enumerate()
         {
-            let w = weights(dtype, 48, 96, 7 + i as u64);
-            let w = Linear::from_gguf_on(w, &Device::Cpu, own).unwrap();
-            match (&w.quantized, own) {
-                (Some(Quantized::Own(_)), true) | (Some(Quantized::Candle(_)), false) => {}
-                (Some(Quantized::Candle(_)), true) if dtype == GgmlDType::Q4_0 => {}
-                _ => panic!("{dtype:?} is not on the kernels expected"),
-            }
-            let dense = w.forward(&x, false).unwrap();
-            let quantized = w.forward(&x, true).unwrap();
-            assert_eq!(quantized.dims(), &[3, 48]);
-            // Rounding the inputs to 8 bits moves each by at most half a
-            // step, a step being at most the row's largest input / 127.
-            let (dense, quantized_rows) = (
-                dense.to_vec2::<f32>().unwrap(),
-                quantized.to_vec2::<f32>().unwrap(),
-            );
-            let weights = match &w.dense {
-                QMatMul::Tensor(t) => t.to_vec2::<f32>().unwrap(),
-                _ => unreachable!("dense weights"),
+            let seed = 7 + i as u64;
+            let load = |precision| {
+                Linear::from_gguf_on(weights(dtype, 48, 96, seed), &Device::Cpu, precision, own)
+                    .unwrap()
             };
-            for (r, xs) in x.to_vec2::<f32>().unwrap().iter().enumerate() {
-                let step = xs.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-                for (o, row) in weights.iter().enumerate() {
-                    let bound: f32 = row.iter().map(|w| w.abs() * step / 2.0).sum();
-                    let error = (quantized_rows[r][o] - dense[r][o]).abs();
-                    assert!(
-                        error <= bound * 1.001 + 1e-4,
-                        "{dtype:?}: {error} > {bound}"
-                    );
-                }
-            }
-            for row in 0..3 {
-                let alone = w.forward(&x.narrow(0, row, 1).unwrap(), true).unwrap();
+            let (w, dense) = (load(Precision::Quantized), load(Precision::Dequantized));
+            // Both copies: a prompt on the dense one, exactly; a step on the
+            // quantized one, exactly.
+            let both = load(Precision::Both);
+            for step in [true, false] {
+                let reference = if step { &w } else { &dense };
                 assert_eq!(
-                    alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                    quantized.get(row).unwrap().to_vec1::<f32>().unwrap(),
-                    "{dtype:?} row {row}"
+                    both.forward(&x, step).unwrap().to_vec2::<f32>().unwrap(),
+                    reference
+                        .forward(&x, step)
+                        .unwrap()
+                        .to_vec2::<f32>()
+                        .unwrap(),
+                    "{dtype:?} both, step {step}"
                 );
             }
+            match (&w, own) {
+                (Linear::Quantized(q), _) => match (q.as_ref(), own) {
+                    (Quantized::Own(_), true) | (Quantized::Candle { .. }, false) => {}
+                    (Quantized::Candle { .. }, true) if dtype == GgmlDType::Q4_0 => {}
+                    _ => panic!("{dtype:?} is not on the kernels expected"),
+                },
+                _ => panic!("{dtype:?} was not kept quantized"),
+            }
+            let weights = match &dense {
+                Linear::Dense(QMatMul::Tensor(t)) => t.to_vec2::<f32>().unwrap(),
+                _ => unreachable!("dense weights"),
+            };
+            let expected = dense.forward(&x, false).unwrap().to_vec2::<f32>().unwrap();
+            for step in [true, false] {
+                let quantized = w.forward(&x, step).unwrap();
+                assert_eq!(quantized.dims(), &[3, 48]);
+                // Rounding the inputs to 8 bits moves each by at most half
+                // a step, a step being at most the row's largest input / 127.
+                let got = quantized.to_vec2::<f32>().unwrap();
+                for (r, xs) in x.to_vec2::<f32>().unwrap().iter().enumerate() {
+                    let step = xs.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    for (o, row) in weights.iter().enumerate() {
+                        let bound: f32 = row.iter().map(|w| w.abs() * step / 2.0).sum();
+                        let error = (got[r][o] - expected[r][o]).abs();
+                        assert!(
+                            error <= bound * 1.001 + 1e-4,
+                            "{dtype:?}: {error} > {bound}"
+                        );
+                    }
+                }
+                if step {
+                    for row in 0..3 {
+                        let alone = w.forward(&x.narrow(0, row, 1).unwrap(), true).unwrap();
+                        assert_eq!(
+                            alone.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                            quantized.get(row).unwrap().to_vec1::<f32>().unwrap(),
+                            "{dtype:?} row {row}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Embeddings looked up in a quantized table are the dequantized rows,
+    /// exactly, on our tiles and on candle's blocks; an id outside the
+    /// table is an error, not a read past it.
+    #[test]
+    fn quantized_embeddings_are_the_dequantized_rows() {
+        for (dtype, own) in [
+            (GgmlDType::Q8_0, false),
+            (GgmlDType::Q4K, false),
+            (GgmlDType::Q5_0, true),
+            (GgmlDType::Q4_1, true),
+        ] {
+            let (rows, cols) = (40, 256);
+            let dense = weights(dtype, rows, cols, 3)
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let table = if own {
+                let t = weights(dtype, rows, cols, 3);
+                let format = if dtype == GgmlDType::Q5_0 {
+                    Format::Q5_0
+                } else {
+                    Format::Q4_1
+                };
+                Quantized::Own(QMatrix::new(format, &t.data().unwrap(), rows, cols).unwrap())
+            } else {
+                Quantized::candle(weights(dtype, rows, cols, 3))
+            };
+            let embed = Embedding::Quantized(Arc::new(table));
+            let ids = Tensor::new(&[[3u32, 39, 0], [16, 3, 17]], &Device::Cpu).unwrap();
+            let got = embed.forward(&ids).unwrap();
+            assert_eq!(got.dims(), &[6, cols]);
+            let expected: Vec<f32> = [3, 39, 0, 16, 3, 17]
+                .iter()
+                .flat_map(|&i: &usize| dense[i].clone())
+                .collect();
+            assert_eq!(
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                expected,
+                "{dtype:?}"
+            );
+            let outside = Tensor::new(&[[1u32, 40]], &Device::Cpu).unwrap();
+            assert!(embed.forward(&outside).is_err(), "{dtype:?}");
         }
     }
 }
@@ -868,7 +1155,7 @@ mod tests {
 mod model_tests {
     use super::*;
 
-    fn load(rel: &str) -> (Decoder, Vec<u32>) {
+    fn load(rel: &str, precision: Precision) -> (Decoder, Vec<u32>) {
         let dir = std::env::var_os("RAG_MODELS_DIR")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| {
@@ -884,26 +1171,29 @@ mod model_tests {
                       do employees get?<|im_end|>\n<|im_start|>assistant\n";
         let ids = tokenizer.encode(prompt, false).unwrap().get_ids().to_vec();
         (
-            Decoder::from_gguf(&content, &mut file, &Device::Cpu).unwrap(),
+            Decoder::from_gguf(&content, &mut file, &Device::Cpu, precision).unwrap(),
             ids,
         )
     }
 
-    /// Decoding steps on the quantized weights compute what those on the
-    /// dequantized weights compute, up to quantization: fed the same tokens
-    /// (the dense model's greedy answer), every step's logits are within a
-    /// few percent of the dense ones, and choose the same next token
-    /// wherever the dense choice is not a near tie.
+    /// The model on its quantized weights (one copy, for the prompt and the
+    /// decoding steps; or for the steps only, beside a dense copy) computes what it computes on the dequantized ones,
+    /// up to quantization: fed the same tokens (the dense model's greedy
+    /// answer), the prompt's and every step's logits are within a few
+    /// percent of the dense ones, and choose the same next token wherever
+    /// the dense choice is not a near tie.
     #[test]
     fn quantized_decoding_steps_follow_the_dense_ones() {
-        for rel in [
+        for (rel, precision) in [
             "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
             "Qwen2.5-Coder-0.5B-Instruct/Qwen2.5-Coder-0.5B-Instruct.gguf",
-        ] {
-            let (decoder, ids) = load(rel);
-            let switch = decoder.quantized_decoding();
-            let run = |quantized: bool, forced: Option<&[u32]>| {
-                switch.store(quantized, Ordering::Relaxed);
+        ]
+        .into_iter()
+        .flat_map(|rel| [Precision::Quantized, Precision::Both].map(|p| (rel, p)))
+        {
+            let (quantized_model, ids) = load(rel, precision);
+            let (dense_model, _) = load(rel, Precision::Dequantized);
+            let run = |decoder: &Decoder, forced: Option<&[u32]>| {
                 let (logits, prefilled) = decoder.prefill(&ids).unwrap();
                 let mut batch = Batch::default();
                 batch.push(prefilled).unwrap();
@@ -920,20 +1210,20 @@ mod model_tests {
                 }
                 (tokens, steps)
             };
-            let (tokens, dense) = run(false, None);
-            let (_, quantized) = run(true, Some(&tokens));
+            let (tokens, dense) = run(&dense_model, None);
+            let (_, quantized) = run(&quantized_model, Some(&tokens));
             let mut largest_error = 0f32;
-            for (step, (d, q)) in dense.iter().zip(&quantized).enumerate().skip(1) {
+            for (step, (d, q)) in dense.iter().zip(&quantized).enumerate() {
                 let range = d.iter().fold(0f32, |m, x| m.max(x.abs()));
                 let error = d.iter().zip(q).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                 assert!(
                     error < 0.1 * range,
-                    "{rel} step {step}: logits differ by {error} (largest {range})"
+                    "{rel} {precision:?} step {step}: logits differ by {error} (largest {range})"
                 );
                 let (ours, theirs) = (argmax(q), argmax(d));
                 assert!(
                     ours == theirs || d[theirs] - d[ours] < 0.05 * range,
-                    "{rel} step {step}: token {ours} instead of {theirs} ({} vs {})",
+                    "{rel} {precision:?} step {step}: token {ours} instead of {theirs} ({} vs {})",
                     d[ours],
                     d[theirs]
                 );
@@ -943,9 +1233,61 @@ mod model_tests {
             // to Q8_0), 2% for Qwen2.5; ties within 0.5%.
             assert!(
                 largest_error > 0.0,
-                "{rel}: the quantized weights were not used"
+                "{rel} {precision:?}: the quantized weights were not used"
             );
         }
+    }
+
+    /// A prompt prefilled after the keys and values of another that shares
+    /// its start gives the logits, keys and values of a prefill of the
+    /// whole prompt, up to float rounding in attention.
+    #[test]
+    fn a_prefill_after_a_shared_prefix_is_a_whole_prefill() {
+        let (decoder, ids) = load(
+            "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
+            Precision::default(),
+        );
+        let shared = ids.len() - 6;
+        let mut other = ids[..shared].to_vec();
+        other.extend([28, 1450, 314, 253, 2]);
+        let (_, cached) = decoder.prefill(&ids).unwrap();
+        let (logits, after) = decoder
+            .prefill_after(Some((&cached, shared)), &other)
+            .unwrap();
+        let (expected, whole) = decoder.prefill(&other).unwrap();
+        let (got, expected) = (
+            logits.to_vec1::<f32>().unwrap(),
+            expected.to_vec1::<f32>().unwrap(),
+        );
+        let range = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let error = got
+            .iter()
+            .zip(&expected)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(error <= 1e-3 * range, "logits differ by {error} of {range}");
+        assert_eq!(after.tokens, other.len());
+        for ((k, v), (wk, wv)) in after.kv.iter().zip(&whole.kv) {
+            assert_eq!(k.dims(), wk.dims());
+            let diff = (k - wk).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-3);
+            let diff = (v - wv).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-3);
+        }
+        // A prefix longer than what was cached, or the whole prompt, is
+        // refused rather than read past.
+        assert!(
+            decoder
+                .prefill_after(Some((&cached, ids.len())), &ids)
+                .is_err()
+        );
+        assert!(
+            decoder
+                .prefill_after(
+                    Some((&cached, ids.len() + 1)),
+                    &[ids.clone(), vec![1, 2]].concat()
+                )
+                .is_err()
+        );
     }
 
     fn argmax(v: &[f32]) -> usize {

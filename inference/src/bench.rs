@@ -38,6 +38,17 @@ pub struct GenerateRun {
     pub decode_tokens_per_s: f64,
     /// Prefill and every token.
     pub total_s: f64,
+    /// The process's peak resident memory so far (Linux), in MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// The process's peak resident memory (`VmHWM`), in MiB, where the system
+/// says.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Greedy generation of exactly `max_tokens` tokens (end-of-sequence is
@@ -50,6 +61,10 @@ pub async fn generate(
     runs: usize,
 ) -> anyhow::Result<Vec<GenerateRun>> {
     let question = prompt(generator, prompt_tokens);
+    // Every run prefills the whole prompt (the same one each time): the
+    // prefix cache is measured by `prefix_cache`.
+    let cached = generator.prefix_cache();
+    generator.set_prefix_cache(false);
     let request = |n: usize| GenerationRequest {
         ignore_eos: true,
         ..GenerationRequest::greedy(vec![ChatMessage::new(Role::User, question.clone())], n)
@@ -81,9 +96,87 @@ pub async fn generate(
             prefill_tokens_per_s: full.prompt_tokens as f64 / ttft,
             decode_tokens_per_s: decoded as f64 / (total - ttft).max(1e-9),
             total_s: total,
+            peak_rss_mib: peak_rss_mib(),
         });
     }
+    generator.set_prefix_cache(cached);
     Ok(out)
+}
+
+/// Time to first token of prompts that share their start, with and
+/// without the prefix cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrefixRun {
+    pub engine: &'static str,
+    pub model: String,
+    /// Tokens of each prompt (the shared system prompt and a question of
+    /// its own).
+    pub prompt_tokens: usize,
+    /// Tokens the prompts share.
+    pub shared_tokens: usize,
+    pub ttft_without_s: f64,
+    pub ttft_with_s: f64,
+}
+
+/// Prompts shaped like answers' (a system prompt of about `shared_tokens`
+/// tokens shared by all, then a question of about `own_tokens` of its
+/// own), each asked twice: with the prefix cache off, then on, after one
+/// prompt that fills the cache. Medians of `runs` questions.
+pub async fn prefix_cache(
+    generator: &CandleGenerator,
+    shared_tokens: usize,
+    own_tokens: usize,
+    runs: usize,
+) -> anyhow::Result<PrefixRun> {
+    let system = prompt(generator, shared_tokens);
+    let messages = |i: usize| {
+        let own = format!(
+            "Question {i}: {}",
+            "What does the policy say about trips booked before approval? ".repeat(
+                (own_tokens / generator.count_tokens("What does the policy say?").max(1)).max(1)
+            )
+        );
+        vec![
+            ChatMessage::new(Role::System, system.clone()),
+            ChatMessage::new(Role::User, own),
+        ]
+    };
+    let ttft = |i: usize| async move {
+        let started = Instant::now();
+        let out = generator
+            .generate(GenerationRequest::greedy(messages(i), 1))
+            .await?;
+        anyhow::Ok((started.elapsed().as_secs_f64(), out.prompt_tokens))
+    };
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut tokens = 0;
+    let cached = generator.prefix_cache();
+    generator.set_prefix_cache(false);
+    for i in 0..runs {
+        without.push(ttft(i).await?.0);
+    }
+    generator.set_prefix_cache(true);
+    ttft(runs).await?;
+    for i in 0..runs {
+        let (t, n) = ttft(runs + 1 + i).await?;
+        with.push(t);
+        tokens = n;
+    }
+    generator.set_prefix_cache(cached);
+    let shared = generator.count_tokens(&generator.render(&messages(0)[..1])?);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(PrefixRun {
+        engine: "rag-candle",
+        model: generator.model_id().to_string(),
+        prompt_tokens: tokens,
+        shared_tokens: shared,
+        ttft_without_s: median(&mut without),
+        ttft_with_s: median(&mut with),
+    })
 }
 
 /// Several requests at once: aggregate decoding speed.

@@ -1,5 +1,5 @@
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -11,7 +11,7 @@ use candle_transformers::models::{quantized_gemma3, qwen2};
 use rag_core::{ChatMessage, Error, Generation, GenerationRequest, Generator, Result, TextSink};
 use tokenizers::Tokenizer;
 
-use crate::batched::Decoder;
+use crate::batched::{Decoder, Precision};
 use crate::engine::{self, BatchStats, Job, Sequence, Vocab};
 use crate::tokenizer_from_gguf;
 
@@ -25,9 +25,8 @@ enum Backend {
     /// together (see `engine.rs`).
     Batched {
         jobs: std::sync::mpsc::Sender<Job>,
-        max_batch: Arc<AtomicUsize>,
+        settings: Arc<engine::Settings>,
         stats: Arc<BatchStats>,
-        quantized_decoding: Arc<std::sync::atomic::AtomicBool>,
     },
     /// gemma3 (candle's model, whose cache holds one sequence): one
     /// request at a time, in turn on the lock.
@@ -121,15 +120,16 @@ impl Loaded {
         });
         let backend = match model {
             Weights::Batched(decoder) => {
-                let max_batch = Arc::new(AtomicUsize::new(DEFAULT_MAX_BATCH));
+                let settings = Arc::new(engine::Settings {
+                    max_batch: AtomicUsize::new(DEFAULT_MAX_BATCH),
+                    prefix_cache: AtomicBool::new(false),
+                });
                 let stats = Arc::new(BatchStats::default());
-                let quantized_decoding = decoder.quantized_decoding();
-                let jobs = engine::start(decoder, vocab.clone(), max_batch.clone(), stats.clone())?;
+                let jobs = engine::start(decoder, vocab.clone(), settings.clone(), stats.clone())?;
                 Backend::Batched {
                     jobs,
-                    max_batch,
+                    settings,
                     stats,
-                    quantized_decoding,
                 }
             }
             Weights::Single(model) => Backend::Single(Box::new(Mutex::new(model))),
@@ -174,13 +174,24 @@ impl CandleGenerator {
     /// the CPU). A GGUF's tokenizer is `tokenizer.json` beside the file when
     /// there is one, else built from the GGUF itself.
     pub fn load_on(path: &Path, device: &Device) -> Result<Self, LoadError> {
-        Self::read(path, device).map_err(|e| LoadError {
+        Self::load_with(path, device, Precision::default())
+    }
+
+    /// [`CandleGenerator::load_on`], with a GGUF's llama or qwen2 weights
+    /// held as `precision` says on the CPU (other models and devices ignore
+    /// it).
+    pub fn load_with(
+        path: &Path,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
+        Self::read(path, device, precision).map_err(|e| LoadError {
             path: path.to_owned(),
             source: e.into(),
         })
     }
 
-    fn read(path: &Path, device: &Device) -> anyhow::Result<Self> {
+    fn read(path: &Path, device: &Device, precision: Precision) -> anyhow::Result<Self> {
         if path.is_dir() {
             return Self::load_safetensors(path, device);
         }
@@ -238,7 +249,7 @@ impl CandleGenerator {
         }
         let model = match arch.as_str() {
             "llama" | "qwen2" => Weights::Batched(
-                Decoder::from_gguf(&content, &mut file, &device)
+                Decoder::from_gguf(&content, &mut file, &device, precision)
                     .with_context(|| format!("loading {}", path.display()))?,
             ),
             "gemma3" => Weights::Single(quantized_gemma3::ModelWeights::from_gguf(
@@ -409,23 +420,28 @@ impl CandleGenerator {
     /// time), for every clone of this model. Models that cannot batch
     /// (gemma3) ignore it.
     pub fn set_max_batch(&self, rows: usize) {
-        if let Backend::Batched { max_batch, .. } = &self.shared.backend {
-            max_batch.store(rows.max(1), Ordering::Relaxed);
+        if let Backend::Batched { settings, .. } = &self.shared.backend {
+            settings.max_batch.store(rows.max(1), Ordering::Relaxed);
         }
     }
 
-    /// Whether decoding steps run on the quantized weights (the default for
-    /// GGUF files on the CPU: 2 to 4 times faster decoding than on the
-    /// dequantized ones, which prefill always uses) or on the dequantized
-    /// ones (the same arithmetic as candle's own models with
-    /// `CANDLE_DEQUANTIZE_ALL`). For every clone of this model; meant to be
-    /// set before requests come. Other models and devices ignore it.
-    pub fn set_quantized_decoding(&self, on: bool) {
-        if let Backend::Batched {
-            quantized_decoding, ..
-        } = &self.shared.backend
-        {
-            quantized_decoding.store(on, Ordering::Relaxed);
+    /// Whether a prompt starts from the keys and values of the prompt
+    /// before it where the two share their first tokens (every answer's
+    /// prompt starts with the same system prompt and instructions). Off by
+    /// default: the shorter prefill rounds differently in its last digits,
+    /// so a greedy answer to the same prompt can differ between a cold and
+    /// a warm cache. llama and qwen2 models; others ignore it.
+    pub fn set_prefix_cache(&self, on: bool) {
+        if let Backend::Batched { settings, .. } = &self.shared.backend {
+            settings.prefix_cache.store(on, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the prefix cache is on ([`CandleGenerator::set_prefix_cache`]).
+    pub fn prefix_cache(&self) -> bool {
+        match &self.shared.backend {
+            Backend::Batched { settings, .. } => settings.prefix_cache.load(Ordering::Relaxed),
+            Backend::Single(_) => false,
         }
     }
 

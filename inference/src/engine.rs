@@ -9,14 +9,14 @@
 //! while a queue of long prompts is admitted.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use rag_core::{FinishReason, Generation, GenerationRequest};
 use tokenizers::Tokenizer;
 
-use crate::batched::{Batch, Decoder};
+use crate::batched::{Batch, Decoder, Prefilled};
 
 /// How many recent tokens the repetition penalty looks at.
 const REPEAT_LAST_N: usize = 64;
@@ -46,6 +46,11 @@ pub struct BatchStats {
     pub tokens: AtomicU64,
     /// The largest batch a step ran.
     pub widest: AtomicUsize,
+    /// Prompt tokens run through the model.
+    pub prefilled: AtomicU64,
+    /// Prompt tokens whose keys and values came from the prompt before
+    /// (the system prompt and instructions every answer shares).
+    pub reused: AtomicU64,
 }
 
 impl BatchStats {
@@ -219,25 +224,63 @@ impl Active {
 pub(crate) fn start(
     decoder: Decoder,
     vocab: Arc<Vocab>,
-    max_batch: Arc<AtomicUsize>,
+    settings: Arc<Settings>,
     stats: Arc<BatchStats>,
 ) -> anyhow::Result<std::sync::mpsc::Sender<Job>> {
     let (tx, rx) = std::sync::mpsc::channel::<Job>();
     std::thread::Builder::new()
         .name("rag-inference".into())
-        .spawn(move || run(&decoder, &vocab, &rx, &max_batch, &stats))?;
+        .spawn(move || run(&decoder, &vocab, &rx, &settings, &stats))?;
     Ok(tx)
+}
+
+/// What the generator can change while the engine runs.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    /// Sequences decoded together at most.
+    pub max_batch: AtomicUsize,
+    /// Whether a prompt starts from the keys and values of the prompt
+    /// before where they share their first tokens.
+    pub prefix_cache: AtomicBool,
+}
+
+/// Shared prompt tokens worth taking from the cache (fewer cost about what
+/// they save).
+const MIN_REUSE: usize = 16;
+
+/// The last prompt prefilled, and its keys and values.
+struct PrefixCache {
+    ids: Vec<u32>,
+    kv: Prefilled,
+}
+
+impl PrefixCache {
+    /// Tokens of `ids` that can start from the cache: the shared prefix,
+    /// short of the whole prompt (its last token runs through the model for
+    /// the logits), when it is long enough to be worth it.
+    fn reusable(&self, ids: &[u32]) -> usize {
+        reusable(&self.ids, ids)
+    }
+}
+
+/// [`PrefixCache::reusable`] for a cache of `cached`.
+fn reusable(cached: &[u32], ids: &[u32]) -> usize {
+    let shared = cached.iter().zip(ids).take_while(|(a, b)| a == b).count();
+    let shared = shared.min(ids.len().saturating_sub(1));
+    if shared >= MIN_REUSE { shared } else { 0 }
 }
 
 fn run(
     decoder: &Decoder,
     vocab: &Vocab,
     jobs: &std::sync::mpsc::Receiver<Job>,
-    max_batch: &AtomicUsize,
+    settings: &Settings,
     stats: &BatchStats,
 ) {
     let mut active: Vec<Active> = Vec::new();
     let mut batch = Batch::default();
+    let mut cache: Option<PrefixCache> = None;
+    let max_batch = &settings.max_batch;
     loop {
         // Admit one waiting request; block only when there is nothing to do.
         let incoming = if active.is_empty() {
@@ -261,7 +304,24 @@ fn run(
                 admitted.end(Ok(()));
                 continue;
             }
-            let prefilled = decoder.prefill(&admitted.seq.tokens);
+            let ids = &admitted.seq.tokens;
+            let cached = cache
+                .as_ref()
+                .filter(|_| settings.prefix_cache.load(Ordering::Relaxed))
+                .map(|c| (c, c.reusable(ids)))
+                .filter(|&(_, reused)| reused > 0);
+            let reused = cached.map_or(0, |(_, r)| r);
+            let prefilled = decoder.prefill_after(cached.map(|(c, r)| (&c.kv, r)), ids);
+            if let Ok((_, kv)) = &prefilled {
+                stats.reused.fetch_add(reused as u64, Ordering::Relaxed);
+                stats
+                    .prefilled
+                    .fetch_add((ids.len() - reused) as u64, Ordering::Relaxed);
+                cache = Some(PrefixCache {
+                    ids: ids.clone(),
+                    kv: kv.clone(),
+                });
+            }
             let first = prefilled
                 .map_err(anyhow::Error::from)
                 .and_then(|(logits, kv)| {
@@ -327,5 +387,32 @@ fn run(
                 batch = Batch::default();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A prompt starts from the cache for the tokens it shares with the
+    /// cached one, never for its own last token (which must run for the
+    /// logits), and not at all for a short shared start.
+    #[test]
+    fn prompts_reuse_only_their_shared_start() {
+        let cached: Vec<u32> = (0..40).collect();
+        let mut ids: Vec<u32> = (0..30).collect();
+        ids.extend([900, 901]);
+        assert_eq!(reusable(&cached, &ids), 30);
+        // The same prompt again: all but its last token.
+        assert_eq!(reusable(&cached, &cached), 39);
+        // A prompt that is the cached one's start.
+        assert_eq!(reusable(&cached, &cached[..20]), 19);
+        // Shorter than MIN_REUSE shared: prefilled whole.
+        let mut short: Vec<u32> = (0..MIN_REUSE as u32 - 1).collect();
+        short.extend([7, 7, 7]);
+        assert_eq!(reusable(&cached, &short), 0);
+        // Different from the first token.
+        assert_eq!(reusable(&cached, &[5; 40]), 0);
+        assert_eq!(reusable(&[], &cached), 0);
     }
 }

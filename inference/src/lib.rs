@@ -15,9 +15,11 @@ mod decode_attention;
 mod engine;
 mod gguf_tokenizer;
 mod openai;
+mod qgemm;
 mod qgemv;
 mod settings;
 
+pub use batched::Precision;
 pub use candle_backend::{CandleGenerator, DEFAULT_MAX_BATCH, LoadError};
 pub use engine::BatchStats;
 pub use gguf_tokenizer::tokenizer_from_gguf;

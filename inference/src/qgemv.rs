@@ -79,9 +79,9 @@ pub(crate) struct QMatrix {
 /// The input vector, 8 bits per weight: per block of 32, the scale and the
 /// sum of the integers (for Q4_1's offsets and Q5_0's -16).
 pub(crate) struct Q8Input {
-    scales: Vec<f32>,
-    sums: Vec<f32>,
-    qs: Vec<i8>,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) sums: Vec<f32>,
+    pub(crate) qs: Vec<i8>,
 }
 
 impl Q8Input {
@@ -165,6 +165,45 @@ impl QMatrix {
             rows,
             cols,
         })
+    }
+
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Rows `ids`, dequantized (the values candle's dequantization of the
+    /// file's blocks gives), one after the other.
+    pub fn rows(&self, ids: &[u32]) -> Vec<f32> {
+        let blocks = self.cols / BLOCK;
+        let bytes = self.format.tile_bytes();
+        let mut out = Vec::with_capacity(ids.len() * self.cols);
+        for &id in ids {
+            let (t, r) = (id as usize / ROWS, id as usize % ROWS);
+            for b in 0..blocks {
+                let block = &self.tiles[(t * blocks + b) * bytes..][..bytes];
+                let d = f16_at(block, 2 * r);
+                let quants = &block[self.format.quants_at()..];
+                match self.format {
+                    Format::Q8_0 => out.extend((0..BLOCK).map(|c| {
+                        let q = quants[64 * (c / 4) + 4 * r + c % 4] ^ 0x80;
+                        d * f32::from(q as i8)
+                    })),
+                    Format::Q4_1 => {
+                        let m = f16_at(block, 2 * ROWS + 2 * r);
+                        let q = portable::weights(quants, r, 0);
+                        out.extend(q.iter().map(|&q| d * q as f32 + m));
+                    }
+                    Format::Q5_0 => {
+                        let h = &block[2 * ROWS + 4 * r..];
+                        let high = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+                        let q = portable::weights(quants, r, high);
+                        out.extend(q.iter().map(|&q| d * (q - 16) as f32));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Each of `matrices` times each row of `xs` (`(inputs, cols)`, row
@@ -289,7 +328,7 @@ fn each(
     }
 }
 
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
+pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
@@ -298,7 +337,7 @@ mod portable {
 
     /// Row `r`'s 32 unsigned weights of one tile block (`nibbles`: 256
     /// bytes, `high`: its Q5_0 bits).
-    fn weights(nibbles: &[u8], r: usize, high: u32) -> [i32; BLOCK] {
+    pub(super) fn weights(nibbles: &[u8], r: usize, high: u32) -> [i32; BLOCK] {
         let mut q = [0i32; BLOCK];
         for g in 0..4 {
             for j in 0..4 {
@@ -531,6 +570,37 @@ pub(crate) mod tests {
     fn blocks(format: Format, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
         let count = rows * cols / BLOCK;
         arbitrary_blocks(format.block_bytes(), count, format == Format::Q4_1, seed)
+    }
+
+    /// Rows looked up in the repacked tiles are candle's dequantized rows,
+    /// exactly, in whole and partial tiles.
+    #[test]
+    fn rows_are_the_dequantized_rows() {
+        use candle_core::Device;
+        use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+        for (format, dtype) in [
+            (Format::Q4_1, GgmlDType::Q4_1),
+            (Format::Q5_0, GgmlDType::Q5_0),
+            (Format::Q8_0, GgmlDType::Q8_0),
+        ] {
+            let (rows, cols) = (37, 96);
+            let data = blocks(format, rows, cols, 11);
+            let m = QMatrix::new(format, &data, rows, cols).unwrap();
+            let storage = QStorage::from_data(data.into(), &Device::Cpu, dtype).unwrap();
+            let dense = QTensor::new(storage, (rows, cols))
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let ids = [0u32, 36, 17, 16, 15, 0];
+            let got = m.rows(&ids);
+            let expected: Vec<f32> = ids
+                .iter()
+                .flat_map(|&i| dense[i as usize].clone())
+                .collect();
+            assert_eq!(got, expected, "{format:?}");
+        }
     }
 
     /// Several inputs at once (a batched step, more than one kernel call's

@@ -71,9 +71,12 @@ pub struct CandleSettings {
     /// Answers decoded together (llama and qwen2 models), one token of
     /// each per pass over the weights; 1 answers one at a time.
     pub max_batch: usize,
-    /// Decoding steps on the GGUF file's quantized weights (CPU, llama and
-    /// qwen2); `false` decodes on the dequantized ones too.
-    pub quantized_decoding: bool,
+    /// How a GGUF's weights are held on the CPU (llama and qwen2).
+    pub precision: crate::Precision,
+    /// Prompts start from the keys and values of the prompt before where
+    /// they share their start (llama and qwen2; see
+    /// [`crate::CandleGenerator::set_prefix_cache`]).
+    pub prefix_cache: bool,
 }
 
 /// An OpenAI-compatible server: vLLM, TGI, Ollama's `/v1`, llama.cpp,

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use rag_core::{ChatMessage, GenerationRequest, Generator, Role};
-use rag_inference::CandleGenerator;
+use rag_inference::{CandleGenerator, Precision};
 
 fn model(rel: &str) -> PathBuf {
     let dir = std::env::var_os("RAG_MODELS_DIR")
@@ -393,8 +393,9 @@ async fn batched_decoder_matches_candle_models() {
         "Qwen2.5-Coder-0.5B-Instruct/Qwen2.5-Coder-0.5B-Instruct.gguf",
     ] {
         let path = model(rel);
-        let generator = CandleGenerator::load(&path).unwrap();
-        generator.set_quantized_decoding(false);
+        let generator =
+            CandleGenerator::load_with(&path, &candle_core::Device::Cpu, Precision::Dequantized)
+                .unwrap();
         let messages = rag_answer::prompt::build_messages(
             "How many vacation days do employees get?",
             &[
@@ -510,4 +511,51 @@ async fn concurrent_requests_are_decoded_together() {
         generator.generate(requests[1].clone()).await.unwrap(),
         alone[1]
     );
+}
+
+/// With the prefix cache on, an answer's prompt starts from the keys and
+/// values of the one before where they share the system prompt and
+/// instructions: only the rest is prefilled, and the answer still reads
+/// its own passage. Off (the default), every prompt is prefilled whole.
+#[tokio::test]
+async fn answers_start_from_the_shared_prompt_when_the_prefix_cache_is_on() {
+    let generator = CandleGenerator::load(&model(
+        "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ))
+    .unwrap();
+    assert!(!generator.prefix_cache(), "off by default");
+    let ask = |question: &str, passage: &str| {
+        GenerationRequest::greedy(
+            rag_answer::prompt::build_messages(question, &[format!("[1] (Handbook)\n{passage}")]),
+            16,
+        )
+    };
+    let stats = generator.batch_stats().unwrap();
+    let counts = || {
+        (
+            stats.prefilled.load(std::sync::atomic::Ordering::Relaxed),
+            stats.reused.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    let first = ask("How many vacation days?", "Employees get 28 days of leave.");
+    let second = ask("Who approves travel?", "Team leads approve all travel.");
+    let shared = generator.count_tokens(&generator.render(&first.messages).unwrap());
+    generator.generate(first.clone()).await.unwrap();
+    generator.generate(second.clone()).await.unwrap();
+    assert_eq!(counts().1, 0, "nothing reused while off");
+
+    generator.set_prefix_cache(true);
+    generator.generate(first).await.unwrap();
+    let before = counts();
+    let out = generator.generate(second.clone()).await.unwrap();
+    let (prefilled, reused) = (counts().0 - before.0, counts().1 - before.1);
+    assert_eq!(prefilled + reused, out.prompt_tokens as u64);
+    // The system prompt and instructions (most of the prompt) came from the
+    // cache; the question and passage were prefilled.
+    assert!(
+        reused as usize > out.prompt_tokens / 2,
+        "{reused} of {shared}"
+    );
+    assert!(prefilled >= 8, "{prefilled}");
+    assert!(!out.text.trim().is_empty());
 }

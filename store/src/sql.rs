@@ -1135,7 +1135,7 @@ mod tests {
             .await
             .unwrap();
         let mine = store.documents_of_origin("wiki").await.unwrap();
-        assert_eq!(mine, [page.clone()]);
+        assert_eq!(mine, std::slice::from_ref(&page));
         assert!(store.documents_of_origin("none").await.unwrap().is_empty());
         store.delete_document(&page.id).await.unwrap();
         store

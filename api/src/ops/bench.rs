@@ -21,6 +21,14 @@ pub async fn generate(
     for run in &ours {
         println!("{}", serde_json::to_string(run)?);
     }
+    // An answer's prompt: the system prompt and instructions (about 3/4
+    // of it here) shared with every other, then its own passages and
+    // question.
+    let shared = prompt_tokens * 3 / 4;
+    let prefix =
+        rag_inference::bench::prefix_cache(generator, shared, prompt_tokens - shared, runs.max(1))
+            .await?;
+    println!("{}", serde_json::to_string(&prefix)?);
     if !peer {
         return Ok(());
     }

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Keeps what CI compiled and installed in a folder outside the clone, so a
+# later run on the same machine rebuilds only what changed (the convention
+# of rust-cache and sccache):
+#
+#   scripts/ci-cache.sh restore CACHE_DIR   at the start: ./target and
+#                                           ./models become links into it
+#   scripts/ci-cache.sh built CACHE_DIR     once everything is compiled
+#
+# ./target holds cargo's builds and the Python and npm environments
+# (target/bench-venv, target/clients); ./models the models `rag models
+# fetch` checks and keeps.
+#
+# Cargo decides what to rebuild by comparing each source file's
+# modification time with its last build, and a fresh clone dates every file
+# now. So the cache keeps the sha256 of every tracked file of the last run
+# (`sources.sha256`): a file whose content is unchanged gets an old date
+# back, and only what changed is rebuilt. Files that changed in a run whose
+# build did not finish (`pending`) keep the date of now until a build
+# finishes, so a half-built or failed run never leaves an output that looks
+# newer than its sources. A file that changed also re-dates its crate's
+# `src/lib.rs` and `src/main.rs` (a new migration or page is read by a
+# macro cargo does not track). Cargo does not notice a workspace that moved
+# (`env!("CARGO_MANIFEST_DIR")` in a test binary would name the old
+# folder), so when the clone is not where the last run was, the workspace's
+# own crates are rebuilt and only the dependencies are reused.
+#
+# Nothing relies on the cache: a missing or unwritable folder means a cold
+# build in the clone's own target/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-}
+cache=${2:-}
+if [ -z "$cache" ] || { [ "$mode" != restore ] && [ "$mode" != built ]; }; then
+    echo "usage: $0 restore|built CACHE_DIR" >&2
+    exit 2
+fi
+if [ ! -L target ] && [ "$mode" = built ]; then
+    exit 0 # not using a cache
+fi
+
+if [ "$mode" = built ]; then
+    : >"$cache/pending"
+    exit 0
+fi
+
+if ! mkdir -p "$cache/target" "$cache/models" 2>/dev/null || [ ! -w "$cache" ]; then
+    echo "ci cache: $cache is not writable: a cold build in ./target" >&2
+    exit 0
+fi
+cache=$(cd "$cache" && pwd)
+for dir in target models; do
+    if [ -e "$dir" ] && [ ! -L "$dir" ]; then
+        echo "ci cache: ./$dir exists and is not a link: a cold build in it" >&2
+        exit 0
+    fi
+done
+for dir in target models; do
+    ln -sfn "$cache/$dir" "$dir"
+done
+
+manifest=$cache/sources.sha256
+touch "$cache/pending"
+state=cold
+if [ -s "$manifest" ] && [ -d "$cache/target/release" ]; then
+    state=warm
+    last=$(cat "$cache/clone" 2>/dev/null || echo '?')
+    if [ "$last" != "$PWD" ]; then
+        state="warm for dependencies only (the last run was in $last)"
+        crates=$(cargo metadata --no-deps --format-version 1 --offline 2>/dev/null |
+            python3 -c 'import json,sys; print(" ".join("-p " + p["name"] for p in json.load(sys.stdin)["packages"]))' || true)
+        for profile in release fast; do
+            if [ -n "$crates" ] && [ -d "target/$profile" ]; then
+                # shellcheck disable=SC2086
+                cargo clean --profile "$profile" $crates -q 2>/dev/null || true
+            fi
+        done
+    fi
+fi
+echo "$PWD" >"$cache/clone"
+
+git ls-files -z | xargs -0 sha256sum >"$cache/sources.new"
+if [ -s "$manifest" ]; then
+    # Changed: not in the last manifest as they are now, or pending.
+    grep -vFxf "$manifest" "$cache/sources.new" | cut -c67- >>"$cache/pending" || true
+    sort -u -o "$cache/pending" "$cache/pending"
+    old=200101010000
+    git ls-files -z | xargs -0 touch -h -t "$old"
+    {
+        cat "$cache/pending"
+        # Their crates' roots.
+        cut -d/ -f1 "$cache/pending" | sort -u | while read -r top; do
+            for root in "$top/src/lib.rs" "$top/src/main.rs"; do
+                [ -f "$root" ] && echo "$root"
+            done
+        done
+    } | while read -r path; do
+        [ -e "$path" ] && touch -h "$path"
+    done
+    changed=$(grep -c . "$cache/pending" || true)
+    echo "ci cache: $cache, $state; $changed files changed since the last finished build" >&2
+else
+    git ls-files >"$cache/pending"
+    echo "ci cache: $cache, $state" >&2
+fi
+mv "$cache/sources.new" "$manifest"
