@@ -1244,6 +1244,89 @@ fn eval_answers_reports_resumes_compares_and_gates() {
             .unwrap()
             .contains("class=\"baseline\"")
     );
+
+    // --record keeps each question's passages, prompt and model text;
+    // --replay scores them again without the model (here there is none to
+    // load) and gets the same results.
+    let run = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        rag(&dir.path().join("data"))
+            .args([
+                "eval",
+                "answers",
+                "--corpus",
+                "fixtures/wiki",
+                "--questions",
+            ])
+            .arg(&questions)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let results = |out: &Path| {
+        let mut lines: Vec<Value> = std::fs::read_to_string(out.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        lines.sort_by_key(|l| l["id"].as_str().unwrap().to_string());
+        lines
+    };
+    let recorded = dir.path().join("recorded");
+    let replayed = dir.path().join("replayed");
+    let rec = run(&recorded, &["--record"], &[]);
+    assert!(
+        rec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    let traces = std::fs::read_to_string(recorded.join("traces.jsonl")).unwrap();
+    assert_eq!(traces.lines().count(), 3, "{traces}");
+    let replay = recorded.to_str().unwrap();
+    let rep = run(
+        &replayed,
+        &["--replay", replay],
+        &[("RAG_GENERATOR__MODEL", "/nonexistent/model.gguf")],
+    );
+    let stderr = String::from_utf8_lossy(&rep.stderr);
+    assert!(rep.status.success(), "{stderr}");
+    assert!(stderr.contains("replayed 3 of 3"), "{stderr}");
+    let (before, mut after) = (results(&recorded), results(&replayed));
+    for r in &mut after {
+        assert_eq!(r["replayed"], true, "{r}");
+        r["replayed"] = Value::Bool(false);
+    }
+    assert_eq!(before, after);
+    // Other sampling is another request: what the model wrote is asked
+    // afresh (and recorded again); the rest is replayed.
+    let changed = run(
+        &replayed,
+        &["--replay", replay],
+        &[("RAG_GENERATOR__MAX_TOKENS", "150")],
+    );
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(changed.status.success(), "{stderr}");
+    let generated = traces
+        .lines()
+        .filter(|l| {
+            let trace: Value = serde_json::from_str(l).unwrap();
+            !trace["generations"].as_array().unwrap().is_empty()
+        })
+        .count();
+    assert!(generated >= 1, "{traces}");
+    assert!(
+        stderr.contains(&format!("replayed {} of 3", 3 - generated)),
+        "{generated} generated: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(replayed.join("traces.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
 }
 
 #[test]

@@ -348,22 +348,36 @@ impl App {
     ) -> Result<Answer, Error> {
         let started = Instant::now();
         let hits = self.retrieve(question, query).await?;
-        self.answer_hits(question, query, &hits, started.elapsed(), sink)
+        self.answer_hits(question, query, &hits, started.elapsed(), None, sink)
             .await
     }
 
     /// [`App::ask`], with the hits the answer was made from: for
-    /// evaluation, which scores what reached the prompt.
+    /// evaluation, which scores what reached the prompt. `hits`, when
+    /// given, are used instead of retrieving (a replay), and `generator`
+    /// instead of the configured model (a recording or a replay of it).
     pub async fn ask_traced(
         &self,
         question: &str,
         query: &Query,
+        hits: Option<Vec<Hit>>,
+        generator: Option<Arc<dyn Generator>>,
     ) -> Result<(Vec<Hit>, Answer), Error> {
         let _slot = self.reserve()?;
         let started = Instant::now();
-        let hits = self.retrieve(question, query).await?;
+        let hits = match hits {
+            Some(hits) => hits,
+            None => self.retrieve(question, query).await?,
+        };
         let answer = self
-            .answer_hits(question, query, &hits, started.elapsed(), &mut |_| {})
+            .answer_hits(
+                question,
+                query,
+                &hits,
+                started.elapsed(),
+                generator,
+                &mut |_| {},
+            )
             .await;
         crate::metrics::answer(&answer);
         Ok((hits, answer?))
@@ -376,6 +390,7 @@ impl App {
         query: &Query,
         hits: &[Hit],
         retrieval: std::time::Duration,
+        generator: Option<Arc<dyn Generator>>,
         sink: TextSink<'_>,
     ) -> Result<Answer, Error> {
         crate::metrics::stage("retrieval", retrieval);
@@ -385,7 +400,10 @@ impl App {
         let mut answer = match admitted.abstention() {
             Some(abstention) => abstention,
             None => {
-                let generator = self.generator().await?;
+                let generator = match generator {
+                    Some(generator) => generator,
+                    None => self.generator().await?,
+                };
                 let request = self.generation_request(vec![], &query.sampling);
                 policy
                     .answer_admitted(generator.as_ref(), question, admitted, request, sink)

@@ -838,6 +838,39 @@ impl Decoder {
         ))
     }
 
+    /// [`Decoder::prefill_after`] in chunks of `chunk` tokens at fixed
+    /// positions (0, `chunk`, 2 `chunk`, ...), each run on the keys and
+    /// values of the ones before. A chunk's keys and values depend only on
+    /// the tokens up to its end, computed by the same operations on the
+    /// same shapes: so a prompt that starts from another's (`prefix`, a
+    /// whole number of chunks they share) gets, to the bit, what it gets
+    /// prefilled from its first token.
+    pub fn prefill_chunked(
+        &self,
+        prefix: Option<(&Prefilled, usize)>,
+        ids: &[u32],
+        chunk: usize,
+    ) -> candle_core::Result<(Tensor, Prefilled)> {
+        let mut start = prefix.map_or(0, |(_, p)| p);
+        if chunk == 0 || !start.is_multiple_of(chunk) {
+            candle_core::bail!("a prefix of {start} tokens is not whole chunks of {chunk}");
+        }
+        let mut done: Option<Prefilled> = None;
+        loop {
+            let end = (start + chunk).min(ids.len());
+            let before = match &done {
+                Some(p) => Some((p, start)),
+                None => prefix.filter(|_| start > 0),
+            };
+            let (logits, prefilled) = self.prefill_after(before, &ids[..end])?;
+            if end == ids.len() {
+                return Ok((logits, prefilled));
+            }
+            done = Some(prefilled);
+            start = end;
+        }
+    }
+
     /// One step for every row of `batch`: `tokens[row]` goes in, the
     /// logits for each row's next token come out (f32, `(rows, vocab)`),
     /// and the caches grow by one column.
@@ -1286,6 +1319,58 @@ mod model_tests {
                     Some((&cached, ids.len() + 1)),
                     &[ids.clone(), vec![1, 2]].concat()
                 )
+                .is_err()
+        );
+    }
+
+    /// A prompt prefilled in chunks from a cache of another prompt's
+    /// chunks (the ones they share) gets the logits, keys and values it
+    /// gets prefilled in chunks from its first token, to the bit; a prefix
+    /// that is not whole chunks is refused.
+    #[test]
+    fn a_chunked_prefill_from_a_cache_is_the_cold_one_to_the_bit() {
+        let (decoder, ids) = load(
+            "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
+            Precision::default(),
+        );
+        let chunk = 8;
+        assert!(ids.len() > 3 * chunk, "{} tokens", ids.len());
+        let shared = 2 * chunk + 5;
+        let mut other = ids[..shared].to_vec();
+        other.extend([28, 1450, 314, 253, 2, 41, 77]);
+        let (_, cached) = decoder.prefill_chunked(None, &ids, chunk).unwrap();
+        let (warm_logits, warm) = decoder
+            .prefill_chunked(Some((&cached, 2 * chunk)), &other, chunk)
+            .unwrap();
+        let (cold_logits, cold) = decoder.prefill_chunked(None, &other, chunk).unwrap();
+        let bits = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&warm_logits), bits(&cold_logits));
+        assert_eq!(warm.tokens, other.len());
+        for ((k, v), (ck, cv)) in warm.kv.iter().zip(&cold.kv) {
+            assert_eq!(bits(k), bits(ck));
+            assert_eq!(bits(v), bits(cv));
+        }
+        // And the chunked prefill is a prefill: the whole one's logits up
+        // to rounding.
+        let (whole, _) = decoder.prefill(&other).unwrap();
+        let (got, expected) = (bits(&cold_logits), whole.to_vec1::<f32>().unwrap());
+        let range = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let error = got
+            .iter()
+            .zip(&expected)
+            .fold(0f32, |m, (a, b)| m.max((f32::from_bits(*a) - b).abs()));
+        assert!(error <= 1e-3 * range, "{error} of {range}");
+        assert!(
+            decoder
+                .prefill_chunked(Some((&cached, chunk + 1)), &other, chunk)
                 .is_err()
         );
     }

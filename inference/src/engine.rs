@@ -244,9 +244,11 @@ pub(crate) struct Settings {
     pub prefix_cache: AtomicBool,
 }
 
-/// Shared prompt tokens worth taking from the cache (fewer cost about what
-/// they save).
-const MIN_REUSE: usize = 16;
+/// With the prefix cache on, prompts are prefilled in chunks of this many
+/// tokens at fixed positions, and start from the cache at a chunk's end
+/// (see [`Decoder::prefill_chunked`]): an answer is then the same to the
+/// bit whether its prompt's start was cached or not.
+pub(crate) const CHUNK: usize = 64;
 
 /// The last prompt prefilled, and its keys and values.
 struct PrefixCache {
@@ -257,7 +259,7 @@ struct PrefixCache {
 impl PrefixCache {
     /// Tokens of `ids` that can start from the cache: the shared prefix,
     /// short of the whole prompt (its last token runs through the model for
-    /// the logits), when it is long enough to be worth it.
+    /// the logits), down to a whole number of [`CHUNK`]s.
     fn reusable(&self, ids: &[u32]) -> usize {
         reusable(&self.ids, ids)
     }
@@ -267,7 +269,7 @@ impl PrefixCache {
 fn reusable(cached: &[u32], ids: &[u32]) -> usize {
     let shared = cached.iter().zip(ids).take_while(|(a, b)| a == b).count();
     let shared = shared.min(ids.len().saturating_sub(1));
-    if shared >= MIN_REUSE { shared } else { 0 }
+    shared / CHUNK * CHUNK
 }
 
 fn run(
@@ -305,22 +307,31 @@ fn run(
                 continue;
             }
             let ids = &admitted.seq.tokens;
+            let caching = settings.prefix_cache.load(Ordering::Relaxed);
+            if !caching {
+                cache = None;
+            }
             let cached = cache
                 .as_ref()
-                .filter(|_| settings.prefix_cache.load(Ordering::Relaxed))
                 .map(|c| (c, c.reusable(ids)))
                 .filter(|&(_, reused)| reused > 0);
             let reused = cached.map_or(0, |(_, r)| r);
-            let prefilled = decoder.prefill_after(cached.map(|(c, r)| (&c.kv, r)), ids);
+            let prefilled = if caching {
+                decoder.prefill_chunked(cached.map(|(c, r)| (&c.kv, r)), ids, CHUNK)
+            } else {
+                decoder.prefill(ids)
+            };
             if let Ok((_, kv)) = &prefilled {
                 stats.reused.fetch_add(reused as u64, Ordering::Relaxed);
                 stats
                     .prefilled
                     .fetch_add((ids.len() - reused) as u64, Ordering::Relaxed);
-                cache = Some(PrefixCache {
-                    ids: ids.clone(),
-                    kv: kv.clone(),
-                });
+                if caching {
+                    cache = Some(PrefixCache {
+                        ids: ids.clone(),
+                        kv: kv.clone(),
+                    });
+                }
             }
             let first = prefilled
                 .map_err(anyhow::Error::from)
@@ -394,25 +405,27 @@ fn run(
 mod tests {
     use super::*;
 
-    /// A prompt starts from the cache for the tokens it shares with the
-    /// cached one, never for its own last token (which must run for the
-    /// logits), and not at all for a short shared start.
+    /// A prompt starts from the cache for the whole chunks it shares with
+    /// the cached one, never for its own last token (which must run for
+    /// the logits), and not at all for less than a chunk.
     #[test]
-    fn prompts_reuse_only_their_shared_start() {
-        let cached: Vec<u32> = (0..40).collect();
-        let mut ids: Vec<u32> = (0..30).collect();
-        ids.extend([900, 901]);
-        assert_eq!(reusable(&cached, &ids), 30);
-        // The same prompt again: all but its last token.
-        assert_eq!(reusable(&cached, &cached), 39);
+    fn prompts_reuse_only_the_whole_chunks_of_their_shared_start() {
+        let cached: Vec<u32> = (0..4 * CHUNK as u32).collect();
+        let mut ids: Vec<u32> = (0..2 * CHUNK as u32 + 30).collect();
+        ids.extend([9000, 9001]);
+        assert_eq!(reusable(&cached, &ids), 2 * CHUNK);
+        // The same prompt again: all its chunks but the one with its last
+        // token.
+        assert_eq!(reusable(&cached, &cached), 3 * CHUNK);
         // A prompt that is the cached one's start.
-        assert_eq!(reusable(&cached, &cached[..20]), 19);
-        // Shorter than MIN_REUSE shared: prefilled whole.
-        let mut short: Vec<u32> = (0..MIN_REUSE as u32 - 1).collect();
-        short.extend([7, 7, 7]);
+        assert_eq!(reusable(&cached, &cached[..CHUNK + 1]), CHUNK);
+        assert_eq!(reusable(&cached, &cached[..CHUNK]), 0);
+        // Less than a chunk shared: prefilled whole.
+        let mut short: Vec<u32> = (0..CHUNK as u32 - 1).collect();
+        short.extend([7; 100]);
         assert_eq!(reusable(&cached, &short), 0);
         // Different from the first token.
-        assert_eq!(reusable(&cached, &[5; 40]), 0);
+        assert_eq!(reusable(&cached, &[5; 400]), 0);
         assert_eq!(reusable(&[], &cached), 0);
     }
 }

@@ -515,8 +515,10 @@ async fn concurrent_requests_are_decoded_together() {
 
 /// With the prefix cache on, an answer's prompt starts from the keys and
 /// values of the one before where they share the system prompt and
-/// instructions: only the rest is prefilled, and the answer still reads
-/// its own passage. Off (the default), every prompt is prefilled whole.
+/// instructions: only the rest is prefilled, the answer still reads its own
+/// passage, and a greedy answer is the same whether its prompt's start came
+/// from the cache or not. Off (the default), every prompt is prefilled
+/// whole.
 #[tokio::test]
 async fn answers_start_from_the_shared_prompt_when_the_prefix_cache_is_on() {
     let generator = CandleGenerator::load(&model(
@@ -545,17 +547,23 @@ async fn answers_start_from_the_shared_prompt_when_the_prefix_cache_is_on() {
     assert_eq!(counts().1, 0, "nothing reused while off");
 
     generator.set_prefix_cache(true);
-    generator.generate(first).await.unwrap();
+    let cold = generator.generate(first.clone()).await.unwrap();
     let before = counts();
     let out = generator.generate(second.clone()).await.unwrap();
     let (prefilled, reused) = (counts().0 - before.0, counts().1 - before.1);
     assert_eq!(prefilled + reused, out.prompt_tokens as u64);
-    // The system prompt and instructions (most of the prompt) came from the
-    // cache; the question and passage were prefilled.
+    // The system prompt and instructions came from the cache, in whole
+    // chunks of 64 tokens; the question and passage were prefilled.
     assert!(
-        reused as usize > out.prompt_tokens / 2,
+        reused >= 64 && reused % 64 == 0 && reused as usize <= shared,
         "{reused} of {shared}"
     );
     assert!(prefilled >= 8, "{prefilled}");
     assert!(!out.text.trim().is_empty());
+    // The first question again, its start now from the second's prompt.
+    let reused_before = counts().1;
+    let warm = generator.generate(first).await.unwrap();
+    assert!(counts().1 > reused_before);
+    assert_eq!(warm.text, cold.text);
+    assert_eq!(warm.completion_tokens, cold.completion_tokens);
 }

@@ -15,6 +15,7 @@ use crate::app::App;
 use crate::config::Settings;
 use crate::ops::eval;
 use crate::ops::eval_answers as ea;
+use crate::ops::eval_trace;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -140,6 +141,17 @@ pub struct EvalAnswersArgs {
     /// Start again instead of resuming the results in --out.
     #[arg(long)]
     pub fresh: bool,
+    /// Keep each question's retrieval, prompt and model text in
+    /// OUT/traces.jsonl, for --replay.
+    #[arg(long)]
+    pub record: bool,
+    /// Score again the traces a --record run kept in this folder (its
+    /// --out), without the model: the answer policy (admission, packing,
+    /// checks, quoting, abstention) runs over the recorded passages and
+    /// model text, in seconds. A question whose prompt is no longer the
+    /// recorded one is asked afresh, and recorded. Always starts fresh.
+    #[arg(long, value_name = "DIR")]
+    pub replay: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -191,9 +203,18 @@ pub async fn answers(mut settings: Settings, args: EvalAnswersArgs) -> anyhow::R
             report.documents, report.unchanged, report.embedded_chunks
         );
     }
+    // Read before --out is cleared: the replay may be of the same folder.
+    let traces = match &args.replay {
+        Some(dir) => Some(eval_trace::read(&dir.join("traces.jsonl"))?),
+        None => None,
+    };
     let files = ea::OutFiles::new(&args.out)?;
-    if args.fresh {
+    if args.fresh || traces.is_some() {
         let _ = std::fs::remove_file(&files.results);
+    }
+    let recording = args.record || traces.is_some();
+    if recording && (args.fresh || traces.is_some()) {
+        let _ = std::fs::remove_file(&files.traces);
     }
     let wanted: std::collections::HashSet<&str> = questions.iter().map(|q| q.id.as_str()).collect();
     let mut results: Vec<ea::QuestionResult> = ea::done_results(&files.results)?
@@ -213,8 +234,12 @@ pub async fn answers(mut settings: Settings, args: EvalAnswersArgs) -> anyhow::R
             questions.len()
         );
     }
-    // Load the model before the clock starts for the first question.
-    app.generator().await?;
+    // Load the model before the clock starts for the first question (a
+    // replay loads it only for a question it has to ask afresh).
+    if traces.is_none() {
+        app.generator().await?;
+    }
+    let traces = Arc::new(traces.unwrap_or_default());
     let bar = ProgressBar::new(todo.len() as u64);
     if std::io::stderr().is_terminal() {
         bar.set_style(
@@ -228,20 +253,41 @@ pub async fn answers(mut settings: Settings, args: EvalAnswersArgs) -> anyhow::R
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
+    let record = args.record;
     for q in todo {
-        let (app, slots) = (app.clone(), slots.clone());
+        let (app, slots, traces) = (app.clone(), slots.clone(), traces.clone());
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            ea::evaluate(&app, &q, &SearchFilter::default()).await
+            let recorded = traces.get(&q.id);
+            let how = match recorded {
+                Some(trace) => ea::How::Replay(trace),
+                None => ea::How::Live { record },
+            };
+            let (result, fresh) = ea::evaluate(&app, &q, &SearchFilter::default(), how).await?;
+            anyhow::Ok((result, fresh.or_else(|| recorded.cloned())))
         });
     }
+    let mut replayed = 0;
     while let Some(joined) = tasks.join_next().await {
-        let r = joined??;
+        let (r, trace) = joined??;
         ea::append_result(&files.results, &r)?;
+        if let (true, Some(trace)) = (recording, trace) {
+            eval_trace::append(&files.traces, &trace)?;
+        }
+        replayed += usize::from(r.replayed);
         results.push(r);
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(dir) = &args.replay {
+        eprintln!(
+            "replayed {replayed} of {} questions from {} without the model; {} asked afresh \
+             (not recorded, or their prompt changed)",
+            results.len(),
+            dir.display(),
+            results.len() - replayed
+        );
+    }
     let order: std::collections::HashMap<&str, usize> = questions
         .iter()
         .enumerate()

@@ -5,14 +5,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use rag_answer::Policy;
-use rag_core::{Hit, SearchFilter};
+use rag_core::{Generator, Hit, SearchFilter};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{App, Query};
+use crate::ops::eval_trace::{Recorder, Replayer, Trace};
 
 /// One line of a question file.
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +109,10 @@ pub struct QuestionResult {
     pub total_ms: u64,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Scored over a recorded trace (`--replay`), without the model; the
+    /// timings are the recording's.
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,42 +173,117 @@ pub fn includes_all(answer: &str, must: &[String]) -> bool {
 }
 
 /// Answers one question and scores it.
+/// How [`evaluate`] gets a question's passages and model text.
+#[derive(Clone, Copy)]
+pub enum How<'a> {
+    /// Retrieve and ask the model; `record`: keep a [`Trace`] of it.
+    Live { record: bool },
+    /// Over a recorded trace, without the model where the prompt is the
+    /// recorded one; asked afresh (and recorded) where it is not.
+    Replay(&'a Trace),
+}
+
+/// Scores one question; with its trace when recording, or when a replay
+/// had to ask the model afresh.
 pub async fn evaluate(
     app: &App,
     q: &Question,
     filter: &SearchFilter,
-) -> anyhow::Result<QuestionResult> {
+    how: How<'_>,
+) -> anyhow::Result<(QuestionResult, Option<Trace>)> {
     let started = Instant::now();
     // A follow-up is asked as the chat endpoint asks it: made standalone.
     let mut turns = q.history.clone();
     turns.push(q.question.clone());
     let asked = rag_answer::conversation::standalone_question(&turns);
-    let query = Query {
+    let top = Query {
         k: Some(10),
         mode: None,
         filter: filter.clone(),
         sampling: Default::default(),
     };
-    let hits = app.retrieve(&asked, &query).await?;
+    let query = Query {
+        k: None,
+        ..top.clone()
+    };
+    // A replay: the recorded hits and model text, where they still apply.
+    if let How::Replay(trace) = how
+        && trace.asked == asked
+    {
+        let replayer = Arc::new(Replayer::new(trace));
+        let replayed = app
+            .ask_traced(
+                &asked,
+                &query,
+                Some(trace.answer_hits.clone()),
+                Some(replayer.clone()),
+            )
+            .await;
+        match (replayed, replayer.missed()) {
+            (Ok((answer_hits, answer)), None) => {
+                let mut result = score(app, q, &asked, &trace.hits, &answer_hits, answer);
+                result.replayed = true;
+                (result.retrieval_ms, result.generation_ms, result.total_ms) =
+                    (trace.retrieval_ms, trace.generation_ms, trace.total_ms);
+                return Ok((result, None));
+            }
+            (_, Some(missed)) => {
+                tracing::info!(id = %q.id, %missed, "not in the recording: asked afresh");
+            }
+            (Err(e), None) => return Err(e.into()),
+        }
+    }
+    let record = match how {
+        How::Live { record } => record,
+        How::Replay(_) => true,
+    };
+    let hits = app.retrieve(&asked, &top).await?;
+    let recorder = match record {
+        true => Some(Arc::new(Recorder::new(app.generator().await?))),
+        false => None,
+    };
+    let generator = recorder.clone().map(|r| r as Arc<dyn Generator>);
+    let (answer_hits, answer) = app.ask_traced(&asked, &query, None, generator).await?;
+    let mut result = score(app, q, &asked, &hits, &answer_hits, answer);
+    result.total_ms = started.elapsed().as_millis() as u64;
+    let trace = recorder.map(|recorder| {
+        let (token_counts, generations) = recorder.take();
+        Trace {
+            id: q.id.clone(),
+            asked: asked.clone(),
+            hits,
+            answer_hits,
+            model: recorder.model_id().to_string(),
+            context_window: recorder.context_window(),
+            token_counts,
+            generations,
+            retrieval_ms: result.retrieval_ms,
+            generation_ms: result.generation_ms,
+            total_ms: result.total_ms,
+        }
+    });
+    Ok((result, trace))
+}
+
+/// What `answer` (made from `answer_hits`, for `asked`) scores on `q`;
+/// `hits` are the top 10 retrieved. Timings are the answer's; `total_ms`
+/// is left for the caller.
+fn score(
+    app: &App,
+    q: &Question,
+    asked: &str,
+    hits: &[Hit],
+    answer_hits: &[Hit],
+    answer: rag_core::Answer,
+) -> QuestionResult {
     let gold: HashSet<&str> = q.gold_sources.iter().map(String::as_str).collect();
     let gold_rank = hits
         .iter()
         .position(|h| gold.contains(h.source.as_str()))
         .map(|i| i + 1);
-    let (answer_hits, answer) = app
-        .ask_traced(
-            &asked,
-            &Query {
-                k: None,
-                mode: None,
-                filter: filter.clone(),
-                sampling: Default::default(),
-            },
-        )
-        .await?;
     // What the model was given: the admitted hits, as many as were packed.
     let policy = app.policy();
-    let admitted = policy.admit(&answer_hits);
+    let admitted = policy.admit(answer_hits);
     let prompt: Vec<&Hit> = admitted
         .passages
         .iter()
@@ -221,24 +302,20 @@ pub async fn evaluate(
     let gold_in_prompt = q
         .answerable
         .then(|| prompt.iter().any(|h| gold.contains(h.source.as_str())));
-    let (reference_verified, alterations) = verify_reference(&policy, q, &asked, &prompt);
-    let ids: Vec<String> = answer
-        .citations
+    let (reference_verified, alterations) = verify_reference(&policy, q, asked, &prompt);
+    // A citation names a passage given to the model, so one of these.
+    let texts: BTreeMap<&str, String> = answer_hits
         .iter()
-        .map(|c| c.chunk_id.clone())
-        .collect();
-    let texts: BTreeMap<String, String> = app
-        .docs
-        .chunks(&ids)
-        .await?
-        .into_iter()
-        .map(|c| (c.id, c.text.to_lowercase()))
+        .map(|h| (h.chunk_id.as_str(), h.text.to_lowercase()))
         .collect();
     let citations: Vec<CitedSource> = answer
         .citations
         .iter()
         .map(|c| {
-            let text = texts.get(&c.chunk_id).map(String::as_str).unwrap_or("");
+            let text = texts
+                .get(c.chunk_id.as_str())
+                .map(String::as_str)
+                .unwrap_or("");
             let quotes = !q.must_include.is_empty()
                 && q.must_include
                     .iter()
@@ -258,11 +335,11 @@ pub async fn evaluate(
     } else {
         answer.answer.as_str()
     };
-    Ok(QuestionResult {
+    QuestionResult {
         id: q.id.clone(),
         kind: q.kind.clone(),
         question: q.question.clone(),
-        asked: (asked != q.question).then(|| asked.clone()),
+        asked: (asked != q.question).then(|| asked.to_string()),
         answerable: q.answerable,
         gold_rank,
         abstained: answer.abstained,
@@ -283,10 +360,11 @@ pub async fn evaluate(
         citations,
         retrieval_ms: answer.usage.retrieval_ms,
         generation_ms: answer.usage.generation_ms,
-        total_ms: started.elapsed().as_millis() as u64,
+        total_ms: answer.usage.retrieval_ms + answer.usage.generation_ms,
         prompt_tokens: answer.usage.prompt_tokens,
         completion_tokens: answer.usage.completion_tokens,
-    })
+        replayed: false,
+    }
 }
 
 /// The verification check on the reference answer: cited to the first
@@ -805,6 +883,8 @@ pub struct OutFiles {
     pub summary: PathBuf,
     pub markdown: PathBuf,
     pub html: PathBuf,
+    /// `--record`'s traces ([`crate::ops::eval_trace`]).
+    pub traces: PathBuf,
 }
 
 impl OutFiles {
@@ -815,6 +895,7 @@ impl OutFiles {
             summary: dir.join("summary.json"),
             markdown: dir.join("report.md"),
             html: dir.join("report.html"),
+            traces: dir.join("traces.jsonl"),
         })
     }
 }
@@ -875,6 +956,7 @@ mod tests {
             total_ms: ms,
             prompt_tokens: 900,
             completion_tokens: 100,
+            replayed: false,
         }
     }
 

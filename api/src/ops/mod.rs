@@ -6,5 +6,6 @@ pub mod bench;
 pub mod cluster;
 pub mod eval;
 pub mod eval_answers;
+pub mod eval_trace;
 pub mod load;
 pub mod models;

