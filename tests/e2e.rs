@@ -1614,9 +1614,25 @@ fn bench_generate_prints_ours_the_peers_and_the_ratios() {
     assert_eq!(ours["engine"], "rag-candle", "{out}");
     assert_eq!(ours["completion_tokens"], 6, "{out}");
     assert!(ours["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{out}");
+    assert!(ours["peak_rss_mib"].as_f64().unwrap() > 0.0, "{out}");
+    // The prefix cache: prompts that share a start, without and with it.
+    let prefix = lines
+        .iter()
+        .find(|l| l.get("shared_tokens").is_some())
+        .unwrap_or_else(|| panic!("no prefix-cache line: {out}"));
+    let (shared, prompt) = (
+        prefix["shared_tokens"].as_u64().unwrap(),
+        prefix["prompt_tokens"].as_u64().unwrap(),
+    );
+    assert!(shared > 0 && shared < prompt, "{out}");
+    for key in ["ttft_without_s", "ttft_with_s"] {
+        assert!(prefix[key].as_f64().unwrap() > 0.0, "{key}: {out}");
+    }
     if peer.is_some() {
-        let theirs = &lines[1];
-        assert_eq!(theirs["engine"], "mistral.rs", "{out}");
+        let theirs = lines
+            .iter()
+            .find(|l| l["engine"] == "mistral.rs")
+            .unwrap_or_else(|| panic!("no mistral.rs line: {out}"));
         // Same question, same template: the same prompt length.
         assert_eq!(theirs["prompt_tokens"], ours["prompt_tokens"], "{out}");
         assert_eq!(theirs["completion_tokens"], 6, "{out}");
