@@ -28,6 +28,7 @@
 # Nothing relies on the cache: a missing or unwritable folder means a cold
 # build in the clone's own target/.
 set -euo pipefail
+trap 'echo "ci cache: failed at line $LINENO" >&2' ERR
 cd "$(dirname "$0")/.."
 mode=${1:-}
 cache=${2:-}
@@ -91,11 +92,11 @@ if [ -s "$manifest" ]; then
         # Their crates' roots.
         cut -d/ -f1 "$cache/pending" | sort -u | while read -r top; do
             for root in "$top/src/lib.rs" "$top/src/main.rs"; do
-                [ -f "$root" ] && echo "$root"
+                if [ -f "$root" ]; then echo "$root"; fi
             done
         done
     } | while read -r path; do
-        [ -e "$path" ] && touch -h "$path"
+        if [ -e "$path" ]; then touch -h "$path"; fi
     done
     changed=$(grep -c . "$cache/pending" || true)
     echo "ci cache: $cache, $state; $changed files changed since the last finished build" >&2
