@@ -45,7 +45,7 @@ if [ "$mode" = built ]; then
     exit 0
 fi
 
-if ! mkdir -p "$cache/target" "$cache/models" 2>/dev/null || [ ! -w "$cache" ]; then
+if ! mkdir -p "$cache/target" 2>/dev/null || [ ! -w "$cache" ]; then
     echo "ci cache: $cache is not writable: a cold build in ./target" >&2
     exit 0
 fi
@@ -56,9 +56,14 @@ for dir in target models; do
         exit 0
     fi
 done
-for dir in target models; do
-    ln -sfn "$cache/$dir" "$dir"
-done
+# Models by the hash of what says which to fetch and how (a changed pin or
+# export script fetches them again; `rag models fetch` only checks that the
+# files are there).
+models=models-$({ cat api/src/ops/models.rs scripts/bench/embed_peer.py 2>/dev/null || true; } | sha256sum | cut -c1-16)
+mkdir -p "$cache/$models"
+find "$cache" -maxdepth 1 -name 'models-*' ! -name "$models" -exec rm -rf {} +
+ln -sfn "$cache/target" target
+ln -sfn "$cache/$models" models
 
 manifest=$cache/sources.sha256
 touch "$cache/pending"
@@ -68,19 +73,29 @@ if [ -s "$manifest" ] && [ -d "$cache/target/release" ]; then
     last=$(cat "$cache/clone" 2>/dev/null || echo '?')
     if [ "$last" != "$PWD" ]; then
         state="warm for dependencies only (the last run was in $last)"
-        crates=$(cargo metadata --no-deps --format-version 1 --offline 2>/dev/null |
-            python3 -c 'import json,sys; print(" ".join("-p " + p["name"] for p in json.load(sys.stdin)["packages"]))' || true)
+        crates=$(cargo metadata --no-deps --format-version 1 --offline |
+            python3 -c 'import json,sys; print(" ".join("-p " + p["name"] for p in json.load(sys.stdin)["packages"]))') || crates=
         for profile in release fast; do
-            if [ -n "$crates" ] && [ -d "target/$profile" ]; then
-                # shellcheck disable=SC2086
-                cargo clean --profile "$profile" $crates -q 2>/dev/null || true
+            [ -d "target/$profile" ] || continue
+            # shellcheck disable=SC2086
+            if [ -z "$crates" ] || ! cargo clean --profile "$profile" $crates -q; then
+                echo "ci cache: could not clean the workspace's crates: $profile rebuilt whole" >&2
+                rm -rf "target/$profile"
             fi
         done
+        # Virtual environments name their folder in their scripts.
+        rm -rf target/*-venv target/clients
     fi
 fi
 echo "$PWD" >"$cache/clone"
 
 git ls-files -z | xargs -0 sha256sum >"$cache/sources.new"
+# sha256sum escapes a name with a backslash or a newline (a leading `\`);
+# the paths below could not be read back, so such a tree is not dated.
+if grep -q '^\\' "$cache/sources.new"; then
+    echo "ci cache: a tracked file name has a backslash or newline: nothing dated back" >&2
+    rm -f "$manifest"
+fi
 if [ -s "$manifest" ]; then
     # Changed: not in the last manifest as they are now, or pending.
     grep -vFxf "$manifest" "$cache/sources.new" | cut -c67- >>"$cache/pending" || true
@@ -90,12 +105,12 @@ if [ -s "$manifest" ]; then
     {
         cat "$cache/pending"
         # Their crates' roots.
-        cut -d/ -f1 "$cache/pending" | sort -u | while read -r top; do
+        cut -d/ -f1 "$cache/pending" | sort -u | while IFS= read -r top; do
             for root in "$top/src/lib.rs" "$top/src/main.rs"; do
                 if [ -f "$root" ]; then echo "$root"; fi
             done
         done
-    } | while read -r path; do
+    } | while IFS= read -r path; do
         if [ -e "$path" ]; then touch -h "$path"; fi
     done
     changed=$(grep -c . "$cache/pending" || true)

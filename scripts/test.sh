@@ -51,26 +51,30 @@ if [ -z "${RAG_TEST_POSTGRES_URL:-}" ]; then
         exit 1
     fi
 fi
-# The benchmark peers that check our vectors and answers against a
-# reference on the same files (Python ONNX Runtime, mistral.rs); their tests
-# are skipped without them. The sentence-transformers peer (PyTorch, about
-# 6 GB) is opt-in: its test runs when the caller sets RAG_BENCH_ST_PYTHON.
-if [ -z "${RAG_BENCH_PYTHON:-}" ]; then
-    if python=$(scripts/bench-venv.sh); then
-        export RAG_BENCH_PYTHON="$python"
-    elif [ -n "${RAG_REQUIRE_PEER:-}" ]; then
-        echo "the benchmark peer is required (RAG_REQUIRE_PEER) but its environment could not be made" >&2
-        exit 1
+# The benchmark peers and real clients serve the end-to-end suite, which
+# the quick tier leaves out.
+if [ -z "$quick" ]; then
+    # The benchmark peers that check our vectors and answers against a
+    # reference on the same files (Python ONNX Runtime, mistral.rs); their tests
+    # are skipped without them. The sentence-transformers peer (PyTorch, about
+    # 6 GB) is opt-in: its test runs when the caller sets RAG_BENCH_ST_PYTHON.
+    if [ -z "${RAG_BENCH_PYTHON:-}" ]; then
+        if python=$(scripts/bench-venv.sh); then
+            export RAG_BENCH_PYTHON="$python"
+        elif [ -n "${RAG_REQUIRE_PEER:-}" ]; then
+            echo "the benchmark peer is required (RAG_REQUIRE_PEER) but its environment could not be made" >&2
+            exit 1
+        fi
     fi
-fi
-# The real clients (the openai Python package, playwright-core driving
-# Chromium); their tests are skipped without them.
-if [ -z "${RAG_CLIENT_PYTHON:-}" ] || [ -z "${RAG_CLIENT_NODE_MODULES:-}" ]; then
-    if clients=$(scripts/client-env.sh); then
-        export $clients
-    elif [ -n "${RAG_REQUIRE_CLIENTS:-}" ]; then
-        echo "the client test environments are required (RAG_REQUIRE_CLIENTS) but could not be made" >&2
-        exit 1
+    # The real clients (the openai Python package, playwright-core driving
+    # Chromium); their tests are skipped without them.
+    if [ -z "${RAG_CLIENT_PYTHON:-}" ] || [ -z "${RAG_CLIENT_NODE_MODULES:-}" ]; then
+        if clients=$(scripts/client-env.sh); then
+            export $clients
+        elif [ -n "${RAG_REQUIRE_CLIENTS:-}" ]; then
+            echo "the client test environments are required (RAG_REQUIRE_CLIENTS) but could not be made" >&2
+            exit 1
+        fi
     fi
 fi
 # The chat page's screenshot and other artifacts of the run.
