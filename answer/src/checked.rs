@@ -57,6 +57,9 @@ pub(crate) struct Checked {
     pub removed: usize,
     /// Sentences dropped because no passage supports them.
     pub dropped: usize,
+    /// Those sentences, without their markers: what the model tried to
+    /// say, which recovery looks for in the passages.
+    pub dropped_claims: Vec<String>,
     pub abstained: bool,
     /// The text quotes a passage in place of the model's (set by the
     /// policy).
@@ -74,6 +77,7 @@ pub(crate) struct Checker<'a> {
     cited: BTreeSet<usize>,
     removed: usize,
     dropped: usize,
+    dropped_claims: Vec<String>,
     /// Refusals and lead-ins waiting for a checked sentence.
     held: Vec<String>,
 }
@@ -90,6 +94,7 @@ impl<'a> Checker<'a> {
             cited: BTreeSet::new(),
             removed: 0,
             dropped: 0,
+            dropped_claims: Vec::new(),
             held: Vec::new(),
         }
     }
@@ -118,6 +123,7 @@ impl<'a> Checker<'a> {
             cited: self.cited.into_iter().collect(),
             removed: self.removed,
             dropped: self.dropped,
+            dropped_claims: self.dropped_claims,
             abstained,
             extracted: false,
         }
@@ -152,6 +158,13 @@ impl<'a> Checker<'a> {
             }
             return;
         }
+        // "Which per diem applies in Denver?" "The per diem applies in
+        // Denver." passes any passage that names both, and says nothing.
+        if echoes(&bare, self.question) {
+            self.dropped += 1;
+            self.dropped_claims.push(bare.trim().to_string());
+            return;
+        }
         let (hits, thresholds) = (self.hits, self.thresholds);
         let supports = |n: usize| {
             let hit = hits[n - 1];
@@ -180,6 +193,7 @@ impl<'a> Checker<'a> {
         };
         if kept.is_empty() {
             self.dropped += 1;
+            self.dropped_claims.push(bare.trim().to_string());
             return;
         }
         let held = std::mem::take(&mut self.held);
@@ -270,7 +284,7 @@ const FRAME_WORDS: &[&str] = &[
 
 /// Whether a refusal or lead-in carries no claim of its own: no number,
 /// no name, and no word but those of the question and of the frame.
-fn says_nothing_new(sentence: &str, question: &str) -> bool {
+pub(crate) fn says_nothing_new(sentence: &str, question: &str) -> bool {
     if sentence.chars().any(|c| c.is_ascii_digit()) {
         return false;
     }
@@ -287,6 +301,36 @@ fn says_nothing_new(sentence: &str, question: &str) -> bool {
         .filter(|w| !FRAME_WORDS.contains(w) && citations::content_word(w))
         .count();
     new <= 1
+}
+
+/// Whether `sentence` only restates a question that asks for something
+/// (what, which, who, when, where, why, how): no number and no content
+/// word the question does not have. A yes-or-no question is answered by
+/// restating it, so those are not echoes.
+fn echoes(sentence: &str, question: &str) -> bool {
+    let words = |text: &str| -> Vec<String> {
+        text.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let asked = words(question);
+    let wh = [
+        "what", "which", "who", "whom", "whose", "when", "where", "why", "how",
+    ];
+    if !asked.iter().any(|w| wh.contains(&w.as_str())) {
+        return false;
+    }
+    let same = |w: &str| {
+        asked
+            .iter()
+            .any(|a| a == w || a.trim_end_matches('s') == w.trim_end_matches('s'))
+    };
+    words(sentence)
+        .iter()
+        .filter(|w| citations::content_word(w) && !FRAME_WORDS.contains(&w.as_str()))
+        .all(|w| same(w))
 }
 
 /// The sentence with only the citations in `kept`.
@@ -353,7 +397,9 @@ fn sentence_end(text: &str) -> Option<usize> {
     None
 }
 
-fn abbreviation(before: &str) -> bool {
+/// Whether a full stop after `before` follows an abbreviation, an initial
+/// or a list item's number, and so does not end a sentence.
+pub(crate) fn abbreviation(before: &str) -> bool {
     let word = before
         .rsplit(|c: char| c.is_whitespace() || c == '(')
         .next()

@@ -38,6 +38,13 @@ pub struct Policy {
     /// similar to the question, the answer quotes that passage's sentence
     /// that best matches the question, cited. Off when unset.
     pub extract_min_similarity: Option<f32>,
+    /// When nothing the model said held up but it did write claims, the
+    /// answer quotes the passage sentence they were saying
+    /// ([`recover`](crate::verify::recover): at least this share of one
+    /// claim's content words, and an answer to the question), cited,
+    /// before it falls back to [`Policy::extract_min_similarity`]. Off
+    /// when unset.
+    pub recover_min_alignment: Option<f32>,
 }
 
 impl Default for Policy {
@@ -49,6 +56,7 @@ impl Default for Policy {
             verify_min_support: 0.5,
             min_attribution: 0.5,
             extract_min_similarity: None,
+            recover_min_alignment: None,
         }
     }
 }
@@ -144,14 +152,29 @@ impl Policy {
         if !checked.abstained {
             return checked;
         }
-        let quote = self
-            .extract_min_similarity
-            .filter(|&min| given.first().is_some_and(|h| h.similarity >= min))
-            .and_then(|_| crate::verify::best_sentence(question, &given[0].text));
+        // What the model was saying, where a passage says it; else the
+        // best passage's sentence closest to the question.
+        let recovered = self.recover_min_alignment.and_then(|min| {
+            given
+                .iter()
+                .enumerate()
+                .filter_map(|(i, hit)| {
+                    crate::verify::recover(question, &checked.dropped_claims, &hit.text, min)
+                        .map(|(sentence, score)| (i + 1, sentence, score))
+                })
+                .max_by(|a, b| a.2.total_cmp(&b.2))
+                .map(|(n, sentence, _)| (n, sentence))
+        });
+        let quote = recovered.or_else(|| {
+            self.extract_min_similarity
+                .filter(|&min| given.first().is_some_and(|h| h.similarity >= min))
+                .and_then(|_| crate::verify::best_sentence(question, &given[0].text))
+                .map(|sentence| (1, sentence))
+        });
         match quote {
-            Some(sentence) => {
-                checked.text = format!("The documents say: \"{sentence}\" [1]");
-                checked.cited = vec![1];
+            Some((n, sentence)) => {
+                checked.text = format!("The documents say: \"{sentence}\" [{n}]");
+                checked.cited = vec![n];
                 checked.abstained = false;
                 checked.extracted = true;
             }

@@ -347,10 +347,42 @@ fn spelled_out(acronym: &str, text: &str) -> bool {
         .any(|w| w == letters.as_slice())
 }
 
-/// The passage's sentences (and list items).
-fn passage_sentences(passage: &str) -> Vec<&str> {
-    passage
-        .split_inclusive(['.', '!', '?', '\n', ';'])
+/// The passage's sentences (and list items and clauses after a `;`). A
+/// stop ends one only before a space or the end, and not after an
+/// abbreviation ("i.e.", "approx.") or an initial: "0.30 EUR per km" and
+/// "i.e. 14 days" stay whole. A line break ends one only where a block
+/// ends (a heading or table row, a blank line, or a list item, heading,
+/// quote or table row next): Markdown wraps a paragraph's lines, and "call (877)\n472-6716"
+/// is one sentence.
+pub(crate) fn passage_sentences(passage: &str) -> Vec<&str> {
+    static BLOCK_START: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^\s*(?:$|[-*+#>|]|\d+[.)]\s)").expect("valid regex"));
+    let bytes = passage.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in passage.char_indices() {
+        let end = match c {
+            ';' => true,
+            // After a heading or table row (one line each), or before a
+            // new block.
+            '\n' => {
+                let line = passage[..i].rsplit('\n').next().unwrap_or("").trim_start();
+                line.starts_with(['#', '|'])
+                    || BLOCK_START.is_match(passage[i + 1..].split('\n').next().unwrap_or(""))
+            }
+            '.' | '!' | '?' => {
+                bytes.get(i + 1).is_none_or(u8::is_ascii_whitespace)
+                    && !(c == '.' && crate::checked::abbreviation(&passage[start..i]))
+            }
+            _ => false,
+        };
+        if end {
+            out.push(&passage[start..i + c.len_utf8()]);
+            start = i + c.len_utf8();
+        }
+    }
+    out.push(&passage[start..]);
+    out.into_iter()
         .map(str::trim)
         .filter(|s| s.chars().any(char::is_alphanumeric))
         .collect()
@@ -444,17 +476,8 @@ pub fn best_sentence(question: &str, passage: &str) -> Option<String> {
     ]
     .iter()
     .any(|w| lower.contains(w));
-    passage_sentences(passage)
+    whole_sentences(passage)
         .into_iter()
-        .map(|s| s.trim_start_matches(['#', '-', '*', '>', ' ']).trim())
-        // Whole sentences only: a chunk may start or stop mid-sentence.
-        .filter(|s| {
-            s.split_whitespace().count() >= 4
-                && s.chars()
-                    .next()
-                    .is_some_and(|c| c.is_uppercase() || c.is_ascii_digit())
-                && s.ends_with(['.', '!', '?'])
-        })
         .map(|s| (s, support(question, s)))
         .filter(|(_, base)| *base >= 0.3)
         .map(|(s, base)| {
@@ -466,7 +489,56 @@ pub fn best_sentence(question: &str, passage: &str) -> Option<String> {
             (s, base + bonus)
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(s, _)| CITATION_MARKS.replace_all(s, "").trim().to_string())
+        .map(|(s, _)| one_line(&CITATION_MARKS.replace_all(s, "")))
+}
+
+/// `text` with its line breaks and runs of spaces as single spaces.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The passage's whole sentences, as a quote shows them (list and heading
+/// marks off): a chunk may start or stop mid-sentence, and those pieces
+/// are left out.
+fn whole_sentences(passage: &str) -> Vec<&str> {
+    passage_sentences(passage)
+        .into_iter()
+        .map(|s| s.trim_start_matches(['#', '-', '*', '>', ' ']).trim())
+        .filter(|s| {
+            s.split_whitespace().count() >= 4
+                && s.chars()
+                    .next()
+                    .is_some_and(|c| c.is_uppercase() || c.is_ascii_digit())
+                && s.ends_with(['.', '!', '?'])
+        })
+        .collect()
+}
+
+/// Where the model wrote `claims` that did not hold (a unit or a name put
+/// in its own words, a figure it garbled), the sentence of `passage` it was
+/// saying: the whole sentence that holds the most of one claim's content
+/// words (at least `min_alignment` of them) and answers the question (30%
+/// of its content words, and something besides them). Returns the
+/// sentence, without citation marks, and its score (alignment plus the
+/// share of the question it holds).
+pub fn recover(
+    question: &str,
+    claims: &[String],
+    passage: &str,
+    min_alignment: f32,
+) -> Option<(String, f32)> {
+    whole_sentences(passage)
+        .into_iter()
+        .filter_map(|s| {
+            let aligned = claims.iter().map(|c| support(c, s)).fold(0f32, f32::max);
+            let answers = support(question, s);
+            (aligned >= min_alignment
+                && answers >= 0.3
+                && !crate::checked::says_nothing_new(s, question))
+            .then_some((s, aligned + answers))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(s, score)| (one_line(&CITATION_MARKS.replace_all(s, "")), score))
 }
 
 /// What an [`Alteration`] changed.
@@ -604,6 +676,48 @@ fn flip_negation(answer: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sentences end at a stop before a space or the end, not inside a
+    /// number or after an abbreviation.
+    #[test]
+    fn passage_sentences_keep_numbers_and_abbreviations_whole() {
+        let passage = "Mileage is paid at 0.30 EUR per km, i.e. about 30 cents. Approx. 5 trips \
+                       a month are usual; more need approval.\n- Taxis are fine at night\n\
+                       - Call the desk at (877)\n472-6716 for trains\n\n1. Book\nearly.";
+        assert_eq!(
+            passage_sentences(passage),
+            [
+                "Mileage is paid at 0.30 EUR per km, i.e. about 30 cents.",
+                "Approx. 5 trips a month are usual;",
+                "more need approval.",
+                "- Taxis are fine at night",
+                "- Call the desk at (877)\n472-6716 for trains",
+                "1. Book\nearly.",
+            ]
+        );
+    }
+
+    /// Recovery finds the sentence a garbled claim was saying, and only
+    /// one that also answers the question with something of its own.
+    #[test]
+    fn recover_finds_the_sentence_a_claim_was_saying() {
+        let passage = "Parents get 14 days of paid parental leave. It starts on the day of the \
+                       birth. Parental leave is paid.";
+        let claims = ["Parents receive two weeks of paid parental leave.".to_string()];
+        let (sentence, _) = recover(
+            "How much parental leave do parents get?",
+            &claims,
+            passage,
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(sentence, "Parents get 14 days of paid parental leave.");
+        // Nothing aligned with the claim.
+        let unrelated = ["Interns may work remotely on Fridays.".to_string()];
+        assert!(recover("How much parental leave?", &unrelated, passage, 0.5).is_none());
+        // Aligned, but not an answer to this question.
+        assert!(recover("Who approves expenses?", &claims, passage, 0.5).is_none());
+    }
 
     const LEAVE: &str = "Sick leave is paid in full for up to 60 days per year. \
         Requests over 45 days need the CISO's approval. Unused days do not carry over.";

@@ -306,3 +306,74 @@ fn a_refusal_over_a_close_passage_quotes_it_when_asked_to() {
     };
     assert!(ask(&distant).abstained);
 }
+
+/// A claim verification drops (the model put the unit in its own words)
+/// leads to the passage sentence it was saying, quoted and cited, not to a
+/// refusal; a claim about something the passages do not say still ends in
+/// the abstention.
+#[test]
+fn a_dropped_claim_is_recovered_from_the_sentence_it_was_saying() {
+    let passages = [
+        hit(
+            1,
+            0.5,
+            "Travel",
+            "Trips are booked in the travel tool. Receipts are kept for audits.",
+        ),
+        hit(
+            2,
+            0.45,
+            "Parental leave",
+            "# Parental leave\nParents get 14 days of paid parental leave, i.e. ten working days. \
+             It starts on the day of the birth.",
+        ),
+    ];
+    let ask = |policy: &Policy, reply: &str, question: &str| {
+        let generator = FakeGenerator::replying(reply);
+        let mut streamed = String::new();
+        let answer =
+            block_on(
+                policy.answer(&generator, question, &passages, request(50), &mut |piece| {
+                    streamed.push_str(piece)
+                }),
+            )
+            .unwrap();
+        assert_eq!(streamed, answer.answer);
+        answer
+    };
+    let garbled = "Parents get two weeks of paid parental leave. [2]";
+    let question = "How much paid parental leave do parents get?";
+    assert!(ask(&Policy::default(), garbled, question).abstained);
+    let recovering = Policy {
+        recover_min_alignment: Some(0.5),
+        ..Policy::default()
+    };
+    let answer = ask(&recovering, garbled, question);
+    // The whole sentence, not cut at "i.e.".
+    assert_eq!(
+        answer.answer,
+        "The documents say: \"Parents get 14 days of paid parental leave, i.e. ten working days.\" [2]"
+    );
+    assert!(!answer.abstained && answer.usage.extracted);
+    assert_eq!(answer.citations[0].source, "parental leave.md");
+    // A claim no passage sentence says: still the abstention.
+    let invented = "The company pays for a sabbatical after five years. [1]";
+    assert!(ask(&recovering, invented, "Is there a sabbatical?").abstained);
+    // An echo of a question is no answer ("where are trips booked?"
+    // "Trips are booked."), even though its words are in a passage;
+    // recovery finds the sentence it was pointing at.
+    let echo = "Trips are booked. [1]";
+    let question = "Where are trips booked?";
+    assert!(ask(&Policy::default(), echo, question).abstained);
+    assert_eq!(
+        ask(&recovering, echo, question).answer,
+        "The documents say: \"Trips are booked in the travel tool.\" [1]"
+    );
+    // Restating a yes-or-no question answers it.
+    let yes = ask(
+        &Policy::default(),
+        "Yes, receipts are kept. [1]",
+        "Are receipts kept?",
+    );
+    assert!(!yes.abstained, "{}", yes.answer);
+}

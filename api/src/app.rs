@@ -423,6 +423,7 @@ impl App {
             withhold_instructions: self.settings.generator.withhold_instructions,
             verify_min_support: self.settings.generator.verify_min_support,
             extract_min_similarity: self.settings.generator.extract_min_similarity,
+            recover_min_alignment: self.settings.generator.recover_min_alignment,
             ..Policy::default()
         }
     }

@@ -156,6 +156,10 @@ pub struct GeneratorSettings {
     /// When nothing the model said holds up but the best passage is at
     /// least this similar to the question, quote its best sentence.
     pub extract_min_similarity: Option<f32>,
+    /// When nothing the model said holds up, quote the passage sentence
+    /// that holds this share of a dropped claim's words and answers the
+    /// question (before `extract_min_similarity`).
+    pub recover_min_alignment: Option<f32>,
     /// Keep passages that give orders to the model (ignore previous
     /// instructions, answer only with, chat-template tokens...) out of the
     /// prompt. They stay searchable; the answer's usage counts them.
@@ -238,6 +242,7 @@ struct GeneratorSection {
     repeat_penalty: f32,
     verify_min_support: f32,
     extract_min_similarity: Option<f32>,
+    recover_min_alignment: Option<f32>,
     withhold_instructions: bool,
 }
 
@@ -268,6 +273,7 @@ impl Default for GeneratorSection {
             // quality"): a quote where the small model declines or says
             // nothing that holds up, without costing abstentions.
             extract_min_similarity: Some(0.55),
+            recover_min_alignment: None,
             withhold_instructions: policy.withhold_instructions,
         }
     }
@@ -315,6 +321,7 @@ impl TryFrom<GeneratorSection> for GeneratorSettings {
             repeat_penalty: s.repeat_penalty,
             verify_min_support: s.verify_min_support,
             extract_min_similarity: s.extract_min_similarity,
+            recover_min_alignment: s.recover_min_alignment,
             withhold_instructions: s.withhold_instructions,
         })
     }
