@@ -120,12 +120,17 @@ pub async fn generate(settings: Settings, args: GenerateBenchArgs) -> anyhow::Re
         concurrent,
     } = args;
     let model = model.unwrap_or_else(|| settings.generator.backend.model().to_string());
+    // The weights held as the settings say (generator.quantized_prefill).
+    let precision = settings
+        .generator
+        .candle()
+        .map_or_else(Default::default, |c| c.precision);
     let app = App::open(settings).await?;
     let path = app.generator_path(&model)?;
     let device = device.open()?;
     let model_path = path.clone();
     let generator = tokio::task::spawn_blocking(move || {
-        rag_inference::CandleGenerator::load_on(&model_path, &device)
+        rag_inference::CandleGenerator::load_with(&model_path, &device, precision)
     })
     .await??;
     bench::generate(&generator, &path, prompt_tokens, max_tokens, runs, peer).await?;
