@@ -1165,7 +1165,7 @@ fn eval_answers_reports_resumes_compares_and_gates() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let eval = |extra: &[&str]| {
+    let run = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
         rag(&dir.path().join("data"))
             .args([
                 "eval",
@@ -1176,11 +1176,13 @@ fn eval_answers_reports_resumes_compares_and_gates() {
             ])
             .arg(&questions)
             .arg("--out")
-            .arg(&out)
+            .arg(out)
             .args(extra)
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     };
+    let eval = |extra: &[&str]| run(&out, extra, &[]);
     let first = eval(&[]);
     assert!(
         first.status.success(),
@@ -1248,23 +1250,6 @@ fn eval_answers_reports_resumes_compares_and_gates() {
     // --record keeps each question's passages, prompt and model text;
     // --replay scores them again without the model (here there is none to
     // load) and gets the same results.
-    let run = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
-        rag(&dir.path().join("data"))
-            .args([
-                "eval",
-                "answers",
-                "--corpus",
-                "fixtures/wiki",
-                "--questions",
-            ])
-            .arg(&questions)
-            .arg("--out")
-            .arg(out)
-            .args(extra)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap()
-    };
     let results = |out: &Path| {
         let mut lines: Vec<Value> = std::fs::read_to_string(out.join("results.jsonl"))
             .unwrap()
