@@ -1251,11 +1251,7 @@ fn eval_answers_reports_resumes_compares_and_gates() {
     // --replay scores them again without the model (here there is none to
     // load) and gets the same results.
     let results = |out: &Path| {
-        let mut lines: Vec<Value> = std::fs::read_to_string(out.join("results.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let mut lines = json_lines(&std::fs::read_to_string(out.join("results.jsonl")).unwrap());
         lines.sort_by_key(|l| l["id"].as_str().unwrap().to_string());
         lines
     };
@@ -1293,12 +1289,9 @@ fn eval_answers_reports_resumes_compares_and_gates() {
     );
     let stderr = String::from_utf8_lossy(&changed.stderr);
     assert!(changed.status.success(), "{stderr}");
-    let generated = traces
-        .lines()
-        .filter(|l| {
-            let trace: Value = serde_json::from_str(l).unwrap();
-            !trace["generations"].as_array().unwrap().is_empty()
-        })
+    let generated = json_lines(&traces)
+        .iter()
+        .filter(|trace| !trace["generations"].as_array().unwrap().is_empty())
         .count();
     assert!(generated >= 1, "{traces}");
     assert!(

@@ -70,10 +70,6 @@ enum Quantized {
 }
 
 impl Linear {
-    fn dense(dense: QMatMul) -> Self {
-        Self::Dense(dense)
-    }
-
     /// `t` as `precision` says on the CPU (see [`for_decoding`]),
     /// dequantized elsewhere and for f32, f16 and bf16 tensors.
     fn from_gguf(t: QTensor, device: &Device, precision: Precision) -> candle_core::Result<Self> {
@@ -718,7 +714,7 @@ impl Decoder {
         );
         let head_dim = hidden / heads;
         let dense = |vb: &VarBuilder, rows: usize, cols: usize| -> anyhow::Result<Linear> {
-            Ok(Linear::dense(QMatMul::Tensor(
+            Ok(Linear::Dense(QMatMul::Tensor(
                 vb.get((rows, cols), "weight")?,
             )))
         };
@@ -729,7 +725,7 @@ impl Decoder {
         let output = if vb.contains_tensor("lm_head.weight") {
             dense(&vb.pp("lm_head"), config.vocab_size, hidden)?
         } else {
-            Linear::dense(QMatMul::Tensor(embed.clone()))
+            Linear::Dense(QMatMul::Tensor(embed.clone()))
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {

@@ -256,16 +256,9 @@ struct PrefixCache {
     kv: Prefilled,
 }
 
-impl PrefixCache {
-    /// Tokens of `ids` that can start from the cache: the shared prefix,
-    /// short of the whole prompt (its last token runs through the model for
-    /// the logits), down to a whole number of [`CHUNK`]s.
-    fn reusable(&self, ids: &[u32]) -> usize {
-        reusable(&self.ids, ids)
-    }
-}
-
-/// [`PrefixCache::reusable`] for a cache of `cached`.
+/// Tokens of `ids` that can start from a cache of `cached`: the shared
+/// prefix, short of the whole prompt (its last token runs through the model
+/// for the logits), down to a whole number of [`CHUNK`]s.
 fn reusable(cached: &[u32], ids: &[u32]) -> usize {
     let shared = cached.iter().zip(ids).take_while(|(a, b)| a == b).count();
     let shared = shared.min(ids.len().saturating_sub(1));
@@ -313,7 +306,7 @@ fn run(
             }
             let cached = cache
                 .as_ref()
-                .map(|c| (c, c.reusable(ids)))
+                .map(|c| (c, reusable(&c.ids, ids)))
                 .filter(|&(_, reused)| reused > 0);
             let reused = cached.map_or(0, |(_, r)| r);
             let prefilled = if caching {

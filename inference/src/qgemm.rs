@@ -26,10 +26,8 @@
 
 use candle_core::quantized::{GgmlDType, QTensor};
 
-use crate::qgemv::{Out, f16_at};
+use crate::qgemv::{BLOCK, Out, f16_at, quantize_block};
 
-/// Weights per block of the inputs.
-const BLOCK: usize = 32;
 /// Rows one task of the thread pool takes (their scales stay in L1/L2).
 const CHUNK: usize = 16;
 
@@ -124,16 +122,10 @@ impl Prompt {
             sums: Vec::with_capacity(2 * x.len() / BLOCK),
         };
         for block in x.chunks_exact(BLOCK) {
-            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = max / 127.0;
-            let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
-            for half in block.chunks_exact(BLOCK / 2) {
-                let mut sum = 0i32;
-                for v in half {
-                    let q = (v * inverse).round() as i8;
-                    sum += i32::from(q);
-                    prompt.qs.push(q);
-                }
+            let start = prompt.qs.len();
+            let d = quantize_block(block, &mut prompt.qs);
+            for half in prompt.qs[start..].chunks_exact(BLOCK / 2) {
+                let sum: i32 = half.iter().map(|&q| i32::from(q)).sum();
                 prompt.sums.push(sum as f32 * d);
             }
             prompt.scales.push(d);

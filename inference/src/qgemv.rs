@@ -20,7 +20,7 @@
 use half::f16;
 
 /// Weights per block.
-const BLOCK: usize = 32;
+pub(crate) const BLOCK: usize = 32;
 /// Rows per tile.
 const ROWS: usize = 16;
 
@@ -79,9 +79,9 @@ pub(crate) struct QMatrix {
 /// The input vector, 8 bits per weight: per block of 32, the scale and the
 /// sum of the integers (for Q4_1's offsets and Q5_0's -16).
 pub(crate) struct Q8Input {
-    pub(crate) scales: Vec<f32>,
-    pub(crate) sums: Vec<f32>,
-    pub(crate) qs: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<f32>,
+    qs: Vec<i8>,
 }
 
 impl Q8Input {
@@ -95,15 +95,9 @@ impl Q8Input {
             qs: Vec::with_capacity(x.len()),
         };
         for block in x.chunks_exact(BLOCK) {
-            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = max / 127.0;
-            let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for v in block {
-                let q = (v * inverse).round() as i8;
-                sum += i32::from(q);
-                input.qs.push(q);
-            }
+            let start = input.qs.len();
+            let d = quantize_block(block, &mut input.qs);
+            let sum: i32 = input.qs[start..].iter().map(|&q| i32::from(q)).sum();
             input.scales.push(d);
             input.sums.push(sum as f32);
         }
@@ -326,6 +320,16 @@ fn each(
     for (x, o) in xs.iter().zip(out) {
         one(tile, x, o);
     }
+}
+
+/// One block of 32 inputs rounded to 8 bits, GGML's Q8_0 with an f32
+/// scale: the integers go on `qs`, the scale is returned.
+pub(crate) fn quantize_block(block: &[f32], qs: &mut Vec<i8>) -> f32 {
+    let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = max / 127.0;
+    let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+    qs.extend(block.iter().map(|v| (v * inverse).round() as i8));
+    d
 }
 
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
@@ -572,12 +576,27 @@ pub(crate) mod tests {
         arbitrary_blocks(format.block_bytes(), count, format == Format::Q4_1, seed)
     }
 
+    /// `data`, GGML blocks of `dtype`, as candle dequantizes them.
+    fn candle_dense(
+        dtype: candle_core::quantized::GgmlDType,
+        data: Vec<u8>,
+        rows: usize,
+        cols: usize,
+    ) -> candle_core::Tensor {
+        use candle_core::Device;
+        use candle_core::quantized::{QStorage, QTensor};
+        let storage = QStorage::from_data(data.into(), &Device::Cpu, dtype).unwrap();
+        QTensor::new(storage, (rows, cols))
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+    }
+
     /// Rows looked up in the repacked tiles are candle's dequantized rows,
     /// exactly, in whole and partial tiles.
     #[test]
     fn rows_are_the_dequantized_rows() {
-        use candle_core::Device;
-        use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+        use candle_core::quantized::GgmlDType;
         for (format, dtype) in [
             (Format::Q4_1, GgmlDType::Q4_1),
             (Format::Q5_0, GgmlDType::Q5_0),
@@ -586,11 +605,7 @@ pub(crate) mod tests {
             let (rows, cols) = (37, 96);
             let data = blocks(format, rows, cols, 11);
             let m = QMatrix::new(format, &data, rows, cols).unwrap();
-            let storage = QStorage::from_data(data.into(), &Device::Cpu, dtype).unwrap();
-            let dense = QTensor::new(storage, (rows, cols))
-                .unwrap()
-                .dequantize(&Device::Cpu)
-                .unwrap()
+            let dense = candle_dense(dtype, data, rows, cols)
                 .to_vec2::<f32>()
                 .unwrap();
             let ids = [0u32, 36, 17, 16, 15, 0];
@@ -635,7 +650,7 @@ pub(crate) mod tests {
     /// float rounding.
     #[test]
     fn products_match_the_dequantized_weights() {
-        use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+        use candle_core::quantized::GgmlDType;
         use candle_core::{Device, Tensor};
         for (format, dtype) in [
             (Format::Q4_1, GgmlDType::Q4_1),
@@ -645,11 +660,7 @@ pub(crate) mod tests {
             for (rows, cols) in [(48, 576), (37, 96)] {
                 let data = blocks(format, rows, cols, 3 + rows as u64);
                 let m = QMatrix::new(format, &data, rows, cols).unwrap();
-                let storage = QStorage::from_data(data.into(), &Device::Cpu, dtype).unwrap();
-                let dense = QTensor::new(storage, (rows, cols))
-                    .unwrap()
-                    .dequantize(&Device::Cpu)
-                    .unwrap();
+                let dense = candle_dense(dtype, data, rows, cols);
                 let x = Tensor::randn(0f32, 1.0, cols, &Device::Cpu).unwrap();
                 let expected = dense
                     .matmul(&x.unsqueeze(1).unwrap())

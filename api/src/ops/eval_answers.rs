@@ -221,7 +221,7 @@ pub async fn evaluate(
             .await;
         match (replayed, replayer.missed()) {
             (Ok((answer_hits, answer)), None) => {
-                let mut result = score(app, q, &asked, &trace.hits, &answer_hits, answer);
+                let mut result = score(&app.policy(), q, &asked, &trace.hits, &answer_hits, answer);
                 result.replayed = true;
                 (result.retrieval_ms, result.generation_ms, result.total_ms) =
                     (trace.retrieval_ms, trace.generation_ms, trace.total_ms);
@@ -238,13 +238,14 @@ pub async fn evaluate(
         How::Replay(_) => true,
     };
     let hits = app.retrieve(&asked, &top).await?;
-    let recorder = match record {
-        true => Some(Arc::new(Recorder::new(app.generator().await?))),
-        false => None,
+    let recorder = if record {
+        Some(Arc::new(Recorder::new(app.generator().await?)))
+    } else {
+        None
     };
     let generator = recorder.clone().map(|r| r as Arc<dyn Generator>);
     let (answer_hits, answer) = app.ask_traced(&asked, &query, None, generator).await?;
-    let mut result = score(app, q, &asked, &hits, &answer_hits, answer);
+    let mut result = score(&app.policy(), q, &asked, &hits, &answer_hits, answer);
     result.total_ms = started.elapsed().as_millis() as u64;
     let trace = recorder.map(|recorder| {
         let (token_counts, generations) = recorder.take();
@@ -269,7 +270,7 @@ pub async fn evaluate(
 /// `hits` are the top 10 retrieved. Timings are the answer's; `total_ms`
 /// is left for the caller.
 fn score(
-    app: &App,
+    policy: &Policy,
     q: &Question,
     asked: &str,
     hits: &[Hit],
@@ -282,7 +283,6 @@ fn score(
         .position(|h| gold.contains(h.source.as_str()))
         .map(|i| i + 1);
     // What the model was given: the admitted hits, as many as were packed.
-    let policy = app.policy();
     let admitted = policy.admit(answer_hits);
     let prompt: Vec<&Hit> = admitted
         .passages
@@ -302,7 +302,7 @@ fn score(
     let gold_in_prompt = q
         .answerable
         .then(|| prompt.iter().any(|h| gold.contains(h.source.as_str())));
-    let (reference_verified, alterations) = verify_reference(&policy, q, asked, &prompt);
+    let (reference_verified, alterations) = verify_reference(policy, q, asked, &prompt);
     // A citation names a passage given to the model, so one of these.
     let texts: BTreeMap<&str, String> = answer_hits
         .iter()

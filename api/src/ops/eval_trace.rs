@@ -164,8 +164,8 @@ impl Generator for Recorder {
 }
 
 /// The model as a [`Trace`] recorded it: the recorded text for a recorded
-/// prompt, the recorded count for a recorded text. Anything else is a miss
-/// (an estimate, or an error for a prompt), and voids the replay.
+/// request, the recorded count for a recorded text. Anything else is a
+/// miss: an error, and the replay of that question is void.
 pub struct Replayer {
     model: String,
     context_window: usize,
@@ -195,6 +195,14 @@ impl Replayer {
         self.missed.lock().expect("not poisoned").clone()
     }
 
+    /// The count recorded under `key`, or a miss.
+    fn count(&self, key: &str, what: &str) -> Result<usize> {
+        self.token_counts.get(key).copied().ok_or_else(|| {
+            self.miss(what.to_string());
+            Error::unavailable(format!("{what} is not in the recording"))
+        })
+    }
+
     fn miss(&self, what: String) {
         self.missed
             .lock()
@@ -214,23 +222,11 @@ impl Generator for Replayer {
     }
 
     fn count_prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize> {
-        match self.token_counts.get(&prompt_key(messages)) {
-            Some(&n) => Ok(n),
-            None => {
-                self.miss("a prompt's token count".into());
-                Ok(messages.iter().map(|m| m.content.len() / 3 + 8).sum())
-            }
-        }
+        self.count(&prompt_key(messages), "a prompt's token count")
     }
 
     fn count_tokens(&self, text: &str) -> Result<usize> {
-        match self.token_counts.get(&text_key(text)) {
-            Some(&n) => Ok(n),
-            None => {
-                self.miss("a passage's token count".into());
-                Ok(text.len() / 3 + 1)
-            }
-        }
+        self.count(&text_key(text), "a passage's token count")
     }
 
     async fn generate_stream(
@@ -379,7 +375,7 @@ mod tests {
         );
         assert_eq!(replayer.missed(), None);
 
-        let _ = replayer.count_tokens("another passage");
+        assert!(replayer.count_tokens("another passage").is_err());
         assert!(replayer.missed().is_some());
         let replayer = Replayer::new(&trace);
         let other = replayer
