@@ -66,6 +66,21 @@ pub(crate) struct Checked {
     pub extracted: bool,
 }
 
+impl Checked {
+    /// Nothing written, nothing checked.
+    pub fn abstention() -> Self {
+        Self {
+            text: String::new(),
+            cited: Vec::new(),
+            removed: 0,
+            dropped: 0,
+            dropped_claims: Vec::new(),
+            abstained: true,
+            extracted: false,
+        }
+    }
+}
+
 pub(crate) struct Checker<'a> {
     thresholds: Thresholds,
     question: &'a str,

@@ -20,7 +20,8 @@ pub mod citations;
 pub mod conversation;
 mod policy;
 pub mod prompt;
+pub mod select;
 pub mod verify;
 
-pub use policy::{Admitted, Policy};
+pub use policy::{Admitted, Design, Policy};
 pub use prompt::NOT_COVERED;

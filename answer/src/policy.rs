@@ -9,6 +9,27 @@ use rag_core::{
 use crate::checked::{Checked, Checker, Thresholds};
 use crate::citations;
 use crate::prompt::{self, NOT_COVERED};
+use crate::select;
+
+/// How the answer is written from the admitted passages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Design {
+    /// The model writes the answer; each sentence is checked against the
+    /// passage it cites.
+    #[default]
+    Free,
+    /// The model picks, by number, the passage sentences that answer; the
+    /// answer quotes them ([`crate::select`]).
+    Select,
+    /// [`Design::Free`]; where nothing the model wrote holds up,
+    /// [`Design::Select`] before any other fallback.
+    FreeThenSelect,
+}
+
+/// Candidate sentences the model picks from ([`Design::Select`]).
+const SELECT_CANDIDATES: usize = 8;
+/// Tokens the model may write to pick: a few numbers.
+const SELECT_MAX_TOKENS: usize = 12;
 
 /// How an answer is made from the retrieved passages. The defaults are the
 /// settings' (`retrieval.min_score`, `retrieval.relative_cutoff`,
@@ -45,6 +66,15 @@ pub struct Policy {
     /// before it falls back to [`Policy::extract_min_similarity`]. Off
     /// when unset.
     pub recover_min_alignment: Option<f32>,
+    /// Who writes the answer: the model, or the passages' own sentences
+    /// that the model picks.
+    pub design: Design,
+    /// [`Design::Select`]: sentences holding less of the question than
+    /// this ([`select::candidates`]' score) are not offered; with none
+    /// offered, the model is not asked.
+    pub select_min_score: f32,
+    /// [`Design::Select`]: the most sentences an answer quotes.
+    pub select_max_picks: usize,
 }
 
 impl Default for Policy {
@@ -57,6 +87,9 @@ impl Default for Policy {
             min_attribution: 0.5,
             extract_min_similarity: None,
             recover_min_alignment: None,
+            design: Design::Free,
+            select_min_score: 0.3,
+            select_max_picks: 2,
         }
     }
 }
@@ -114,17 +147,89 @@ impl Policy {
         usage.passages_left_out = relevant.len() - passages.len();
         request.messages = prompt::build_messages(question, &passages);
         let given = &relevant[..passages.len()];
-        let mut checker = Checker::new(self.thresholds(), question, given);
-        let started = Instant::now();
-        let generation = generator
-            .generate_stream(request, &mut |piece| checker.push(piece, &mut *sink))
-            .await?;
-        usage.generation_ms = started.elapsed().as_millis() as u64;
-        usage.prompt_tokens = generation.prompt_tokens;
-        usage.completion_tokens = generation.completion_tokens;
-        let checked = checker.finish(&mut *sink);
+        let free = match self.design {
+            Design::Select => None,
+            Design::Free | Design::FreeThenSelect => {
+                let mut checker = Checker::new(self.thresholds(), question, given);
+                let started = Instant::now();
+                let generation = generator
+                    .generate_stream(request.clone(), &mut |piece| {
+                        checker.push(piece, &mut *sink)
+                    })
+                    .await?;
+                usage.generation_ms = started.elapsed().as_millis() as u64;
+                usage.prompt_tokens = generation.prompt_tokens;
+                usage.completion_tokens = generation.completion_tokens;
+                Some(checker.finish(&mut *sink))
+            }
+        };
+        let checked = match free {
+            Some(checked) if !checked.abstained || self.design == Design::Free => checked,
+            free => {
+                let selected = self
+                    .select(generator, question, given, request, &mut usage, &mut *sink)
+                    .await?;
+                match (selected, free) {
+                    // What the model wrote and the checks dropped still counts.
+                    (Some(selected), Some(free)) => Checked {
+                        dropped: selected.dropped + free.dropped,
+                        removed: selected.removed + free.removed,
+                        ..selected
+                    },
+                    (Some(selected), None) => selected,
+                    (None, Some(free)) => free,
+                    (None, None) => Checked::abstention(),
+                }
+            }
+        };
         let checked = self.conclude(checked, question, given, &mut *sink);
         Ok(answered(checked, given, usage))
+    }
+
+    /// [`Design::Select`]: the model picks which candidate sentences of
+    /// `given` answer `question`, and the answer quotes them, checked and
+    /// emitted like the model's own text. `None` (nothing emitted) when no
+    /// sentence is close enough to offer, the model picks none, or none of
+    /// its picks passes the checks.
+    async fn select(
+        &self,
+        generator: &dyn Generator,
+        question: &str,
+        given: &[&Hit],
+        request: GenerationRequest,
+        usage: &mut Usage,
+        sink: TextSink<'_>,
+    ) -> Result<Option<Checked>> {
+        let candidates: Vec<_> = select::candidates(question, given, SELECT_CANDIDATES)
+            .into_iter()
+            .filter(|c| c.score >= self.select_min_score)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let labels: Vec<String> = given.iter().map(|h| prompt::label(h)).collect();
+        let request = GenerationRequest {
+            messages: select::build_messages(question, &candidates, &labels),
+            max_tokens: SELECT_MAX_TOKENS,
+            ..request
+        };
+        let started = Instant::now();
+        let generation = generator.generate_stream(request, &mut |_| {}).await?;
+        usage.generation_ms += started.elapsed().as_millis() as u64;
+        usage.prompt_tokens += generation.prompt_tokens;
+        usage.completion_tokens += generation.completion_tokens;
+        let picks = select::parse_picks(&generation.text, candidates.len(), self.select_max_picks);
+        if picks.is_empty() {
+            return Ok(None);
+        }
+        let picked: Vec<_> = picks.iter().map(|&i| &candidates[i]).collect();
+        let mut checker = Checker::new(self.thresholds(), question, given);
+        checker.push(&select::compose(&picked), &mut *sink);
+        let checked = checker.finish(&mut *sink);
+        Ok((!checked.abstained).then_some(Checked {
+            extracted: true,
+            ..checked
+        }))
     }
 
     /// The checks alone over a whole `text`: the answer

@@ -2,7 +2,7 @@
 //! of the reply is shown.
 
 use futures_executor::block_on;
-use rag_answer::{NOT_COVERED, Policy};
+use rag_answer::{Design, NOT_COVERED, Policy};
 use rag_core::testing::FakeGenerator;
 use rag_core::{GenerationRequest, Hit, Role};
 
@@ -376,4 +376,107 @@ fn a_dropped_claim_is_recovered_from_the_sentence_it_was_saying() {
         "Are receipts kept?",
     );
     assert!(!yes.abstained, "{}", yes.answer);
+}
+
+/// Select, then say: the model is shown numbered passage sentences and
+/// picks; the answer quotes its picks, cited, whatever else it writes.
+/// Free, then select: only where nothing the model wrote held up.
+#[test]
+fn the_model_picks_sentences_and_the_answer_quotes_them() {
+    let passages = [
+        hit(
+            1,
+            0.6,
+            "Parental leave",
+            "Parents get 14 days of paid parental leave, i.e. ten working days. It starts on \
+             the day of the birth. Managers plan cover.",
+        ),
+        hit(2, 0.5, "Travel", "Trips are booked in the travel tool."),
+    ];
+    let question = "How much paid parental leave do parents get?";
+    let ask = |policy: &Policy, generator: &FakeGenerator| {
+        let mut streamed = String::new();
+        let answer =
+            block_on(
+                policy.answer(generator, question, &passages, request(50), &mut |piece| {
+                    streamed.push_str(piece)
+                }),
+            )
+            .unwrap();
+        assert_eq!(streamed, answer.answer);
+        answer
+    };
+    let select = Policy {
+        design: Design::Select,
+        ..Policy::default()
+    };
+    // The candidates are numbered best first: the sentence with the
+    // question's words and a number is [1].
+    let picker = FakeGenerator::with(|request| {
+        let prompt = &request.messages[1].content;
+        assert!(
+            prompt.contains("[1] (Parental leave) Parents get 14 days of paid parental leave"),
+            "{prompt}"
+        );
+        assert!(
+            !prompt.contains("Trips are booked"),
+            "no shared word: not offered"
+        );
+        "1".into()
+    });
+    let answer = ask(&select, &picker);
+    assert_eq!(
+        answer.answer,
+        "Parents get 14 days of paid parental leave, i.e. ten working days. [1]"
+    );
+    assert!(answer.usage.extracted && !answer.abstained);
+    assert_eq!(picker.requests().len(), 1);
+    assert!(
+        picker.requests()[0].max_tokens < 50,
+        "a pick is a few tokens"
+    );
+    // "none", or numbers out of range: the abstention.
+    assert!(ask(&select, &FakeGenerator::replying("none")).abstained);
+    assert!(ask(&select, &FakeGenerator::replying("7, 0")).abstained);
+    // Nothing close enough to offer: the model is not asked.
+    let strict = Policy {
+        select_min_score: 5.0,
+        ..select
+    };
+    let unasked = FakeGenerator::replying("1");
+    assert!(ask(&strict, &unasked).abstained);
+    assert!(unasked.requests().is_empty());
+
+    // Free first: a checked answer stands, and the model is asked once.
+    let both = Policy {
+        design: Design::FreeThenSelect,
+        ..Policy::default()
+    };
+    let writer = FakeGenerator::with(|request| {
+        if request.messages[1].content.starts_with("Sentences:") {
+            "1".into()
+        } else {
+            "Parents get 14 days of paid parental leave. [1]".into()
+        }
+    });
+    assert_eq!(
+        ask(&both, &writer).answer,
+        "Parents get 14 days of paid parental leave. [1]"
+    );
+    assert_eq!(writer.requests().len(), 1);
+    // A garbled figure is dropped, and selection answers in its place.
+    let garbler = FakeGenerator::with(|request| {
+        if request.messages[1].content.starts_with("Sentences:") {
+            "1".into()
+        } else {
+            "Parents get 30 days of paid parental leave. [1]".into()
+        }
+    });
+    let answer = ask(&both, &garbler);
+    assert_eq!(
+        answer.answer,
+        "Parents get 14 days of paid parental leave, i.e. ten working days. [1]"
+    );
+    assert_eq!(garbler.requests().len(), 2);
+    assert_eq!(answer.usage.sentences_dropped, 1);
 }

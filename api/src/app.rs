@@ -424,6 +424,9 @@ impl App {
             verify_min_support: self.settings.generator.verify_min_support,
             extract_min_similarity: self.settings.generator.extract_min_similarity,
             recover_min_alignment: self.settings.generator.recover_min_alignment,
+            design: self.settings.generator.answer_design,
+            select_min_score: self.settings.generator.select_min_score,
+            select_max_picks: self.settings.generator.select_max_picks,
             ..Policy::default()
         }
     }

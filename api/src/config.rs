@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rag_answer::Design;
 pub use rag_core::Secret;
 use rag_inference::{Backend, CandleSettings, OpenAiSettings, Precision};
 use serde::Deserialize;
@@ -160,6 +161,14 @@ pub struct GeneratorSettings {
     /// that holds this share of a dropped claim's words and answers the
     /// question (before `extract_min_similarity`).
     pub recover_min_alignment: Option<f32>,
+    /// Who writes the answer: `free` (the model, checked), `select` (the
+    /// model picks passage sentences, quoted) or `free_then_select`
+    /// (select where nothing the model wrote holds up).
+    pub answer_design: Design,
+    /// `select`: the least share of the question an offered sentence holds.
+    pub select_min_score: f32,
+    /// `select`: the most sentences an answer quotes.
+    pub select_max_picks: usize,
     /// Keep passages that give orders to the model (ignore previous
     /// instructions, answer only with, chat-template tokens...) out of the
     /// prompt. They stay searchable; the answer's usage counts them.
@@ -243,7 +252,19 @@ struct GeneratorSection {
     verify_min_support: f32,
     extract_min_similarity: Option<f32>,
     recover_min_alignment: Option<f32>,
+    answer_design: DesignName,
+    select_min_score: f32,
+    select_max_picks: usize,
     withhold_instructions: bool,
+}
+
+/// `generator.answer_design` as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum DesignName {
+    Free,
+    Select,
+    FreeThenSelect,
 }
 
 impl Default for GeneratorSection {
@@ -274,6 +295,9 @@ impl Default for GeneratorSection {
             // nothing that holds up, without costing abstentions.
             extract_min_similarity: Some(0.55),
             recover_min_alignment: None,
+            answer_design: DesignName::Free,
+            select_min_score: policy.select_min_score,
+            select_max_picks: policy.select_max_picks,
             withhold_instructions: policy.withhold_instructions,
         }
     }
@@ -322,6 +346,19 @@ impl TryFrom<GeneratorSection> for GeneratorSettings {
             verify_min_support: s.verify_min_support,
             extract_min_similarity: s.extract_min_similarity,
             recover_min_alignment: s.recover_min_alignment,
+            answer_design: match s.answer_design {
+                DesignName::Free => Design::Free,
+                DesignName::Select => Design::Select,
+                DesignName::FreeThenSelect => Design::FreeThenSelect,
+            },
+            select_min_score: s.select_min_score,
+            select_max_picks: if s.select_max_picks == 0 {
+                return Err(rag_core::Error::invalid(
+                    "generator.select_max_picks must be at least 1",
+                ));
+            } else {
+                s.select_max_picks
+            },
             withhold_instructions: s.withhold_instructions,
         })
     }
@@ -486,5 +523,26 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", Settings::load(Some(&file), None).unwrap_err());
         assert!(err.contains("generator.quantized_prefill"), "{err}");
+        // The answer design by name; an unknown one, or no picks, is refused.
+        for (text, design) in [
+            ("", Design::Free),
+            ("answer_design = \"select\"\n", Design::Select),
+            (
+                "answer_design = \"free_then_select\"\n",
+                Design::FreeThenSelect,
+            ),
+        ] {
+            std::fs::write(&file, format!("[generator]\n{text}")).unwrap();
+            let settings = Settings::load(Some(&file), None).unwrap();
+            assert_eq!(settings.generator.answer_design, design, "{text}");
+        }
+        for (text, named) in [
+            ("answer_design = \"pick\"\n", "pick"),
+            ("select_max_picks = 0\n", "generator.select_max_picks"),
+        ] {
+            std::fs::write(&file, format!("[generator]\n{text}")).unwrap();
+            let err = format!("{:#}", Settings::load(Some(&file), None).unwrap_err());
+            assert!(err.contains(named), "{text}: {err}");
+        }
     }
 }
