@@ -1102,3 +1102,112 @@ fn a_restricted_uploader_cannot_replace_delete_or_learn_of_another_groups_docume
     assert_eq!(delete(own).0, 200);
     assert_eq!(alpha_plan(&documents(&admin)), alpha_plan(&before));
 }
+
+/// `rag serve` on loopback without keys makes every caller an admin, so a
+/// web page the user visits must not be able to act as one: a cross-site
+/// upload, a form-encoded or text/plain POST adding a source, and a
+/// request under a rebound name are refused, and nothing changes; the
+/// server's own page (same origin, JSON or multipart) still works.
+#[test]
+fn web_pages_of_other_sites_cannot_drive_an_open_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, addr) = start_server(dir.path());
+    let host = ("Host", addr.as_str());
+    let own = format!("http://{addr}");
+    let page = b"# Parking\n\nVisitors park on level 2 of the garage.\n".as_slice();
+    let form = multipart(&[("file", Some("parking.md"), page)]);
+    let multipart_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let documents = |addr: &str| -> usize {
+        let (status, body) = http(addr, "GET", "/v1/documents", "");
+        assert_eq!(status, 200, "{body}");
+        let listed: Value = serde_json::from_str(&body).unwrap();
+        listed["documents"].as_array().unwrap().len()
+    };
+
+    // A form on another site posting the upload: no preflight, refused.
+    for cross in [
+        ("Origin", "http://attacker.example"),
+        ("Origin", "null"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ] {
+        let (status, body) = http_exact(
+            &addr,
+            "POST",
+            "/v1/documents",
+            &[host, ("Content-Type", multipart_type.as_str()), cross],
+            &form,
+        );
+        assert_eq!(status, 403, "{cross:?}: {body}");
+        assert!(
+            body.contains("another site") || body.contains("cross-site"),
+            "{body}"
+        );
+    }
+    // A text/plain or form-encoded POST adding a source (a local
+    // repository) from a page: refused for its type, nothing added.
+    let source = br#"{"name":"home","kind":"git","url":"/root"}"#;
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let (status, body) = http_exact(
+            &addr,
+            "POST",
+            "/v1/sources",
+            &[host, ("Content-Type", content_type)],
+            source,
+        );
+        assert_eq!(status, 415, "{content_type}: {body}");
+        assert!(body.contains("application/json"), "{body}");
+    }
+    let (_, sources) = http(&addr, "GET", "/v1/sources", "");
+    assert!(!sources.contains("home"), "{sources}");
+    // DNS rebinding: the attacker's name now points at 127.0.0.1, and the
+    // page reads what it can. The name is refused, for reads too.
+    for path in ["/v1/documents", "/v1/sources", "/"] {
+        let (status, body) = http_exact(
+            &addr,
+            "GET",
+            path,
+            &[("Host", "rebind.attacker.example")],
+            b"",
+        );
+        assert_eq!(status, 421, "{path}: {body}");
+    }
+    assert_eq!(documents(&addr), 0, "nothing was uploaded");
+
+    // The server's own page: same origin, multipart upload, JSON asks.
+    let (status, body) = http_exact(
+        &addr,
+        "POST",
+        "/v1/documents",
+        &[
+            host,
+            ("Content-Type", multipart_type.as_str()),
+            ("Origin", own.as_str()),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+        &form,
+    );
+    assert_eq!(status, 202, "{body}");
+    let job: Value = serde_json::from_str(&body).unwrap();
+    let done = wait_for_job(&addr, job["job_id"].as_str().unwrap());
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(documents(&addr), 1);
+    let (status, body) = http_exact(
+        &addr,
+        "POST",
+        "/v1/retrieve",
+        &[
+            (
+                "Host",
+                &format!("localhost:{}", addr.rsplit(':').next().unwrap()),
+            ),
+            ("Content-Type", "application/json"),
+            (
+                "Origin",
+                &format!("http://localhost:{}", addr.rsplit(':').next().unwrap()),
+            ),
+        ],
+        br#"{"question":"where do visitors park?"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("level 2"), "{body}");
+}

@@ -30,6 +30,8 @@ pub enum Design {
 const SELECT_CANDIDATES: usize = 8;
 /// Tokens the model may write to pick: a few numbers.
 const SELECT_MAX_TOKENS: usize = 12;
+/// Tokens the model may write to confirm a pick: yes or no.
+const CONFIRM_MAX_TOKENS: usize = 3;
 
 /// How an answer is made from the retrieved passages. The defaults are the
 /// settings' (`retrieval.min_score`, `retrieval.relative_cutoff`,
@@ -69,12 +71,15 @@ pub struct Policy {
     /// Who writes the answer: the model, or the passages' own sentences
     /// that the model picks.
     pub design: Design,
-    /// [`Design::Select`]: sentences holding less of the question than
-    /// this ([`select::candidates`]' score) are not offered; with none
-    /// offered, the model is not asked.
+    /// [`Design::Select`]: a sentence holding less of the question than
+    /// this ([`select::candidates`]' score) is not quoted; when the best
+    /// one does not reach it, the model is not asked.
     pub select_min_score: f32,
     /// [`Design::Select`]: the most sentences an answer quotes.
     pub select_max_picks: usize,
+    /// [`Design::Select`]: each pick is quoted only if the model, asked
+    /// about it alone, says it answers the question.
+    pub select_confirm: bool,
 }
 
 impl Default for Policy {
@@ -90,6 +95,7 @@ impl Default for Policy {
             design: Design::Free,
             select_min_score: 0.3,
             select_max_picks: 2,
+            select_confirm: false,
         }
     }
 }
@@ -200,21 +206,23 @@ impl Policy {
         usage: &mut Usage,
         sink: TextSink<'_>,
     ) -> Result<Option<Checked>> {
-        let candidates: Vec<_> = select::candidates(question, given, SELECT_CANDIDATES)
-            .into_iter()
-            .filter(|c| c.score >= self.select_min_score)
-            .collect();
-        if candidates.is_empty() {
+        // The best sentences are offered whatever the threshold, so a
+        // recorded pick replays under another one; picks below it go.
+        let candidates = select::candidates(question, given, SELECT_CANDIDATES);
+        if candidates
+            .first()
+            .is_none_or(|best| best.score < self.select_min_score)
+        {
             return Ok(None);
         }
         let labels: Vec<String> = given.iter().map(|h| prompt::label(h)).collect();
-        let request = GenerationRequest {
+        let pick = GenerationRequest {
             messages: select::build_messages(question, &candidates, &labels),
             max_tokens: SELECT_MAX_TOKENS,
-            ..request
+            ..request.clone()
         };
         let started = Instant::now();
-        let generation = generator.generate_stream(request, &mut |_| {}).await?;
+        let generation = generator.generate_stream(pick, &mut |_| {}).await?;
         usage.generation_ms += started.elapsed().as_millis() as u64;
         usage.prompt_tokens += generation.prompt_tokens;
         usage.completion_tokens += generation.completion_tokens;
@@ -222,7 +230,35 @@ impl Policy {
         if picks.is_empty() {
             return Ok(None);
         }
-        let picked: Vec<_> = picks.iter().map(|&i| &candidates[i]).collect();
+        let picked: Vec<_> = picks
+            .iter()
+            .map(|&i| &candidates[i])
+            .filter(|c| c.score >= self.select_min_score)
+            .collect();
+        let mut picked = picked;
+        if self.select_confirm {
+            let mut kept = Vec::new();
+            for candidate in picked {
+                let label = &labels[candidate.passage - 1];
+                let request = GenerationRequest {
+                    messages: select::confirm_messages(question, candidate, label),
+                    max_tokens: CONFIRM_MAX_TOKENS,
+                    ..request.clone()
+                };
+                let started = Instant::now();
+                let generation = generator.generate_stream(request, &mut |_| {}).await?;
+                usage.generation_ms += started.elapsed().as_millis() as u64;
+                usage.prompt_tokens += generation.prompt_tokens;
+                usage.completion_tokens += generation.completion_tokens;
+                if select::confirmed(&generation.text) {
+                    kept.push(candidate);
+                }
+            }
+            picked = kept;
+        }
+        if picked.is_empty() {
+            return Ok(None);
+        }
         let mut checker = Checker::new(self.thresholds(), question, given);
         checker.push(&select::compose(&picked), &mut *sink);
         let checked = checker.finish(&mut *sink);

@@ -260,6 +260,36 @@ pub fn build_messages(
     ]
 }
 
+const CONFIRM: &str = "You check whether a sentence from the company's documents answers an \
+                       employee's question. Reply only yes or no.";
+
+/// The prompt that asks the model whether `candidate` (from the passage
+/// labelled `label`) answers `question`: a pick is confirmed on its own.
+pub fn confirm_messages(question: &str, candidate: &Candidate, label: &str) -> Vec<ChatMessage> {
+    let from = if label.is_empty() {
+        String::new()
+    } else {
+        format!(" (from {})", defuse(label))
+    };
+    let body = format!(
+        "Question: {}\nSentence{from}: {}\nDoes the sentence answer the question?",
+        defuse(question.trim()),
+        defuse(&candidate.text)
+    );
+    vec![
+        ChatMessage::new(Role::System, CONFIRM),
+        ChatMessage::new(Role::User, body),
+    ]
+}
+
+/// Whether a reply to [`confirm_messages`] says yes.
+pub fn confirmed(reply: &str) -> bool {
+    reply
+        .trim_start_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase()
+        .starts_with("yes")
+}
+
 /// The candidates (0-based) a reply picks, in its order, at most `max`:
 /// the numbers from 1 to `count` it names, each once. "none", or no such
 /// number, picks nothing.
@@ -385,6 +415,15 @@ mod tests {
         let twice = hit("A", "", "Parking is free on weekends.");
         let found = candidates("Is parking free?", &[&twice, &twice.clone()], 5);
         assert_eq!(found.len(), 1);
+    }
+
+    #[test]
+    fn a_confirmation_is_a_yes() {
+        assert!(confirmed("Yes."));
+        assert!(confirmed(" yes, it does"));
+        assert!(!confirmed("No."));
+        assert!(!confirmed("The sentence says yes"));
+        assert!(!confirmed(""));
     }
 
     #[test]

@@ -427,6 +427,7 @@ impl App {
             design: self.settings.generator.answer_design,
             select_min_score: self.settings.generator.select_min_score,
             select_max_picks: self.settings.generator.select_max_picks,
+            select_confirm: self.settings.generator.select_confirm,
             ..Policy::default()
         }
     }

@@ -169,6 +169,9 @@ pub struct GeneratorSettings {
     pub select_min_score: f32,
     /// `select`: the most sentences an answer quotes.
     pub select_max_picks: usize,
+    /// `select`: quote a pick only if the model, asked about it alone,
+    /// says it answers the question.
+    pub select_confirm: bool,
     /// Keep passages that give orders to the model (ignore previous
     /// instructions, answer only with, chat-template tokens...) out of the
     /// prompt. They stay searchable; the answer's usage counts them.
@@ -255,6 +258,7 @@ struct GeneratorSection {
     answer_design: DesignName,
     select_min_score: f32,
     select_max_picks: usize,
+    select_confirm: bool,
     withhold_instructions: bool,
 }
 
@@ -298,6 +302,7 @@ impl Default for GeneratorSection {
             answer_design: DesignName::Free,
             select_min_score: policy.select_min_score,
             select_max_picks: policy.select_max_picks,
+            select_confirm: policy.select_confirm,
             withhold_instructions: policy.withhold_instructions,
         }
     }
@@ -359,6 +364,7 @@ impl TryFrom<GeneratorSection> for GeneratorSettings {
             } else {
                 s.select_max_picks
             },
+            select_confirm: s.select_confirm,
             withhold_instructions: s.withhold_instructions,
         })
     }

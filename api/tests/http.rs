@@ -99,7 +99,10 @@ impl Fixture {
         body: Option<Value>,
     ) -> (StatusCode, axum::http::HeaderMap, Value) {
         let router = rag_api::http::router(self.app.clone(), open).unwrap();
-        let mut request = Request::builder().method(method).uri(path);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "127.0.0.1:8080");
         if let Some(key) = key {
             request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
         }

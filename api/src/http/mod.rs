@@ -8,6 +8,7 @@ mod documents;
 pub mod error;
 pub(crate) mod feedback;
 pub mod form;
+mod guard;
 mod health;
 pub mod jobs;
 mod openapi;
@@ -143,6 +144,10 @@ pub fn router(app: Arc<App>, open: bool) -> anyhow::Result<Router> {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             deadline,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::same_origin,
         ))
         .route_layer(axum::middleware::from_fn(track))
         .layer(TraceLayer::new_for_http())
