@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use rag_core::{
-    Answer, Citation, Error, GenerationRequest, Generator, Hit, Result, TextSink, Usage,
+    Answer, Citation, Embedder, Error, GenerationRequest, Generator, Hit, Result, TextSink, Usage,
 };
 
 use crate::checked::{Checked, Checker, Thresholds};
@@ -24,10 +24,22 @@ pub enum Design {
     /// [`Design::Free`]; where nothing the model wrote holds up,
     /// [`Design::Select`] before any other fallback.
     FreeThenSelect,
+    /// No model: the answer quotes the best candidate sentences, as
+    /// [`Design::Select`] ranks them, that reach
+    /// [`Policy::select_min_score`].
+    Extract,
+    /// [`Design::Free`]; where nothing the model wrote holds up,
+    /// [`Design::Extract`] before any other fallback.
+    FreeThenExtract,
 }
 
 /// Candidate sentences the model picks from ([`Design::Select`]).
 const SELECT_CANDIDATES: usize = 8;
+/// A sentence is quoted beside the best one only if it scores at most
+/// this much below it.
+const PICK_MARGIN: f32 = 0.15;
+/// Candidate sentences ranked by words before the embedder ranks them.
+const RERANKED: usize = 24;
 /// Tokens the model may write to pick: a few numbers.
 const SELECT_MAX_TOKENS: usize = 12;
 /// Tokens the model may write to confirm a pick: yes or no.
@@ -121,7 +133,7 @@ impl Policy {
         match admitted.abstention() {
             Some(answer) => Ok(answer),
             None => {
-                self.answer_admitted(generator, question, admitted, request, sink)
+                self.answer_admitted(generator, None, question, admitted, request, sink)
                     .await
             }
         }
@@ -129,9 +141,13 @@ impl Policy {
 
     /// [`Policy::answer`] over hits already [admitted](Policy::admit):
     /// for a caller that loads the model only when some passage is.
+    /// `embedder` ranks candidate sentences by meaning
+    /// ([`select::rerank`]) for the designs that quote them; without it
+    /// they are ranked by words alone.
     pub async fn answer_admitted(
         &self,
         generator: &dyn Generator,
+        embedder: Option<&dyn Embedder>,
         question: &str,
         admitted: Admitted<'_>,
         mut request: GenerationRequest,
@@ -154,8 +170,8 @@ impl Policy {
         request.messages = prompt::build_messages(question, &passages);
         let given = &relevant[..passages.len()];
         let free = match self.design {
-            Design::Select => None,
-            Design::Free | Design::FreeThenSelect => {
+            Design::Select | Design::Extract => None,
+            Design::Free | Design::FreeThenSelect | Design::FreeThenExtract => {
                 let mut checker = Checker::new(self.thresholds(), question, given);
                 let started = Instant::now();
                 let generation = generator
@@ -173,7 +189,9 @@ impl Policy {
             Some(checked) if !checked.abstained || self.design == Design::Free => checked,
             free => {
                 let selected = self
-                    .select(generator, question, given, request, &mut usage, &mut *sink)
+                    .select(
+                        generator, embedder, question, given, request, &mut usage, &mut *sink,
+                    )
                     .await?;
                 match (selected, free) {
                     // What the model wrote and the checks dropped still counts.
@@ -197,23 +215,42 @@ impl Policy {
     /// emitted like the model's own text. `None` (nothing emitted) when no
     /// sentence is close enough to offer, the model picks none, or none of
     /// its picks passes the checks.
+    #[allow(clippy::too_many_arguments)]
     async fn select(
         &self,
         generator: &dyn Generator,
+        embedder: Option<&dyn Embedder>,
         question: &str,
         given: &[&Hit],
         request: GenerationRequest,
         usage: &mut Usage,
         sink: TextSink<'_>,
     ) -> Result<Option<Checked>> {
+        let mut candidates = match embedder {
+            Some(embedder) => select::rerank(
+                question,
+                select::candidates(question, given, RERANKED),
+                embedder,
+            )?,
+            None => select::candidates(question, given, SELECT_CANDIDATES),
+        };
+        candidates.truncate(SELECT_CANDIDATES);
         // The best sentences are offered whatever the threshold, so a
         // recorded pick replays under another one; picks below it go.
-        let candidates = select::candidates(question, given, SELECT_CANDIDATES);
         if candidates
             .first()
             .is_none_or(|best| best.score < self.select_min_score)
         {
             return Ok(None);
+        }
+        let floor = candidates[0].score - PICK_MARGIN;
+        if matches!(self.design, Design::Extract | Design::FreeThenExtract) {
+            let picked: Vec<_> = candidates
+                .iter()
+                .take(self.select_max_picks)
+                .filter(|c| c.score >= floor)
+                .collect();
+            return Ok(self.quote(question, given, &picked, sink));
         }
         let labels: Vec<String> = given.iter().map(|h| prompt::label(h)).collect();
         let pick = GenerationRequest {
@@ -233,7 +270,7 @@ impl Policy {
         let picked: Vec<_> = picks
             .iter()
             .map(|&i| &candidates[i])
-            .filter(|c| c.score >= self.select_min_score)
+            .filter(|c| c.score >= floor)
             .collect();
         let mut picked = picked;
         if self.select_confirm {
@@ -256,16 +293,28 @@ impl Policy {
             }
             picked = kept;
         }
+        Ok(self.quote(question, given, &picked, sink))
+    }
+
+    /// The answer quoting `picked`, checked and emitted like the model's
+    /// own text; `None` (nothing emitted) when none passes.
+    fn quote(
+        &self,
+        question: &str,
+        given: &[&Hit],
+        picked: &[&select::Candidate],
+        sink: TextSink<'_>,
+    ) -> Option<Checked> {
         if picked.is_empty() {
-            return Ok(None);
+            return None;
         }
         let mut checker = Checker::new(self.thresholds(), question, given);
-        checker.push(&select::compose(&picked), &mut *sink);
+        checker.push(&select::compose(picked), &mut *sink);
         let checked = checker.finish(&mut *sink);
-        Ok((!checked.abstained).then_some(Checked {
+        (!checked.abstained).then_some(Checked {
             extracted: true,
             ..checked
-        }))
+        })
     }
 
     /// The checks alone over a whole `text`: the answer

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-use rag_core::{ChatMessage, Hit, Role};
+use rag_core::{ChatMessage, Embedder, Hit, Result, Role};
 use regex::Regex;
 
 use crate::prompt::defuse;
@@ -158,6 +158,33 @@ pub fn candidates(question: &str, given: &[&Hit], max: usize) -> Vec<Candidate> 
     scored.sort_by(|a, b| b.score.total_cmp(&a.score));
     scored.truncate(max);
     scored
+}
+
+/// `candidates` scored again with meaning: each one's cosine similarity to
+/// `question` under `embedder`, plus a quarter of its score of words, best
+/// first. The words alone miss a paraphrase and cannot tell a sentence on
+/// the question's topic from one that answers it; the embedder alone
+/// misses the rare word (a form's name) that makes a sentence the answer.
+pub fn rerank(
+    question: &str,
+    mut candidates: Vec<Candidate>,
+    embedder: &dyn Embedder,
+) -> Result<Vec<Candidate>> {
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
+    let mut texts = vec![question];
+    texts.extend(candidates.iter().map(|c| c.text.as_str()));
+    let vectors = embedder.embed(&texts)?;
+    let (asked, sentences) = vectors
+        .split_first()
+        .ok_or_else(|| rag_core::Error::internal("the embedder returned no vectors"))?;
+    for (candidate, vector) in candidates.iter_mut().zip(sentences) {
+        let cosine: f32 = asked.iter().zip(vector).map(|(a, b)| a * b).sum();
+        candidate.score = cosine + candidate.score / 4.0;
+    }
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+    Ok(candidates)
 }
 
 /// A passage's units as an answer would quote them: its sentences, list
@@ -415,6 +442,59 @@ mod tests {
         let twice = hit("A", "", "Parking is free on weekends.");
         let found = candidates("Is parking free?", &[&twice, &twice.clone()], 5);
         assert_eq!(found.len(), 1);
+    }
+
+    /// An embedder that knows only the vectors it is given.
+    struct Table(Vec<(&'static str, [f32; 2])>);
+
+    impl Embedder for Table {
+        fn model_id(&self) -> &str {
+            "table"
+        }
+
+        fn dimension(&self) -> usize {
+            2
+        }
+
+        fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    let found = self.0.iter().find(|(text, _)| text == t);
+                    found.map_or(vec![0.0, 0.0], |(_, v)| v.to_vec())
+                })
+                .collect())
+        }
+    }
+
+    /// Meaning reorders what the words ranked: the score is the cosine
+    /// plus a quarter of the words' score.
+    #[test]
+    fn rerank_adds_meaning_to_words() {
+        let words = |text: &str, score: f32| Candidate {
+            passage: 1,
+            text: text.into(),
+            score,
+        };
+        let question = "Can I take my baby to work?";
+        let table = Table(vec![
+            (question, [1.0, 0.0]),
+            ("Work is done on weekdays.", [0.0, 1.0]),
+            ("Parents may bring infants to the office.", [0.8, 0.6]),
+        ]);
+        let ranked = rerank(
+            question,
+            vec![
+                words("Work is done on weekdays.", 0.4),
+                words("Parents may bring infants to the office.", 0.0),
+            ],
+            &table,
+        )
+        .unwrap();
+        assert_eq!(ranked[0].text, "Parents may bring infants to the office.");
+        assert!((ranked[0].score - 0.8).abs() < 1e-6);
+        assert!((ranked[1].score - 0.1).abs() < 1e-6);
+        assert!(rerank(question, vec![], &table).unwrap().is_empty());
     }
 
     #[test]

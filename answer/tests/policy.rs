@@ -3,7 +3,7 @@
 
 use futures_executor::block_on;
 use rag_answer::{Design, NOT_COVERED, Policy};
-use rag_core::testing::FakeGenerator;
+use rag_core::testing::{FakeEmbedder, FakeGenerator};
 use rag_core::{GenerationRequest, Hit, Role};
 
 fn hit(n: usize, similarity: f32, title: &str, text: &str) -> Hit {
@@ -479,4 +479,102 @@ fn the_model_picks_sentences_and_the_answer_quotes_them() {
     );
     assert_eq!(garbler.requests().len(), 2);
     assert_eq!(answer.usage.sentences_dropped, 1);
+}
+
+/// Extract: no model; the best candidate sentences by meaning and words
+/// are quoted when the best reaches `select_min_score`, with those close
+/// behind it. Confirm: a pick the model says no to is not quoted.
+#[test]
+fn extraction_quotes_the_best_sentences_without_the_model() {
+    let passages = [
+        hit(
+            1,
+            0.6,
+            "Parental leave",
+            "Parents get 14 days of paid parental leave. Parents get paid parental leave after \
+             90 days. Paid parental leave starts on the day of the birth. Managers plan cover.",
+        ),
+        hit(2, 0.5, "Travel", "Trips are booked in the travel tool."),
+    ];
+    let question = "How much paid parental leave do parents get?";
+    let embedder = FakeEmbedder::default();
+    let ask = |policy: &Policy, generator: &FakeGenerator| {
+        let admitted = policy.admit(&passages);
+        let mut streamed = String::new();
+        let answer = block_on(policy.answer_admitted(
+            generator,
+            Some(&embedder),
+            question,
+            admitted,
+            request(50),
+            &mut |piece| streamed.push_str(piece),
+        ))
+        .unwrap();
+        assert_eq!(streamed, answer.answer);
+        answer
+    };
+    let extract = Policy {
+        design: Design::Extract,
+        select_min_score: 0.5,
+        select_max_picks: 1,
+        ..Policy::default()
+    };
+    let unused = FakeGenerator::replying("unused");
+    let answer = ask(&extract, &unused);
+    assert_eq!(
+        answer.answer,
+        "Parents get 14 days of paid parental leave. [1]"
+    );
+    assert!(answer.usage.extracted && unused.requests().is_empty());
+    // Up to three picks: the second sentence says as much (0.91, as the
+    // first); the third holds the words but less of the meaning (0.56),
+    // more than 0.15 behind, and is left out.
+    let more = ask(
+        &Policy {
+            select_max_picks: 3,
+            ..extract
+        },
+        &unused,
+    );
+    assert_eq!(
+        more.answer,
+        "Parents get 14 days of paid parental leave. [1] Parents get paid parental leave after \
+         90 days. [1]"
+    );
+    // Nothing close enough: the abstention, still without the model.
+    let strict = Policy {
+        select_min_score: 1.5,
+        ..extract
+    };
+    assert!(ask(&strict, &unused).abstained);
+    assert!(unused.requests().is_empty());
+
+    // Select with confirmation: the model picks, then is asked about the
+    // pick alone; a no leaves nothing to quote.
+    let confirming = |yes: &'static str| {
+        FakeGenerator::with(move |request| {
+            if request.messages[1].content.starts_with("Sentences:") {
+                "1".into()
+            } else {
+                assert!(
+                    request.messages[1]
+                        .content
+                        .contains("Does the sentence answer")
+                );
+                yes.into()
+            }
+        })
+    };
+    let select = Policy {
+        design: Design::Select,
+        select_confirm: true,
+        ..extract
+    };
+    let yes = confirming("Yes.");
+    assert_eq!(
+        ask(&select, &yes).answer,
+        "Parents get 14 days of paid parental leave. [1]"
+    );
+    assert_eq!(yes.requests().len(), 2);
+    assert!(ask(&select, &confirming("No.")).abstained);
 }

@@ -406,7 +406,14 @@ impl App {
                 };
                 let request = self.generation_request(vec![], &query.sampling);
                 policy
-                    .answer_admitted(generator.as_ref(), question, admitted, request, sink)
+                    .answer_admitted(
+                        generator.as_ref(),
+                        Some(self.embedder.as_ref()),
+                        question,
+                        admitted,
+                        request,
+                        sink,
+                    )
                     .await?
             }
         };

@@ -269,6 +269,8 @@ enum DesignName {
     Free,
     Select,
     FreeThenSelect,
+    Extract,
+    FreeThenExtract,
 }
 
 impl Default for GeneratorSection {
@@ -299,9 +301,14 @@ impl Default for GeneratorSection {
             // nothing that holds up, without costing abstentions.
             extract_min_similarity: Some(0.55),
             recover_min_alignment: None,
-            answer_design: DesignName::Free,
-            select_min_score: policy.select_min_score,
-            select_max_picks: policy.select_max_picks,
+            // Measured on the handbook and fixture dev sets (BENCHMARKS.md,
+            // "Select, then say"): where the model's answer does not hold
+            // up, the best sentences by meaning and words are quoted, on
+            // the scale of all-MiniLM-L6-v2's cosine plus a quarter of the
+            // words' score.
+            answer_design: DesignName::FreeThenExtract,
+            select_min_score: 0.75,
+            select_max_picks: 2,
             select_confirm: policy.select_confirm,
             withhold_instructions: policy.withhold_instructions,
         }
@@ -355,6 +362,8 @@ impl TryFrom<GeneratorSection> for GeneratorSettings {
                 DesignName::Free => Design::Free,
                 DesignName::Select => Design::Select,
                 DesignName::FreeThenSelect => Design::FreeThenSelect,
+                DesignName::Extract => Design::Extract,
+                DesignName::FreeThenExtract => Design::FreeThenExtract,
             },
             select_min_score: s.select_min_score,
             select_max_picks: if s.select_max_picks == 0 {
@@ -531,7 +540,8 @@ mod tests {
         assert!(err.contains("generator.quantized_prefill"), "{err}");
         // The answer design by name; an unknown one, or no picks, is refused.
         for (text, design) in [
-            ("", Design::Free),
+            ("", Design::FreeThenExtract),
+            ("answer_design = \"free\"\n", Design::Free),
             ("answer_design = \"select\"\n", Design::Select),
             (
                 "answer_design = \"free_then_select\"\n",
