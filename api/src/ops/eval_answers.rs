@@ -60,11 +60,82 @@ pub fn load_questions(path: &Path) -> anyhow::Result<Vec<Question>> {
     Ok(out)
 }
 
+/// What kind of answer a question wants, read from the question itself
+/// (so a set without labels is split too): `unanswerable`, `follow-up`
+/// (it has history), `multi-part` (it asks two things), `numeric` (its
+/// expected facts hold a number), `procedure` (how to do something),
+/// `definition` (what something is), else `fact`.
+pub fn answer_kind(q: &Question) -> &'static str {
+    const NUMBER_WORDS: &[&str] = &[
+        "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twelve",
+        "hundred",
+    ];
+    let lower = q.question.to_lowercase();
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| lower.starts_with(p));
+    let numeric = q
+        .must_include
+        .iter()
+        .chain(q.answer.as_slice())
+        .any(|text| {
+            // A number standing alone ("12 weeks", "$75"), not inside a
+            // name ("1Password").
+            text.to_lowercase()
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|w| {
+                    (!w.is_empty() && w.chars().all(|c| c.is_ascii_digit()))
+                        || NUMBER_WORDS.contains(&w)
+                })
+        });
+    // "..., and is there a limit on ...?", "...? what about ...?"
+    const ASKING: &[&str] = &[
+        "what", "which", "who", "when", "where", "why", "how", "is", "are", "can", "could", "do",
+        "does", "did", "will", "should",
+    ];
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let two_questions = lower.trim_end().trim_end_matches('?').contains('?')
+        || words
+            .windows(2)
+            .any(|w| w[0] == "and" && ASKING.contains(&w[1]));
+    if !q.answerable {
+        "unanswerable"
+    } else if !q.history.is_empty() {
+        "follow-up"
+    } else if two_questions || q.kind == "multi-part" {
+        "multi-part"
+    } else if numeric {
+        "numeric"
+    } else if starts(&[
+        "how do i",
+        "how can i",
+        "how should i",
+        "how to",
+        "what steps",
+        "what do i do",
+        "what should i do",
+        "where do i",
+        "where can i",
+    ]) {
+        "procedure"
+    } else if starts(&["what is ", "what are ", "what's ", "what does ", "define "])
+        && !lower.contains(" for ")
+    {
+        "definition"
+    } else {
+        "fact"
+    }
+}
+
 /// What one question scored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QuestionResult {
     pub id: String,
     pub kind: String,
+    /// [`answer_kind`].
+    #[serde(default)]
+    pub answer_kind: String,
     pub question: String,
     /// The standalone question asked for a follow-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -338,6 +409,7 @@ fn score(
     QuestionResult {
         id: q.id.clone(),
         kind: q.kind.clone(),
+        answer_kind: answer_kind(q).to_string(),
         question: q.question.clone(),
         asked: (asked != q.question).then(|| asked.to_string()),
         answerable: q.answerable,
@@ -557,6 +629,9 @@ pub fn summarize(results: &[&QuestionResult], price_per_1k: f64) -> Summary {
 pub struct Report {
     pub overall: Summary,
     pub per_kind: BTreeMap<String, Summary>,
+    /// By [`answer_kind`].
+    #[serde(default)]
+    pub per_answer_kind: BTreeMap<String, Summary>,
     pub generator: String,
     pub embedder: String,
     pub search_mode: String,
@@ -565,15 +640,24 @@ pub struct Report {
 pub fn report(results: &[QuestionResult], app: &App, price_per_1k: f64) -> Report {
     let all: Vec<&QuestionResult> = results.iter().collect();
     let mut kinds: BTreeMap<String, Vec<&QuestionResult>> = BTreeMap::new();
+    let mut answer_kinds: BTreeMap<String, Vec<&QuestionResult>> = BTreeMap::new();
     for r in results {
         kinds.entry(r.kind.clone()).or_default().push(r);
+        answer_kinds
+            .entry(r.answer_kind.clone())
+            .or_default()
+            .push(r);
     }
-    Report {
-        overall: summarize(&all, price_per_1k),
-        per_kind: kinds
+    let summaries = |groups: BTreeMap<String, Vec<&QuestionResult>>| {
+        groups
             .into_iter()
             .map(|(k, rs)| (k, summarize(&rs, price_per_1k)))
-            .collect(),
+            .collect()
+    };
+    Report {
+        overall: summarize(&all, price_per_1k),
+        per_kind: summaries(kinds),
+        per_answer_kind: summaries(answer_kinds),
         generator: app.settings.generator.backend.model().to_string(),
         embedder: app.embedder.model_id().to_string(),
         search_mode: app.settings.retrieval.mode.to_string(),
@@ -700,17 +784,35 @@ const ROWS: [Row; 18] = [
 
 pub fn markdown(report: &Report, baseline: Option<&Report>) -> String {
     let mut out = format!(
-        "# Answer evaluation\n\nGenerator `{}`, embedder `{}`, search `{}`.\n\n| metric | overall |",
+        "# Answer evaluation\n\nGenerator `{}`, embedder `{}`, search `{}`.\n\n",
         report.generator, report.embedder, report.search_mode
     );
-    for kind in report.per_kind.keys() {
+    table(&mut out, &report.overall, &report.per_kind, baseline);
+    out.push_str(
+        "\n## By kind of answer\n\nRead from each question: `multi-part` asks two things, \
+         `numeric` expects a number, `procedure` asks how to do something.\n\n",
+    );
+    table(&mut out, &report.overall, &report.per_answer_kind, None);
+    out
+}
+
+/// One table of [`ROWS`]: overall, one column per group, and the
+/// baseline's overall.
+fn table(
+    out: &mut String,
+    overall: &Summary,
+    groups: &BTreeMap<String, Summary>,
+    baseline: Option<&Report>,
+) {
+    out.push_str("| metric | overall |");
+    for kind in groups.keys() {
         out.push_str(&format!(" {kind} |"));
     }
     if baseline.is_some() {
         out.push_str(" baseline |");
     }
     out.push_str("\n| --- | --- |");
-    for _ in report.per_kind.keys() {
+    for _ in groups.keys() {
         out.push_str(" --- |");
     }
     if baseline.is_some() {
@@ -719,8 +821,8 @@ pub fn markdown(report: &Report, baseline: Option<&Report>) -> String {
     out.push('\n');
     let show = |v: Option<String>| v.unwrap_or_else(|| "–".into());
     for (name, cell) in ROWS {
-        out.push_str(&format!("| {name} | {} |", show(cell(&report.overall))));
-        for s in report.per_kind.values() {
+        out.push_str(&format!("| {name} | {} |", show(cell(overall))));
+        for s in groups.values() {
             out.push_str(&format!(" {} |", show(cell(s))));
         }
         if let Some(b) = baseline {
@@ -728,7 +830,6 @@ pub fn markdown(report: &Report, baseline: Option<&Report>) -> String {
         }
         out.push('\n');
     }
-    out
 }
 
 fn escape(s: &str) -> String {
@@ -931,6 +1032,7 @@ mod tests {
         QuestionResult {
             id: id.into(),
             kind: kind.into(),
+            answer_kind: if answerable { "fact" } else { "unanswerable" }.into(),
             question: String::new(),
             asked: None,
             answerable,
@@ -1020,6 +1122,11 @@ mod tests {
         let report = Report {
             overall: summarize(&all, 0.0),
             per_kind: [("leave".to_string(), summarize(&all[..1], 0.0))].into(),
+            per_answer_kind: [
+                ("fact".to_string(), summarize(&all[..1], 0.0)),
+                ("unanswerable".to_string(), summarize(&all[1..], 0.0)),
+            ]
+            .into(),
             generator: "g".into(),
             embedder: "e".into(),
             search_mode: "hybrid".into(),
@@ -1033,5 +1140,101 @@ mod tests {
             md.contains("| must-include accuracy | 100.0% | 100.0% |"),
             "{md}"
         );
+        // The second table, by kind of answer: fact, then unanswerable.
+        let (_, by_answer) = md.split_once("## By kind of answer").unwrap();
+        assert!(
+            by_answer.contains("| metric | overall | fact | unanswerable |"),
+            "{md}"
+        );
+        assert!(
+            by_answer.contains("| abstention accuracy (unanswerable) | 100.0% | – | 100.0% |"),
+            "{md}"
+        );
+    }
+
+    /// The kind of answer is read from the question, whatever its label.
+    #[test]
+    fn answer_kinds_are_read_from_the_question() {
+        let q = |question: &str, must: &[&str], history: &[&str], answerable: bool| Question {
+            id: "q".into(),
+            question: question.into(),
+            history: history.iter().map(|h| h.to_string()).collect(),
+            answerable,
+            gold_sources: vec![],
+            answer: None,
+            must_include: must.iter().map(|m| m.to_string()).collect(),
+            kind: "leave".into(),
+        };
+        for (question, must, history, answerable, kind) in [
+            (
+                "Is there a dress code?",
+                &[][..],
+                &[][..],
+                false,
+                "unanswerable",
+            ),
+            (
+                "and in Chicago?",
+                &["lockers"][..],
+                &["Lockers in DC?"][..],
+                true,
+                "follow-up",
+            ),
+            (
+                "how much sick leave do I build up, and is there a limit?",
+                &["4"][..],
+                &[][..],
+                true,
+                "multi-part",
+            ),
+            (
+                "Do I get paid on jury duty? what about voting?",
+                &["yes"][..],
+                &[][..],
+                true,
+                "multi-part",
+            ),
+            (
+                "How many weeks of parental leave?",
+                &["12 weeks"][..],
+                &[][..],
+                true,
+                "numeric",
+            ),
+            (
+                "How much sick leave do I earn?",
+                &["four hours"][..],
+                &[][..],
+                true,
+                "numeric",
+            ),
+            (
+                "how do I sign up for the transit subsidy?",
+                &["SmartBenefits"][..],
+                &[][..],
+                true,
+                "procedure",
+            ),
+            (
+                "What is Tock?",
+                &["time tracking"][..],
+                &[][..],
+                true,
+                "definition",
+            ),
+            (
+                "Which password manager is approved?",
+                &["1Password"][..],
+                &[][..],
+                true,
+                "fact",
+            ),
+        ] {
+            assert_eq!(
+                answer_kind(&q(question, must, history, answerable)),
+                kind,
+                "{question}"
+            );
+        }
     }
 }
