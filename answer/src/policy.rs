@@ -226,30 +226,54 @@ impl Policy {
         usage: &mut Usage,
         sink: TextSink<'_>,
     ) -> Result<Option<Checked>> {
-        let mut candidates = match embedder {
-            Some(embedder) => select::rerank(
-                question,
-                select::candidates(question, given, RERANKED),
-                embedder,
-            )?,
-            None => select::candidates(question, given, SELECT_CANDIDATES),
+        let rank = |question: &str| -> Result<Vec<select::Candidate>> {
+            let mut ranked = match embedder {
+                Some(embedder) => select::rerank(
+                    question,
+                    select::candidates(question, given, RERANKED),
+                    embedder,
+                )?,
+                None => select::candidates(question, given, SELECT_CANDIDATES),
+            };
+            ranked.truncate(SELECT_CANDIDATES);
+            Ok(ranked)
         };
-        candidates.truncate(SELECT_CANDIDATES);
+        let candidates = rank(question)?;
+        let extract = matches!(self.design, Design::Extract | Design::FreeThenExtract);
+        // A question that asks two things gets the best sentence for each,
+        // where one reaches the threshold, then the best for the whole.
+        let mut picked: Vec<select::Candidate> = Vec::new();
+        let parts = select::parts(question);
+        if extract && parts.len() > 1 {
+            for part in parts {
+                if let Some(best) = rank(part)?.into_iter().next()
+                    && best.score >= self.select_min_score
+                    && !picked.iter().any(|p| p.text == best.text)
+                {
+                    picked.push(best);
+                }
+            }
+        }
         // The best sentences are offered whatever the threshold, so a
         // recorded pick replays under another one; picks below it go.
-        if candidates
+        let Some(best) = candidates
             .first()
-            .is_none_or(|best| best.score < self.select_min_score)
-        {
+            .filter(|best| best.score >= self.select_min_score || !picked.is_empty())
+        else {
             return Ok(None);
-        }
-        let floor = candidates[0].score - PICK_MARGIN;
-        if matches!(self.design, Design::Extract | Design::FreeThenExtract) {
-            let picked: Vec<_> = candidates
-                .iter()
-                .take(self.select_max_picks)
-                .filter(|c| c.score >= floor)
-                .collect();
+        };
+        let floor = best.score.max(self.select_min_score) - PICK_MARGIN;
+        if extract {
+            let most = self.select_max_picks.max(picked.len());
+            for candidate in candidates.iter().filter(|c| c.score >= floor) {
+                if picked.len() >= most {
+                    break;
+                }
+                if !picked.iter().any(|p| p.text == candidate.text) {
+                    picked.push(candidate.clone());
+                }
+            }
+            let picked: Vec<&select::Candidate> = picked.iter().collect();
             return Ok(self.quote(question, given, &picked, sink));
         }
         let labels: Vec<String> = given.iter().map(|h| prompt::label(h)).collect();

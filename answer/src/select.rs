@@ -187,6 +187,44 @@ pub fn rerank(
     Ok(candidates)
 }
 
+/// Words that open a question of their own after "and": "..., and is
+/// there a limit?", "... and how do I claim it?".
+const ASKING: &[&str] = &[
+    "what", "which", "who", "when", "where", "why", "how", "is", "are", "can", "could", "do",
+    "does", "did", "will", "should", "would",
+];
+
+/// The questions `question` asks: split after a question mark that more
+/// text follows, and before an "and" that opens a question of its own.
+/// One part when it asks one thing.
+pub fn parts(question: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for piece in question.split_inclusive('?') {
+        let mut start = 0;
+        let lower = piece.to_lowercase();
+        let mut search = 0;
+        while let Some(found) = lower[search..].find(" and ") {
+            let at = search + found;
+            let next = lower[at + 5..]
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or("");
+            if ASKING.contains(&next) {
+                out.push(piece[start..at].trim_end_matches([',', ' ']));
+                start = at + 5;
+            }
+            search = at + 5;
+        }
+        out.push(&piece[start..]);
+    }
+    let out: Vec<&str> = out
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| p.split_whitespace().count() >= 2)
+        .collect();
+    if out.len() > 1 { out } else { vec![question] }
+}
+
 /// A passage's units as an answer would quote them: its sentences, list
 /// items and table rows on one line each, without headings, list marks or
 /// sentences of fewer than three words. A table row is read with its
@@ -495,6 +533,34 @@ mod tests {
         assert!((ranked[0].score - 0.8).abs() < 1e-6);
         assert!((ranked[1].score - 0.1).abs() < 1e-6);
         assert!(rerank(question, vec![], &table).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_question_is_cut_into_the_things_it_asks() {
+        assert_eq!(
+            parts(
+                "how much sick leave do I build up, and is there a limit on how much I can bank?"
+            ),
+            [
+                "how much sick leave do I build up",
+                "is there a limit on how much I can bank?"
+            ]
+        );
+        assert_eq!(
+            parts("Do I get paid if I'm on jury duty? what about taking time off to vote?"),
+            [
+                "Do I get paid if I'm on jury duty?",
+                "what about taking time off to vote?"
+            ]
+        );
+        // One thing asked, even with an "and" or a trailing mark.
+        for one in [
+            "Can I bring my laptop and my monitor home?",
+            "Who approves travel and expenses?",
+            "Is there a dress code? ",
+        ] {
+            assert_eq!(parts(one), [one]);
+        }
     }
 
     #[test]

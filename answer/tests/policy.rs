@@ -578,3 +578,53 @@ fn extraction_quotes_the_best_sentences_without_the_model() {
     assert_eq!(yes.requests().len(), 2);
     assert!(ask(&select, &confirming("No.")).abstained);
 }
+
+/// A question that asks two things is answered part by part: the best
+/// sentence for each part, from whichever passage holds it.
+#[test]
+fn a_two_part_question_is_answered_part_by_part() {
+    let passages = [
+        hit(
+            1,
+            0.6,
+            "Parental leave",
+            "Parents get 14 days of paid parental leave. Managers plan cover.",
+        ),
+        hit(
+            2,
+            0.5,
+            "Travel",
+            "Managers approve travel trips in the travel tool. Trips are booked early.",
+        ),
+    ];
+    let embedder = FakeEmbedder::default();
+    let policy = Policy {
+        design: Design::Extract,
+        select_min_score: 0.5,
+        select_max_picks: 1,
+        ..Policy::default()
+    };
+    let ask = |question: &str| {
+        block_on(policy.answer_admitted(
+            &FakeGenerator::replying("unused"),
+            Some(&embedder),
+            question,
+            policy.admit(&passages),
+            request(50),
+            &mut |_| {},
+        ))
+        .unwrap()
+    };
+    let answer = ask("how much paid parental leave do parents get, and who approves travel trips?");
+    assert_eq!(
+        answer.answer,
+        "Parents get 14 days of paid parental leave. [1] Managers approve travel trips in the \
+         travel tool. [2]"
+    );
+    assert_eq!(answer.citations.len(), 2);
+    // Asked alone, each part gets its one sentence.
+    assert_eq!(
+        ask("who approves travel trips?").answer,
+        "Managers approve travel trips in the travel tool. [2]"
+    );
+}
