@@ -186,6 +186,9 @@ impl Policy {
             }
         };
         let checked = match free {
+            Some(checked) if !checked.abstained && self.design == Design::FreeThenExtract => {
+                self.complete_parts(embedder, question, given, checked, &mut *sink)?
+            }
             Some(checked) if !checked.abstained || self.design == Design::Free => checked,
             free => {
                 let selected = self
@@ -226,18 +229,7 @@ impl Policy {
         usage: &mut Usage,
         sink: TextSink<'_>,
     ) -> Result<Option<Checked>> {
-        let rank = |question: &str| -> Result<Vec<select::Candidate>> {
-            let mut ranked = match embedder {
-                Some(embedder) => select::rerank(
-                    question,
-                    select::candidates(question, given, RERANKED),
-                    embedder,
-                )?,
-                None => select::candidates(question, given, SELECT_CANDIDATES),
-            };
-            ranked.truncate(SELECT_CANDIDATES);
-            Ok(ranked)
-        };
+        let rank = |question: &str| rank(embedder, question, given);
         let candidates = rank(question)?;
         let extract = matches!(self.design, Design::Extract | Design::FreeThenExtract);
         // A question that asks two things gets the best sentence for each,
@@ -318,6 +310,48 @@ impl Policy {
             picked = kept;
         }
         Ok(self.quote(question, given, &picked, sink))
+    }
+
+    /// [`Design::FreeThenExtract`]: the model's checked answer to a
+    /// question that asks two things, with the best sentence quoted for
+    /// each part it does not already say (less than half of that
+    /// sentence's words in it), where one reaches the threshold. The quote
+    /// is checked and emitted after the model's text.
+    fn complete_parts(
+        &self,
+        embedder: Option<&dyn Embedder>,
+        question: &str,
+        given: &[&Hit],
+        mut checked: Checked,
+        sink: TextSink<'_>,
+    ) -> Result<Checked> {
+        let parts = select::parts(question);
+        if parts.len() < 2 {
+            return Ok(checked);
+        }
+        let mut missing: Vec<select::Candidate> = Vec::new();
+        for part in parts {
+            if let Some(best) = rank(embedder, part, given)?.into_iter().next()
+                && best.score >= self.select_min_score
+                && crate::citations::support(&best.text, &checked.text) < 0.5
+                && !missing.iter().any(|m| m.text == best.text)
+            {
+                missing.push(best);
+            }
+        }
+        let picked: Vec<&select::Candidate> = missing.iter().collect();
+        let Some(more) = self.quote(question, given, &picked, &mut |_| {}) else {
+            return Ok(checked);
+        };
+        let added = format!(" {}", more.text);
+        sink(&added);
+        checked.text.push_str(&added);
+        checked.cited.extend(more.cited);
+        checked.cited.sort_unstable();
+        checked.cited.dedup();
+        checked.removed += more.removed;
+        checked.dropped += more.dropped;
+        Ok(checked)
     }
 
     /// The answer quoting `picked`, checked and emitted like the model's
@@ -455,6 +489,25 @@ impl Admitted<'_> {
             })
         })
     }
+}
+
+/// The candidate sentences of `given` for `question`, best first: by
+/// meaning and words with an embedder, by words alone without.
+fn rank(
+    embedder: Option<&dyn Embedder>,
+    question: &str,
+    given: &[&Hit],
+) -> Result<Vec<select::Candidate>> {
+    let mut ranked = match embedder {
+        Some(embedder) => select::rerank(
+            question,
+            select::candidates(question, given, RERANKED),
+            embedder,
+        )?,
+        None => select::candidates(question, given, SELECT_CANDIDATES),
+    };
+    ranked.truncate(SELECT_CANDIDATES);
+    Ok(ranked)
 }
 
 /// The answer of checked text: every citation it keeps held up.

@@ -622,6 +622,30 @@ fn a_two_part_question_is_answered_part_by_part() {
          travel tool. [2]"
     );
     assert_eq!(answer.citations.len(), 2);
+    // Free, then extract: the model's answer to one part stands, and the
+    // part it does not say is quoted after it, streamed as shown.
+    let both = Policy {
+        design: Design::FreeThenExtract,
+        ..policy
+    };
+    let generator = FakeGenerator::replying("Parents get 14 days of paid parental leave. [1]");
+    let mut streamed = String::new();
+    let answer = block_on(both.answer_admitted(
+        &generator,
+        Some(&embedder),
+        "how much paid parental leave do parents get, and who approves travel trips?",
+        both.admit(&passages),
+        request(50),
+        &mut |piece| streamed.push_str(piece),
+    ))
+    .unwrap();
+    assert_eq!(
+        answer.answer,
+        "Parents get 14 days of paid parental leave. [1] Managers approve travel trips in the \
+         travel tool. [2]"
+    );
+    assert_eq!(streamed, answer.answer);
+    assert_eq!(answer.citations.len(), 2);
     // Asked alone, each part gets its one sentence.
     assert_eq!(
         ask("who approves travel trips?").answer,
