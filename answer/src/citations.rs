@@ -173,18 +173,31 @@ pub fn attribute<'a>(
         .map(|(n, _)| n)
 }
 
-/// The sentence of `passage` that shares most words with the answer, as
-/// the citation's quote (at most 400 characters).
+/// The sentence of `passage` that supports the answer, as the citation's
+/// quote (at most 400 characters, on one line): the one that holds the
+/// most of the answer's words, then the one most of whose own words the
+/// answer holds. Whole sentences as verification reads them, and never a
+/// heading: a heading's few words are all in an answer about its section,
+/// which says nothing about which sentence supports it.
 pub fn best_quote(answer: &str, passage: &str) -> String {
-    let sentences = passage
-        .split_inclusive(['.', '\n', '!', '?'])
-        .map(str::trim)
+    let sentences = crate::verify::passage_sentences(passage)
+        .into_iter()
+        .filter(|s| !s.starts_with('#'))
         .filter(|s| s.chars().filter(|c| c.is_alphanumeric()).count() > 10);
-    sentences
-        .max_by(|a, b| support(a, answer).total_cmp(&support(b, answer)))
-        .unwrap_or(passage)
-        .trim_start_matches('#')
-        .trim()
+    let best = sentences
+        .map(|s| (s, (support(answer, s), support(s, answer))))
+        .max_by(|a, b| {
+            a.1.0
+                .total_cmp(&b.1.0)
+                .then(a.1.1.total_cmp(&b.1.1))
+                // The first of equals.
+                .then(std::cmp::Ordering::Greater)
+        })
+        .map_or(passage, |(s, _)| s);
+    let bare = best.trim_start_matches(['#', '-', '*', '>', ' ']);
+    bare.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
         .chars()
         .take(400)
         .collect()
@@ -231,6 +244,23 @@ mod tests {
         assert_eq!(
             sentences_citing("Leave is 28 days [1, 2].", 2),
             ["Leave is 28 days."]
+        );
+    }
+
+    /// The quote is the sentence under the heading that supports the
+    /// claim, not the heading, and it is whole.
+    #[test]
+    fn the_quote_is_the_supporting_sentence() {
+        let passage = "## Advanced sick leave\n\nSick leave is for health needs. You can request \
+                       up to 240 hours of advanced sick leave, i.e. 30 days.\n- Ask your \
+                       supervisor first";
+        assert_eq!(
+            best_quote("You can request 240 hours of advanced sick leave.", passage),
+            "You can request up to 240 hours of advanced sick leave, i.e. 30 days."
+        );
+        assert_eq!(
+            best_quote("Ask your supervisor before you request it.", passage),
+            "Ask your supervisor first"
         );
     }
 

@@ -52,6 +52,12 @@ const check = (ok, what) => { if (!ok) throw new Error("check failed: " + what);
     check((await page.innerText("#passage-quote")).length > 20, "the quoted passage is shown");
     check(await page.locator("#passage-link").isHidden(), "no link for a document without a web address");
 
+    // The thumbs are an icon (inline SVG, not an emoji a font may lack)
+    // with a text label.
+    result.thumbs = await answer.locator(".feedback .rate").allInnerTexts();
+    check(JSON.stringify(result.thumbs) === JSON.stringify(["Helpful", "Not helpful"]), "thumbs labelled: " + result.thumbs);
+    check(await answer.locator(".feedback .rate svg").count() === 2, "thumbs drawn as SVG");
+
     // Rate it: thumbs down with a comment goes to POST /v1/feedback.
     const rated = page.waitForResponse((r) => r.url().endsWith("/v1/feedback"), { timeout: 30000 });
     await answer.locator(".feedback textarea").fill("It should say where the vault is.");
