@@ -1211,3 +1211,100 @@ fn web_pages_of_other_sites_cannot_drive_an_open_server() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("level 2"), "{body}");
 }
+
+/// A web server on 127.0.0.2 answering one page, counting the requests
+/// that reach it.
+fn inside_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let mut head = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            while reader.read_line(&mut head).is_ok_and(|n| n > 2) {}
+            let page = "<html><head><title>Secrets</title></head><body><p>The sidecar token \
+                        is INSIDE-TOKEN-42, only for this machine.</p></body></html>";
+            let response = if head.starts_with("GET /docs/ ") {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+            };
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (addr, hits)
+}
+
+/// A source may not reach the server's own network (loopback, link-local
+/// such as cloud metadata): over HTTP a source aimed at 127.0.0.2 is
+/// refused when added, one aimed at a name that resolves there fails its
+/// sync without a request reaching it, and a git source over HTTP must be
+/// remote. The CLI can open the range on purpose (`--allow-network`).
+#[test]
+fn sources_cannot_reach_the_servers_own_network() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let (inside, hits) = inside_server();
+    let port = inside.rsplit(':').next().unwrap().to_string();
+    let (server, addr) = start_server(data);
+    let add = |body: Value| http(&addr, "POST", "/v1/sources", &body.to_string());
+
+    let (status, body) = add(json!({"name": "inside", "config": {"kind": "web",
+        "start_url": format!("http://{inside}/docs/")}}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("--allow-network 127.0.0.2/32"), "{body}");
+    for metadata in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/docs/",
+    ] {
+        let (status, body) = add(json!({"name": "meta", "config": {"kind": "web",
+            "start_url": metadata}}));
+        assert_eq!(status, 400, "{metadata}: {body}");
+    }
+    // A name is checked when it is resolved, at every request.
+    let (status, body) = add(json!({"name": "named", "config": {"kind": "web",
+        "start_url": format!("http://localhost:{port}/docs/")}}));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(&addr, "POST", "/v1/sources/named/sync", "");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("may not reach"), "{body}");
+    // A local repository or file:// over HTTP: refused, the CLI's only.
+    for url in ["/root", "file:///etc", "./repo"] {
+        let (status, body) = add(json!({"name": "repo", "config": {"kind": "git", "url": url}}));
+        assert_eq!(status, 400, "{url}: {body}");
+        assert!(body.contains("https://"), "{body}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "no request reached 127.0.0.2"
+    );
+    let (_, listed) = http(&addr, "GET", "/v1/documents", "");
+    assert!(!listed.contains("Secrets"), "{listed}");
+
+    // The CLI (one process per data directory: the server stops) opens
+    // the range on purpose.
+    drop(server);
+    run_ok(rag(data).args([
+        "sources",
+        "add",
+        "inside",
+        "--web",
+        &format!("http://{inside}/docs/"),
+        "--allow-network",
+        "127.0.0.0/8",
+    ]));
+    let report: Value =
+        serde_json::from_str(&run_ok(rag(data).args(["sync", "inside", "--json"]))).unwrap();
+    assert_eq!(report[0]["added"], 1, "{report}");
+    assert!(hits.load(Ordering::SeqCst) > 0);
+}

@@ -345,7 +345,7 @@ async fn only_admin_keys_manage_sources() {
     let admin = f.key(KeyRole::Admin, &[]).await;
     let source = json!({
         "name": "wiki",
-        "config": {"kind": "git", "url": "/srv/wiki.git", "url_template": "https://git.example/{path}"},
+        "config": {"kind": "git", "url": "https://git.example/wiki.git", "url_template": "https://git.example/{path}"},
         "groups": ["staff"],
     });
     for key in [&reader, &uploader] {

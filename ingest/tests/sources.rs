@@ -454,6 +454,9 @@ fn web(start: &str) -> SourceConfig {
         prefix: None,
         max_pages: 50,
         delay_ms: 0,
+        // The test sites are on loopback, which sources may not reach by
+        // default.
+        allow_networks: vec!["127.0.0.0/8".into()],
     })
 }
 
@@ -677,6 +680,7 @@ async fn a_crawl_cut_at_max_pages_deletes_nothing_it_did_not_reach() {
             prefix: None,
             max_pages: 3,
             delay_ms: 0,
+            allow_networks: vec!["127.0.0.0/8".into()],
         }),
     )
     .await;

@@ -65,6 +65,11 @@ pub struct AddArgs {
     /// [default: 250].
     #[arg(long, requires = "web")]
     pub delay_ms: Option<u64>,
+    /// A network the crawl may reach although sources may not by default
+    /// (loopback, link-local such as cloud metadata, unspecified), as
+    /// CIDR: 127.0.0.0/8 (repeatable).
+    #[arg(long = "allow-network", requires = "web")]
+    pub allow_networks: Vec<String>,
     #[arg(long, default_value = "default")]
     pub collection: String,
     /// Restrict the source's documents to an access group (repeatable).
@@ -110,6 +115,7 @@ async fn add(settings: Settings, args: AddArgs) -> anyhow::Result<ExitCode> {
             prefix: args.prefix,
             max_pages: args.max_pages.unwrap_or(1000),
             delay_ms: args.delay_ms.unwrap_or(250),
+            allow_networks: args.allow_networks,
         }),
         _ => anyhow::bail!("give one of --git URL or --web START_URL"),
     };

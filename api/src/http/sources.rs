@@ -74,6 +74,17 @@ pub(crate) async fn add(
     let config: SourceConfig =
         serde_json::from_value(req.config).map_err(|e| Error::invalid(format!("config: {e}")))?;
     config.validate()?;
+    if let SourceConfig::Git(git) = &config
+        && !git.remote()
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "over the API a git source is a remote repository (https://host/repo or \
+             ssh://host/repo, or user@host:repo); a local path or file:// reads the server's \
+             own disk, so only `rag sources add` on the server takes one"
+                .into(),
+        ));
+    }
     let record = SourceRecord {
         name: req.name,
         kind: config.kind().into(),

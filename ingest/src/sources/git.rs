@@ -40,6 +40,21 @@ pub struct GitConfig {
 }
 
 impl GitConfig {
+    /// Whether the URL names another machine: `https://`, `ssh://` or
+    /// scp-like `user@host:path`. A local path or `file://` reads the
+    /// server's own disk, which only the CLI (run by someone who has it)
+    /// may ask for.
+    pub fn remote(&self) -> bool {
+        let url = self.url.trim();
+        if let Some((scheme, rest)) = url.split_once("://") {
+            return matches!(scheme, "https" | "ssh") && !rest.is_empty();
+        }
+        // user@host:path, not a path with a colon in it.
+        url.split_once(':').is_some_and(|(host, _)| {
+            host.contains('@') && !host.contains('/') && !host.starts_with('.')
+        })
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let url = self.url.trim();
         if url.is_empty() {
@@ -455,6 +470,29 @@ mod tests {
             branch: None,
             path: None,
             url_template: None,
+        }
+    }
+
+    #[test]
+    fn remote_urls_name_another_machine() {
+        for remote in [
+            "https://git.example/wiki.git",
+            "ssh://git@git.example/wiki.git",
+            "git@git.example:team/wiki.git",
+        ] {
+            assert!(config(remote).remote(), "{remote}");
+        }
+        for local in [
+            "/srv/wiki",
+            "./wiki",
+            "wiki",
+            "file:///srv/wiki",
+            "http://git.example/wiki.git",
+            "git://git.example/wiki.git",
+            "C:/wiki",
+            "./a@b:c",
+        ] {
+            assert!(!config(local).remote(), "{local}");
         }
     }
 

@@ -19,9 +19,11 @@ use serde::{Deserialize, Serialize};
 use crate::{DocumentOutcome, IngestOptions, Ingestor, Input, Limits, Progress};
 
 mod git;
+mod network;
 mod web;
 
 pub use git::GitConfig;
+pub use network::Network;
 pub use web::WebConfig;
 
 /// A connector's settings, as `rag sources add` takes them and the

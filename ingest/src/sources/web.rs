@@ -14,6 +14,7 @@ use rag_core::{Error, Result};
 use reqwest::{StatusCode, Url, header};
 use serde::{Deserialize, Serialize};
 
+use super::network::{Guarded, Network};
 use super::{Scan, Source};
 use crate::{Content, Input, Limits};
 
@@ -40,6 +41,10 @@ pub struct WebConfig {
     /// ask for more).
     #[serde(default = "default_delay_ms")]
     pub delay_ms: u64,
+    /// Networks (CIDR) the crawl may reach beyond the default
+    /// ([`Network`]: not loopback, link-local or unspecified addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_networks: Vec<String>,
 }
 
 fn default_max_pages() -> usize {
@@ -62,7 +67,7 @@ impl WebConfig {
         if self.max_pages == 0 {
             return Err(Error::invalid("--max-pages must be at least 1"));
         }
-        Ok(())
+        Network::new(&self.allow_networks)?.check_url(&start)
     }
 
     fn prefix(&self) -> Result<Url> {
@@ -152,6 +157,7 @@ impl Source for WebSource {
 
 struct Crawler {
     client: reqwest::Client,
+    network: Arc<Network>,
     start: Url,
     prefix: String,
     max_pages: usize,
@@ -185,24 +191,34 @@ impl Crawler {
         // of the start page's own site): the crawl never requests what it
         // may not crawl.
         let (within, origin) = (prefix.clone(), start.origin());
+        let network = Arc::new(Network::new(&config.allow_networks)?);
+        network.check_url(&start)?;
+        let guard = network.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             let url = attempt.url();
             let allowed = url.as_str().starts_with(&within)
                 || (url.path() == "/robots.txt" && url.origin() == origin);
-            if attempt.previous().len() < 5 && allowed {
+            if let Err(e) = guard.check_url(url) {
+                attempt.error(e)
+            } else if attempt.previous().len() < 5 && allowed {
                 attempt.follow()
             } else {
                 attempt.stop()
             }
         });
+        // Every name resolved is checked (`Guarded`), so DNS rebinding
+        // fails too; no proxy, which would connect for us unchecked.
         let client = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(TIMEOUT)
             .redirect(redirects)
+            .dns_resolver(Arc::new(Guarded(network.clone())))
+            .no_proxy()
             .build()
             .map_err(|e| Error::internal("building the HTTP client").with_source(e))?;
         Ok(Self {
             client,
+            network,
             start,
             prefix,
             max_pages: config.max_pages,
@@ -415,6 +431,7 @@ impl Crawler {
     }
 
     async fn read_sitemap(&self, url: &Url) -> Result<(String, Vec<Url>)> {
+        self.network.check_url(url)?;
         let response = self.client.get(url.clone()).send().await.map_err(|e| {
             Error::invalid(format!(
                 "the sitemap {url} is unreachable: {}; nothing was changed",
@@ -438,6 +455,9 @@ impl Crawler {
     }
 
     async fn fetch(&self, url: &Url, before: Option<&Page>) -> Fetched {
+        if let Err(e) = self.network.check_url(url) {
+            return Fetched::Failed(e.to_string());
+        }
         let mut request = self.client.get(url.clone());
         if let Some(page) = before {
             if let Some(etag) = &page.etag {
@@ -712,6 +732,7 @@ mod tests {
             prefix: prefix.map(str::to_string),
             max_pages: 10,
             delay_ms: 0,
+            allow_networks: vec![],
         };
         assert!(
             config("https://w.example/docs/start", None)
