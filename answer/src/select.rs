@@ -198,22 +198,21 @@ const ASKING: &[&str] = &[
 /// text follows, and before an "and" that opens a question of its own.
 /// One part when it asks one thing.
 pub fn parts(question: &str) -> Vec<&str> {
+    // Offsets are found in the question itself, never in a lowercased
+    // copy: lowercasing can change a character's length in bytes.
+    static AND: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"(?i),?\s+and\s+(\w+)").expect("valid regex"));
     let mut out = Vec::new();
     for piece in question.split_inclusive('?') {
         let mut start = 0;
-        let lower = piece.to_lowercase();
-        let mut search = 0;
-        while let Some(found) = lower[search..].find(" and ") {
-            let at = search + found;
-            let next = lower[at + 5..]
-                .split(|c: char| !c.is_alphanumeric())
-                .next()
-                .unwrap_or("");
-            if ASKING.contains(&next) {
-                out.push(piece[start..at].trim_end_matches([',', ' ']));
-                start = at + 5;
+        for found in AND.captures_iter(piece) {
+            let (Some(whole), Some(next)) = (found.get(0), found.get(1)) else {
+                continue;
+            };
+            if ASKING.contains(&next.as_str().to_lowercase().as_str()) {
+                out.push(&piece[start..whole.start()]);
+                start = next.start();
             }
-            search = at + 5;
         }
         out.push(&piece[start..]);
     }
@@ -552,6 +551,11 @@ mod tests {
                 "Do I get paid if I'm on jury duty?",
                 "what about taking time off to vote?"
             ]
+        );
+        // Characters whose lowercase is longer in bytes do not shift the cut.
+        assert_eq!(
+            parts("İİİ where is the İstanbul office, and who runs it?"),
+            ["İİİ where is the İstanbul office", "who runs it?"]
         );
         // One thing asked, even with an "and" or a trailing mark.
         for one in [
