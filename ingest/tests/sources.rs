@@ -700,3 +700,53 @@ async fn a_crawl_cut_at_max_pages_deletes_nothing_it_did_not_reach() {
     assert_eq!((report.added, report.deleted), (1, 0), "{report:?}");
     assert_eq!(f.documents().await.len(), 4);
 }
+
+/// A password in a web source's URL (requests use the URL as given) is
+/// never in a document's name or address, nor in a message; the prefix
+/// is compared without it.
+#[tokio::test]
+async fn a_password_in_a_web_url_is_never_shown() {
+    let f = fixture().await;
+    let site = Site::default();
+    let base = site.serve().await;
+    site.set("/docs/", "text/html", &html("Home", "<p>Welcome home.</p>"));
+    let signed_in = base.replace("http://", "http://bot:s3cr3t@");
+    let config = SourceConfig::Web(WebConfig {
+        start_url: format!("{signed_in}/docs/"),
+        prefix: Some(format!("{base}/docs/")),
+        max_pages: 10,
+        delay_ms: 0,
+        allow_networks: vec!["127.0.0.0/8".into()],
+    });
+    config.validate().unwrap();
+    f.add("private", config).await;
+    let report = f.sync("private").await.unwrap();
+    assert_eq!(counts(&report), (1, 0, 0, 0, 0), "{report:?}");
+    let documents = f.documents().await;
+    assert_eq!(documents.len(), 1);
+    for (source, url) in &documents {
+        assert_eq!(source, &format!("{base}/docs/"));
+        assert!(!url.as_deref().unwrap_or("").contains("s3cr3t"), "{url:?}");
+    }
+    // The start page gone: the error names it without the password.
+    site.remove("/docs/");
+    let err = f.sync("private").await.unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
+    // A bad prefix says so without the password too.
+    let outside = WebConfig {
+        start_url: format!("{signed_in}/docs/"),
+        prefix: Some(format!("{base}/other/")),
+        max_pages: 10,
+        delay_ms: 0,
+        allow_networks: vec![],
+    };
+    let err = SourceConfig::Web(outside)
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("outside --prefix") && !err.contains("s3cr3t"),
+        "{err}"
+    );
+}

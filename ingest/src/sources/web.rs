@@ -59,9 +59,10 @@ impl WebConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         let start = http_url("--web", &self.start_url)?;
         let prefix = self.prefix()?;
-        if !start.as_str().starts_with(prefix.as_str()) {
+        if !public(start.as_str()).starts_with(prefix.as_str()) {
             return Err(Error::invalid(format!(
-                "--web {start}: outside --prefix {prefix}; the start page must be under the prefix"
+                "--web {}: outside --prefix {prefix}; the start page must be under the prefix",
+                public(start.as_str())
             )));
         }
         if self.max_pages == 0 {
@@ -70,7 +71,14 @@ impl WebConfig {
         Network::new(&self.allow_networks)?.check_url(&start)
     }
 
+    /// The prefix pages must start with, without user information (the
+    /// pages are compared without theirs).
     fn prefix(&self) -> Result<Url> {
+        self.prefix_as_given()
+            .map(|url| Url::parse(&public(url.as_str())).unwrap_or(url))
+    }
+
+    fn prefix_as_given(&self) -> Result<Url> {
         match &self.prefix {
             Some(p) => http_url("--prefix", p),
             None => {
@@ -88,9 +96,26 @@ impl WebConfig {
     }
 }
 
+/// `url` without its user information (a password, a token): how a page is
+/// named and shown. Requests keep it (it is how the site is signed in to).
+fn public(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Err(_) => super::git::redact(url),
+    }
+}
+
 fn http_url(flag: &str, text: &str) -> Result<Url> {
-    let url = Url::parse(text.trim())
-        .map_err(|e| Error::invalid(format!("{flag} {text:?}: not a URL ({e})")))?;
+    let url = Url::parse(text.trim()).map_err(|e| {
+        Error::invalid(format!(
+            "{flag} {:?}: not a URL ({e})",
+            super::git::redact(text)
+        ))
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(Error::invalid(format!(
             "{flag} {text:?}: give an http:// or https:// URL"
@@ -125,7 +150,7 @@ struct Page {
 impl Page {
     /// The source of the document this page was fetched as.
     fn document(&self, asked: &str) -> String {
-        self.landed.clone().unwrap_or_else(|| asked.to_string())
+        public(self.landed.as_deref().unwrap_or(asked))
     }
 }
 
@@ -150,8 +175,15 @@ impl Source for WebSource {
         // Every sync crawls the whole site, failed pages included.
         self.config.validate()?;
         let old: State = serde_json::from_value(state.clone()).unwrap_or_default();
-        let crawler = Crawler::new(&self.config, *limits)?;
-        crawler.crawl(&old).await
+        // A password in the start URL is in what reqwest and the crawl say
+        // of it: every message leaves without it.
+        let hide = |e: Error| Error::new(e.kind(), super::git::redact(e.message()));
+        let crawler = Crawler::new(&self.config, *limits).map_err(hide)?;
+        let mut scan = crawler.crawl(&old).await.map_err(hide)?;
+        for (_, reason) in &mut scan.failed {
+            *reason = super::git::redact(reason);
+        }
+        Ok(scan)
     }
 }
 
@@ -196,7 +228,7 @@ impl Crawler {
         let guard = network.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             let url = attempt.url();
-            let allowed = url.as_str().starts_with(&within)
+            let allowed = public(url.as_str()).starts_with(&within)
                 || (url.path() == "/robots.txt" && url.origin() == origin);
             if let Err(e) = guard.check_url(url) {
                 attempt.error(e)
@@ -229,7 +261,7 @@ impl Crawler {
     }
 
     fn within(&self, url: &Url) -> bool {
-        url.as_str().starts_with(&self.prefix)
+        public(url.as_str()).starts_with(&self.prefix)
     }
 
     async fn crawl(mut self, old: &State) -> Result<Scan> {
@@ -316,8 +348,8 @@ impl Crawler {
                     );
                     scan.documents.push(Input::Fetched {
                         name: file_name(&landed, extension),
-                        url: Some(landed_key.clone()),
-                        source: landed_key,
+                        url: Some(public(&landed_key)),
+                        source: public(&landed_key),
                         content: Content::Bytes(Arc::new(body)),
                     });
                 }
@@ -336,7 +368,7 @@ impl Crawler {
                 }
                 Fetched::Gone => scan
                     .deleted
-                    .push(before.map_or(key.clone(), |p| p.document(&key))),
+                    .push(before.map_or_else(|| public(&key), |p| p.document(&key))),
                 // A start page that leads out of the prefix (a login page)
                 // or is not a document would make every page look gone.
                 Fetched::Ignored if first => {
