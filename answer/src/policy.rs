@@ -230,7 +230,7 @@ impl Policy {
         sink: TextSink<'_>,
     ) -> Result<Option<Checked>> {
         let rank = |question: &str| rank(embedder, question, given);
-        let candidates = rank(question)?;
+        let candidates = rank(question);
         let extract = matches!(self.design, Design::Extract | Design::FreeThenExtract);
         // A question that asks two things gets the best sentence for each,
         // where one reaches the threshold, then the best for the whole.
@@ -238,7 +238,7 @@ impl Policy {
         let parts = select::parts(question);
         if extract && parts.len() > 1 {
             for part in parts {
-                if let Some(best) = rank(part)?.into_iter().next()
+                if let Some(best) = rank(part).into_iter().next()
                     && best.score >= self.select_min_score
                     && !picked.iter().any(|p| p.text == best.text)
                 {
@@ -331,7 +331,7 @@ impl Policy {
         }
         let mut missing: Vec<select::Candidate> = Vec::new();
         for part in parts {
-            if let Some(best) = rank(embedder, part, given)?.into_iter().next()
+            if let Some(best) = rank(embedder, part, given).into_iter().next()
                 && best.score >= self.select_min_score
                 && crate::citations::support(&best.text, &checked.text) < 0.5
                 && !missing.iter().any(|m| m.text == best.text)
@@ -351,6 +351,7 @@ impl Policy {
         checked.cited.dedup();
         checked.removed += more.removed;
         checked.dropped += more.dropped;
+        checked.extracted = true;
         Ok(checked)
     }
 
@@ -493,21 +494,27 @@ impl Admitted<'_> {
 
 /// The candidate sentences of `given` for `question`, best first: by
 /// meaning and words with an embedder, by words alone without.
-fn rank(
-    embedder: Option<&dyn Embedder>,
-    question: &str,
-    given: &[&Hit],
-) -> Result<Vec<select::Candidate>> {
+fn rank(embedder: Option<&dyn Embedder>, question: &str, given: &[&Hit]) -> Vec<select::Candidate> {
     let mut ranked = match embedder {
-        Some(embedder) => select::rerank(
-            question,
-            select::candidates(question, given, RERANKED),
-            embedder,
-        )?,
+        // An embedder that fails (a timeout) must not fail an answer that
+        // may already have streamed: the words alone rank then.
+        Some(embedder) => {
+            match select::rerank(
+                question,
+                select::candidates(question, given, RERANKED),
+                embedder,
+            ) {
+                Ok(ranked) => ranked,
+                Err(e) => {
+                    tracing::warn!(error = %e.chain(), "ranking sentences by meaning failed; by words alone");
+                    select::candidates(question, given, SELECT_CANDIDATES)
+                }
+            }
+        }
         None => select::candidates(question, given, SELECT_CANDIDATES),
     };
     ranked.truncate(SELECT_CANDIDATES);
-    Ok(ranked)
+    ranked
 }
 
 /// The answer of checked text: every citation it keeps held up.

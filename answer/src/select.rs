@@ -176,11 +176,25 @@ pub fn rerank(
     let mut texts = vec![question];
     texts.extend(candidates.iter().map(|c| c.text.as_str()));
     let vectors = embedder.embed(&texts)?;
-    let (asked, sentences) = vectors
-        .split_first()
-        .ok_or_else(|| rag_core::Error::internal("the embedder returned no vectors"))?;
+    if vectors.len() != texts.len() {
+        return Err(rag_core::Error::internal(format!(
+            "the embedder returned {} vectors for {} texts",
+            vectors.len(),
+            texts.len()
+        )));
+    }
+    let (asked, sentences) = vectors.split_first().expect("checked: one per text");
+    // The cosine whatever the embedder's norm: the threshold is on it.
+    let norm = |v: &[f32]| {
+        v.iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt()
+            .max(f32::EPSILON)
+    };
     for (candidate, vector) in candidates.iter_mut().zip(sentences) {
-        let cosine: f32 = asked.iter().zip(vector).map(|(a, b)| a * b).sum();
+        let dot: f32 = asked.iter().zip(vector).map(|(a, b)| a * b).sum();
+        let cosine = dot / (norm(asked) * norm(vector));
         candidate.score = cosine + candidate.score / 4.0;
     }
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -233,6 +247,15 @@ fn units_of(text: &str) -> Vec<String> {
         LazyLock::new(|| Regex::new(r"^(?:[-*+>]\s+|\d+[.)]\s+)+").expect("valid regex"));
     static RULE: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"^\|?[\s:|-]+\|?$").expect("valid regex"));
+    // A header is a row a rule line follows (`| --- |`), as Markdown has
+    // it; a chunk that starts inside a table has none, and its rows are
+    // quoted as they are rather than under a made-up header.
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let headers: Vec<&str> = lines
+        .windows(2)
+        .filter(|w| w[0].starts_with('|') && RULE.is_match(w[1]))
+        .map(|w| w[0])
+        .collect();
     let mut header: Option<Vec<String>> = None;
     let mut out = Vec::new();
     for sentence in passage_sentences(text) {
@@ -242,13 +265,13 @@ fn units_of(text: &str) -> Vec<String> {
             continue;
         }
         if sentence.starts_with('|') {
-            if RULE.is_match(sentence) {
+            let cells = cells(sentence);
+            if headers.contains(&sentence) {
+                header = Some(cells);
                 continue;
             }
-            let cells = cells(sentence);
             match &header {
-                None => header = Some(cells),
-                Some(names) => {
+                Some(names) if names.len() == cells.len() => {
                     let row = names
                         .iter()
                         .zip(&cells)
@@ -266,6 +289,7 @@ fn units_of(text: &str) -> Vec<String> {
                         out.push(row);
                     }
                 }
+                _ => push_raw(&mut out, &cells),
             }
             continue;
         }
@@ -281,11 +305,24 @@ fn units_of(text: &str) -> Vec<String> {
     out
 }
 
+/// A table row quoted without a header: its cells, `; ` between them.
+fn push_raw(out: &mut Vec<String>, cells: &[String]) {
+    let row = cells
+        .iter()
+        .filter(|c| !c.is_empty())
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if row.split_whitespace().count() >= 3 {
+        out.push(row);
+    }
+}
+
 fn cells(row: &str) -> Vec<String> {
     row.trim()
         .trim_matches('|')
         .split('|')
-        .map(|c| c.trim().trim_matches('*').trim().to_string())
+        .map(|c| crate::citations::without_markers(c.trim().trim_matches('*').trim()))
         .collect()
 }
 
@@ -476,6 +513,19 @@ mod tests {
             2,
             "the rows differ (one has meals), so both stay: {found:?}"
         );
+        // A chunk that starts inside a table: no header is made up; a row
+        // whose cells do not match the header is quoted as it is.
+        let inside = hit(
+            "Per diem",
+            "",
+            "| Denver | $199 | $79 |\n| Boston | $250 | $79 |\n\nRates change yearly in October.",
+        );
+        let found = candidates("What is the rate in Boston?", &[&inside], 5);
+        assert!(
+            found.iter().any(|c| c.text == "Boston; $250; $79"),
+            "{found:?}"
+        );
+        assert!(found.iter().all(|c| !c.text.contains(": ")), "{found:?}");
         let twice = hit("A", "", "Parking is free on weekends.");
         let found = candidates("Is parking free?", &[&twice, &twice.clone()], 5);
         assert_eq!(found.len(), 1);

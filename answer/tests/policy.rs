@@ -652,3 +652,45 @@ fn a_two_part_question_is_answered_part_by_part() {
         "Managers approve travel trips in the travel tool. [2]"
     );
 }
+
+/// An embedder that fails does not fail the answer: the sentences are
+/// ranked by their words alone.
+#[test]
+fn a_failing_embedder_leaves_the_ranking_to_words() {
+    struct Down;
+    impl rag_core::Embedder for Down {
+        fn model_id(&self) -> &str {
+            "down"
+        }
+        fn dimension(&self) -> usize {
+            2
+        }
+        fn embed(&self, _texts: &[&str]) -> rag_core::Result<Vec<Vec<f32>>> {
+            Err(rag_core::Error::unavailable("the embedder timed out"))
+        }
+    }
+    let passages = [hit(
+        1,
+        0.6,
+        "Parental leave",
+        "Parents get 14 days of paid parental leave. Managers plan cover.",
+    )];
+    let policy = Policy {
+        design: Design::Extract,
+        select_min_score: 0.5,
+        ..Policy::default()
+    };
+    let answer = block_on(policy.answer_admitted(
+        &FakeGenerator::replying("unused"),
+        Some(&Down),
+        "How much paid parental leave do parents get?",
+        policy.admit(&passages),
+        request(50),
+        &mut |_| {},
+    ))
+    .unwrap();
+    assert_eq!(
+        answer.answer,
+        "Parents get 14 days of paid parental leave. [1]"
+    );
+}

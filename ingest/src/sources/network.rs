@@ -47,11 +47,7 @@ impl Network {
     }
 
     pub fn permits(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            // ::ffff:127.0.0.1 is 127.0.0.1.
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = embedded_v4(ip);
         self.allowed.iter().any(|net| net.contains(&ip)) || !reserved(ip)
     }
 
@@ -99,17 +95,52 @@ fn refused(host: &str, ip: IpAddr) -> Error {
     ))
 }
 
-/// Loopback, link-local and unspecified: the machine's own services and
-/// the cloud's metadata, never a document server.
-fn reserved(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.octets()[0] == 0
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
+/// The IPv4 address an IPv6 one carries, where it carries one that a
+/// connection may reach: mapped (`::ffff:a.b.c.d`), compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::/96`) and 6to4 (`2002:AABB:CCDD::/48`).
+fn embedded_v4(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        IpAddr::V4(std::net::Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        ))
+    };
+    if let Some(mapped) = v6.to_ipv4_mapped() {
+        IpAddr::V4(mapped)
+    } else if (s[..6] == [0; 6] && !(v6.is_loopback() || v6.is_unspecified()))
+        || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+    {
+        v4(s[6], s[7])
+    } else if s[0] == 0x2002 {
+        v4(s[1], s[2])
+    } else {
+        ip
     }
+}
+
+/// Cloud metadata services outside the link-local range: Alibaba's, and
+/// AWS's and Oracle's IPv6 and IPv4 ones.
+const METADATA: &[&str] = &["100.100.100.200", "192.0.0.192", "fd00:ec2::254"];
+
+/// Loopback, link-local and unspecified addresses, and cloud metadata:
+/// the machine's own services and the cloud's, never a document server.
+fn reserved(ip: IpAddr) -> bool {
+    let metadata = METADATA.iter().any(|m| m.parse() == Ok(ip));
+    metadata
+        || match ip {
+            IpAddr::V4(v4) => {
+                v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.octets()[0] == 0
+            }
+            IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+            }
+        }
 }
 
 /// The web client's resolver: each name resolved, and only the addresses
@@ -145,6 +176,11 @@ mod tests {
             "::",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "100.100.100.200",
+            "fd00:ec2::254",
         ] {
             assert!(!default.permits(ip.parse().unwrap()), "{ip}");
         }
