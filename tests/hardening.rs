@@ -1283,6 +1283,18 @@ fn sources_cannot_reach_the_servers_own_network() {
         assert_eq!(status, 400, "{url}: {body}");
         assert!(body.contains("https://"), "{body}");
     }
+    // A remote git URL on the server's own network: added, but its sync
+    // refuses the address before git runs.
+    for (name, url) in [
+        ("loop-https", format!("https://{inside}/wiki.git")),
+        ("loop-ssh", "ssh://git@localhost/srv/wiki.git".to_string()),
+    ] {
+        let (status, body) = add(json!({"name": name, "config": {"kind": "git", "url": url}}));
+        assert_eq!(status, 201, "{url}: {body}");
+        let (status, body) = http(&addr, "POST", &format!("/v1/sources/{name}/sync"), "");
+        assert_eq!(status, 400, "{url}: {body}");
+        assert!(body.contains("may not reach"), "{url}: {body}");
+    }
     assert_eq!(
         hits.load(Ordering::SeqCst),
         0,

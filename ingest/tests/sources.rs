@@ -210,6 +210,7 @@ async fn a_git_repository_stays_in_sync() {
         branch: None,
         path: Some("handbook".into()),
         url_template: Some("https://git.example/wiki/blob/main/{path}".into()),
+        allow_networks: vec![],
     });
     f.add("wiki", config).await;
     let first = f.sync("wiki").await.unwrap();
@@ -346,6 +347,7 @@ async fn a_bad_repository_fails_with_the_reason_and_changes_nothing() {
             branch: None,
             path: None,
             url_template: None,
+            allow_networks: vec![],
         }),
     )
     .await;
@@ -371,6 +373,7 @@ async fn a_bad_repository_fails_with_the_reason_and_changes_nothing() {
             branch: Some("release".into()),
             path: None,
             url_template: None,
+            allow_networks: vec![],
         }),
     )
     .await;

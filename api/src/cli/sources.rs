@@ -65,10 +65,10 @@ pub struct AddArgs {
     /// [default: 250].
     #[arg(long, requires = "web")]
     pub delay_ms: Option<u64>,
-    /// A network the crawl may reach although sources may not by default
+    /// A network the source may reach although sources may not by default
     /// (loopback, link-local such as cloud metadata, unspecified), as
     /// CIDR: 127.0.0.0/8 (repeatable).
-    #[arg(long = "allow-network", requires = "web")]
+    #[arg(long = "allow-network")]
     pub allow_networks: Vec<String>,
     #[arg(long, default_value = "default")]
     pub collection: String,
@@ -109,6 +109,7 @@ async fn add(settings: Settings, args: AddArgs) -> anyhow::Result<ExitCode> {
             branch: args.branch,
             path: args.path,
             url_template: args.url_template,
+            allow_networks: args.allow_networks.clone(),
         }),
         (None, Some(start_url)) => SourceConfig::Web(WebConfig {
             start_url,

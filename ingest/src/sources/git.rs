@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use rag_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use super::network::Network;
 use super::{Scan, Source, fill_template};
 use crate::load::extension;
 use crate::{Content, Input, Limits, SUPPORTED_EXTENSIONS};
@@ -37,6 +38,10 @@ pub struct GitConfig {
     /// Each document's web address: `{path}` is its path in the repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_template: Option<String>,
+    /// Networks (CIDR) the remote may be on beyond the default
+    /// ([`Network`]: not loopback, link-local or unspecified addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_networks: Vec<String>,
 }
 
 impl GitConfig {
@@ -55,7 +60,39 @@ impl GitConfig {
         })
     }
 
+    /// The host and port a clone connects to; `None` for a local path or
+    /// `file://`.
+    fn remote_host(&self) -> Option<(String, u16)> {
+        let url = self.url.trim();
+        if let Some((scheme, _)) = url.split_once("://") {
+            let parsed = reqwest::Url::parse(url).ok()?;
+            let port = parsed.port().unwrap_or(match scheme {
+                "ssh" => 22,
+                "git" => 9418,
+                "http" => 80,
+                _ => 443,
+            });
+            let host = parsed.host_str()?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            return (scheme != "file").then(|| (host.to_string(), port));
+        }
+        // user@host:path
+        let (before, _) = url.split_once(':')?;
+        let (_, host) = before.rsplit_once('@')?;
+        (!host.is_empty() && !host.contains('/')).then(|| (host.to_string(), 22))
+    }
+
+    /// Refuses a remote on an address sources may not reach (resolved now;
+    /// git resolves it again when it connects).
+    fn check_network(&self) -> Result<()> {
+        let Some((host, port)) = self.remote_host() else {
+            return Ok(());
+        };
+        Network::new(&self.allow_networks)?.check_host(&host, port)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
+        Network::new(&self.allow_networks)?;
         let url = self.url.trim();
         if url.is_empty() {
             return Err(Error::invalid("--git needs a repository URL or path"));
@@ -268,6 +305,9 @@ impl GitSource {
     /// Clones the repository (into a temporary folder, renamed when done,
     /// so a crash never leaves half a clone), or fetches its branches.
     fn fetch(&self) -> Result<()> {
+        self.config
+            .check_network()
+            .map_err(|e| Error::new(e.kind(), redact(e.message())))?;
         let url = self.config.url.trim();
         if self.repo.join("HEAD").exists() {
             git(
@@ -401,8 +441,11 @@ fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>> {
 /// ordinary transports, and pathspecs taken literally.
 fn git_with_input(dir: Option<&Path>, args: &[&str], input: &str) -> Result<Vec<u8>> {
     let mut cmd = Command::new("git");
+    // No redirects: a remote checked against the network rule could
+    // otherwise send git on to one that is not.
     cmd.arg("--literal-pathspecs")
-        .args(["-c", "protocol.ext.allow=never"]);
+        .args(["-c", "protocol.ext.allow=never"])
+        .args(["-c", "http.followRedirects=false"]);
     if let Some(dir) = dir {
         cmd.arg("-C").arg(dir);
     }
@@ -470,7 +513,36 @@ mod tests {
             branch: None,
             path: None,
             url_template: None,
+            allow_networks: vec![],
         }
+    }
+
+    #[test]
+    fn the_host_a_clone_connects_to() {
+        for (url, host) in [
+            ("https://git.example/wiki.git", Some(("git.example", 443))),
+            (
+                "https://bot:pw@127.0.0.2:8443/w.git",
+                Some(("127.0.0.2", 8443)),
+            ),
+            ("ssh://git@[::1]/w.git", Some(("::1", 22))),
+            ("git@localhost:team/w.git", Some(("localhost", 22))),
+            ("git://127.0.0.1/w.git", Some(("127.0.0.1", 9418))),
+            ("/srv/wiki", None),
+            ("file:///srv/wiki", None),
+        ] {
+            let found = config(url).remote_host();
+            assert_eq!(found.as_ref().map(|(h, p)| (h.as_str(), *p)), host, "{url}");
+        }
+        let err = config("https://127.0.0.1/w.git")
+            .check_network()
+            .unwrap_err();
+        assert!(err.to_string().contains("--allow-network"), "{err}");
+        let allowed = GitConfig {
+            allow_networks: vec!["127.0.0.0/8".into()],
+            ..config("https://127.0.0.1/w.git")
+        };
+        assert!(allowed.check_network().is_ok());
     }
 
     #[test]

@@ -374,6 +374,7 @@ mod tests {
             branch: Some("main".into()),
             path: None,
             url_template: Some("https://git.example/wiki/blob/main/{path}".into()),
+            allow_networks: vec![],
         });
         let record = SourceRecord {
             name: "wiki".into(),

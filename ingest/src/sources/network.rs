@@ -69,6 +69,27 @@ impl Network {
         }
     }
 
+    /// Refuses `host` when none of its addresses may be reached (a
+    /// blocking lookup, for code that runs git).
+    pub fn check_host(&self, host: &str, port: u16) -> Result<()> {
+        use std::net::ToSocketAddrs;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return if self.permits(ip) {
+                Ok(())
+            } else {
+                Err(refused(host, ip))
+            };
+        }
+        let found: Vec<SocketAddr> = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| Error::unavailable(format!("cannot resolve {host}")).with_source(e))?
+            .collect();
+        match found.iter().find(|a| !self.permits(a.ip())) {
+            Some(addr) => Err(refused(host, addr.ip())),
+            None => Ok(()),
+        }
+    }
+
     /// The addresses of `host` this source may reach; an error naming the
     /// first refused one when none is left.
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
