@@ -1320,3 +1320,51 @@ fn sources_cannot_reach_the_servers_own_network() {
     assert_eq!(report[0]["added"], 1, "{report}");
     assert!(hits.load(Ordering::SeqCst) > 0);
 }
+
+/// MCP over HTTP keeps no session another key could take over: it runs
+/// stateless, so an `initialize` opens none, and a stream or an end asked
+/// for by session id (another key's, or a made-up one) gets nothing.
+#[test]
+fn mcp_over_http_keeps_no_session_to_take_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let (alpha, beta) = (
+        create_key(data, "reader", "alpha"),
+        create_key(data, "reader", "beta"),
+    );
+    let (_server, addr) = start_server(data);
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let auth = |key: &str| format!("Bearer {key}");
+    let (status, head, body) = http_with(
+        &addr,
+        "POST",
+        "/mcp",
+        &[
+            ("Authorization", &auth(&alpha)),
+            ("Accept", "application/json, text/event-stream"),
+        ],
+        init,
+    );
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(body.contains("serverInfo"), "{body}");
+    assert!(
+        !head.contains("mcp-session-id"),
+        "no session opened: {head}"
+    );
+    // Another key asks for a session's stream, or ends it: there is none.
+    for method in ["GET", "DELETE"] {
+        let (status, _, body) = http_with(
+            &addr,
+            method,
+            "/mcp",
+            &[
+                ("Authorization", &auth(&beta)),
+                ("Accept", "text/event-stream"),
+                ("Mcp-Session-Id", "00000000-0000-0000-0000-000000000000"),
+                ("Last-Event-ID", "0"),
+            ],
+            "",
+        );
+        assert!((400..500).contains(&status), "{method}: {status} {body}");
+    }
+}

@@ -217,6 +217,13 @@ fn failed(e: rag_core::Error) -> Result<CallToolResult, McpError> {
 /// `/mcp`: the streamable HTTP service, behind the router's auth. Hosts are
 /// checked against loopback only in open mode (a local server a web page
 /// could reach by DNS rebinding); with keys, the key is the check.
+///
+/// Stateless: every request stands alone and carries its caller's key, and
+/// no session is kept. rmcp's sessions (`Mcp-Session-Id`) are not bound to
+/// the key that opened them, so another key could resume a session's
+/// stream (GET with `Last-Event-ID`) or end it (DELETE); the tools are
+/// request and response, so nothing needs a session (and protocol
+/// 2026-07-28 drops them).
 pub fn http_service(
     app: Arc<App>,
     open: bool,
@@ -227,7 +234,7 @@ pub fn http_service(
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     };
-    let config = StreamableHttpServerConfig::default();
+    let config = StreamableHttpServerConfig::default().with_legacy_session_mode(false);
     let config = if open {
         config
     } else {
