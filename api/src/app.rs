@@ -176,7 +176,10 @@ impl App {
             vectors: self.vectors.clone(),
             docs: self.docs.clone(),
             chunker: Arc::new(chunker),
-            limits: self.settings.ingest.limits()?,
+            limits: self
+                .settings
+                .sources
+                .apply(self.settings.ingest.limits()?)?,
         })
     }
 

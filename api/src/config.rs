@@ -25,6 +25,7 @@ const SECTIONS: &[&str] = &[
     "retrieval",
     "chunking",
     "ingest",
+    "sources",
     "server",
 ];
 
@@ -42,6 +43,7 @@ pub struct Settings {
     pub retrieval: rag_retriever::RetrievalSettings,
     pub chunking: rag_ingest::ChunkOptions,
     pub ingest: rag_ingest::IngestSettings,
+    pub sources: rag_ingest::SourcesSettings,
     pub server: ServerSettings,
 }
 
@@ -73,6 +75,7 @@ impl Default for Settings {
             retrieval: Default::default(),
             chunking: rag_ingest::ChunkOptions::default(),
             ingest: Default::default(),
+            sources: Default::default(),
             server: ServerSettings::default(),
         }
     }
@@ -423,7 +426,7 @@ impl Settings {
         if let Some(dir) = data_dir {
             settings.data_dir = dir.to_owned();
         }
-        settings.ingest.limits()?;
+        settings.sources.apply(settings.ingest.limits()?)?;
         settings.vector_store.server()?;
         Ok(settings)
     }
@@ -490,6 +493,7 @@ mod tests {
             ("[generator]\nmax_bacth = 4\n", "max_bacth"),
             ("[generater]\nmax_batch = 4\n", "generater"),
             ("[retrieval]\nmin_scroe = 0.3\n", "min_scroe"),
+            ("[sources]\ntimeout_s = 0\n", "sources.timeout_s"),
         ] {
             std::fs::write(&file, text).unwrap();
             let err = format!("{:#}", Settings::load(Some(&file), None).unwrap_err());

@@ -24,7 +24,7 @@ pub use pipeline::{
     Content, DocumentOutcome, IngestOptions, IngestReport, Ingestor, Input, Progress,
     collect_files, embedding_text,
 };
-pub use settings::IngestSettings;
+pub use settings::{IngestSettings, SourcesSettings};
 pub use writer::{WRITER_TIMEOUT_S, delete_unreferenced, repair, target};
 
 /// Test helpers shared with the end-to-end tests.

@@ -37,6 +37,9 @@ pub struct Limits {
     pub max_text_bytes: usize,
     /// Time to read and chunk one document.
     pub parse_timeout: Duration,
+    /// Time one network operation of a source sync may take (a git clone
+    /// or fetch, one HTTP request): `sources.timeout_s`.
+    pub source_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -46,6 +49,7 @@ impl Default for Limits {
             max_pages: 2_000,
             max_text_bytes: 8 << 20,
             parse_timeout: Duration::from_secs(60),
+            source_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -57,6 +57,41 @@ impl IngestSettings {
             max_pages: self.max_pages,
             max_text_bytes: bytes(self.max_text_mb, "max_text_mb")?,
             parse_timeout: Duration::from_secs_f64(self.parse_timeout_s),
+            ..Limits::default()
+        })
+    }
+}
+
+/// `[sources]`: how long a sync may wait on a source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourcesSettings {
+    /// Seconds one network operation may take: a git clone or fetch (git
+    /// also gives up on a transfer slower than 1 KB/s for this long), one
+    /// HTTP request of a crawl. A source that runs out fails alone, with
+    /// the reason.
+    pub timeout_s: f64,
+}
+
+impl Default for SourcesSettings {
+    fn default() -> Self {
+        Self {
+            timeout_s: Limits::default().source_timeout.as_secs_f64(),
+        }
+    }
+}
+
+impl SourcesSettings {
+    /// `limits` with this deadline, checked.
+    pub fn apply(&self, limits: Limits) -> Result<Limits> {
+        if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
+            return Err(Error::invalid(
+                "sources.timeout_s must be a positive number of seconds",
+            ));
+        }
+        Ok(Limits {
+            source_timeout: Duration::from_secs_f64(self.timeout_s),
+            ..limits
         })
     }
 }

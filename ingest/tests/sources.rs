@@ -753,3 +753,48 @@ async fn a_password_in_a_web_url_is_never_shown() {
         "{err}"
     );
 }
+
+/// A remote that accepts connections and never answers (a git server, a
+/// web site) holds a sync only as long as `sources.timeout_s`: the source
+/// fails alone, with the reason, and changes nothing.
+#[tokio::test]
+async fn a_silent_remote_times_out() {
+    let mut f = fixture().await;
+    f.ingestor.limits.source_timeout = std::time::Duration::from_secs(2);
+    // Accepts, reads nothing, answers nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    f.add(
+        "silent-git",
+        SourceConfig::Git(GitConfig {
+            url: format!("http://{addr}/wiki.git"),
+            branch: None,
+            path: None,
+            url_template: None,
+            allow_networks: vec!["127.0.0.0/8".into()],
+        }),
+    )
+    .await;
+    f.add("silent-web", web(&format!("http://{addr}/docs/")))
+        .await;
+    for name in ["silent-git", "silent-web"] {
+        let started = std::time::Instant::now();
+        let err = f.sync(name).await.unwrap_err().to_string();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{name} waited {:?}",
+            started.elapsed()
+        );
+        assert!(
+            err.contains("sources.timeout_s") || err.contains("timed out"),
+            "{name}: {err}"
+        );
+    }
+    assert!(f.documents().await.is_empty());
+}

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rag_core::{Error, Result};
@@ -173,7 +174,7 @@ impl GitSource {
 
     fn scan_blocking(&self, state: &State, retry: &[String], limits: &Limits) -> Result<Scan> {
         self.config.validate()?;
-        self.fetch()?;
+        self.fetch(limits.source_timeout)?;
         let branch = match &self.config.branch {
             Some(b) => b.clone(),
             None => text(&git(
@@ -304,13 +305,14 @@ impl GitSource {
 
     /// Clones the repository (into a temporary folder, renamed when done,
     /// so a crash never leaves half a clone), or fetches its branches.
-    fn fetch(&self) -> Result<()> {
+    fn fetch(&self, timeout: Duration) -> Result<()> {
         self.config
             .check_network()
             .map_err(|e| Error::new(e.kind(), redact(e.message())))?;
         let url = self.config.url.trim();
         if self.repo.join("HEAD").exists() {
-            git(
+            git_within(
+                timeout,
                 Some(&self.repo),
                 &[
                     "fetch",
@@ -339,8 +341,8 @@ impl GitSource {
             args.extend(["--branch", b.as_str()]);
         }
         args.extend(["--", url, partial_str.as_str()]);
-        let cloned =
-            git(None, &args).map_err(|e| Error::invalid(format!("cloning {}: {e}", redact(url))));
+        let cloned = git_within(timeout, None, &args)
+            .map_err(|e| Error::invalid(format!("cloning {}: {e}", redact(url))));
         if let Err(e) = cloned {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(e);
@@ -387,7 +389,12 @@ impl GitSource {
             input.push_str(id);
             input.push('\n');
         }
-        let out = git_with_input(Some(&self.repo), &["cat-file", "--batch-check"], &input)?;
+        let out = git_with_input(
+            Some(&self.repo),
+            &["cat-file", "--batch-check"],
+            &input,
+            None,
+        )?;
         let sizes: Vec<usize> = String::from_utf8_lossy(&out)
             .lines()
             .map(|l| {
@@ -434,12 +441,28 @@ fn text(out: &[u8]) -> String {
 }
 
 fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>> {
-    git_with_input(dir, args, "")
+    git_with_input(dir, args, "", None)
+}
+
+/// [`git`] over the network: killed when it runs past `timeout`, and
+/// given up by git itself on a transfer slower than 1 KB/s for as long,
+/// or an ssh connection that does not open in time.
+fn git_within(timeout: Duration, dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>> {
+    let seconds = timeout.as_secs().max(1).to_string();
+    let low_speed = format!("http.lowSpeedTime={seconds}");
+    let mut all = vec!["-c", "http.lowSpeedLimit=1000", "-c", low_speed.as_str()];
+    all.extend_from_slice(args);
+    git_with_input(dir, &all, "", Some(timeout))
 }
 
 /// Runs git with no terminal (it never waits for a password), only the
 /// ordinary transports, and pathspecs taken literally.
-fn git_with_input(dir: Option<&Path>, args: &[&str], input: &str) -> Result<Vec<u8>> {
+fn git_with_input(
+    dir: Option<&Path>,
+    args: &[&str],
+    input: &str,
+    timeout: Option<Duration>,
+) -> Result<Vec<u8>> {
     let mut cmd = Command::new("git");
     // No redirects: a remote checked against the network rule could
     // otherwise send git on to one that is not.
@@ -452,7 +475,16 @@ fn git_with_input(dir: Option<&Path>, args: &[&str], input: &str) -> Result<Vec<
     cmd.args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .env(
+            "GIT_SSH_COMMAND",
+            match timeout {
+                Some(t) => format!(
+                    "ssh -o BatchMode=yes -o ConnectTimeout={} -o ServerAliveInterval=15",
+                    t.as_secs().max(1)
+                ),
+                None => "ssh -o BatchMode=yes".to_string(),
+            },
+        )
         .stdin(if input.is_empty() {
             Stdio::null()
         } else {
@@ -470,9 +502,19 @@ fn git_with_input(dir: Option<&Path>, args: &[&str], input: &str) -> Result<Vec<
         // either way would block both.
         std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::unavailable("running git").with_source(e))?;
+    let out = match timeout {
+        None => child
+            .wait_with_output()
+            .map_err(|e| Error::unavailable("running git").with_source(e))?,
+        Some(timeout) => wait_within(child, timeout).map_err(|e| match e {
+            Waited::Late => Error::unavailable(format!(
+                "git {} took longer than {} s (sources.timeout_s): the remote does not answer",
+                subcommand(args),
+                timeout.as_secs_f64()
+            )),
+            Waited::Failed(e) => Error::unavailable("running git").with_source(e),
+        })?,
+    };
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let message = stderr
@@ -483,7 +525,7 @@ fn git_with_input(dir: Option<&Path>, args: &[&str], input: &str) -> Result<Vec<
             .join("; ");
         return Err(Error::invalid(format!(
             "git {} failed: {}",
-            args[0],
+            subcommand(args),
             redact(if message.is_empty() {
                 "no message"
             } else {
@@ -492,6 +534,71 @@ fn git_with_input(dir: Option<&Path>, args: &[&str], input: &str) -> Result<Vec<
         )));
     }
     Ok(out.stdout)
+}
+
+/// The git command `args` run, past the `-c name=value` options.
+fn subcommand<'a>(args: &[&'a str]) -> &'a str {
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if *arg == "-c" {
+            rest.next();
+        } else if !arg.starts_with('-') {
+            return arg;
+        }
+    }
+    "command"
+}
+
+enum Waited {
+    Late,
+    Failed(std::io::Error),
+}
+
+/// `child`'s output, or `Late` (and the child killed) past `timeout`. The
+/// pipes are read as it runs: a full pipe would block it.
+fn wait_within(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> std::result::Result<std::process::Output, Waited> {
+    use std::io::Read;
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(Waited::Failed)? {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Waited::Late);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
 }
 
 /// A URL or message without the user information (a password, a token)

@@ -23,7 +23,6 @@ const AGENT: &str = "rag";
 const USER_AGENT: &str = concat!("rag/", env!("CARGO_PKG_VERSION"), " (document sync)");
 /// The longest pause between requests a robots.txt `Crawl-delay` may ask.
 const MAX_DELAY: Duration = Duration::from_secs(30);
-const TIMEOUT: Duration = Duration::from_secs(30);
 /// Links followed per page: enough for any index page.
 const MAX_LINKS: usize = 10_000;
 
@@ -242,7 +241,7 @@ impl Crawler {
         // fails too; no proxy, which would connect for us unchecked.
         let client = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .timeout(TIMEOUT)
+            .timeout(limits.source_timeout)
             .redirect(redirects)
             .dns_resolver(Arc::new(Guarded(network.clone())))
             .no_proxy()
