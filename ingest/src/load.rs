@@ -40,6 +40,11 @@ pub struct Limits {
     /// Time one network operation of a source sync may take (a git clone
     /// or fetch, one HTTP request): `sources.timeout_s`.
     pub source_timeout: Duration,
+    /// The largest share of a source's documents one sync may delete
+    /// (`sources.max_delete_fraction`); more stops the sync before it
+    /// changes anything. Above 1 (`f64::INFINITY`): no limit (`rag sync
+    /// --force`).
+    pub max_delete_fraction: f64,
 }
 
 impl Default for Limits {
@@ -50,6 +55,7 @@ impl Default for Limits {
             max_text_bytes: 8 << 20,
             parse_timeout: Duration::from_secs(60),
             source_timeout: Duration::from_secs(60),
+            max_delete_fraction: 0.5,
         }
     }
 }

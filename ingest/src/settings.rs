@@ -71,12 +71,18 @@ pub struct SourcesSettings {
     /// HTTP request of a crawl. A source that runs out fails alone, with
     /// the reason.
     pub timeout_s: f64,
+    /// The largest share of a source's documents one sync may delete: a
+    /// start page that now answers with a login page, or a repository
+    /// emptied by mistake, stops the sync instead (`rag sync --force`).
+    pub max_delete_fraction: f64,
 }
 
 impl Default for SourcesSettings {
     fn default() -> Self {
+        let limits = Limits::default();
         Self {
-            timeout_s: Limits::default().source_timeout.as_secs_f64(),
+            timeout_s: limits.source_timeout.as_secs_f64(),
+            max_delete_fraction: limits.max_delete_fraction,
         }
     }
 }
@@ -89,8 +95,14 @@ impl SourcesSettings {
                 "sources.timeout_s must be a positive number of seconds",
             ));
         }
+        if !(0.0..=1.0).contains(&self.max_delete_fraction) {
+            return Err(Error::invalid(
+                "sources.max_delete_fraction must be between 0 and 1",
+            ));
+        }
         Ok(Limits {
             source_timeout: Duration::from_secs_f64(self.timeout_s),
+            max_delete_fraction: self.max_delete_fraction,
             ..limits
         })
     }

@@ -172,7 +172,7 @@ fn write(repo: &Path, path: &str, bytes: &[u8]) {
 
 #[tokio::test]
 async fn a_git_repository_stays_in_sync() {
-    let f = fixture().await;
+    let mut f = fixture().await;
     let upstream = tempfile::tempdir().unwrap();
     let repo = upstream.path();
     git(repo, &["init", "--quiet", "--initial-branch=main"]);
@@ -311,6 +311,11 @@ async fn a_git_repository_stays_in_sync() {
     git(repo, &["reflog", "expire", "--expire=now", "--all"]);
     git(repo, &["gc", "--quiet", "--prune=now"]);
     std::fs::remove_dir_all(f.cache.join("wiki")).unwrap();
+    // It loses most of the source: stopped, unless forced.
+    let err = f.sync("wiki").await.unwrap_err().to_string();
+    assert!(err.contains("would delete 3 of its 3 documents"), "{err}");
+    assert_eq!(f.documents().await.len(), 3);
+    f.ingestor.limits.max_delete_fraction = f64::INFINITY;
     let third = f.sync("wiki").await.unwrap();
     eprintln!("{third:?}");
     assert_eq!(third.added, 1);
@@ -797,4 +802,64 @@ async fn a_silent_remote_times_out() {
         );
     }
     assert!(f.documents().await.is_empty());
+}
+
+/// A sync that would delete more than `max_delete_fraction` of a source's
+/// documents (its start page now a login page naming no link, its
+/// repository emptied by mistake) stops and changes nothing; with the
+/// limit lifted (`rag sync --force`) it deletes them.
+#[tokio::test]
+async fn a_sync_that_would_delete_most_of_a_source_stops() {
+    let mut f = fixture().await;
+    let site = Site::default();
+    let base = site.serve().await;
+    let links: String = (1..=4)
+        .map(|i| format!("<a href=\"/docs/p{i}\">p{i}</a> "))
+        .collect();
+    site.set(
+        "/docs/",
+        "text/html",
+        &html("Home", &format!("<p>Index.</p>{links}")),
+    );
+    for i in 1..=4 {
+        site.set(
+            &format!("/docs/p{i}"),
+            "text/html",
+            &html(&format!("P{i}"), &format!("<p>Page {i} of the docs.</p>")),
+        );
+    }
+    f.add("docs", web(&format!("{base}/docs/"))).await;
+    let report = f.sync("docs").await.unwrap();
+    assert_eq!(counts(&report).0, 5, "{report:?}");
+    // The start page is now a sign-in page that links nowhere.
+    site.set(
+        "/docs/",
+        "text/html",
+        &html("Sign in", "<p>Please sign in.</p>"),
+    );
+    let err = f.sync("docs").await.unwrap_err().to_string();
+    assert!(
+        err.contains("would delete 4 of its 5 documents") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(f.documents().await.len(), 5, "nothing was changed");
+    // One page of five gone is within the limit.
+    site.set(
+        "/docs/",
+        "text/html",
+        &html("Home", &format!("<p>Index.</p>{links}")),
+    );
+    site.remove("/docs/p4");
+    let report = f.sync("docs").await.unwrap();
+    assert_eq!(report.deleted, 1, "{report:?}");
+    // --force: the limit lifted.
+    site.set(
+        "/docs/",
+        "text/html",
+        &html("Sign in", "<p>Please sign in.</p>"),
+    );
+    f.ingestor.limits.max_delete_fraction = f64::INFINITY;
+    let report = f.sync("docs").await.unwrap();
+    assert_eq!(report.deleted, 3, "{report:?}");
+    assert_eq!(f.documents().await.len(), 1);
 }

@@ -91,6 +91,10 @@ pub struct SyncArgs {
     /// of syncs started together, one runs and the others exit 0 at once.
     #[arg(long)]
     pub lease: Option<String>,
+    /// Delete what the sources no longer hold even when it is more than
+    /// `sources.max_delete_fraction` of a source's documents.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub async fn sources(settings: Settings, args: SourcesArgs) -> anyhow::Result<ExitCode> {
@@ -208,7 +212,12 @@ async fn remove(settings: Settings, name: &str) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn sync(settings: Settings, args: SyncArgs) -> anyhow::Result<ExitCode> {
-    let SyncArgs { names, json, lease } = args;
+    let SyncArgs {
+        names,
+        json,
+        lease,
+        force,
+    } = args;
     let lease = match lease {
         Some(name) => match resync_lease(&name).await? {
             Some(lock) => Some(lock),
@@ -223,7 +232,10 @@ pub async fn sync(settings: Settings, args: SyncArgs) -> anyhow::Result<ExitCode
     };
     let cache = settings.data_dir.join("sources");
     let app = App::open(settings).await?;
-    let ingestor = app.ingestor()?;
+    let mut ingestor = app.ingestor()?;
+    if force {
+        ingestor.limits.max_delete_fraction = f64::INFINITY;
+    }
     let all = app.docs.sources().await?;
     let chosen: Vec<SourceRecord> = if names.is_empty() {
         all

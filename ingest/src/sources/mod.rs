@@ -216,6 +216,43 @@ pub async fn sync(
             record.name, record.name
         )));
     }
+    // What this sync would delete, decided before it writes anything: more
+    // than `max_delete_fraction` of the source stops it.
+    let current = ingestor.docs.documents_of_origin(&record.name).await?;
+    let gone: HashSet<&str> = scan.deleted.iter().map(String::as_str).collect();
+    let present: HashSet<&str> = scan
+        .documents
+        .iter()
+        .map(Input::source)
+        .chain(scan.unchanged.iter().map(String::as_str))
+        .chain(scan.failed.iter().map(|(d, _)| d.as_str()))
+        .collect();
+    let doomed = |source: &str| {
+        (gone.contains(source) && !present.contains(source))
+            || (scan.complete && !present.contains(source))
+    };
+    // Net of what it adds: a renamed file is deleted under its old name
+    // and added under its new one, and loses nothing.
+    let deleting = current.iter().filter(|d| doomed(&d.source)).count();
+    let known: HashSet<&str> = current.iter().map(|d| d.source.as_str()).collect();
+    let adding = scan
+        .documents
+        .iter()
+        .filter(|d| !known.contains(d.source()))
+        .count();
+    let lost = deleting.saturating_sub(adding);
+    let most = ingestor.limits.max_delete_fraction;
+    if lost > 0 && most <= 1.0 && lost as f64 > most * current.len() as f64 {
+        return Err(Error::invalid(format!(
+            "source {:?}: this sync would delete {deleting} of its {} documents, more than \
+             sources.max_delete_fraction ({most}) allows: a start page that now shows a login \
+             or maintenance page, or a repository emptied by mistake, looks like this; nothing \
+             was changed (`rag sync --force {}` deletes them)",
+            record.name,
+            current.len(),
+            record.name
+        )));
+    }
     let options = IngestOptions {
         collection: record.collection.clone(),
         tags: record.tags.clone(),
@@ -251,14 +288,6 @@ pub async fn sync(
     // Deletions: what the source says is gone, and, after a complete
     // scan, whatever it no longer names. A document that failed keeps its
     // last version; one skipped (no text) was removed by the ingest.
-    let gone: HashSet<&str> = scan.deleted.iter().map(String::as_str).collect();
-    let present: HashSet<&str> = scan
-        .documents
-        .iter()
-        .map(Input::source)
-        .chain(scan.unchanged.iter().map(String::as_str))
-        .chain(scan.failed.iter().map(|(d, _)| d.as_str()))
-        .collect();
     // What this sync wrote or could not read is not "unchanged".
     let touched: HashSet<&str> = ingested
         .outcomes
@@ -274,9 +303,7 @@ pub async fn sync(
     let before = ingestor.docs.documents_of_origin(&record.name).await?;
     for doc in &before {
         let source = doc.source.as_str();
-        if (gone.contains(source) && !present.contains(source))
-            || (scan.complete && !present.contains(source))
-        {
+        if doomed(source) {
             ingestor.delete(&doc.id).await?;
             report.deleted += 1;
         } else if !touched.contains(source) {
