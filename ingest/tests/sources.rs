@@ -425,6 +425,12 @@ impl Site {
                 if content_type == "redirect" {
                     return (StatusCode::FOUND, [(header::LOCATION, body)]).into_response();
                 }
+                // "status": answer with the status in the body alone.
+                if content_type == "status" {
+                    return StatusCode::from_u16(body.parse().unwrap())
+                        .unwrap()
+                        .into_response();
+                }
                 let etag = format!(
                     "\"{:x}\"",
                     body.len() * 31 + body.bytes().map(usize::from).sum::<usize>()
@@ -862,4 +868,44 @@ async fn a_sync_that_would_delete_most_of_a_source_stops() {
     let report = f.sync("docs").await.unwrap();
     assert_eq!(report.deleted, 3, "{report:?}");
     assert_eq!(f.documents().await.len(), 1);
+}
+
+/// A page that now answers 401 or 403 is removed (its readers lost access
+/// upstream) and counted apart; a start page that does stops the sync.
+#[tokio::test]
+async fn pages_that_now_ask_to_sign_in_are_removed() {
+    let f = fixture().await;
+    let site = Site::default();
+    let base = site.serve().await;
+    let links: String = (1..=3)
+        .map(|i| format!("<a href=\"/docs/p{i}\">p{i}</a> "))
+        .collect();
+    site.set(
+        "/docs/",
+        "text/html",
+        &html("Home", &format!("<p>Index.</p>{links}")),
+    );
+    for i in 1..=3 {
+        site.set(
+            &format!("/docs/p{i}"),
+            "text/html",
+            &html(&format!("P{i}"), &format!("<p>Page {i} of the docs.</p>")),
+        );
+    }
+    f.add("docs", web(&format!("{base}/docs/"))).await;
+    assert_eq!(counts(&f.sync("docs").await.unwrap()).0, 4);
+    site.set("/docs/p2", "status", "403");
+    let report = f.sync("docs").await.unwrap();
+    assert_eq!((report.deleted, report.forbidden), (1, 1), "{report:?}");
+    assert!(
+        !f.documents()
+            .await
+            .iter()
+            .any(|(s, _)| s.ends_with("/docs/p2")),
+        "the page its readers lost is gone"
+    );
+    site.set("/docs/", "status", "401");
+    let err = f.sync("docs").await.unwrap_err().to_string();
+    assert!(err.contains("asks to sign in"), "{err}");
+    assert_eq!(f.documents().await.len(), 3);
 }

@@ -289,11 +289,13 @@ pub async fn sync(settings: Settings, args: SyncArgs) -> anyhow::Result<ExitCode
                     out.push(serde_json::to_value(report)?);
                 } else {
                     println!(
-                        "{name}: {} added, {} updated, {} unchanged, {} deleted, {} failed in {:.1}s",
+                        "{name}: {} added, {} updated, {} unchanged, {} deleted ({} no longer \
+                         open to the crawl), {} failed in {:.1}s",
                         report.added,
                         report.updated,
                         report.unchanged,
                         report.deleted,
+                        report.forbidden,
                         report.failed,
                         report.seconds
                     );

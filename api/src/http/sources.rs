@@ -115,7 +115,7 @@ pub(crate) async fn remove(
 }
 
 #[utoipa::path(post, path = "/v1/sources/{name}/sync", tag = "sources", params(("name" = String, Path, description = "source name")),
-    responses((status = 200, description = "What the sync did: {source, added, updated, unchanged, deleted, failed, failures, seconds}"), (status = 400, description = "The source cannot be read now; the message says why", body = ErrorBody), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 403, description = "Not an admin key", body = ErrorBody), (status = 404, description = "No such source", body = ErrorBody)))]
+    responses((status = 200, description = "What the sync did: {source, added, updated, unchanged, deleted, forbidden, failed, failures, seconds}"), (status = 400, description = "The source cannot be read now; the message says why", body = ErrorBody), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 403, description = "Not an admin key", body = ErrorBody), (status = 404, description = "No such source", body = ErrorBody)))]
 pub(crate) async fn sync(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,

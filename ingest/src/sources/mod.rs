@@ -110,8 +110,11 @@ pub struct Scan {
     pub documents: Vec<Input>,
     /// Documents known to be unchanged (a `304 Not Modified`).
     pub unchanged: Vec<String>,
-    /// Documents known to be gone (deleted in the repository, a 404).
+    /// Documents known to be gone (deleted in the repository, a 404, a
+    /// page that now answers 401 or 403).
     pub deleted: Vec<String>,
+    /// Of `deleted`, the pages that now answer 401 or 403.
+    pub forbidden: Vec<String>,
     /// Documents that could not be read this time, with the reason; their
     /// last version stays.
     pub failed: Vec<(String, String)>,
@@ -157,6 +160,9 @@ pub struct SyncReport {
     pub updated: usize,
     pub unchanged: usize,
     pub deleted: usize,
+    /// Of `deleted`, pages removed because they now answer 401 or 403:
+    /// their readers lost access upstream.
+    pub forbidden: usize,
     pub failed: usize,
     /// Each failed document with its reason.
     pub failures: Vec<Failure>,
@@ -306,6 +312,7 @@ pub async fn sync(
         if doomed(source) {
             ingestor.delete(&doc.id).await?;
             report.deleted += 1;
+            report.forbidden += usize::from(scan.forbidden.iter().any(|f| f == source));
         } else if !touched.contains(source) {
             report.unchanged += 1;
         }

@@ -208,6 +208,8 @@ enum Fetched {
     },
     NotModified,
     Gone,
+    /// 401 or 403: the page is no longer open to the crawl.
+    Forbidden,
     /// Not a document (an image, a redirect out of the prefix): neither
     /// kept nor failed.
     Ignored,
@@ -368,6 +370,17 @@ impl Crawler {
                 Fetched::Gone => scan
                     .deleted
                     .push(before.map_or_else(|| public(&key), |p| p.document(&key))),
+                Fetched::Forbidden if first => {
+                    return Err(Error::invalid(format!(
+                        "the start page {url} now asks to sign in (401/403); nothing was \
+                         changed"
+                    )));
+                }
+                Fetched::Forbidden => {
+                    let document = before.map_or_else(|| public(&key), |p| p.document(&key));
+                    scan.forbidden.push(document.clone());
+                    scan.deleted.push(document);
+                }
                 // A start page that leads out of the prefix (a login page)
                 // or is not a document would make every page look gone.
                 Fetched::Ignored if first => {
@@ -508,6 +521,10 @@ impl Crawler {
         }
         if matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE) {
             return Fetched::Gone;
+        }
+        // Its readers lost access upstream: so do ours.
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Fetched::Forbidden;
         }
         // A redirect the policy did not follow: out of the prefix.
         if status.is_redirection() {
