@@ -909,3 +909,72 @@ async fn pages_that_now_ask_to_sign_in_are_removed() {
     assert!(err.contains("asks to sign in"), "{err}");
     assert_eq!(f.documents().await.len(), 3);
 }
+
+/// The source stays the truth: a synced document deleted by hand comes
+/// back at the next sync though no commit changed it, and a page whose
+/// ingest failed is fetched again (not answered 304 on the ETag recorded
+/// for it) until it is in.
+#[tokio::test]
+async fn what_the_store_lost_comes_back_from_the_source() {
+    let f = fixture().await;
+    let upstream = tempfile::tempdir().unwrap();
+    let repo = upstream.path();
+    git(repo, &["init", "--quiet", "--initial-branch=main"]);
+    write(repo, "a.md", b"# A\n\nPage a says alpha.\n");
+    write(repo, "b.md", b"# B\n\nPage b says beta.\n");
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "--quiet", "-m", "first"]);
+    let config = SourceConfig::Git(GitConfig {
+        url: repo.display().to_string(),
+        branch: None,
+        path: None,
+        url_template: None,
+        allow_networks: vec![],
+    });
+    f.add("wiki", config).await;
+    assert_eq!(counts(&f.sync("wiki").await.unwrap()), (2, 0, 0, 0, 0));
+    let lost = f
+        .ingestor
+        .docs
+        .documents_of_origin("wiki")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.source == "b.md")
+        .unwrap();
+    f.ingestor.delete(&lost.id).await.unwrap();
+    let report = f.sync("wiki").await.unwrap();
+    assert_eq!(counts(&report), (1, 0, 1, 0, 0), "{report:?}");
+    assert!(f.text_of("b.md").await.contains("beta"));
+
+    // A page whose ingest failed (a PDF that cannot be read) was recorded
+    // with its ETag: it is asked for whole again, and its failure is
+    // reported again, not taken for unchanged.
+    let site = Site::default();
+    let base = site.serve().await;
+    site.set(
+        "/docs/",
+        "text/html",
+        &html(
+            "Home",
+            "<p>Welcome.</p><a href=\"/docs/broken.pdf\">broken</a>",
+        ),
+    );
+    site.set("/docs/broken.pdf", "application/pdf", "%PDF-1.4 not really");
+    f.add("site", web(&format!("{base}/docs/"))).await;
+    let report = f.sync("site").await.unwrap();
+    assert_eq!((report.added, report.failed), (1, 1), "{report:?}");
+    site.take_log();
+    let report = f.sync("site").await.unwrap();
+    assert_eq!(report.failed, 1, "{report:?}");
+    let asked = site.take_log();
+    assert!(
+        asked.contains(&("/docs/broken.pdf".to_string(), false)),
+        "the failed page is asked for without its ETag: {asked:?}"
+    );
+    assert!(
+        asked.contains(&("/docs/".to_string(), true)),
+        "a page the store holds is still asked for with its ETag: {asked:?}"
+    );
+    f.consistent().await;
+}

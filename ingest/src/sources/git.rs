@@ -11,6 +11,7 @@
 //! checkout, and only plain files are taken: a symbolic link in the
 //! repository cannot make a sync read a file of this machine.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -172,7 +173,13 @@ impl GitSource {
         }
     }
 
-    fn scan_blocking(&self, state: &State, retry: &[String], limits: &Limits) -> Result<Scan> {
+    fn scan_blocking(
+        &self,
+        state: &State,
+        retry: &[String],
+        known: &HashSet<String>,
+        limits: &Limits,
+    ) -> Result<Scan> {
         self.config.validate()?;
         self.fetch(limits.source_timeout)?;
         let branch = match &self.config.branch {
@@ -249,17 +256,25 @@ impl GitSource {
                         files.push((path, id.to_string()));
                     }
                 }
-                // What failed last time is read again, if it is still there.
-                let listed: std::collections::HashSet<String> =
-                    files.iter().map(|(p, _)| p.clone()).collect();
-                let again: Vec<&String> = retry.iter().filter(|p| !listed.contains(*p)).collect();
-                if !again.is_empty() {
-                    for (path, id) in self.tree(&commit)? {
-                        if again.contains(&&path) {
-                            files.push((path, id));
-                        }
+                // The commit's whole listing, not only the diff: what failed
+                // last time, or is missing from the store (deleted by
+                // hand), is read again; the rest is unchanged, and what
+                // the store has beyond the listing goes.
+                let listed: HashSet<String> = files.iter().map(|(p, _)| p.clone()).collect();
+                let deleted: HashSet<&String> = scan.deleted.iter().collect();
+                let mut again = Vec::new();
+                for (path, id) in self.tree(&commit)? {
+                    if listed.contains(&path) || deleted.contains(&path) {
+                        continue;
+                    }
+                    if known.contains(&path) && !retry.contains(&path) {
+                        scan.unchanged.push(path);
+                    } else {
+                        again.push((path, id));
                     }
                 }
+                files.extend(again);
+                scan.complete = true;
             }
             None => {
                 files = self.tree(&commit)?;
@@ -417,11 +432,12 @@ impl Source for GitSource {
         &self,
         state: &serde_json::Value,
         retry: &[String],
+        known: &HashSet<String>,
         limits: &Limits,
     ) -> Result<Scan> {
         let state: State = serde_json::from_value(state.clone()).unwrap_or_default();
-        let (this, retry, limits) = (self.clone(), retry.to_vec(), *limits);
-        tokio::task::spawn_blocking(move || this.scan_blocking(&state, &retry, &limits))
+        let (this, retry, known, limits) = (self.clone(), retry.to_vec(), known.clone(), *limits);
+        tokio::task::spawn_blocking(move || this.scan_blocking(&state, &retry, &known, &limits))
             .await
             .map_err(|e| Error::internal("a blocking task failed").with_source(e))?
     }

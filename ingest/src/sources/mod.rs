@@ -131,13 +131,17 @@ pub struct Scan {
 pub trait Source: Send + Sync {
     /// What changed since `state` (what the last completed sync stored;
     /// `Null` before the first). `retry` names the documents that failed
-    /// last time, to be read again if they are still there. An error means
-    /// nothing can be said of the source now (unreachable, not a
-    /// repository, robots.txt forbids it): the sync changes nothing.
+    /// last time, to be read again if they are still there; `known`, the
+    /// source's documents the store holds now: one the source has and the
+    /// store lacks (deleted by hand, or never written) is read again
+    /// whatever `state` says. An error means nothing can be said of the
+    /// source now (unreachable, not a repository, robots.txt forbids it):
+    /// the sync changes nothing.
     async fn scan(
         &self,
         state: &serde_json::Value,
         retry: &[String],
+        known: &HashSet<String>,
         limits: &Limits,
     ) -> Result<Scan>;
 }
@@ -195,9 +199,11 @@ pub async fn sync(
             Error::internal(format!("source {:?}: stored state", record.name)).with_source(e)
         })?
     };
+    let current = ingestor.docs.documents_of_origin(&record.name).await?;
+    let known: HashSet<String> = current.iter().map(|d| d.source.clone()).collect();
     let scan = config
         .open(cache)
-        .scan(&stored.connector, &stored.retry, &ingestor.limits)
+        .scan(&stored.connector, &stored.retry, &known, &ingestor.limits)
         .await
         .map_err(|e| match e.kind() {
             rag_core::ErrorKind::Internal => e,
@@ -224,7 +230,6 @@ pub async fn sync(
     }
     // What this sync would delete, decided before it writes anything: more
     // than `max_delete_fraction` of the source stops it.
-    let current = ingestor.docs.documents_of_origin(&record.name).await?;
     let gone: HashSet<&str> = scan.deleted.iter().map(String::as_str).collect();
     let present: HashSet<&str> = scan
         .documents

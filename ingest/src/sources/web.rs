@@ -168,7 +168,8 @@ impl Source for WebSource {
     async fn scan(
         &self,
         state: &serde_json::Value,
-        _retry: &[String],
+        retry: &[String],
+        known: &HashSet<String>,
         limits: &Limits,
     ) -> Result<Scan> {
         // Every sync crawls the whole site, failed pages included.
@@ -178,7 +179,7 @@ impl Source for WebSource {
         // of it: every message leaves without it.
         let hide = |e: Error| Error::new(e.kind(), super::git::redact(e.message()));
         let crawler = Crawler::new(&self.config, *limits).map_err(hide)?;
-        let mut scan = crawler.crawl(&old).await.map_err(hide)?;
+        let mut scan = crawler.crawl(&old, retry, known).await.map_err(hide)?;
         for (_, reason) in &mut scan.failed {
             *reason = super::git::redact(reason);
         }
@@ -265,7 +266,12 @@ impl Crawler {
         public(url.as_str()).starts_with(&self.prefix)
     }
 
-    async fn crawl(mut self, old: &State) -> Result<Scan> {
+    async fn crawl(
+        mut self,
+        old: &State,
+        retry: &[String],
+        known: &HashSet<String>,
+    ) -> Result<Scan> {
         let robots = self.robots().await?;
         if let Some(seconds) = robots.as_ref().and_then(|r| r.delay) {
             let asked = Duration::from_secs_f32(seconds.clamp(0.0, MAX_DELAY.as_secs_f32()));
@@ -317,10 +323,17 @@ impl Crawler {
             }
             requests += 1;
             let key = url.to_string();
+            // A page asked for conditionally only if the store holds it and
+            // it did not fail last time: an ETag recorded for a page whose
+            // ingest then failed must not answer 304 for ever.
             let before = old.pages.get(&key);
+            let conditional = before.filter(|page| {
+                let document = page.document(&key);
+                known.contains(&document) && !retry.contains(&document)
+            });
             let first = requests == 1 && !self.sitemap;
             let mut links: Vec<String> = Vec::new();
-            match self.fetch(&url, before).await {
+            match self.fetch(&url, conditional).await {
                 Fetched::Page {
                     url: landed,
                     extension,
