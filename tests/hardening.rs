@@ -1368,3 +1368,79 @@ fn mcp_over_http_keeps_no_session_to_take_over() {
         assert!((400..500).contains(&status), "{method}: {status} {body}");
     }
 }
+
+/// A git repository holding two folders of the handbook (about 460
+/// chunks): long enough to sync that a kill lands in the middle.
+fn handbook_repo() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    for folder in handbook_subset() {
+        let root = folder.parent().unwrap().to_path_buf();
+        for file in walkdir(&folder) {
+            let to = repo.path().join(file.strip_prefix(&root).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(&file, &to).unwrap();
+        }
+    }
+    let git = |args: &[&str]| {
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&["init", "--quiet", "--initial-branch=main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "--quiet", "-m", "handbook"]);
+    repo
+}
+
+/// A sync killed midway (SIGKILL: no destructor, no flush) leaves nothing
+/// the next sync cannot finish: it completes, and the store agrees with
+/// one a sync that was never killed made (`rag doctor`).
+#[test]
+fn a_sync_killed_midway_is_finished_by_the_next() {
+    let repo = handbook_repo();
+    let url = repo.path().display().to_string();
+    let sync_into = |data: &Path| {
+        run_ok(rag(data).args(["sources", "add", "handbook", "--git", &url]));
+    };
+    let clean = tempfile::tempdir().unwrap();
+    sync_into(clean.path());
+    run_ok(rag(clean.path()).args(["sync", "handbook", "--json"]));
+    let expected = doctor(clean.path());
+    assert!(expected["chunks"].as_u64().unwrap() > 300, "{expected}");
+
+    let dir = tempfile::tempdir().unwrap();
+    sync_into(dir.path());
+    let mut killed_mid_way = 0;
+    for wait_ms in [1500, 3000, 4500] {
+        let mut child = rag(dir.path())
+            .args(["sync", "handbook"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_way += 1;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert!(
+        killed_mid_way >= 2,
+        "only {killed_mid_way} kills landed during a sync"
+    );
+    let report: Value = serde_json::from_str(&run_ok(
+        rag(dir.path()).args(["sync", "handbook", "--json"]),
+    ))
+    .unwrap();
+    assert_eq!(report[0]["failed"], 0, "{report}");
+    let got = doctor(dir.path());
+    assert_eq!(got, expected, "a resumed sync differs from a clean one");
+    assert_eq!(got["orphan_vectors"], 0);
+    assert_eq!(got["missing_vectors"], 0);
+}

@@ -978,3 +978,42 @@ async fn what_the_store_lost_comes_back_from_the_source() {
     );
     f.consistent().await;
 }
+
+/// A source removed while its sync runs (by another process) leaves no
+/// document behind: the sync deletes what it wrote and says why.
+#[tokio::test]
+async fn a_sync_of_a_source_removed_meanwhile_leaves_nothing() {
+    let f = fixture().await;
+    let upstream = tempfile::tempdir().unwrap();
+    let repo = upstream.path();
+    git(repo, &["init", "--quiet", "--initial-branch=main"]);
+    write(repo, "a.md", b"# A\n\nPage a says alpha.\n");
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "--quiet", "-m", "first"]);
+    f.add(
+        "wiki",
+        SourceConfig::Git(GitConfig {
+            url: repo.display().to_string(),
+            branch: None,
+            path: None,
+            url_template: None,
+            allow_networks: vec![],
+        }),
+    )
+    .await;
+    // The sync has read its record; then the source is removed.
+    let record = f.ingestor.docs.source("wiki").await.unwrap().unwrap();
+    f.ingestor.docs.remove_source("wiki").await.unwrap();
+    let err = sync(
+        &f.ingestor,
+        &record,
+        &f.cache.join("wiki"),
+        &|_: rag_ingest::Progress| {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("removed while it synced"), "{err}");
+    assert!(f.documents().await.is_empty());
+    f.consistent().await;
+}

@@ -108,6 +108,9 @@ pub(crate) async fn remove(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(KeyRole::Admin, "remove sources")?;
+    // One writer at a time: a removal never interleaves with a sync or an
+    // upload, which could write documents of the source it removes.
+    let _writes = state.jobs.writes.lock().await;
     let ingestor = ingestor(&state)?;
     let cache = state.app.settings.data_dir.join("sources").join(&name);
     let documents = rag_ingest::sources::remove(&ingestor, &name, &cache).await?;
@@ -128,6 +131,8 @@ pub(crate) async fn sync(
             format!("no source named {name:?}"),
         ));
     };
+    // One writer at a time (see `remove`); uploads wait for the sync.
+    let _writes = state.jobs.writes.lock().await;
     let ingestor = ingestor(&state)?;
     let cache = state.app.settings.data_dir.join("sources").join(&name);
     let report = rag_ingest::sources::sync(&ingestor, &record, &cache, &|_| {}).await?;

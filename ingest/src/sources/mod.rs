@@ -322,6 +322,17 @@ pub async fn sync(
             report.unchanged += 1;
         }
     }
+    // Removed while it ran (by another process): what it wrote is deleted,
+    // so no document is left that no source lists.
+    if ingestor.docs.source(&record.name).await?.is_none() {
+        for doc in ingestor.docs.documents_of_origin(&record.name).await? {
+            ingestor.delete(&doc.id).await?;
+        }
+        return Err(Error::not_found(format!(
+            "source {:?} was removed while it synced; what the sync wrote was deleted",
+            record.name
+        )));
+    }
     let stored = Stored {
         connector: scan.state,
         retry: report.failures.iter().map(|f| f.document.clone()).collect(),
@@ -351,6 +362,11 @@ pub async fn remove(ingestor: &Ingestor, name: &str, cache: &Path) -> Result<usi
         ingestor.delete(&doc.id).await?;
     }
     ingestor.docs.remove_source(name).await?;
+    // What a sync running elsewhere wrote meanwhile, or an interrupted
+    // removal left.
+    for doc in ingestor.docs.documents_of_origin(name).await? {
+        ingestor.delete(&doc.id).await?;
+    }
     if cache.exists() {
         std::fs::remove_dir_all(cache).map_err(|e| {
             Error::unavailable(format!("removing {}", cache.display())).with_source(e)
