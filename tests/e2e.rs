@@ -1884,6 +1884,8 @@ fn chat_page_in_headless_chromium() {
             .is_some_and(|s| !s.is_empty()),
         "{line}"
     );
+    // Asked in open mode: no key, so no groups to label it with.
+    assert!(line["feedback"]["groups"].is_null(), "{line}");
     assert!(
         std::fs::metadata(&screenshot).unwrap().len() > 10_000,
         "screenshot kept at {}",
@@ -2353,7 +2355,7 @@ fn mcp_over_stdio_and_http_and_feedback_by_key() {
     // HTTP with keys: a reader of `everyone` never sees hr's passages.
     let (everyone, _) = create_key(data, "everyone", "reader", "everyone");
     let (hr_key, _) = create_key(data, "hr", "reader", "hr");
-    let (_server, addr) = start_server(data);
+    let (server, addr) = start_server(data);
     let url = format!("http://{addr}/mcp");
     let restricted = client(&["http", &url, &everyone, query, question]);
     assert_eq!(restricted["tools"], serde_json::json!(["ask", "search"]));
@@ -2394,4 +2396,15 @@ fn mcp_over_stdio_and_http_and_feedback_by_key() {
     assert!(text.contains("\\\"up\\\" or \\\"down\\\""), "{text}");
     let (status, _, text) = rate(&everyone, &body);
     assert_eq!(status, 200, "{text}");
+    // The export labels it with the groups of the key that asked.
+    drop(server);
+    let exported = data.join("feedback.jsonl");
+    run_ok(
+        rag(data)
+            .args(["eval", "export-feedback", "--out"])
+            .arg(&exported),
+    );
+    let line: Value =
+        serde_json::from_str(std::fs::read_to_string(&exported).unwrap().trim()).unwrap();
+    assert_eq!(line["feedback"]["groups"], serde_json::json!(["everyone"]), "{line}");
 }

@@ -26,6 +26,7 @@ const SECTIONS: &[&str] = &[
     "chunking",
     "ingest",
     "sources",
+    "feedback",
     "server",
 ];
 
@@ -44,7 +45,25 @@ pub struct Settings {
     pub chunking: rag_ingest::ChunkOptions,
     pub ingest: rag_ingest::IngestSettings,
     pub sources: rag_ingest::SourcesSettings,
+    pub feedback: FeedbackSettings,
     pub server: ServerSettings,
+}
+
+/// `[feedback]`: how long answers are kept to be rated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedbackSettings {
+    /// Answers (questions, answers, ratings, comments) older than this are
+    /// forgotten by a running server, hourly.
+    pub retention_days: f64,
+}
+
+impl Default for FeedbackSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 90.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +95,7 @@ impl Default for Settings {
             chunking: rag_ingest::ChunkOptions::default(),
             ingest: Default::default(),
             sources: Default::default(),
+            feedback: FeedbackSettings::default(),
             server: ServerSettings::default(),
         }
     }
@@ -427,6 +447,10 @@ impl Settings {
             settings.data_dir = dir.to_owned();
         }
         settings.sources.apply(settings.ingest.limits()?)?;
+        if !(settings.feedback.retention_days > 0.0 && settings.feedback.retention_days.is_finite())
+        {
+            anyhow::bail!("feedback.retention_days must be a positive number of days");
+        }
         settings.vector_store.server()?;
         Ok(settings)
     }
@@ -494,6 +518,10 @@ mod tests {
             ("[generater]\nmax_batch = 4\n", "generater"),
             ("[retrieval]\nmin_scroe = 0.3\n", "min_scroe"),
             ("[sources]\ntimeout_s = 0\n", "sources.timeout_s"),
+            (
+                "[feedback]\nretention_days = -1\n",
+                "feedback.retention_days",
+            ),
         ] {
             std::fs::write(&file, text).unwrap();
             let err = format!("{:#}", Settings::load(Some(&file), None).unwrap_err());

@@ -156,6 +156,9 @@ pub trait DocumentStore: Send + Sync {
     ) -> Result<bool>;
     /// Rated answers, oldest first.
     async fn rated_answers(&self) -> Result<Vec<AnswerRecord>>;
+    /// Forgets the answers asked before `before` (RFC 3339), rated or not;
+    /// returns how many.
+    async fn forget_answers_before(&self, before: &str) -> Result<u64>;
 }
 
 /// Who commits a document, for [`DocumentStore::commit_document`].

@@ -852,6 +852,15 @@ impl DocumentStore for SqlDocumentStore {
         rows.iter().map(answer_from_row).collect()
     }
 
+    async fn forget_answers_before(&self, before: &str) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM answers WHERE created_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
     async fn finish_run(&self, run_id: &str, finished_at: &str, report_json: &str) -> Result<()> {
         sqlx::query("UPDATE ingest_runs SET finished_at = $1, report = $2 WHERE id = $3")
             .bind(finished_at)
@@ -1178,5 +1187,23 @@ mod tests {
         assert_eq!(rated[0].rating.as_deref(), Some("down"));
         assert_eq!(rated[0].comment.as_deref(), Some("wrong"));
         assert_eq!(rated[0].question, "How many sick days?");
+        // Retention: answers asked before the cut are forgotten, rated or
+        // not; a later one stays.
+        let later = AnswerRecord {
+            id: "a3".into(),
+            created_at: "2026-12-05T00:00:00Z".into(),
+            ..answer.clone()
+        };
+        store.record_answer(&later).await.unwrap();
+        assert_eq!(
+            store
+                .forget_answers_before("2026-12-03T00:00:00Z")
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(store.rated_answers().await.unwrap().is_empty());
+        assert!(rate("a3", Some("key-a")).await.unwrap());
+        assert_eq!(store.rated_answers().await.unwrap().len(), 1);
     }
 }

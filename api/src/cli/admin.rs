@@ -94,8 +94,30 @@ pub async fn serve(settings: Settings, args: ServeArgs) -> anyhow::Result<ExitCo
     }
     // Load the model before taking traffic.
     app.generator().await?;
+    tokio::spawn(forget_old_answers(app.clone()));
     http::serve(app, addr, open).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Forgets, now and hourly, the answers kept for feedback longer than
+/// `feedback.retention_days`: questions are what people asked, and are
+/// not kept for ever.
+async fn forget_old_answers(app: Arc<crate::app::App>) {
+    let keep = chrono::Duration::seconds((app.settings.feedback.retention_days * 86_400.0) as i64);
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        hourly.tick().await;
+        let before = (chrono::Utc::now() - keep).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        match app.docs.forget_answers_before(&before).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(answers = n, %before, "answers past feedback.retention_days forgotten")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.chain(), "forgetting old answers failed; retried in an hour")
+            }
+        }
+    }
 }
 
 pub async fn keys(settings: Settings, args: KeysArgs) -> anyhow::Result<ExitCode> {

@@ -60,6 +60,15 @@ pub async fn export_feedback(
 ) -> anyhow::Result<ExitCode> {
     let app = App::open(settings).await?;
     let rated = app.docs.rated_answers().await?;
+    // Each answer labelled with the groups of the key that asked: the
+    // export holds what those groups may read, and goes where they may.
+    let groups: std::collections::HashMap<String, Vec<String>> = app
+        .docs
+        .keys()
+        .await?
+        .into_iter()
+        .map(|k| (k.id, k.groups))
+        .collect();
     let mut lines = String::new();
     let (mut down, mut up) = (0, 0);
     for a in &rated {
@@ -97,6 +106,9 @@ pub async fn export_feedback(
                 "cited_sources": sources,
                 "asked_at": a.created_at,
                 "rated_at": a.rated_at,
+                // null: asked in open mode (or by a key since deleted),
+                // where every document could be read.
+                "groups": a.key_id.as_ref().and_then(|k| groups.get(k)),
             },
         });
         lines.push_str(&line.to_string());

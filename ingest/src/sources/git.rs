@@ -139,6 +139,17 @@ impl GitConfig {
                  in the repository goes"
             )));
         }
+        // The address becomes a link on the chat page: javascript: or
+        // data: there would run in the reader's browser.
+        if let Some(t) = &self.url_template {
+            let lower = t.trim().to_ascii_lowercase();
+            if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+                return Err(Error::invalid(format!(
+                    "--url-template {:?}: give an http:// or https:// address",
+                    redact(t)
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -714,6 +725,18 @@ mod tests {
         };
         let err = template.validate().unwrap_err();
         assert!(err.to_string().contains("{path}"), "{err}");
+        for bad in [
+            "javascript:alert(1)//{path}",
+            "data:text/html,{path}",
+            "/wiki/{path}",
+        ] {
+            let template = GitConfig {
+                url_template: Some(bad.into()),
+                ..config("/srv/wiki.git")
+            };
+            let err = template.validate().unwrap_err();
+            assert!(err.to_string().contains("https://"), "{bad}: {err}");
+        }
     }
 
     #[test]
