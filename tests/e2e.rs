@@ -2406,5 +2406,9 @@ fn mcp_over_stdio_and_http_and_feedback_by_key() {
     );
     let line: Value =
         serde_json::from_str(std::fs::read_to_string(&exported).unwrap().trim()).unwrap();
-    assert_eq!(line["feedback"]["groups"], serde_json::json!(["everyone"]), "{line}");
+    assert_eq!(
+        line["feedback"]["groups"],
+        serde_json::json!(["everyone"]),
+        "{line}"
+    );
 }

@@ -1017,3 +1017,81 @@ async fn a_sync_of_a_source_removed_meanwhile_leaves_nothing() {
     assert!(f.documents().await.is_empty());
     f.consistent().await;
 }
+
+/// What a crawl keeps is bounded by its request budget (4 x max_pages):
+/// child sitemaps are read only within the prefix and as robots.txt
+/// allows, and links beyond the budget are not queued; a crawl cut that
+/// way is not complete, so what it did not reach is not deleted.
+#[tokio::test]
+async fn a_crawl_keeps_no_more_than_it_may_ask_for() {
+    let f = fixture().await;
+    let site = Site::default();
+    let base = site.serve().await;
+    site.set(
+        "/robots.txt",
+        "text/plain",
+        "User-agent: *\nDisallow: /docs/private/\n",
+    );
+    site.set(
+        "/docs/index.xml",
+        "application/xml",
+        &format!(
+            "<sitemapindex><sitemap><loc>{base}/docs/a.xml</loc></sitemap>\
+             <sitemap><loc>{base}/docs/private/b.xml</loc></sitemap>\
+             <sitemap><loc>{base}/other/c.xml</loc></sitemap></sitemapindex>"
+        ),
+    );
+    site.set(
+        "/docs/a.xml",
+        "application/xml",
+        &format!("<urlset><url><loc>{base}/docs/p1</loc></url></urlset>"),
+    );
+    for path in ["/docs/private/b.xml", "/other/c.xml"] {
+        site.set(
+            path,
+            "application/xml",
+            &format!("<urlset><url><loc>{base}/docs/p2</loc></url></urlset>"),
+        );
+    }
+    site.set("/docs/p1", "text/html", &html("P1", "<p>Page one.</p>"));
+    site.set("/docs/p2", "text/html", &html("P2", "<p>Page two.</p>"));
+    f.add("map", web(&format!("{base}/docs/index.xml"))).await;
+    let report = f.sync("map").await.unwrap();
+    assert_eq!(report.added, 1, "{report:?}");
+    let asked: Vec<String> = site.take_log().into_iter().map(|(p, _)| p).collect();
+    assert!(
+        !asked
+            .iter()
+            .any(|p| p == "/docs/private/b.xml" || p == "/other/c.xml"),
+        "{asked:?}"
+    );
+
+    // A page of 30 links with max_pages 2: 8 requests at most, so no more
+    // than 8 links are queued, and the crawl is cut.
+    let links: String = (0..30)
+        .map(|i| format!("<a href=\"/site/l{i}\">l{i}</a> "))
+        .collect();
+    site.set(
+        "/site/",
+        "text/html",
+        &html("Hub", &format!("<p>Hub.</p>{links}")),
+    );
+    for i in 0..30 {
+        site.set(
+            &format!("/site/l{i}"),
+            "text/html",
+            &html("L", &format!("<p>Leaf {i}.</p>")),
+        );
+    }
+    let SourceConfig::Web(mut config) = web(&format!("{base}/site/")) else {
+        unreachable!()
+    };
+    config.max_pages = 2;
+    f.add("hub", SourceConfig::Web(config)).await;
+    let report = f.sync("hub").await.unwrap();
+    assert_eq!(report.added, 2, "{report:?}");
+    let report = f.sync("hub").await.unwrap();
+    assert_eq!(report.deleted, 0, "a cut crawl deletes nothing: {report:?}");
+    let asked = site.take_log().len();
+    assert!(asked <= 2 * 8, "{asked} requests");
+}

@@ -286,8 +286,13 @@ impl Crawler {
             )));
         }
         let mut queue: VecDeque<Url> = VecDeque::new();
+        // Some URLs were left out for the request budget: what the crawl
+        // does not reach is not known to be gone.
+        let mut cut = false;
         if self.sitemap {
-            for url in self.sitemap_urls().await? {
+            let (urls, sitemap_cut) = self.sitemap_urls(&allowed).await?;
+            cut = sitemap_cut;
+            for url in urls {
                 if self.within(&url) {
                     queue.push_back(url);
                 }
@@ -420,13 +425,24 @@ impl Crawler {
             }
             if !self.sitemap {
                 for link in links {
-                    if seen.insert(link.clone())
-                        && let Ok(url) = Url::parse(&link)
-                    {
+                    if seen.contains(&link) {
+                        continue;
+                    }
+                    // Past the request budget a link would never be asked
+                    // for: the queue (and what it has seen) stops growing.
+                    if queue.len() >= self.budget() {
+                        cut = true;
+                        break;
+                    }
+                    seen.insert(link.clone());
+                    if let Ok(url) = Url::parse(&link) {
                         queue.push_back(url);
                     }
                 }
             }
+        }
+        if cut {
+            scan.complete = false;
         }
         scan.state = serde_json::to_value(&state).expect("state serialises");
         Ok(scan)
@@ -470,21 +486,46 @@ impl Crawler {
 
     /// The page URLs of a sitemap (or of the sitemaps a sitemap index
     /// names, one level down).
-    async fn sitemap_urls(&self) -> Result<Vec<Url>> {
-        let (kind, locs) = self.read_sitemap(&self.start).await?;
+    /// The crawl asks for at most this many URLs ([`Crawler::crawl`]'s
+    /// request budget): a sitemap or the links found may list more, and
+    /// nothing beyond it is kept.
+    fn budget(&self) -> usize {
+        4 * self.max_pages
+    }
+
+    /// The page URLs of the sitemap (or of the sitemaps a sitemap index
+    /// names, one level down), and whether some were left out for the
+    /// budget (then the crawl is not complete).
+    async fn sitemap_urls(
+        &self,
+        allowed: &(dyn Fn(&Url) -> bool + Sync),
+    ) -> Result<(Vec<Url>, bool)> {
+        let (kind, mut locs) = self.read_sitemap(&self.start).await?;
         if kind != "sitemapindex" {
-            return Ok(locs);
+            let cut = locs.len() > self.budget();
+            locs.truncate(self.budget());
+            return Ok((locs, cut));
         }
+        // Child sitemaps are read like pages: within the prefix, as
+        // robots.txt allows, and no more of them than pages may be read.
         let mut out = Vec::new();
-        for child in locs {
-            if child.origin() != self.start.origin() {
-                continue;
+        let children: Vec<Url> = locs
+            .into_iter()
+            .filter(|child| self.within(child) && allowed(child))
+            .collect();
+        let mut cut = children.len() > self.max_pages;
+        for child in children.into_iter().take(self.max_pages) {
+            if out.len() >= self.budget() {
+                cut = true;
+                break;
             }
             tokio::time::sleep(self.delay).await;
             let (_, pages) = self.read_sitemap(&child).await?;
             out.extend(pages);
         }
-        Ok(out)
+        cut |= out.len() > self.budget();
+        out.truncate(self.budget());
+        Ok((out, cut))
     }
 
     async fn read_sitemap(&self, url: &Url) -> Result<(String, Vec<Url>)> {
