@@ -408,6 +408,17 @@ async fn only_admin_keys_manage_sources() {
         list[0]["config"]["url_template"],
         "https://git.example/{path}"
     );
+    // `?force` is a boolean; anything else is the caller's mistake.
+    let (status, _, _) = f
+        .call(
+            false,
+            "POST",
+            "/v1/sources/wiki/sync?force=maybe",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _, _) = f
         .call(false, "DELETE", "/v1/sources/wiki", Some(&admin), None)
         .await;

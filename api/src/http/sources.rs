@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -117,12 +117,22 @@ pub(crate) async fn remove(
     Ok(Json(json!({ "removed": name, "documents": documents })).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/sources/{name}/sync", tag = "sources", params(("name" = String, Path, description = "source name")),
+/// `?force=true`: delete what the source no longer holds even past
+/// `sources.max_delete_fraction`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SyncParams {
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(post, path = "/v1/sources/{name}/sync", tag = "sources", params(("name" = String, Path, description = "source name"), ("force" = Option<bool>, Query, description = "delete what the source no longer holds even past sources.max_delete_fraction")),
     responses((status = 200, description = "What the sync did: {source, added, updated, unchanged, deleted, forbidden, failed, failures, seconds}"), (status = 400, description = "The source cannot be read now; the message says why", body = ErrorBody), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 403, description = "Not an admin key", body = ErrorBody), (status = 404, description = "No such source", body = ErrorBody)))]
 pub(crate) async fn sync(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,
     Path(name): Path<String>,
+    Query(params): Query<SyncParams>,
 ) -> Result<Response, ApiError> {
     caller.require(KeyRole::Admin, "sync sources")?;
     let Some(record) = state.app.docs.source(&name).await? else {
@@ -133,7 +143,10 @@ pub(crate) async fn sync(
     };
     // One writer at a time (see `remove`); uploads wait for the sync.
     let _writes = state.jobs.writes.lock().await;
-    let ingestor = ingestor(&state)?;
+    let mut ingestor = ingestor(&state)?;
+    if params.force {
+        ingestor.limits.max_delete_fraction = f64::INFINITY;
+    }
     let cache = state.app.settings.data_dir.join("sources").join(&name);
     let report = rag_ingest::sources::sync(&ingestor, &record, &cache, &|_| {}).await?;
     Ok(Json(report).into_response())

@@ -84,13 +84,30 @@ impl GitConfig {
         (!host.is_empty() && !host.contains('/')).then(|| (host.to_string(), 22))
     }
 
-    /// Refuses a remote on an address sources may not reach (resolved now;
-    /// git resolves it again when it connects).
-    fn check_network(&self) -> Result<()> {
+    /// Refuses a remote on an address sources may not reach. For an
+    /// http(s) remote named by a name, returns the `http.curloptResolve`
+    /// entry that pins git's connection to the addresses checked, so the
+    /// name cannot be rebound in between (ssh resolves by itself: checked
+    /// only).
+    fn check_network(&self) -> Result<Option<String>> {
         let Some((host, port)) = self.remote_host() else {
-            return Ok(());
+            return Ok(None);
         };
-        Network::new(&self.allow_networks)?.check_host(&host, port)
+        let addrs = Network::new(&self.allow_networks)?.check_host(&host, port)?;
+        let url = self.url.trim().to_ascii_lowercase();
+        if !(url.starts_with("https://") || url.starts_with("http://"))
+            || host.parse::<std::net::IpAddr>().is_ok()
+        {
+            return Ok(None);
+        }
+        let addrs: Vec<String> = addrs
+            .iter()
+            .map(|ip| match ip {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            })
+            .collect();
+        Ok(Some(format!("{host}:{port}:{}", addrs.join(","))))
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -332,14 +349,21 @@ impl GitSource {
     /// Clones the repository (into a temporary folder, renamed when done,
     /// so a crash never leaves half a clone), or fetches its branches.
     fn fetch(&self, timeout: Duration) -> Result<()> {
-        self.config
+        let pin = self
+            .config
             .check_network()
             .map_err(|e| Error::new(e.kind(), redact(e.message())))?;
+        let pinned = pin.map(|p| format!("http.curloptResolve={p}"));
+        let mut network: Vec<&str> = Vec::new();
+        if let Some(pinned) = &pinned {
+            network.extend(["-c", pinned.as_str()]);
+        }
         let url = self.config.url.trim();
         if self.repo.join("HEAD").exists() {
             git_within(
                 timeout,
                 Some(&self.repo),
+                &network,
                 &[
                     "fetch",
                     "--quiet",
@@ -367,7 +391,7 @@ impl GitSource {
             args.extend(["--branch", b.as_str()]);
         }
         args.extend(["--", url, partial_str.as_str()]);
-        let cloned = git_within(timeout, None, &args)
+        let cloned = git_within(timeout, None, &network, &args)
             .map_err(|e| Error::invalid(format!("cloning {}: {e}", redact(url))));
         if let Err(e) = cloned {
             let _ = std::fs::remove_dir_all(&partial);
@@ -474,10 +498,16 @@ fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>> {
 /// [`git`] over the network: killed when it runs past `timeout`, and
 /// given up by git itself on a transfer slower than 1 KB/s for as long,
 /// or an ssh connection that does not open in time.
-fn git_within(timeout: Duration, dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>> {
+fn git_within(
+    timeout: Duration,
+    dir: Option<&Path>,
+    options: &[&str],
+    args: &[&str],
+) -> Result<Vec<u8>> {
     let seconds = timeout.as_secs().max(1).to_string();
     let low_speed = format!("http.lowSpeedTime={seconds}");
     let mut all = vec!["-c", "http.lowSpeedLimit=1000", "-c", low_speed.as_str()];
+    all.extend_from_slice(options);
     all.extend_from_slice(args);
     git_with_input(dir, &all, "", Some(timeout))
 }
@@ -672,11 +702,27 @@ mod tests {
             .check_network()
             .unwrap_err();
         assert!(err.to_string().contains("--allow-network"), "{err}");
-        let allowed = GitConfig {
-            allow_networks: vec!["127.0.0.0/8".into()],
-            ..config("https://127.0.0.1/w.git")
+        let allowed = |url: &str| GitConfig {
+            allow_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            ..config(url)
         };
-        assert!(allowed.check_network().is_ok());
+        assert_eq!(
+            allowed("https://127.0.0.1/w.git").check_network().unwrap(),
+            None
+        );
+        // A name over http(s) is pinned to the addresses checked.
+        let pin = allowed("https://localhost:8443/w.git")
+            .check_network()
+            .unwrap()
+            .unwrap();
+        assert!(pin.starts_with("localhost:8443:"), "{pin}");
+        assert!(pin.contains("127.0.0.1") || pin.contains("[::1]"), "{pin}");
+        assert_eq!(
+            allowed("ssh://git@localhost/w.git")
+                .check_network()
+                .unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -69,24 +69,26 @@ impl Network {
         }
     }
 
-    /// Refuses `host` when none of its addresses may be reached (a
-    /// blocking lookup, for code that runs git).
-    pub fn check_host(&self, host: &str, port: u16) -> Result<()> {
+    /// The addresses of `host`, refused when any may not be reached (a
+    /// blocking lookup, for code that runs git, which may connect to any
+    /// of them).
+    pub fn check_host(&self, host: &str, port: u16) -> Result<Vec<IpAddr>> {
         use std::net::ToSocketAddrs;
         if let Ok(ip) = host.parse::<IpAddr>() {
             return if self.permits(ip) {
-                Ok(())
+                Ok(vec![ip])
             } else {
                 Err(refused(host, ip))
             };
         }
-        let found: Vec<SocketAddr> = (host, port)
+        let found: Vec<IpAddr> = (host, port)
             .to_socket_addrs()
             .map_err(|e| Error::unavailable(format!("cannot resolve {host}")).with_source(e))?
+            .map(|a| a.ip())
             .collect();
-        match found.iter().find(|a| !self.permits(a.ip())) {
-            Some(addr) => Err(refused(host, addr.ip())),
-            None => Ok(()),
+        match found.iter().find(|ip| !self.permits(**ip)) {
+            Some(ip) => Err(refused(host, *ip)),
+            None => Ok(found),
         }
     }
 
