@@ -75,6 +75,9 @@ pub struct SourcesSettings {
     /// start page that now answers with a login page, or a repository
     /// emptied by mistake, stops the sync instead (`rag sync --force`).
     pub max_delete_fraction: f64,
+    /// The only hosts sources may come from (web sites, git remotes);
+    /// empty: any host the network rule allows.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for SourcesSettings {
@@ -83,6 +86,7 @@ impl Default for SourcesSettings {
         Self {
             timeout_s: limits.source_timeout.as_secs_f64(),
             max_delete_fraction: limits.max_delete_fraction,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -125,6 +125,7 @@ async fn add(settings: Settings, args: AddArgs) -> anyhow::Result<ExitCode> {
         _ => anyhow::bail!("give one of --git URL or --web START_URL"),
     };
     config.validate()?;
+    config.check_host_allowed(&settings.sources.allowed_hosts)?;
     let app = App::open(settings).await?;
     app.docs
         .add_source(&SourceRecord {
@@ -254,13 +255,20 @@ pub async fn sync(settings: Settings, args: SyncArgs) -> anyhow::Result<ExitCode
         for record in &chosen {
             let bar = progress_bar(0, json);
             bar.set_message(format!("syncing {}", record.name));
-            let result = rag_ingest::sources::sync(
-                &ingestor,
-                record,
-                &cache.join(&record.name),
-                &ingest_progress(bar.clone()),
-            )
-            .await;
+            let allowed = SourceConfig::of(record)
+                .and_then(|c| c.check_host_allowed(&app.settings.sources.allowed_hosts));
+            let result = match allowed {
+                Ok(()) => {
+                    rag_ingest::sources::sync(
+                        &ingestor,
+                        record,
+                        &cache.join(&record.name),
+                        &ingest_progress(bar.clone()),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
             bar.finish_and_clear();
             results.push((record.name.clone(), result));
         }

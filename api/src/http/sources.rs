@@ -74,6 +74,7 @@ pub(crate) async fn add(
     let config: SourceConfig =
         serde_json::from_value(req.config).map_err(|e| Error::invalid(format!("config: {e}")))?;
     config.validate()?;
+    config.check_host_allowed(&state.app.settings.sources.allowed_hosts)?;
     if let SourceConfig::Git(git) = &config
         && !git.remote()
     {
@@ -143,6 +144,7 @@ pub(crate) async fn sync(
     };
     // One writer at a time (see `remove`); uploads wait for the sync.
     let _writes = state.jobs.writes.lock().await;
+    SourceConfig::of(&record)?.check_host_allowed(&state.app.settings.sources.allowed_hosts)?;
     let mut ingestor = ingestor(&state)?;
     if params.force {
         ingestor.limits.max_delete_fraction = f64::INFINITY;

@@ -64,7 +64,7 @@ impl GitConfig {
 
     /// The host and port a clone connects to; `None` for a local path or
     /// `file://`.
-    fn remote_host(&self) -> Option<(String, u16)> {
+    pub(crate) fn remote_host(&self) -> Option<(String, u16)> {
         let url = self.url.trim();
         if let Some((scheme, _)) = url.split_once("://") {
             let parsed = reqwest::Url::parse(url).ok()?;

@@ -74,6 +74,41 @@ impl SourceConfig {
         })
     }
 
+    /// The host a sync connects to (lowercase); `None` for a local
+    /// repository.
+    pub fn host(&self) -> Option<String> {
+        match self {
+            SourceConfig::Git(c) => c.remote_host().map(|(host, _)| host),
+            SourceConfig::Web(c) => reqwest::Url::parse(c.start_url.trim())
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string)),
+        }
+        .map(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase()
+        })
+    }
+
+    /// Refuses a source whose host is not in `allowed` (the server's
+    /// `sources.allowed_hosts`; empty: any host). A local repository has
+    /// no host and is the CLI's alone.
+    pub fn check_host_allowed(&self, allowed: &[String]) -> Result<()> {
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        match self.host() {
+            Some(host) if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&host)) => {
+                Err(Error::invalid(format!(
+                    "{host} is not among the hosts sources may come from here \
+                     (sources.allowed_hosts: {})",
+                    allowed.join(", ")
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Where a sync reads from, for listings: without any password or
     /// token in the URL.
     pub fn location(&self) -> String {
@@ -444,6 +479,52 @@ mod tests {
         };
         assert!(!record.config.contains("kind"));
         assert_eq!(SourceConfig::of(&record).unwrap(), config);
+    }
+
+    /// `sources.allowed_hosts`: a web site or remote elsewhere is refused;
+    /// empty, any host; a local repository has none to check.
+    #[test]
+    fn sources_come_only_from_the_hosts_allowed() {
+        let web = |url: &str| {
+            SourceConfig::Web(WebConfig {
+                start_url: url.into(),
+                prefix: None,
+                max_pages: 10,
+                delay_ms: 0,
+                allow_networks: vec![],
+            })
+        };
+        let git = |url: &str| {
+            SourceConfig::Git(GitConfig {
+                url: url.into(),
+                branch: None,
+                path: None,
+                url_template: None,
+                allow_networks: vec![],
+            })
+        };
+        let allowed = vec!["wiki.internal".to_string(), "git.example".to_string()];
+        assert!(
+            web("https://WIKI.internal/docs/")
+                .check_host_allowed(&allowed)
+                .is_ok()
+        );
+        assert!(
+            git("git@git.example:team/w.git")
+                .check_host_allowed(&allowed)
+                .is_ok()
+        );
+        assert!(git("/srv/wiki.git").check_host_allowed(&allowed).is_ok());
+        let err = web("https://evil.example/")
+            .check_host_allowed(&allowed)
+            .unwrap_err();
+        assert!(err.to_string().contains("sources.allowed_hosts"), "{err}");
+        assert!(
+            git("https://10.0.0.9/w.git")
+                .check_host_allowed(&allowed)
+                .is_err()
+        );
+        assert!(web("https://evil.example/").check_host_allowed(&[]).is_ok());
     }
 
     #[test]
