@@ -1443,4 +1443,36 @@ fn a_sync_killed_midway_is_finished_by_the_next() {
     assert_eq!(got, expected, "a resumed sync differs from a clean one");
     assert_eq!(got["orphan_vectors"], 0);
     assert_eq!(got["missing_vectors"], 0);
+
+    // A commit that empties most of the repository: the sync stops and
+    // changes nothing; --force deletes.
+    let git = |args: &[&str]| {
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&["rm", "-r", "--quiet", "tools"]);
+    git(&["commit", "--quiet", "-m", "oops"]);
+    let out = rag(dir.path())
+        .args(["sync", "handbook", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("max_delete_fraction"), "{said}");
+    assert_eq!(doctor(dir.path())["documents"], expected["documents"]);
+    let report: Value = serde_json::from_str(&run_ok(
+        rag(dir.path()).args(["sync", "handbook", "--json", "--force"]),
+    ))
+    .unwrap();
+    assert!(report[0]["deleted"].as_u64().unwrap() > 0, "{report}");
 }

@@ -763,6 +763,16 @@ async fn a_password_in_a_web_url_is_never_shown() {
         err.contains("outside --prefix") && !err.contains("s3cr3t"),
         "{err}"
     );
+    // Nor does a URL of the wrong scheme.
+    let ftp = WebConfig {
+        start_url: "ftp://bot:s3cr3t@files.example/docs/".into(),
+        prefix: None,
+        max_pages: 10,
+        delay_ms: 0,
+        allow_networks: vec![],
+    };
+    let err = SourceConfig::Web(ftp).validate().unwrap_err().to_string();
+    assert!(err.contains("http://") && !err.contains("s3cr3t"), "{err}");
 }
 
 /// A remote that accepts connections and never answers (a git server, a
@@ -807,6 +817,23 @@ async fn a_silent_remote_times_out() {
             "{name}: {err}"
         );
     }
+    // Nothing listens: it fails at once, with the reason.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    f.add(
+        "gone-git",
+        SourceConfig::Git(GitConfig {
+            url: format!("http://127.0.0.1:{port}/wiki.git"),
+            branch: None,
+            path: None,
+            url_template: None,
+            allow_networks: vec!["127.0.0.0/8".into()],
+        }),
+    )
+    .await;
+    let err = f.sync("gone-git").await.unwrap_err().to_string();
+    assert!(err.contains("cloning") && err.contains("failed"), "{err}");
     assert!(f.documents().await.is_empty());
 }
 
@@ -1094,4 +1121,43 @@ async fn a_crawl_keeps_no_more_than_it_may_ask_for() {
     assert_eq!(report.deleted, 0, "a cut crawl deletes nothing: {report:?}");
     let asked = site.take_log().len();
     assert!(asked <= 2 * 8, "{asked} requests");
+}
+
+/// A redirect to the server's own network is not followed: the site (on
+/// an allowed address) sends the crawl to 127.0.0.2, and nothing reaches
+/// it.
+#[tokio::test]
+async fn a_redirect_to_a_refused_address_is_not_followed() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let f = fixture().await;
+    let inside = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let target = inside.local_addr().unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let count = reached.clone();
+    std::thread::spawn(move || {
+        for _ in inside.incoming() {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let site = Site::default();
+    let base = site.serve().await;
+    site.set(
+        "/docs/",
+        "text/html",
+        &html("Home", "<p>Welcome.</p><a href=\"/docs/go\">go</a>"),
+    );
+    site.set(
+        "/docs/go",
+        "redirect",
+        &format!("http://{target}/docs/secret"),
+    );
+    let SourceConfig::Web(mut config) = web(&format!("{base}/docs/")) else {
+        unreachable!()
+    };
+    // Only the site's own address is opened, not the rest of loopback.
+    config.allow_networks = vec!["127.0.0.1/32".into()];
+    f.add("site", SourceConfig::Web(config)).await;
+    let report = f.sync("site").await.unwrap();
+    assert_eq!(report.added, 1, "{report:?}");
+    assert_eq!(reached.load(Ordering::SeqCst), 0, "127.0.0.2 was reached");
 }

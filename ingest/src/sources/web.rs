@@ -117,7 +117,8 @@ fn http_url(flag: &str, text: &str) -> Result<Url> {
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(Error::invalid(format!(
-            "{flag} {text:?}: give an http:// or https:// URL"
+            "{flag} {:?}: give an http:// or https:// URL",
+            super::git::redact(text)
         )));
     }
     Ok(url)
