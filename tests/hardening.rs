@@ -1381,20 +1381,22 @@ fn handbook_repo() -> tempfile::TempDir {
             std::fs::copy(&file, &to).unwrap();
         }
     }
-    let git = |args: &[&str]| {
-        let status = std::process::Command::new("git")
-            .arg("-C")
-            .arg(repo.path())
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success(), "git {args:?}");
-    };
-    git(&["init", "--quiet", "--initial-branch=main"]);
-    git(&["add", "-A"]);
-    git(&["commit", "--quiet", "-m", "handbook"]);
+    git_in(repo.path(), &["init", "--quiet", "--initial-branch=main"]);
+    git_in(repo.path(), &["add", "-A"]);
+    git_in(repo.path(), &["commit", "--quiet", "-m", "handbook"]);
     repo
+}
+
+/// Runs git in `repo`, as a test author.
+fn git_in(repo: &Path, args: &[&str]) {
+    let status = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
 }
 
 /// A sync killed midway (SIGKILL: no destructor, no flush) leaves nothing
@@ -1446,18 +1448,8 @@ fn a_sync_killed_midway_is_finished_by_the_next() {
 
     // A commit that empties most of the repository: the sync stops and
     // changes nothing; --force deletes.
-    let git = |args: &[&str]| {
-        let status = std::process::Command::new("git")
-            .arg("-C")
-            .arg(repo.path())
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(status.success(), "git {args:?}");
-    };
-    git(&["rm", "-r", "--quiet", "tools"]);
-    git(&["commit", "--quiet", "-m", "oops"]);
+    git_in(repo.path(), &["rm", "-r", "--quiet", "tools"]);
+    git_in(repo.path(), &["commit", "--quiet", "-m", "oops"]);
     let out = rag(dir.path())
         .args(["sync", "handbook", "--json"])
         .output()

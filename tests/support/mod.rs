@@ -109,26 +109,12 @@ pub fn http_raw_as(
     content_type: &str,
     body: &[u8],
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|_| stream.write_all(body));
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response).to_string();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("Host", addr), ("Content-Type", content_type)];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    http_exact(addr, method, path, &headers, body)
 }
 
 /// A request with exactly the headers given after the request line (`Host`
