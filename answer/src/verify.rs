@@ -231,6 +231,30 @@ fn unit_of(word: &str) -> Option<String> {
 
 /// The numbers of a text, each with the unit that follows it (if one of
 /// [`UNITS`] does, within two words): digits and the number words.
+/// Units one amount is also written in: "two weeks" is "14 days".
+const CONVERSIONS: &[(&str, &str, f64)] = &[
+    ("week", "day", 7.0),
+    ("hour", "minute", 60.0),
+    ("minute", "second", 60.0),
+    ("year", "month", 12.0),
+];
+
+/// Whether two numbers with units are one amount in different units
+/// ("2 weeks" and "14 days"); never for a number without a unit.
+fn same_amount(a: (&str, Option<&str>), b: (&str, Option<&str>)) -> bool {
+    let (Some(ua), Some(ub)) = (a.1, b.1) else {
+        return false;
+    };
+    let (Ok(va), Ok(vb)) = (a.0.parse::<f64>(), b.0.parse::<f64>()) else {
+        return false;
+    };
+    CONVERSIONS.iter().any(|&(big, small, factor)| {
+        let close = |x: f64, y: f64| (x - y).abs() < 1e-9;
+        (ua == big && ub == small && close(va * factor, vb))
+            || (ua == small && ub == big && close(vb * factor, va))
+    })
+}
+
 fn numbers(text: &str) -> Vec<(String, Option<String>)> {
     let tokens: Vec<(usize, &str)> = TOKEN
         .find_iter(text)
@@ -426,7 +450,8 @@ pub fn check_claim(
     let context_numbers = numbers(context);
     for (value, unit) in numbers(sentence) {
         let same = |(v, u): &(String, Option<String>)| {
-            *v == value && (unit.is_none() || u.is_none() || *u == unit)
+            (*v == value && (unit.is_none() || u.is_none() || *u == unit))
+                || same_amount((&value, unit.as_deref()), (v, u.as_deref()))
         };
         if !window_numbers.iter().any(same) && !context_numbers.iter().any(same) {
             return Err(Mismatch::Number(match unit {
@@ -872,6 +897,29 @@ mod tests {
             best_sentence("How many sick days?", "days of sick leave for 5 weeks and"),
             None
         );
+    }
+
+    /// One amount in another unit holds ("two weeks" for "14 days"); a
+    /// changed amount does not, in either unit.
+    #[test]
+    fn an_amount_in_another_unit_is_the_same_claim() {
+        let passage = "Parents get 14 days of leave. Calls last 120 minutes.";
+        for claim in [
+            "Parents get two weeks of leave.",
+            "Parents get 2 weeks of leave.",
+            "Calls last 2 hours.",
+        ] {
+            assert!(check_claim(claim, passage, "", 0.5).is_ok(), "{claim}");
+        }
+        for claim in ["Parents get three weeks of leave.", "Calls last 3 hours."] {
+            assert!(
+                matches!(
+                    check_claim(claim, passage, "", 0.5),
+                    Err(Mismatch::Number(_))
+                ),
+                "{claim}"
+            );
+        }
     }
 
     #[test]

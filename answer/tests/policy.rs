@@ -341,7 +341,9 @@ fn a_dropped_claim_is_recovered_from_the_sentence_it_was_saying() {
         assert_eq!(streamed, answer.answer);
         answer
     };
-    let garbled = "Parents get two weeks of paid parental leave. [2]";
+    // Two weeks would be the 14 days in other words (that holds); three
+    // is a garbled figure.
+    let garbled = "Parents get three weeks of paid parental leave. [2]";
     let question = "How much paid parental leave do parents get?";
     assert!(ask(&Policy::default(), garbled, question).abstained);
     let recovering = Policy {
