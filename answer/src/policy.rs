@@ -274,21 +274,16 @@ impl Policy {
             max_tokens: SELECT_MAX_TOKENS,
             ..request.clone()
         };
-        let started = Instant::now();
-        let generation = generator.generate_stream(pick, &mut |_| {}).await?;
-        usage.generation_ms += started.elapsed().as_millis() as u64;
-        usage.prompt_tokens += generation.prompt_tokens;
-        usage.completion_tokens += generation.completion_tokens;
+        let generation = ask_aside(generator, pick, usage).await?;
         let picks = select::parse_picks(&generation.text, candidates.len(), self.select_max_picks);
         if picks.is_empty() {
             return Ok(None);
         }
-        let picked: Vec<_> = picks
+        let mut picked: Vec<_> = picks
             .iter()
             .map(|&i| &candidates[i])
             .filter(|c| c.score >= floor)
             .collect();
-        let mut picked = picked;
         if self.select_confirm {
             let mut kept = Vec::new();
             for candidate in picked {
@@ -298,11 +293,7 @@ impl Policy {
                     max_tokens: CONFIRM_MAX_TOKENS,
                     ..request.clone()
                 };
-                let started = Instant::now();
-                let generation = generator.generate_stream(request, &mut |_| {}).await?;
-                usage.generation_ms += started.elapsed().as_millis() as u64;
-                usage.prompt_tokens += generation.prompt_tokens;
-                usage.completion_tokens += generation.completion_tokens;
+                let generation = ask_aside(generator, request, usage).await?;
                 if select::confirmed(&generation.text) {
                     kept.push(candidate);
                 }
@@ -490,6 +481,21 @@ impl Admitted<'_> {
             })
         })
     }
+}
+
+/// The model's reply to a request of the policy's own (a pick, a
+/// confirmation), streamed nowhere; its time and tokens added to `usage`.
+async fn ask_aside(
+    generator: &dyn Generator,
+    request: GenerationRequest,
+    usage: &mut Usage,
+) -> Result<rag_core::Generation> {
+    let started = Instant::now();
+    let generation = generator.generate_stream(request, &mut |_| {}).await?;
+    usage.generation_ms += started.elapsed().as_millis() as u64;
+    usage.prompt_tokens += generation.prompt_tokens;
+    usage.completion_tokens += generation.completion_tokens;
+    Ok(generation)
 }
 
 /// The candidate sentences of `given` for `question`, best first: by

@@ -347,13 +347,7 @@ async fn a_bad_repository_fails_with_the_reason_and_changes_nothing() {
     let not_a_repo = tempfile::tempdir().unwrap();
     f.add(
         "nothing",
-        SourceConfig::Git(GitConfig {
-            url: not_a_repo.path().display().to_string(),
-            branch: None,
-            path: None,
-            url_template: None,
-            allow_networks: vec![],
-        }),
+        git_source(&not_a_repo.path().display().to_string()),
     )
     .await;
     let err = f.sync("nothing").await.unwrap_err().to_string();
@@ -460,6 +454,37 @@ fn html(title: &str, body: &str) -> String {
         "<html><head><title>{title}</title></head><body><nav><a href=\"/docs/\">Home</a> \
          <a href=\"/elsewhere/page\">Elsewhere</a></nav><main><h1>{title}</h1>{body}</main></body></html>"
     )
+}
+
+impl Site {
+    /// `/docs/` linking to `/docs/p1` .. `/docs/pN`, each a page of its
+    /// own; returns the index page, to be put back.
+    fn docs(&self, pages: usize) -> String {
+        let links: String = (1..=pages)
+            .map(|i| format!("<a href=\"/docs/p{i}\">p{i}</a> "))
+            .collect();
+        let index = html("Home", &format!("<p>Index.</p>{links}"));
+        self.set("/docs/", "text/html", &index);
+        for i in 1..=pages {
+            self.set(
+                &format!("/docs/p{i}"),
+                "text/html",
+                &html(&format!("P{i}"), &format!("<p>Page {i} of the docs.</p>")),
+            );
+        }
+        index
+    }
+}
+
+/// A git source of `url` with no other settings.
+fn git_source(url: &str) -> SourceConfig {
+    SourceConfig::Git(GitConfig {
+        url: url.into(),
+        branch: None,
+        path: None,
+        url_template: None,
+        allow_networks: vec![],
+    })
 }
 
 fn web(start: &str) -> SourceConfig {
@@ -846,21 +871,7 @@ async fn a_sync_that_would_delete_most_of_a_source_stops() {
     let mut f = fixture().await;
     let site = Site::default();
     let base = site.serve().await;
-    let links: String = (1..=4)
-        .map(|i| format!("<a href=\"/docs/p{i}\">p{i}</a> "))
-        .collect();
-    site.set(
-        "/docs/",
-        "text/html",
-        &html("Home", &format!("<p>Index.</p>{links}")),
-    );
-    for i in 1..=4 {
-        site.set(
-            &format!("/docs/p{i}"),
-            "text/html",
-            &html(&format!("P{i}"), &format!("<p>Page {i} of the docs.</p>")),
-        );
-    }
+    let index = site.docs(4);
     f.add("docs", web(&format!("{base}/docs/"))).await;
     let report = f.sync("docs").await.unwrap();
     assert_eq!(counts(&report).0, 5, "{report:?}");
@@ -877,11 +888,7 @@ async fn a_sync_that_would_delete_most_of_a_source_stops() {
     );
     assert_eq!(f.documents().await.len(), 5, "nothing was changed");
     // One page of five gone is within the limit.
-    site.set(
-        "/docs/",
-        "text/html",
-        &html("Home", &format!("<p>Index.</p>{links}")),
-    );
+    site.set("/docs/", "text/html", &index);
     site.remove("/docs/p4");
     let report = f.sync("docs").await.unwrap();
     assert_eq!(report.deleted, 1, "{report:?}");
@@ -904,21 +911,7 @@ async fn pages_that_now_ask_to_sign_in_are_removed() {
     let f = fixture().await;
     let site = Site::default();
     let base = site.serve().await;
-    let links: String = (1..=3)
-        .map(|i| format!("<a href=\"/docs/p{i}\">p{i}</a> "))
-        .collect();
-    site.set(
-        "/docs/",
-        "text/html",
-        &html("Home", &format!("<p>Index.</p>{links}")),
-    );
-    for i in 1..=3 {
-        site.set(
-            &format!("/docs/p{i}"),
-            "text/html",
-            &html(&format!("P{i}"), &format!("<p>Page {i} of the docs.</p>")),
-        );
-    }
+    site.docs(3);
     f.add("docs", web(&format!("{base}/docs/"))).await;
     assert_eq!(counts(&f.sync("docs").await.unwrap()).0, 4);
     site.set("/docs/p2", "status", "403");
@@ -951,13 +944,7 @@ async fn what_the_store_lost_comes_back_from_the_source() {
     write(repo, "b.md", b"# B\n\nPage b says beta.\n");
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "--quiet", "-m", "first"]);
-    let config = SourceConfig::Git(GitConfig {
-        url: repo.display().to_string(),
-        branch: None,
-        path: None,
-        url_template: None,
-        allow_networks: vec![],
-    });
+    let config = git_source(&repo.display().to_string());
     f.add("wiki", config).await;
     assert_eq!(counts(&f.sync("wiki").await.unwrap()), (2, 0, 0, 0, 0));
     let lost = f
@@ -1017,17 +1004,7 @@ async fn a_sync_of_a_source_removed_meanwhile_leaves_nothing() {
     write(repo, "a.md", b"# A\n\nPage a says alpha.\n");
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "--quiet", "-m", "first"]);
-    f.add(
-        "wiki",
-        SourceConfig::Git(GitConfig {
-            url: repo.display().to_string(),
-            branch: None,
-            path: None,
-            url_template: None,
-            allow_networks: vec![],
-        }),
-    )
-    .await;
+    f.add("wiki", git_source(&repo.display().to_string())).await;
     // The sync has read its record; then the source is removed.
     let record = f.ingestor.docs.source("wiki").await.unwrap().unwrap();
     f.ingestor.docs.remove_source("wiki").await.unwrap();

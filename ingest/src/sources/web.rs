@@ -58,10 +58,10 @@ impl WebConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         let start = http_url("--web", &self.start_url)?;
         let prefix = self.prefix()?;
-        if !public(start.as_str()).starts_with(prefix.as_str()) {
+        if !public_url(&start).starts_with(prefix.as_str()) {
             return Err(Error::invalid(format!(
                 "--web {}: outside --prefix {prefix}; the start page must be under the prefix",
-                public(start.as_str())
+                public_url(&start)
             )));
         }
         if self.max_pages == 0 {
@@ -74,7 +74,7 @@ impl WebConfig {
     /// pages are compared without theirs).
     fn prefix(&self) -> Result<Url> {
         self.prefix_as_given()
-            .map(|url| Url::parse(&public(url.as_str())).unwrap_or(url))
+            .map(|url| Url::parse(&public_url(&url)).unwrap_or(url))
     }
 
     fn prefix_as_given(&self) -> Result<Url> {
@@ -99,13 +99,21 @@ impl WebConfig {
 /// named and shown. Requests keep it (it is how the site is signed in to).
 fn public(url: &str) -> String {
     match Url::parse(url) {
-        Ok(mut url) => {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.to_string()
-        }
+        Ok(url) => public_url(&url),
         Err(_) => super::git::redact(url),
     }
+}
+
+/// [`public`] of a parsed URL; most have no user information, and are
+/// not copied to lose it (this runs on every link a page has).
+fn public_url(url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
 }
 
 fn http_url(flag: &str, text: &str) -> Result<Url> {
@@ -231,7 +239,7 @@ impl Crawler {
         let guard = network.clone();
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             let url = attempt.url();
-            let allowed = public(url.as_str()).starts_with(&within)
+            let allowed = public_url(url).starts_with(&within)
                 || (url.path() == "/robots.txt" && url.origin() == origin);
             if let Err(e) = guard.check_url(url) {
                 attempt.error(e)
@@ -264,7 +272,7 @@ impl Crawler {
     }
 
     fn within(&self, url: &Url) -> bool {
-        public(url.as_str()).starts_with(&self.prefix)
+        public_url(url).starts_with(&self.prefix)
     }
 
     async fn crawl(
@@ -366,10 +374,11 @@ impl Crawler {
                             landed: (landed_key != key).then(|| landed_key.clone()),
                         },
                     );
+                    let shown = public_url(&landed);
                     scan.documents.push(Input::Fetched {
                         name: file_name(&landed, extension),
-                        url: Some(public(&landed_key)),
-                        source: public(&landed_key),
+                        url: Some(shown.clone()),
+                        source: shown,
                         content: Content::Bytes(Arc::new(body)),
                     });
                 }
