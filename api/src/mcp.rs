@@ -201,7 +201,9 @@ fn refused(message: &str) -> CallToolResult {
 fn failed(e: rag_core::Error) -> Result<CallToolResult, McpError> {
     use rag_core::ErrorKind;
     match e.kind() {
-        ErrorKind::InvalidInput | ErrorKind::NotFound => Ok(refused(e.message())),
+        ErrorKind::InvalidInput | ErrorKind::NotFound | ErrorKind::Conflict => {
+            Ok(refused(e.message()))
+        }
         ErrorKind::Busy => Ok(refused("too many questions are waiting; retry shortly")),
         ErrorKind::Unavailable => {
             tracing::warn!(error = %e.chain(), "an MCP tool call found a backend down");

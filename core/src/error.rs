@@ -13,6 +13,9 @@ pub enum ErrorKind {
     Unavailable,
     /// Too many requests are waiting: the caller should retry shortly.
     Busy,
+    /// Another writer holds what this would change (a source being
+    /// synced elsewhere): retry when it has finished.
+    Conflict,
     /// Anything else: a bug or a broken installation.
     Internal,
 }
@@ -51,6 +54,9 @@ impl Error {
     }
     pub fn busy(msg: impl fmt::Display) -> Self {
         Self::new(ErrorKind::Busy, msg)
+    }
+    pub fn conflict(msg: impl fmt::Display) -> Self {
+        Self::new(ErrorKind::Conflict, msg)
     }
     pub fn internal(msg: impl fmt::Display) -> Self {
         Self::new(ErrorKind::Internal, msg)

@@ -111,9 +111,9 @@ pub trait DocumentStore: Send + Sync {
     /// Forgets writers whose heartbeat is older than `timeout_s`, and their
     /// marks; returns how many.
     async fn forget_dead_writers(&self, timeout_s: i64) -> Result<usize>;
-    /// Forgets every writer and mark: for a process that alone can write
-    /// the vector store (the embedded engine locks its folder), any writer
-    /// left at its start died with an earlier process.
+    /// Forgets every writer, mark and source claim: for a process that
+    /// alone can write the vector store (the embedded engine locks its
+    /// folder), any writer left at its start died with an earlier process.
     async fn forget_writers(&self) -> Result<usize>;
     /// Takes the lock under which vectors are deleted; marking chunks in
     /// flight waits for it. Released by [`ReferenceLock::release`] or when
@@ -140,6 +140,12 @@ pub trait DocumentStore: Send + Sync {
     /// Forgets a source (its documents are deleted by the caller first);
     /// false when there is no such source.
     async fn remove_source(&self, name: &str) -> Result<bool>;
+    /// Claims the source `name` for `holder` for `ttl_s` seconds: true when
+    /// `holder` holds it now (taken, or renewed), false while another
+    /// holder's claim lasts. One writer per source across processes.
+    async fn claim_source(&self, name: &str, holder: &str, ttl_s: i64) -> Result<bool>;
+    /// Ends `holder`'s claim on `name`, if it still has one.
+    async fn release_source(&self, name: &str, holder: &str) -> Result<()>;
     /// The documents a source brought in.
     async fn documents_of_origin(&self, origin: &str) -> Result<Vec<DocumentRecord>>;
     /// Keeps an answer (its rating empty).

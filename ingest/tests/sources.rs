@@ -1015,10 +1015,60 @@ async fn a_sync_of_a_source_removed_meanwhile_leaves_nothing() {
         &|_: rag_ingest::Progress| {},
     )
     .await
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("removed while it synced"), "{err}");
+    .unwrap_err();
+    // It reads its source again once it holds it.
+    assert_eq!(err.kind(), rag_core::ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("no source named"), "{err}");
     assert!(f.documents().await.is_empty());
+    f.consistent().await;
+}
+
+/// One writer per source across processes: while a sync runs (here held
+/// by a silent site), another sync or a removal of that source, which in
+/// a cluster comes from another replica or the re-sync job, is refused
+/// with `Conflict` and changes nothing; once the sync has ended, the
+/// removal goes through. Another source is not held up.
+#[tokio::test]
+async fn a_source_has_one_writer_at_a_time() {
+    let mut f = fixture().await;
+    f.ingestor.limits.source_timeout = std::time::Duration::from_secs(3);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    f.add("slow", web(&format!("http://{addr}/docs/"))).await;
+    let site = Site::default();
+    site.set("/docs/", "text/html", &html("Home", "Welcome home."));
+    let base = site.serve().await;
+    f.add("other", web(&format!("{base}/docs/"))).await;
+    let cache = f.cache.join("slow");
+    let (slow, meanwhile) = tokio::join!(f.sync("slow"), async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let again = f.sync("slow").await.unwrap_err();
+        let removal = rag_ingest::sources::remove(&f.ingestor, "slow", &cache)
+            .await
+            .unwrap_err();
+        let other = f.sync("other").await;
+        (again, removal, other)
+    });
+    let (again, removal, other) = meanwhile;
+    for err in [&again, &removal] {
+        assert_eq!(err.kind(), rag_core::ErrorKind::Conflict, "{err}");
+        assert!(err.to_string().contains("another process"), "{err}");
+    }
+    assert_eq!(other.unwrap().added, 1);
+    assert!(f.ingestor.docs.source("slow").await.unwrap().is_some());
+    // The held sync ends (timed out), and lets go of its source.
+    assert!(slow.unwrap_err().to_string().contains("timed out"));
+    let removed = rag_ingest::sources::remove(&f.ingestor, "slow", &cache)
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+    assert!(f.ingestor.docs.source("slow").await.unwrap().is_none());
     f.consistent().await;
 }
 

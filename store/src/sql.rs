@@ -445,10 +445,9 @@ impl DocumentStore for SqlDocumentStore {
 
     async fn forget_writers(&self) -> Result<usize> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        sqlx::query("DELETE FROM inflight_chunks")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        for sql in ["DELETE FROM inflight_chunks", "DELETE FROM source_claims"] {
+            sqlx::query(sql).execute(&mut *tx).await.map_err(db_error)?;
+        }
         let gone = sqlx::query("DELETE FROM ingest_writers")
             .execute(&mut *tx)
             .await
@@ -779,6 +778,37 @@ impl DocumentStore for SqlDocumentStore {
             .await
             .map_err(db_error)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn claim_source(&self, name: &str, holder: &str, ttl_s: i64) -> Result<bool> {
+        // One statement: two processes claiming at once cannot both win
+        // (the primary key orders them; the loser's update finds a live
+        // claim of another holder and changes nothing).
+        let sql = format!(
+            "INSERT INTO source_claims (source, holder, expires_at) VALUES ($1, $2, {now} + $3) \
+             ON CONFLICT (source) DO UPDATE SET holder = excluded.holder, \
+             expires_at = excluded.expires_at \
+             WHERE source_claims.holder = excluded.holder OR source_claims.expires_at <= {now}",
+            now = self.now
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .bind(holder)
+            .bind(ttl_s)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn release_source(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM source_claims WHERE source = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 
     async fn documents_of_origin(&self, origin: &str) -> Result<Vec<DocumentRecord>> {
@@ -1153,6 +1183,30 @@ mod tests {
             .unwrap();
         assert!(store.remove_source("wiki").await.unwrap());
         assert!(!store.remove_source("wiki").await.unwrap());
+
+        // One holder per source: another is refused while the claim lasts,
+        // the holder renews it, a released or lapsed claim goes to the next.
+        assert!(store.claim_source("wiki", "a", 60).await.unwrap());
+        assert!(!store.claim_source("wiki", "b", 60).await.unwrap());
+        // The one process that may write forgets every claim it finds.
+        store.forget_writers().await.unwrap();
+        assert!(store.claim_source("wiki", "b", 60).await.unwrap());
+        store.release_source("wiki", "b").await.unwrap();
+        store.release_source("other", "b").await.unwrap();
+        assert!(store.claim_source("wiki", "a", 60).await.unwrap());
+        assert!(store.claim_source("other", "b", 60).await.unwrap());
+        store.release_source("wiki", "b").await.unwrap();
+        assert!(!store.claim_source("wiki", "b", 60).await.unwrap());
+        store.release_source("wiki", "a").await.unwrap();
+        assert!(store.claim_source("wiki", "b", 0).await.unwrap());
+        // b's claim lapsed at once (a killed holder's, in effect).
+        assert!(store.claim_source("wiki", "a", 60).await.unwrap());
+        assert!(!store.claim_source("wiki", "b", 60).await.unwrap());
+        // The one process that may write forgets every claim it finds.
+        store.forget_writers().await.unwrap();
+        assert!(store.claim_source("wiki", "b", 60).await.unwrap());
+        store.release_source("wiki", "b").await.unwrap();
+        store.release_source("other", "b").await.unwrap();
         assert!(store.source("wiki").await.unwrap().is_none());
 
         // Answers are rated by the key that asked, and only by it.

@@ -90,6 +90,7 @@ impl From<Error> for ApiError {
             ErrorKind::InvalidInput => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
             ErrorKind::NotFound => ApiError(StatusCode::NOT_FOUND, e.to_string()),
             ErrorKind::Busy => ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+            ErrorKind::Conflict => ApiError(StatusCode::CONFLICT, e.to_string()),
             ErrorKind::Unavailable => {
                 tracing::warn!(request_id = %id, error = %e.chain(), "a backend is unavailable");
                 ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())

@@ -102,7 +102,7 @@ pub(crate) async fn add(
 }
 
 #[utoipa::path(delete, path = "/v1/sources/{name}", tag = "sources", params(("name" = String, Path, description = "source name")),
-    responses((status = 200, description = "Removed, with its documents"), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 403, description = "Not an admin key", body = ErrorBody), (status = 404, description = "No such source", body = ErrorBody)))]
+    responses((status = 200, description = "Removed, with its documents"), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 403, description = "Not an admin key", body = ErrorBody), (status = 404, description = "No such source", body = ErrorBody), (status = 409, description = "Another process is syncing or removing the source; retry when it has finished", body = ErrorBody)))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,
@@ -128,7 +128,7 @@ pub(crate) struct SyncParams {
 }
 
 #[utoipa::path(post, path = "/v1/sources/{name}/sync", tag = "sources", params(("name" = String, Path, description = "source name"), ("force" = Option<bool>, Query, description = "delete what the source no longer holds even past sources.max_delete_fraction")),
-    responses((status = 200, description = "What the sync did: {source, added, updated, unchanged, deleted, forbidden, failed, failures, seconds}"), (status = 400, description = "The source cannot be read now; the message says why", body = ErrorBody), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 403, description = "Not an admin key", body = ErrorBody), (status = 404, description = "No such source", body = ErrorBody)))]
+    responses((status = 200, description = "What the sync did: {source, added, updated, unchanged, deleted, forbidden, failed, failures, seconds}"), (status = 400, description = "The source cannot be read now; the message says why", body = ErrorBody), (status = 401, description = "No or unknown API key", body = ErrorBody), (status = 403, description = "Not an admin key", body = ErrorBody), (status = 404, description = "No such source", body = ErrorBody), (status = 409, description = "Another process is syncing or removing the source; retry when it has finished", body = ErrorBody)))]
 pub(crate) async fn sync(
     State(state): State<AppState>,
     Extension(caller): Extension<Arc<Caller>>,

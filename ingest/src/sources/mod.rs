@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rag_core::{Error, Result, SourceRecord};
@@ -219,7 +219,87 @@ pub struct Failure {
 /// only after every change is committed: a sync that stops half way is
 /// done again from the old state, and what it had committed reads as
 /// unchanged.
+///
+/// One writer per source: the sync claims its source in the metadata
+/// database first (see [`claimed`]), so a sync or removal of the same
+/// source in another process is refused (`Conflict`), and it reads the
+/// source's state again under the claim.
 pub async fn sync(
+    ingestor: &Ingestor,
+    record: &SourceRecord,
+    cache: &Path,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<SyncReport> {
+    claimed(ingestor, &record.name, async {
+        let Some(record) = ingestor.docs.source(&record.name).await? else {
+            return Err(Error::not_found(format!(
+                "no source named {:?}; `rag sources list` shows them",
+                record.name
+            )));
+        };
+        sync_claimed(ingestor, &record, cache, progress).await
+    })
+    .await
+}
+
+/// How long a source claim lasts unless renewed; [`claimed`] renews it
+/// three times as often, so only a holder that died (or lost the database
+/// for that long) lets it lapse.
+const CLAIM_TTL_S: i64 = 60;
+
+/// Runs `work` while this process holds the claim on source `name`: taken
+/// first (refused with `Conflict` while another holder's claim lasts),
+/// renewed as `work` runs, released after. A holder that cannot renew its
+/// claim for a whole TTL stops `work` (dropping it, as a crash would: the
+/// ingest is crash-safe), since another process may hold the source now.
+async fn claimed<T>(
+    ingestor: &Ingestor,
+    name: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let holder = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4());
+    if !ingestor
+        .docs
+        .claim_source(name, &holder, CLAIM_TTL_S)
+        .await?
+    {
+        return Err(Error::conflict(format!(
+            "source {name:?} is being synced or removed by another process; retry when it \
+             has finished (the claim of a process that died lapses within {CLAIM_TTL_S} s)"
+        )));
+    }
+    let ttl = Duration::from_secs(CLAIM_TTL_S as u64);
+    let renew = async {
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            match ingestor.docs.claim_source(name, &holder, CLAIM_TTL_S).await {
+                Ok(true) => last = Instant::now(),
+                Ok(false) => {
+                    return Error::conflict(format!(
+                        "source {name:?}: another process took it over while this one \
+                         synced (its claim had lapsed); this one stopped"
+                    ));
+                }
+                Err(e) if last.elapsed() >= ttl => return e,
+                Err(e) => {
+                    tracing::warn!(source = name, error = %e.chain(), "renewing a source claim")
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        lost = renew => Err(lost),
+    };
+    if let Err(e) = ingestor.docs.release_source(name, &holder).await {
+        // It lapses by itself.
+        tracing::warn!(source = name, error = %e.chain(), "releasing a source claim");
+    }
+    result
+}
+
+async fn sync_claimed(
     ingestor: &Ingestor,
     record: &SourceRecord,
     cache: &Path,
@@ -385,7 +465,14 @@ pub async fn sync(
 /// folder. Its state is cleared first: a removal that stops half way
 /// leaves a source whose next sync starts from nothing (and brings back
 /// what was deleted), or that a second `remove` finishes.
+///
+/// Like [`sync`], it claims the source first: a removal never interleaves
+/// with a sync of the source in another process.
 pub async fn remove(ingestor: &Ingestor, name: &str, cache: &Path) -> Result<usize> {
+    claimed(ingestor, name, remove_claimed(ingestor, name, cache)).await
+}
+
+async fn remove_claimed(ingestor: &Ingestor, name: &str, cache: &Path) -> Result<usize> {
     if ingestor.docs.source(name).await?.is_none() {
         return Err(Error::not_found(format!(
             "no source named {name:?}; `rag sources list` shows them"
