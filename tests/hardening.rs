@@ -1319,6 +1319,44 @@ fn sources_cannot_reach_the_servers_own_network() {
         serde_json::from_str(&run_ok(rag(data).args(["sync", "inside", "--json"]))).unwrap();
     assert_eq!(report[0]["added"], 1, "{report}");
     assert!(hits.load(Ordering::SeqCst) > 0);
+
+    // ssh, opened on purpose, connects to the address checked (the name
+    // cannot be rebound between the check and the connection) and checks
+    // the name's host key. A stand-in ssh records how it was called.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let ssh = bin.join("ssh");
+    let args = dir.path().join("ssh-args");
+    std::fs::write(
+        &ssh,
+        format!("#!/bin/sh\necho \"$@\" > '{}'\nexit 255\n", args.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    run_ok(rag(data).args([
+        "sources",
+        "add",
+        "by-ssh",
+        "--git",
+        "ssh://git@localhost/srv/wiki.git",
+        "--allow-network",
+        "127.0.0.0/8",
+        "--allow-network",
+        "::1/128",
+    ]));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = rag(data)
+        .args(["sync", "by-ssh"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let called = std::fs::read_to_string(&args).expect("git ran ssh");
+    assert!(
+        called.contains("-o HostKeyAlias=localhost")
+            && (called.contains("-o HostName=127.0.0.1") || called.contains("-o HostName=::1")),
+        "{called}"
+    );
 }
 
 /// MCP over HTTP keeps no session another key could take over: it runs

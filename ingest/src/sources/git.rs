@@ -84,30 +84,38 @@ impl GitConfig {
         (!host.is_empty() && !host.contains('/')).then(|| (host.to_string(), 22))
     }
 
-    /// Refuses a remote on an address sources may not reach. For an
-    /// http(s) remote named by a name, returns the `http.curloptResolve`
-    /// entry that pins git's connection to the addresses checked, so the
-    /// name cannot be rebound in between (ssh resolves by itself: checked
-    /// only).
-    fn check_network(&self) -> Result<Option<String>> {
+    /// Refuses a remote on an address sources may not reach, and returns
+    /// how git's connection is pinned to the addresses checked, so that a
+    /// name cannot be rebound in between (DNS rebinding).
+    fn check_network(&self) -> Result<Pin> {
         let Some((host, port)) = self.remote_host() else {
-            return Ok(None);
+            return Ok(Pin::None);
         };
         let addrs = Network::new(&self.allow_networks)?.check_host(&host, port)?;
-        let url = self.url.trim().to_ascii_lowercase();
-        if !(url.starts_with("https://") || url.starts_with("http://"))
-            || host.parse::<std::net::IpAddr>().is_ok()
-        {
-            return Ok(None);
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(Pin::None);
         }
-        let addrs: Vec<String> = addrs
-            .iter()
-            .map(|ip| match ip {
-                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-                v4 => v4.to_string(),
-            })
-            .collect();
-        Ok(Some(format!("{host}:{port}:{}", addrs.join(","))))
+        let url = self.url.trim().to_ascii_lowercase();
+        if url.starts_with("https://") || url.starts_with("http://") {
+            let addrs: Vec<String> = addrs
+                .iter()
+                .map(|ip| match ip {
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                    v4 => v4.to_string(),
+                })
+                .collect();
+            return Ok(Pin::Http(format!("{host}:{port}:{}", addrs.join(","))));
+        }
+        match addrs.first() {
+            // ssh (`ssh://` or `user@host:path`): ssh connects to the
+            // address checked and still verifies the host key the name
+            // has in known_hosts. (git:// is refused over HTTP already.)
+            Some(&address) if !url.starts_with("git://") => Ok(Pin::Ssh {
+                alias: host,
+                address,
+            }),
+            _ => Ok(Pin::None),
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -353,11 +361,15 @@ impl GitSource {
             .config
             .check_network()
             .map_err(|e| Error::new(e.kind(), redact(e.message())))?;
-        let pinned = pin.map(|p| format!("http.curloptResolve={p}"));
-        let mut network: Vec<&str> = Vec::new();
+        let (pinned, ssh) = pin.options();
+        let mut options: Vec<&str> = Vec::new();
         if let Some(pinned) = &pinned {
-            network.extend(["-c", pinned.as_str()]);
+            options.extend(["-c", pinned.as_str()]);
         }
+        let network = GitNetwork {
+            options: &options,
+            ssh: &ssh,
+        };
         let url = self.config.url.trim();
         if self.repo.join("HEAD").exists() {
             git_within(
@@ -501,15 +513,52 @@ fn git(dir: Option<&Path>, args: &[&str]) -> Result<Vec<u8>> {
 fn git_within(
     timeout: Duration,
     dir: Option<&Path>,
-    options: &[&str],
+    network: &GitNetwork<'_>,
     args: &[&str],
 ) -> Result<Vec<u8>> {
     let seconds = timeout.as_secs().max(1).to_string();
     let low_speed = format!("http.lowSpeedTime={seconds}");
     let mut all = vec!["-c", "http.lowSpeedLimit=1000", "-c", low_speed.as_str()];
-    all.extend_from_slice(options);
+    all.extend_from_slice(network.options);
     all.extend_from_slice(args);
-    git_with_input(dir, &all, "", Some(timeout))
+    git_with_input(dir, &all, "", Some((timeout, network.ssh)))
+}
+
+/// How a fetch's connection is held to the addresses the network rule
+/// checked ([`GitConfig::check_network`]).
+#[derive(Debug, PartialEq)]
+enum Pin {
+    /// A path, an IP literal: nothing is resolved again.
+    None,
+    /// An http(s) remote: git's `http.curloptResolve` entry.
+    Http(String),
+    /// An ssh remote named by a name: ssh connects to `address`, and
+    /// checks the host key known for `alias` (the name).
+    Ssh {
+        alias: String,
+        address: std::net::IpAddr,
+    },
+}
+
+impl Pin {
+    /// The `-c` setting for git and the options for ssh.
+    fn options(&self) -> (Option<String>, String) {
+        match self {
+            Pin::None => (None, String::new()),
+            Pin::Http(entry) => (Some(format!("http.curloptResolve={entry}")), String::new()),
+            Pin::Ssh { alias, address } => (
+                None,
+                format!("-o HostName={address} -o HostKeyAlias={alias}"),
+            ),
+        }
+    }
+}
+
+/// What a network git command adds to its arguments: `-c` settings for
+/// git, and options for ssh.
+struct GitNetwork<'a> {
+    options: &'a [&'a str],
+    ssh: &'a str,
 }
 
 /// Runs git with no terminal (it never waits for a password), only the
@@ -518,7 +567,7 @@ fn git_with_input(
     dir: Option<&Path>,
     args: &[&str],
     input: &str,
-    timeout: Option<Duration>,
+    timeout: Option<(Duration, &str)>,
 ) -> Result<Vec<u8>> {
     let mut cmd = Command::new("git");
     // No redirects: a remote checked against the network rule could
@@ -535,8 +584,8 @@ fn git_with_input(
         .env(
             "GIT_SSH_COMMAND",
             match timeout {
-                Some(t) => format!(
-                    "ssh -o BatchMode=yes -o ConnectTimeout={} -o ServerAliveInterval=15",
+                Some((t, pin)) => format!(
+                    "ssh -o BatchMode=yes -o ConnectTimeout={} -o ServerAliveInterval=15 {pin}",
                     t.as_secs().max(1)
                 ),
                 None => "ssh -o BatchMode=yes".to_string(),
@@ -563,7 +612,7 @@ fn git_with_input(
         None => child
             .wait_with_output()
             .map_err(|e| Error::unavailable("running git").with_source(e))?,
-        Some(timeout) => wait_within(child, timeout).map_err(|e| match e {
+        Some((timeout, _)) => wait_within(child, timeout).map_err(|e| match e {
             Waited::Late => Error::unavailable(format!(
                 "git {} took longer than {} s (sources.timeout_s): the remote does not answer",
                 subcommand(args),
@@ -708,21 +757,37 @@ mod tests {
         };
         assert_eq!(
             allowed("https://127.0.0.1/w.git").check_network().unwrap(),
-            None
+            Pin::None
         );
         // A name over http(s) is pinned to the addresses checked.
-        let pin = allowed("https://localhost:8443/w.git")
+        let Pin::Http(pin) = allowed("https://localhost:8443/w.git")
             .check_network()
             .unwrap()
-            .unwrap();
+        else {
+            panic!("an https remote is pinned with curloptResolve");
+        };
         assert!(pin.starts_with("localhost:8443:"), "{pin}");
         assert!(pin.contains("127.0.0.1") || pin.contains("[::1]"), "{pin}");
-        assert_eq!(
-            allowed("ssh://git@localhost/w.git")
-                .check_network()
-                .unwrap(),
-            None
-        );
+        // Over ssh, to one address checked, the host key still the name's.
+        for url in ["ssh://git@localhost/w.git", "git@localhost:team/w.git"] {
+            let pin = allowed(url).check_network().unwrap();
+            let Pin::Ssh { alias, address } = &pin else {
+                panic!("{url}: {pin:?}");
+            };
+            assert_eq!(alias, "localhost");
+            assert!(address.is_loopback(), "{address}");
+            let (git, ssh) = pin.options();
+            assert_eq!(git, None);
+            assert_eq!(
+                ssh,
+                format!("-o HostName={address} -o HostKeyAlias=localhost")
+            );
+        }
+        // Refused before any connection, like https.
+        let err = config("ssh://git@localhost/w.git")
+            .check_network()
+            .unwrap_err();
+        assert!(err.to_string().contains("--allow-network"), "{err}");
     }
 
     #[test]
