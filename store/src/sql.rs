@@ -61,6 +61,13 @@ impl SqlDocumentStore {
             .map_err(|e| {
                 Error::unavailable("connecting to the metadata database").with_source(e)
             })?;
+        // Processes that share a SQLite file migrate one at a time (sqlx
+        // locks Postgres itself, not SQLite): the others wait, then find
+        // the migrations applied.
+        let _migrating = match sqlite_path(url) {
+            Some(db) => Some(lock_file(db.with_extension("migrate.lock")).await?),
+            None => None,
+        };
         MIGRATOR
             .run(&pool)
             .await
@@ -70,6 +77,34 @@ impl SqlDocumentStore {
             now: if sqlite { SQLITE_NOW } else { POSTGRES_NOW },
         })
     }
+}
+
+/// The file a `sqlite:` URL names; `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+}
+
+/// Takes an exclusive lock on `path` (created if missing), waiting for
+/// another process that holds it; released when the file is dropped.
+async fn lock_file(path: std::path::PathBuf) -> Result<std::fs::File> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| Error::internal("locking the metadata database").with_source(e))?
+    .map_err(|e: std::io::Error| {
+        Error::unavailable("locking the metadata database for its migrations").with_source(e)
+    })
 }
 
 /// `$from, $from+1, ...`: `n` placeholders.
@@ -950,6 +985,27 @@ mod tests {
     async fn replace_and_delete_documents_on_postgres() {
         if let Some(url) = crate::testing::postgres_database("rag_test").await {
             exercise(&url).await;
+        }
+    }
+
+    /// Processes sharing a data directory start at once: the migrations
+    /// run once, and every one of them opens the database (no
+    /// `UNIQUE constraint failed: _sqlx_migrations.version`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stores_opening_a_new_sqlite_database_together_all_open_it() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
+            let opening: Vec<_> = (0..4)
+                .map(|_| {
+                    let url = url.clone();
+                    tokio::spawn(async move { SqlDocumentStore::connect(&url).await })
+                })
+                .collect();
+            for store in opening {
+                let store = store.await.unwrap().unwrap();
+                assert_eq!(store.document_count().await.unwrap(), 0);
+            }
         }
     }
 
