@@ -15,6 +15,9 @@ pub struct VectorStoreSettings {
     /// gRPC address of a Qdrant server, e.g. `http://qdrant:6334`; empty:
     /// embedded.
     pub url: String,
+    /// REST address of the same server, for the cluster's peer status;
+    /// empty: `url` with port 6333 when it has Qdrant's gRPC port 6334.
+    pub rest_url: String,
     pub api_key: Secret,
     pub collection: String,
     pub shard_number: u32,
@@ -30,6 +33,7 @@ impl Default for VectorStoreSettings {
         let d = ServerSettings::default();
         Self {
             url: String::new(),
+            rest_url: String::new(),
             api_key: Secret::default(),
             collection: d.collection,
             shard_number: d.shard_number,
@@ -69,6 +73,7 @@ impl VectorStoreSettings {
         }
         Ok(ServerSettings {
             url: self.url.clone(),
+            rest_url: rest_url(&self.url, &self.rest_url),
             api_key: self.api_key.get().map(str::to_string),
             collection: self.collection.clone(),
             shard_number: self.shard_number,
@@ -77,5 +82,37 @@ impl VectorStoreSettings {
             timeout: Duration::from_secs_f64(self.timeout_s),
             create_timeout: Duration::from_secs_f64(self.create_timeout_s),
         })
+    }
+}
+
+/// The REST address of a Qdrant server: `rest_url` when set, else the
+/// gRPC `url` with Qdrant's REST port when it names the gRPC port (6334);
+/// empty when neither says.
+fn rest_url(url: &str, rest_url: &str) -> String {
+    if !rest_url.is_empty() {
+        return rest_url.trim_end_matches('/').to_string();
+    }
+    match url.trim_end_matches('/').strip_suffix(":6334") {
+        Some(base) => format!("{base}:6333"),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rest_url;
+
+    #[test]
+    fn the_rest_address_is_given_or_follows_the_grpc_port() {
+        assert_eq!(rest_url("http://qdrant:6334", ""), "http://qdrant:6333");
+        assert_eq!(
+            rest_url("https://q.internal:6334/", ""),
+            "https://q.internal:6333"
+        );
+        assert_eq!(rest_url("http://qdrant:7000", ""), "");
+        assert_eq!(
+            rest_url("http://qdrant:7000", "http://qdrant:7001/"),
+            "http://qdrant:7001"
+        );
     }
 }

@@ -53,6 +53,9 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Response, Ap
     // Ready, but with something an operator should fix (a collection with
     // fewer replicas than configured).
     let warnings = app.vectors.warnings().await;
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     Ok(Json(json!({
         "status": "ready",
         "documents": documents,

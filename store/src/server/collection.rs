@@ -29,6 +29,8 @@ pub struct Layout {
     pub replication_factor: u32,
     /// Active replicas of each shard, by shard id, as one peer sees them.
     pub active_replicas: HashMap<u32, u32>,
+    /// Every copy of every shard: where it is and its state.
+    pub copies: Vec<ShardCopy>,
     /// Payload fields with an index.
     pub indexed: Vec<String>,
 }
@@ -64,15 +66,26 @@ impl Layout {
                     .collect()
             })
             .unwrap_or_default();
-        let mut active_replicas: HashMap<u32, u32> = HashMap::new();
-        let states = cluster
+        let copies: Vec<ShardCopy> = cluster
             .local_shards
             .iter()
-            .map(|s| (s.shard_id, s.state))
-            .chain(cluster.remote_shards.iter().map(|s| (s.shard_id, s.state)));
-        for (shard, state) in states {
-            let count = active_replicas.entry(shard).or_default();
-            *count += u32::from(state == ReplicaState::Active as i32);
+            .map(|s| (s.shard_id, cluster.peer_id, s.state))
+            .chain(
+                cluster
+                    .remote_shards
+                    .iter()
+                    .map(|s| (s.shard_id, s.peer_id, s.state)),
+            )
+            .map(|(shard, peer, state)| ShardCopy {
+                shard,
+                peer,
+                state: ReplicaState::try_from(state).unwrap_or(ReplicaState::Dead),
+            })
+            .collect();
+        let mut active_replicas: HashMap<u32, u32> = HashMap::new();
+        for copy in &copies {
+            let count = active_replicas.entry(copy.shard).or_default();
+            *count += u32::from(copy.state == ReplicaState::Active);
         }
         let mut indexed: Vec<String> = info.payload_schema.keys().cloned().collect();
         indexed.sort();
@@ -82,9 +95,142 @@ impl Layout {
             shard_number: params.map_or(0, |p| p.shard_number),
             replication_factor: params.and_then(|p| p.replication_factor).unwrap_or(1),
             active_replicas,
+            copies,
             indexed,
         }
     }
+
+    /// Shards with a copy still being set up (right after creation, or
+    /// while a copy is transferred).
+    fn initializing(&self) -> Vec<u32> {
+        let mut shards: Vec<u32> = self
+            .copies
+            .iter()
+            .filter(|c| c.state == ReplicaState::Initializing)
+            .map(|c| c.shard)
+            .collect();
+        shards.sort();
+        shards.dedup();
+        shards
+    }
+}
+
+/// One copy of a shard: the peer it lives on and its state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShardCopy {
+    pub shard: u32,
+    pub peer: u64,
+    pub state: ReplicaState,
+}
+
+/// The cluster's peers as the server asked sees them (Qdrant's
+/// `GET /cluster`, on its REST API only). A single server has none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Peers {
+    /// Peer id to its address.
+    pub uris: HashMap<u64, String>,
+    /// Peers the server fails to reach now, with the latest error: Qdrant
+    /// keeps a peer's consecutive send failures until one succeeds.
+    pub unreachable: HashMap<u64, String>,
+}
+
+impl Peers {
+    /// Reads the body of `GET /cluster`.
+    pub fn from_cluster_status(body: &serde_json::Value) -> Result<Self> {
+        let result = &body["result"];
+        let mut peers = Peers::default();
+        if result["status"] != "enabled" {
+            return Ok(peers);
+        }
+        let Some(listed) = result["peers"].as_object() else {
+            return Err(Error::unavailable(
+                "the Qdrant cluster status names no peers",
+            ));
+        };
+        for (id, info) in listed {
+            let id: u64 = id.parse().map_err(|_| {
+                Error::unavailable(format!("the Qdrant cluster status names peer {id:?}"))
+            })?;
+            let uri = info["uri"].as_str().unwrap_or_default().to_string();
+            peers.uris.insert(id, uri);
+        }
+        let failing = result["message_send_failures"].as_object();
+        for (uri, failures) in failing.into_iter().flatten() {
+            let same = |known: &str| known.trim_end_matches('/') == uri.trim_end_matches('/');
+            if let Some((&id, _)) = peers.uris.iter().find(|(_, known)| same(known)) {
+                let error = failures["latest_error"].as_str().unwrap_or("no answer");
+                peers.unreachable.insert(id, error.to_string());
+            }
+        }
+        Ok(peers)
+    }
+
+    fn describe(&self, id: u64) -> String {
+        let uri = self.uris.get(&id).map(String::as_str).unwrap_or("?");
+        let error = self.unreachable.get(&id).map(String::as_str).unwrap_or("");
+        format!("peer {id} ({uri}; latest error: {error})")
+    }
+
+    /// The unreachable peers, described, in id order.
+    fn unreachable_described(&self) -> Vec<String> {
+        let mut ids: Vec<u64> = self.unreachable.keys().copied().collect();
+        ids.sort();
+        ids.into_iter().map(|id| self.describe(id)).collect()
+    }
+}
+
+/// What a lost peer means for the collection: one message per
+/// unreachable peer, naming every shard with a copy on it (and saying
+/// when that was a shard's last live copy).
+pub fn peer_warnings(settings: &ServerSettings, layout: &Layout, peers: &Peers) -> Vec<String> {
+    let name = &settings.collection;
+    let mut ids: Vec<u64> = peers.unreachable.keys().copied().collect();
+    ids.sort();
+    let mut warnings = Vec::new();
+    for id in ids {
+        let mut shards: Vec<u32> = layout
+            .copies
+            .iter()
+            .filter(|c| c.peer == id)
+            .map(|c| c.shard)
+            .collect();
+        shards.sort();
+        shards.dedup();
+        let orphaned: Vec<String> = shards
+            .iter()
+            .filter(|shard| {
+                !layout.copies.iter().any(|c| {
+                    c.shard == **shard
+                        && !peers.unreachable.contains_key(&c.peer)
+                        && c.state == ReplicaState::Active
+                })
+            })
+            .map(u32::to_string)
+            .collect();
+        let listed: Vec<String> = shards.iter().map(u32::to_string).collect();
+        let mut message = format!(
+            "Qdrant {} is unreachable: collection {name:?} has a copy of shard(s) {} there",
+            peers.describe(id),
+            if listed.is_empty() {
+                "none".to_string()
+            } else {
+                listed.join(", ")
+            }
+        );
+        if orphaned.is_empty() {
+            message.push_str("; the other copies serve searches and writes meanwhile");
+        } else {
+            message.push_str(&format!(
+                "; shard(s) {} have no other active copy, so their passages are missing from \
+                 answers",
+                orphaned.join(", ")
+            ));
+        }
+        message
+            .push_str(": restart the peer, or remove it from the cluster and replicate its shards");
+        warnings.push(message);
+    }
+    warnings
 }
 
 fn distance(d: i32) -> Distance {
@@ -179,33 +325,47 @@ pub trait CollectionAdmin: Sync {
     async fn create(&self, request: CreateCollection) -> Result<(), String>;
     async fn create_index(&self, request: CreateFieldIndexCollection) -> Result<()>;
     async fn layout(&self, name: &str) -> Result<Layout>;
+    /// The cluster's peers; none for a single server, or when the REST
+    /// address is not known.
+    async fn peers(&self) -> Result<Peers>;
 }
 
-pub(super) struct QdrantAdmin(pub(super) Qdrant);
+pub(super) struct QdrantAdmin {
+    pub(super) client: Qdrant,
+    /// The REST API, for `GET /cluster`: its address and the API key.
+    pub(super) rest: Option<(reqwest::Client, String, Option<String>)>,
+}
 
 #[async_trait]
 impl CollectionAdmin for QdrantAdmin {
     async fn exists(&self, name: &str) -> Result<bool> {
-        self.0.collection_exists(name).await.map_err(server_error)
+        self.client
+            .collection_exists(name)
+            .await
+            .map_err(server_error)
     }
     async fn create(&self, request: CreateCollection) -> Result<(), String> {
-        self.0
+        self.client
             .create_collection(request)
             .await
             .map(drop)
             .map_err(|e| e.to_string())
     }
     async fn create_index(&self, request: CreateFieldIndexCollection) -> Result<()> {
-        self.0
+        self.client
             .create_field_index(request)
             .await
             .map(drop)
             .map_err(server_error)
     }
     async fn layout(&self, name: &str) -> Result<Layout> {
-        let info = self.0.collection_info(name).await.map_err(server_error)?;
+        let info = self
+            .client
+            .collection_info(name)
+            .await
+            .map_err(server_error)?;
         let cluster = self
-            .0
+            .client
             .collection_cluster_info(name)
             .await
             .map_err(server_error)?;
@@ -216,20 +376,59 @@ impl CollectionAdmin for QdrantAdmin {
             &cluster,
         ))
     }
+    async fn peers(&self) -> Result<Peers> {
+        let Some((client, url, api_key)) = &self.rest else {
+            return Ok(Peers::default());
+        };
+        let mut request = client.get(format!("{url}/cluster"));
+        if let Some(key) = api_key {
+            request = request.header("api-key", key);
+        }
+        let body: serde_json::Value = request
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "reading the Qdrant cluster status at {url}/cluster \
+                     (vector_store.rest_url)"
+                ))
+                .with_source(e)
+            })?
+            .json()
+            .await
+            .map_err(|e| {
+                Error::unavailable("the Qdrant cluster status is not JSON").with_source(e)
+            })?;
+        Peers::from_cluster_status(&body)
+    }
 }
 
-/// Creates the collection unless it exists, ensures its payload indexes,
-/// and checks its layout; returns the warnings. Safe when several
-/// replicas start at once: "already exists" from a create is success,
-/// and the indexes are ensured at every start, so a start that failed
-/// midway (a create that outlived its timeout) is completed by the next.
+/// Creates the collection unless it exists, waits until it answers,
+/// ensures its payload indexes, and checks its layout; returns the
+/// warnings. Safe when several replicas start at once: "already exists"
+/// from a create is success, every start waits out the moment after
+/// creation when the shard copies are still initialising (collection
+/// info fails meanwhile), and the indexes are ensured at every start, so
+/// a start that failed midway is completed by the next. With a peer
+/// unreachable it fails at once, naming the peer, rather than wait out
+/// `create_timeout_s`.
 pub async fn ensure_collection(
     admin: &dyn CollectionAdmin,
     settings: &ServerSettings,
     dimension: usize,
 ) -> Result<Vec<String>> {
     let name = &settings.collection;
+    let deadline = tokio::time::Instant::now() + settings.create_timeout;
     if !admin.exists(name).await? {
+        let lost = admin.peers().await?.unreachable_described();
+        if !lost.is_empty() {
+            return Err(Error::unavailable(format!(
+                "cannot create the collection {name:?}: Qdrant {} unreachable; start it, or \
+                 remove it from the cluster, and start again",
+                lost.join(", ")
+            )));
+        }
         match admin.create(create_collection(settings, dimension)).await {
             Ok(()) => tracing::info!(collection = %name, "created the collection"),
             Err(e) if e.contains("already exists") => {
@@ -246,7 +445,7 @@ pub async fn ensure_collection(
     }
     // Checked before anything is written to it: a collection of another
     // layout is refused as it is.
-    let layout = admin.layout(name).await?;
+    let layout = ready_layout(admin, settings, deadline).await?;
     let (errors, warnings) = check_layout(settings, dimension, &layout);
     if !errors.is_empty() {
         return Err(Error::invalid(errors.join("; ")));
@@ -257,6 +456,58 @@ pub async fn ensure_collection(
         }
     }
     Ok(warnings)
+}
+
+/// The collection's layout once it answers and no shard copy is still
+/// initialising, asked again (100 ms, doubling to 1 s) until `deadline`.
+/// A copy initialising on an unreachable peer will not finish: that fails
+/// at once, naming the peer.
+async fn ready_layout(
+    admin: &dyn CollectionAdmin,
+    settings: &ServerSettings,
+    deadline: tokio::time::Instant,
+) -> Result<Layout> {
+    let name = &settings.collection;
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let waiting = match admin.layout(name).await {
+            Ok(layout) if layout.initializing().is_empty() => return Ok(layout),
+            Ok(layout) => {
+                let peers = admin.peers().await?;
+                let stuck: Vec<String> = layout
+                    .copies
+                    .iter()
+                    .filter(|c| {
+                        c.state == ReplicaState::Initializing
+                            && peers.unreachable.contains_key(&c.peer)
+                    })
+                    .map(|c| format!("shard {} on {}", c.shard, peers.describe(c.peer)))
+                    .collect();
+                if !stuck.is_empty() {
+                    return Err(Error::unavailable(format!(
+                        "the collection {name:?} cannot finish setting up: {} unreachable; \
+                         start the peer, or remove it from the cluster, and start again",
+                        stuck.join(", ")
+                    )));
+                }
+                let shards: Vec<String> =
+                    layout.initializing().iter().map(u32::to_string).collect();
+                Error::unavailable(format!("shard(s) {} still initialising", shards.join(", ")))
+            }
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(Error::unavailable(format!(
+                "the collection {name:?} was not ready within vector_store.create_timeout_s \
+                 ({} s): {}",
+                settings.create_timeout.as_secs_f64(),
+                waiting.chain()
+            )));
+        }
+        tracing::debug!(collection = %name, reason = %waiting.chain(), "waiting for the collection");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+    }
 }
 
 /// The collection: named dense (cosine) and BM25 (IDF by the server)
@@ -339,14 +590,48 @@ mod tests {
         assert_eq!(fields, INDEXED_FIELDS);
     }
 
-    /// A server in memory: collections as layouts, a create that takes a
-    /// while (so two starts overlap), and one that can be made to fail
-    /// after creating (a create that outlives its timeout).
+    /// A cluster of three peers in memory: collections as layouts, a
+    /// create that takes a while (so two starts overlap), one that can be
+    /// made to fail after creating (a create that outlives its timeout).
+    /// Like Qdrant, right after a create every shard copy is initialising
+    /// for `init_window`, and collection info fails meanwhile; a copy on
+    /// an unreachable peer stays initialising.
     #[derive(Default)]
     struct FakeServer {
         collections: std::sync::Mutex<HashMap<String, Layout>>,
         creates: std::sync::atomic::AtomicUsize,
         fail_after_create: std::sync::atomic::AtomicBool,
+        init_window: Duration,
+        created_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+        peers: std::sync::Mutex<Peers>,
+    }
+
+    const PEERS: u64 = 3;
+
+    impl FakeServer {
+        fn with_init_window(window: Duration) -> Self {
+            Self {
+                init_window: window,
+                ..Self::default()
+            }
+        }
+
+        fn lose_peer(&self, id: u64) {
+            let mut peers = self.peers.lock().unwrap();
+            *peers = cluster_peers();
+            peers
+                .unreachable
+                .insert(id, "transport error: connection refused".into());
+        }
+    }
+
+    fn cluster_peers() -> Peers {
+        Peers {
+            uris: (1..=PEERS)
+                .map(|id| (id, format!("http://qdrant-{}.qdrant:6335/", id - 1)))
+                .collect(),
+            unreachable: HashMap::new(),
+        }
     }
 
     #[async_trait]
@@ -384,6 +669,15 @@ mod tests {
                 active_replicas: (0..request.shard_number.unwrap_or(1))
                     .map(|s| (s, request.replication_factor.unwrap_or(1)))
                     .collect(),
+                copies: (0..request.shard_number.unwrap_or(1))
+                    .flat_map(|shard| {
+                        (0..request.replication_factor.unwrap_or(1)).map(move |r| ShardCopy {
+                            shard,
+                            peer: u64::from(shard + r) % PEERS + 1,
+                            state: ReplicaState::Initializing,
+                        })
+                    })
+                    .collect(),
                 indexed: vec![],
             };
             let mut collections = self.collections.lock().unwrap();
@@ -395,6 +689,7 @@ mod tests {
                 ));
             }
             collections.insert(request.collection_name.clone(), layout);
+            *self.created_at.lock().unwrap() = Some(tokio::time::Instant::now());
             if self
                 .fail_after_create
                 .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -416,7 +711,27 @@ mod tests {
         async fn layout(&self, name: &str) -> Result<Layout> {
             // Lets starts that run together interleave here.
             tokio::task::yield_now().await;
-            Ok(self.collections.lock().unwrap()[name].clone())
+            let created = self.created_at.lock().unwrap().unwrap();
+            if created.elapsed() < self.init_window {
+                return Err(
+                    Error::unavailable("the Qdrant server is unavailable").with_source(
+                        "status: Internal, message: \"Service internal error: 0 of 0 read \
+                     operations failed\"",
+                    ),
+                );
+            }
+            let unreachable = self.peers.lock().unwrap().unreachable.clone();
+            let mut layout = self.collections.lock().unwrap()[name].clone();
+            for copy in &mut layout.copies {
+                if copy.state == ReplicaState::Initializing && !unreachable.contains_key(&copy.peer)
+                {
+                    copy.state = ReplicaState::Active;
+                }
+            }
+            Ok(layout)
+        }
+        async fn peers(&self) -> Result<Peers> {
+            Ok(self.peers.lock().unwrap().clone())
         }
     }
 
@@ -429,9 +744,12 @@ mod tests {
         }
     }
 
+    /// Every shard copy initialises for 300 ms after the create, and
+    /// collection info fails meanwhile (as Qdrant 1.18 does for 0.1-0.2 s):
+    /// the three starts wait for it, and all of them start.
     #[tokio::test]
     async fn replicas_starting_together_all_get_the_collection_and_its_indexes() {
-        let server = FakeServer::default();
+        let server = FakeServer::with_init_window(Duration::from_millis(300));
         let settings = cluster_settings();
         let (a, b, c) = tokio::join!(
             ensure_collection(&server, &settings, 384),
@@ -471,6 +789,139 @@ mod tests {
         assert_eq!(server.creates.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
+    /// A collection that never comes up is given up at create_timeout_s,
+    /// with what it waited for.
+    #[tokio::test]
+    async fn a_collection_that_stays_unready_fails_at_the_create_timeout() {
+        let server = FakeServer::with_init_window(Duration::from_secs(30));
+        let settings = ServerSettings {
+            create_timeout: Duration::from_millis(600),
+            ..cluster_settings()
+        };
+        let started = tokio::time::Instant::now();
+        let err = ensure_collection(&server, &settings, 384)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let err = err.to_string();
+        assert!(
+            err.contains("not ready within vector_store.create_timeout_s")
+                && err.contains("0 of 0 read operations failed"),
+            "{err}"
+        );
+    }
+
+    /// With a peer down, no create is sent: the start fails at once and
+    /// names the peer. A peer lost while copies initialise on it fails the
+    /// start as soon as that is seen, naming it, not after the timeout.
+    #[tokio::test]
+    async fn a_peer_down_fails_the_create_at_once_and_by_name() {
+        let server = FakeServer::default();
+        server.lose_peer(3);
+        let err = ensure_collection(&server, &cluster_settings(), 384)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("peer 3 (http://qdrant-2.qdrant:6335/")
+                && err.contains("connection refused")
+                && err.contains("cannot create"),
+            "{err}"
+        );
+        assert_eq!(server.creates.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        let server = FakeServer::with_init_window(Duration::from_millis(100));
+        let settings = ServerSettings {
+            create_timeout: Duration::from_secs(60),
+            ..cluster_settings()
+        };
+        let (started, ()) = tokio::join!(ensure_collection(&server, &settings, 384), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            server.lose_peer(2);
+        });
+        let err = started.unwrap_err().to_string();
+        assert!(
+            err.contains("cannot finish setting up") && err.contains("on peer 2 ("),
+            "{err}"
+        );
+    }
+
+    /// A lost peer is named in the warnings (`/readyz`), with every shard
+    /// that has a copy on it, and whether another copy serves each.
+    #[tokio::test]
+    async fn a_lost_peer_is_named_with_every_shard_it_held() {
+        let server = FakeServer::default();
+        let settings = cluster_settings();
+        ensure_collection(&server, &settings, 384).await.unwrap();
+        let layout = server.layout("docs").await.unwrap();
+        assert!(peer_warnings(&settings, &layout, &cluster_peers()).is_empty());
+        // 3 shards, 2 copies: shard s on peers s+1 and s+2 (mod 3).
+        server.lose_peer(3);
+        let warnings = peer_warnings(&settings, &layout, &server.peers().await.unwrap());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("peer 3 (http://qdrant-2.qdrant:6335/")
+                && warnings[0].contains("shard(s) 1, 2 there")
+                && warnings[0].contains("other copies serve"),
+            "{warnings:?}"
+        );
+        // With a second peer gone, shard 1 (peers 2 and 3) has no copy left.
+        server
+            .peers
+            .lock()
+            .unwrap()
+            .unreachable
+            .insert(2, "timeout".into());
+        let warnings = peer_warnings(&settings, &layout, &server.peers().await.unwrap());
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .all(|w| w.contains("shard(s) 1 have no other active copy")),
+            "{warnings:?}"
+        );
+    }
+
+    /// `GET /cluster` as Qdrant 1.18 answers it, one peer failing.
+    #[test]
+    fn the_peer_status_is_read_from_the_cluster_api() {
+        let body = serde_json::json!({
+            "result": {
+                "status": "enabled",
+                "peer_id": 1,
+                "peers": {
+                    "1": {"uri": "http://qdrant-0.qdrant:6335/"},
+                    "2": {"uri": "http://qdrant-1.qdrant:6335/"},
+                    "3": {"uri": "http://qdrant-2.qdrant:6335/"}
+                },
+                "raft_info": {"term": 2, "commit": 40, "pending_operations": 0, "leader": 1,
+                              "role": "Leader", "is_voter": true},
+                "consensus_thread_status": {"consensus_thread_status": "working",
+                                            "last_update": "2026-12-07T16:00:00Z"},
+                "message_send_failures": {
+                    "http://qdrant-2.qdrant:6335/": {
+                        "count": 12,
+                        "latest_error": "Failed to send message: transport error",
+                        "latest_error_timestamp": "2026-12-07T16:00:00Z"
+                    }
+                }
+            },
+            "status": "ok",
+            "time": 0.00001
+        });
+        let peers = Peers::from_cluster_status(&body).unwrap();
+        assert_eq!(peers.uris.len(), 3);
+        assert_eq!(
+            peers.unreachable,
+            HashMap::from([(3, "Failed to send message: transport error".to_string())])
+        );
+        let single = serde_json::json!({"result": {"status": "disabled"}, "status": "ok"});
+        assert_eq!(
+            Peers::from_cluster_status(&single).unwrap(),
+            Peers::default()
+        );
+    }
+
     #[tokio::test]
     async fn an_existing_collection_of_another_layout_is_refused_by_name() {
         let server = FakeServer::default();
@@ -507,6 +958,7 @@ mod tests {
             shard_number: 3,
             replication_factor: 2,
             active_replicas: [(0, 2), (1, 2), (2, 2)].into(),
+            copies: vec![],
             indexed: vec![],
         };
         assert_eq!(check_layout(&settings, 384, &good), (vec![], vec![]));
@@ -593,27 +1045,46 @@ mod tests {
             remote_shards: vec![
                 RemoteShardInfo {
                     shard_id: 0,
+                    peer_id: 2,
                     state: ReplicaState::Dead as i32,
                     ..Default::default()
                 },
                 RemoteShardInfo {
                     shard_id: 1,
+                    peer_id: 2,
                     state: ReplicaState::Active as i32,
                     ..Default::default()
                 },
                 RemoteShardInfo {
                     shard_id: 1,
-                    state: ReplicaState::Active as i32,
+                    peer_id: 3,
+                    state: ReplicaState::Initializing as i32,
                     ..Default::default()
                 },
             ],
+            peer_id: 1,
             ..Default::default()
         };
         let layout = Layout::of(&info, &cluster);
         assert_eq!(layout.dense[DENSE], (384, Distance::Cosine));
         assert_eq!(layout.sparse[SPARSE], Some(Modifier::Idf));
         assert_eq!((layout.shard_number, layout.replication_factor), (2, 2));
-        assert_eq!(layout.active_replicas, [(0, 1), (1, 2)].into());
+        assert_eq!(layout.active_replicas, [(0, 1), (1, 1)].into());
+        let copies: Vec<(u32, u64, ReplicaState)> = layout
+            .copies
+            .iter()
+            .map(|c| (c.shard, c.peer, c.state))
+            .collect();
+        assert_eq!(
+            copies,
+            [
+                (0, 1, ReplicaState::Active),
+                (0, 2, ReplicaState::Dead),
+                (1, 2, ReplicaState::Active),
+                (1, 3, ReplicaState::Initializing)
+            ]
+        );
+        assert_eq!(layout.initializing(), [1]);
         assert_eq!(layout.indexed, ["groups"]);
     }
 }

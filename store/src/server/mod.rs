@@ -35,7 +35,8 @@ mod collection;
 
 use collection::QdrantAdmin;
 pub use collection::{
-    CollectionAdmin, Layout, check_layout, create_collection, ensure_collection, field_indexes,
+    CollectionAdmin, Layout, Peers, ShardCopy, check_layout, create_collection, ensure_collection,
+    field_indexes, peer_warnings,
 };
 
 /// Where the collection lives and how it is laid out across the cluster.
@@ -43,6 +44,9 @@ pub use collection::{
 pub struct ServerSettings {
     /// gRPC address, e.g. `http://qdrant:6334`.
     pub url: String,
+    /// REST address, for the cluster's peer status (`GET /cluster`, not
+    /// on gRPC); empty: peers are not checked.
+    pub rest_url: String,
     pub api_key: Option<String>,
     pub collection: String,
     pub shard_number: u32,
@@ -61,6 +65,7 @@ impl std::fmt::Debug for ServerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerSettings")
             .field("url", &self.url)
+            .field("rest_url", &self.rest_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "(set)"))
             .field("collection", &self.collection)
             .field("shard_number", &self.shard_number)
@@ -76,6 +81,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             url: String::new(),
+            rest_url: String::new(),
             api_key: None,
             collection: "rag".into(),
             shard_number: 1,
@@ -155,7 +161,23 @@ impl QdrantServerStore {
                 settings.url, OLDEST_SERVER.0, OLDEST_SERVER.1
             )));
         }
-        let admin = QdrantAdmin(build_client(&settings, settings.create_timeout)?);
+        let rest = if settings.rest_url.is_empty() {
+            tracing::info!(
+                "vector_store.rest_url is not set (and url has no port 6334): the cluster's \
+                 peers are not checked"
+            );
+            None
+        } else {
+            let client = reqwest::Client::builder()
+                .timeout(settings.timeout)
+                .build()
+                .map_err(|e| Error::internal("making the REST client").with_source(e))?;
+            Some((client, settings.rest_url.clone(), settings.api_key.clone()))
+        };
+        let admin = QdrantAdmin {
+            client: build_client(&settings, settings.create_timeout)?,
+            rest,
+        };
         let warnings = ensure_collection(&admin, &settings, dimension).await?;
         for warning in &warnings {
             tracing::warn!(collection = %settings.collection, "{warning}");
@@ -477,10 +499,16 @@ impl VectorStore for QdrantServerStore {
     /// Read afresh: replicas that were still initialising at start, or a
     /// peer lost since, show as they are now.
     async fn warnings(&self) -> Vec<String> {
-        match self.admin.layout(&self.settings.collection).await {
-            Ok(layout) => check_layout(&self.settings, self.dimension, &layout).1,
-            Err(e) => vec![format!("the collection's layout cannot be read: {e}")],
+        let layout = match self.admin.layout(&self.settings.collection).await {
+            Ok(layout) => layout,
+            Err(e) => return vec![format!("the collection's layout cannot be read: {e}")],
+        };
+        let mut warnings = check_layout(&self.settings, self.dimension, &layout).1;
+        match self.admin.peers().await {
+            Ok(peers) => warnings.extend(peer_warnings(&self.settings, &layout, &peers)),
+            Err(e) => warnings.push(format!("the cluster's peers cannot be read: {}", e.chain())),
         }
+        warnings
     }
 }
 
