@@ -1283,6 +1283,17 @@ fn sources_cannot_reach_the_servers_own_network() {
         assert_eq!(status, 400, "{url}: {body}");
         assert!(body.contains("https://"), "{body}");
     }
+    // An address git reaches but whose host cannot be read plainly (an
+    // IPv6 zone: git connects to ::ffff:127.0.0.2 through lo): refused at
+    // add, never taken for a local path that needs no check.
+    for url in [
+        format!("https://[0:0:0:0:0:ffff:7f00:2%25lo]:{port}/wiki.git"),
+        "ssh://git@[::ffff:a9fe:a9fe%25eth0]/wiki.git".to_string(),
+    ] {
+        let (status, body) = add(json!({"name": "zoned", "config": {"kind": "git", "url": url}}));
+        assert_eq!(status, 400, "{url}: {body}");
+        assert!(body.contains("not a repository URL"), "{url}: {body}");
+    }
     // A remote git URL on the server's own network: added, but its sync
     // refuses the address before git runs.
     for (name, url) in [

@@ -97,6 +97,7 @@ impl Fixture {
             &self.ingestor,
             &record,
             &self.cache.join(name),
+            &[],
             &|_: rag_ingest::Progress| {},
         )
         .await
@@ -1012,6 +1013,7 @@ async fn a_sync_of_a_source_removed_meanwhile_leaves_nothing() {
         &f.ingestor,
         &record,
         &f.cache.join("wiki"),
+        &[],
         &|_: rag_ingest::Progress| {},
     )
     .await
@@ -1064,6 +1066,27 @@ async fn a_source_has_one_writer_at_a_time() {
     assert!(f.ingestor.docs.source("slow").await.unwrap().is_some());
     // The held sync ends (timed out), and lets go of its source.
     assert!(slow.unwrap_err().to_string().contains("timed out"));
+    // A sync dropped midway (its client gone, a request deadline) lets go
+    // of its source at once, not when the claim lapses.
+    let dropped = tokio::time::timeout(std::time::Duration::from_millis(300), f.sync("slow")).await;
+    assert!(dropped.is_err(), "the silent site answered");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The record is read, and checked against the allowed hosts, under
+    // the claim.
+    let record = f.ingestor.docs.source("slow").await.unwrap().unwrap();
+    let refused = sync(
+        &f.ingestor,
+        &record,
+        &cache,
+        &["wiki.example".to_string()],
+        &|_: rag_ingest::Progress| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("sources.allowed_hosts"),
+        "{refused}"
+    );
     let removed = rag_ingest::sources::remove(&f.ingestor, "slow", &cache)
         .await
         .unwrap();

@@ -255,20 +255,14 @@ pub async fn sync(settings: Settings, args: SyncArgs) -> anyhow::Result<ExitCode
         for record in &chosen {
             let bar = progress_bar(0, json);
             bar.set_message(format!("syncing {}", record.name));
-            let allowed = SourceConfig::of(record)
-                .and_then(|c| c.check_host_allowed(&app.settings.sources.allowed_hosts));
-            let result = match allowed {
-                Ok(()) => {
-                    rag_ingest::sources::sync(
-                        &ingestor,
-                        record,
-                        &cache.join(&record.name),
-                        &ingest_progress(bar.clone()),
-                    )
-                    .await
-                }
-                Err(e) => Err(e),
-            };
+            let result = rag_ingest::sources::sync(
+                &ingestor,
+                record,
+                &cache.join(&record.name),
+                &app.settings.sources.allowed_hosts,
+                &ingest_progress(bar.clone()),
+            )
+            .await;
             bar.finish_and_clear();
             results.push((record.name.clone(), result));
         }

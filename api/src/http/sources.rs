@@ -144,13 +144,13 @@ pub(crate) async fn sync(
     };
     // One writer at a time (see `remove`); uploads wait for the sync.
     let _writes = state.jobs.writes.lock().await;
-    SourceConfig::of(&record)?.check_host_allowed(&state.app.settings.sources.allowed_hosts)?;
     let mut ingestor = ingestor(&state)?;
     if params.force {
         ingestor.limits.max_delete_fraction = f64::INFINITY;
     }
     let cache = state.app.settings.data_dir.join("sources").join(&name);
-    let report = rag_ingest::sources::sync(&ingestor, &record, &cache, &|_| {}).await?;
+    let allowed = &state.app.settings.sources.allowed_hosts;
+    let report = rag_ingest::sources::sync(&ingestor, &record, &cache, allowed, &|_| {}).await?;
     Ok(Json(report).into_response())
 }
 

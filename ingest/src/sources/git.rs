@@ -48,47 +48,71 @@ pub struct GitConfig {
 
 impl GitConfig {
     /// Whether the URL names another machine: `https://`, `ssh://` or
-    /// scp-like `user@host:path`. A local path or `file://` reads the
+    /// scp-like `[user@]host:path`. A local path or `file://` reads the
     /// server's own disk, which only the CLI (run by someone who has it)
     /// may ask for.
     pub fn remote(&self) -> bool {
-        let url = self.url.trim();
-        if let Some((scheme, rest)) = url.split_once("://") {
-            return matches!(scheme, "https" | "ssh") && !rest.is_empty();
-        }
-        // user@host:path, not a path with a colon in it.
-        url.split_once(':').is_some_and(|(host, _)| {
-            host.contains('@') && !host.contains('/') && !host.starts_with('.')
-        })
+        let url = self.url.trim().to_ascii_lowercase();
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        matches!(scheme, None | Some("https" | "ssh")) && matches!(self.remote_host(), Ok(Some(_)))
     }
 
-    /// The host and port a clone connects to; `None` for a local path or
-    /// `file://`.
-    pub(crate) fn remote_host(&self) -> Option<(String, u16)> {
+    /// The host and port a clone connects to, read the way git reads the
+    /// URL; `None` for a local path or `file://`. Fails closed: a URL git
+    /// would connect somewhere with, but whose host this cannot read
+    /// plainly (an IPv6 zone, a scheme of its own, odd characters), is
+    /// refused, never taken for a local path.
+    pub(crate) fn remote_host(&self) -> Result<Option<(String, u16)>> {
         let url = self.url.trim();
+        let unreadable = || {
+            Error::invalid(format!(
+                "--git {:?}: not a repository URL whose host can be checked (use a path, \
+                 https://host/..., ssh://user@host/... or user@host:path, the host a name or \
+                 an IP address)",
+                redact(url)
+            ))
+        };
         if let Some((scheme, _)) = url.split_once("://") {
-            let parsed = reqwest::Url::parse(url).ok()?;
-            let port = parsed.port().unwrap_or(match scheme {
+            let port = match scheme.to_ascii_lowercase().as_str() {
+                "file" => return Ok(None),
                 "ssh" => 22,
                 "git" => 9418,
                 "http" => 80,
-                _ => 443,
-            });
-            let host = parsed.host_str()?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            return (scheme != "file").then(|| (host.to_string(), port));
+                "https" => 443,
+                _ => return Err(unreadable()),
+            };
+            let parsed = reqwest::Url::parse(url).map_err(|_| unreadable())?;
+            let host = parsed.host_str().ok_or_else(unreadable)?;
+            let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(v6) => v6
+                    .parse::<std::net::Ipv6Addr>()
+                    .map_err(|_| unreadable())?
+                    .to_string(),
+                None if plain_host(host) => host.to_string(),
+                None => return Err(unreadable()),
+            };
+            return Ok(Some((host, parsed.port().unwrap_or(port))));
         }
-        // user@host:path
-        let (before, _) = url.split_once(':')?;
-        let (_, host) = before.rsplit_once('@')?;
-        (!host.is_empty() && !host.contains('/')).then(|| (host.to_string(), 22))
+        // As git reads it: a colon before any slash makes an scp-like ssh
+        // address, `[user@]host:path`; anything else is a local path.
+        match url.split_once(':') {
+            Some((before, _)) if !before.contains('/') => {
+                let host = before.rsplit_once('@').map_or(before, |(_, host)| host);
+                if plain_host(host) {
+                    Ok(Some((host.to_string(), 22)))
+                } else {
+                    Err(unreadable())
+                }
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Refuses a remote on an address sources may not reach, and returns
     /// how git's connection is pinned to the addresses checked, so that a
     /// name cannot be rebound in between (DNS rebinding).
     fn check_network(&self) -> Result<Pin> {
-        let Some((host, port)) = self.remote_host() else {
+        let Some((host, port)) = self.remote_host()? else {
             return Ok(Pin::None);
         };
         let addrs = Network::new(&self.allow_networks)?.check_host(&host, port)?;
@@ -112,6 +136,7 @@ impl GitConfig {
             // has in known_hosts. (git:// is refused over HTTP already.)
             Some(&address) if !url.starts_with("git://") => Ok(Pin::Ssh {
                 alias: host,
+                port,
                 address,
             }),
             _ => Ok(Pin::None),
@@ -132,6 +157,7 @@ impl GitConfig {
                 redact(url)
             )));
         }
+        self.remote_host()?;
         if let Some(branch) = &self.branch {
             let bad = branch.is_empty()
                 || branch.starts_with('-')
@@ -491,6 +517,17 @@ impl Source for GitSource {
 }
 
 /// A regular file (not a link, not a submodule).
+/// A host name as DNS has them (letters, digits, dots, hyphens and
+/// underscores), or an IPv4 address: nothing a shell or ssh would read as
+/// more than a name.
+fn plain_host(host: &str) -> bool {
+    !host.is_empty()
+        && !host.starts_with(['-', '.'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 fn plain_file(mode: &str) -> bool {
     matches!(mode, "100644" | "100755")
 }
@@ -533,9 +570,10 @@ enum Pin {
     /// An http(s) remote: git's `http.curloptResolve` entry.
     Http(String),
     /// An ssh remote named by a name: ssh connects to `address`, and
-    /// checks the host key known for `alias` (the name).
+    /// checks the host key known for `alias` (the name) on `port`.
     Ssh {
         alias: String,
+        port: u16,
         address: std::net::IpAddr,
     },
 }
@@ -546,10 +584,24 @@ impl Pin {
         match self {
             Pin::None => (None, String::new()),
             Pin::Http(entry) => (Some(format!("http.curloptResolve={entry}")), String::new()),
-            Pin::Ssh { alias, address } => (
-                None,
-                format!("-o HostName={address} -o HostKeyAlias={alias}"),
-            ),
+            // known_hosts names a host on another port `[host]:port`, and
+            // HostKeyAlias replaces that whole key. Quoted for the shell
+            // git runs the command with (the alias is a plain host name,
+            // checked, and brackets are shell patterns).
+            Pin::Ssh {
+                alias,
+                port,
+                address,
+            } => {
+                let alias = match port {
+                    22 => alias.clone(),
+                    port => format!("[{alias}]:{port}"),
+                };
+                (
+                    None,
+                    format!("-o 'HostName={address}' -o 'HostKeyAlias={alias}'"),
+                )
+            }
         }
     }
 }
@@ -741,11 +793,32 @@ mod tests {
             ("ssh://git@[::1]/w.git", Some(("::1", 22))),
             ("git@localhost:team/w.git", Some(("localhost", 22))),
             ("git://127.0.0.1/w.git", Some(("127.0.0.1", 9418))),
+            // git reads a colon before any slash as ssh, user or not.
+            ("localhost:team/w.git", Some(("localhost", 22))),
             ("/srv/wiki", None),
+            ("./wiki", None),
             ("file:///srv/wiki", None),
         ] {
-            let found = config(url).remote_host();
+            let found = config(url).remote_host().unwrap();
             assert_eq!(found.as_ref().map(|(h, p)| (h.as_str(), *p)), host, "{url}");
+        }
+        // What git would connect with but cannot be read plainly is
+        // refused, never taken for a local path: an IPv6 zone (git goes to
+        // ::ffff:127.0.0.1 on lo), a scheme of its own, shell characters.
+        for url in [
+            "https://[0:0:0:0:0:ffff:7f00:1%25lo]:8443/w.git",
+            "https://[0:0:0:0:0:0:0:1%25lo]/w.git",
+            "ssh://git@[::ffff:a9fe:a9fe%25eth0]/w.git",
+            "gopher://git.example/w.git",
+            "ssh://git@$(id)/w.git",
+            "git@$(id):w.git",
+            "git@a;b:w.git",
+            "git@[::1]:w.git",
+        ] {
+            let err = config(url).remote_host().unwrap_err().to_string();
+            assert!(err.contains("whose host can be checked"), "{url}: {err}");
+            assert!(config(url).validate().is_err(), "{url}");
+            assert!(!config(url).remote(), "{url}");
         }
         let err = config("https://127.0.0.1/w.git")
             .check_network()
@@ -769,9 +842,14 @@ mod tests {
         assert!(pin.starts_with("localhost:8443:"), "{pin}");
         assert!(pin.contains("127.0.0.1") || pin.contains("[::1]"), "{pin}");
         // Over ssh, to one address checked, the host key still the name's.
-        for url in ["ssh://git@localhost/w.git", "git@localhost:team/w.git"] {
+        for (url, key) in [
+            ("ssh://git@localhost/w.git", "localhost"),
+            ("git@localhost:team/w.git", "localhost"),
+            // known_hosts keys a host on another port as [host]:port.
+            ("ssh://git@localhost:2222/w.git", "[localhost]:2222"),
+        ] {
             let pin = allowed(url).check_network().unwrap();
-            let Pin::Ssh { alias, address } = &pin else {
+            let Pin::Ssh { alias, address, .. } = &pin else {
                 panic!("{url}: {pin:?}");
             };
             assert_eq!(alias, "localhost");
@@ -780,7 +858,7 @@ mod tests {
             assert_eq!(git, None);
             assert_eq!(
                 ssh,
-                format!("-o HostName={address} -o HostKeyAlias=localhost")
+                format!("-o 'HostName={address}' -o 'HostKeyAlias={key}'")
             );
         }
         // Refused before any connection, like https.
@@ -796,6 +874,9 @@ mod tests {
             "https://git.example/wiki.git",
             "ssh://git@git.example/wiki.git",
             "git@git.example:team/wiki.git",
+            // git (on Unix) reads these as ssh to git.example and to C.
+            "git.example:team/wiki.git",
+            "C:/wiki",
         ] {
             assert!(config(remote).remote(), "{remote}");
         }
@@ -806,7 +887,6 @@ mod tests {
             "file:///srv/wiki",
             "http://git.example/wiki.git",
             "git://git.example/wiki.git",
-            "C:/wiki",
             "./a@b:c",
         ] {
             assert!(!config(local).remote(), "{local}");

@@ -78,7 +78,7 @@ impl SourceConfig {
     /// repository.
     pub fn host(&self) -> Option<String> {
         match self {
-            SourceConfig::Git(c) => c.remote_host().map(|(host, _)| host),
+            SourceConfig::Git(c) => c.remote_host().ok().flatten().map(|(host, _)| host),
             SourceConfig::Web(c) => reqwest::Url::parse(c.start_url.trim())
                 .ok()
                 .and_then(|u| u.host_str().map(str::to_string)),
@@ -97,15 +97,19 @@ impl SourceConfig {
         if allowed.is_empty() {
             return Ok(());
         }
+        let local = match self {
+            SourceConfig::Git(c) => c.remote_host()?.is_none(),
+            SourceConfig::Web(_) => false,
+        };
         match self.host() {
-            Some(host) if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&host)) => {
-                Err(Error::invalid(format!(
-                    "{host} is not among the hosts sources may come from here \
-                     (sources.allowed_hosts: {})",
-                    allowed.join(", ")
-                )))
-            }
-            _ => Ok(()),
+            Some(host) if allowed.iter().any(|a| a.eq_ignore_ascii_case(&host)) => Ok(()),
+            None if local => Ok(()),
+            host => Err(Error::invalid(format!(
+                "{} is not among the hosts sources may come from here \
+                 (sources.allowed_hosts: {})",
+                host.as_deref().unwrap_or("a source without a host"),
+                allowed.join(", ")
+            ))),
         }
     }
 
@@ -223,11 +227,13 @@ pub struct Failure {
 /// One writer per source: the sync claims its source in the metadata
 /// database first (see [`claimed`]), so a sync or removal of the same
 /// source in another process is refused (`Conflict`), and it reads the
-/// source's state again under the claim.
+/// source's record again under the claim, checking it against
+/// `allowed_hosts` (the server's `sources.allowed_hosts`; empty: any).
 pub async fn sync(
     ingestor: &Ingestor,
     record: &SourceRecord,
     cache: &Path,
+    allowed_hosts: &[String],
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<SyncReport> {
     claimed(ingestor, &record.name, async {
@@ -237,6 +243,7 @@ pub async fn sync(
                 record.name
             )));
         };
+        SourceConfig::of(&record)?.check_host_allowed(allowed_hosts)?;
         sync_claimed(ingestor, &record, cache, progress).await
     })
     .await
@@ -247,11 +254,48 @@ pub async fn sync(
 /// for that long) lets it lapse.
 const CLAIM_TTL_S: i64 = 60;
 
+/// A claim taken; released when [`Claim::release`] is not reached (the
+/// work was dropped: a client gone, a request deadline), from a task of
+/// its own, so that the source is not held until the claim lapses.
+struct Claim {
+    docs: std::sync::Arc<dyn rag_core::DocumentStore>,
+    name: String,
+    holder: String,
+    released: bool,
+}
+
+impl Claim {
+    async fn release(mut self) {
+        self.released = true;
+        if let Err(e) = self.docs.release_source(&self.name, &self.holder).await {
+            // It lapses by itself.
+            tracing::warn!(source = %self.name, error = %e.chain(), "releasing a source claim");
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (docs, name, holder) = (
+                self.docs.clone(),
+                std::mem::take(&mut self.name),
+                std::mem::take(&mut self.holder),
+            );
+            runtime.spawn(async move { docs.release_source(&name, &holder).await });
+        }
+    }
+}
+
 /// Runs `work` while this process holds the claim on source `name`: taken
 /// first (refused with `Conflict` while another holder's claim lasts),
-/// renewed as `work` runs, released after. A holder that cannot renew its
-/// claim for a whole TTL stops `work` (dropping it, as a crash would: the
-/// ingest is crash-safe), since another process may hold the source now.
+/// renewed as `work` runs, released after (or when `work` is dropped).
+/// A holder that cannot renew its claim stops `work` (dropping it, as a
+/// crash would: the ingest is crash-safe) well before the claim could
+/// lapse, since another process may take the source then.
 async fn claimed<T>(
     ingestor: &Ingestor,
     name: &str,
@@ -268,23 +312,51 @@ async fn claimed<T>(
              has finished (the claim of a process that died lapses within {CLAIM_TTL_S} s)"
         )));
     }
+    let claim = Claim {
+        docs: ingestor.docs.clone(),
+        name: name.to_string(),
+        holder: holder.clone(),
+        released: false,
+    };
     let ttl = Duration::from_secs(CLAIM_TTL_S as u64);
     let renew = async {
-        let mut last = Instant::now();
+        // When the claim was last confirmed (asked before the answer, so
+        // the database's new expiry is no earlier than this plus the TTL).
+        let mut confirmed = Instant::now();
+        let mut pause = ttl / 3;
         loop {
-            tokio::time::sleep(ttl / 3).await;
-            match ingestor.docs.claim_source(name, &holder, CLAIM_TTL_S).await {
-                Ok(true) => last = Instant::now(),
-                Ok(false) => {
+            tokio::time::sleep(pause).await;
+            let asked = Instant::now();
+            let renewed = tokio::time::timeout(
+                ttl / 12,
+                ingestor.docs.claim_source(name, &holder, CLAIM_TTL_S),
+            )
+            .await;
+            match renewed {
+                Ok(Ok(true)) => {
+                    confirmed = asked;
+                    pause = ttl / 3;
+                    continue;
+                }
+                Ok(Ok(false)) => {
                     return Error::conflict(format!(
                         "source {name:?}: another process took it over while this one \
                          synced (its claim had lapsed); this one stopped"
                     ));
                 }
-                Err(e) if last.elapsed() >= ttl => return e,
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(source = name, error = %e.chain(), "renewing a source claim")
                 }
+                Err(_) => tracing::warn!(source = name, "renewing a source claim timed out"),
+            }
+            // Retried sooner; given up while a quarter of the TTL is left.
+            pause = ttl / 12;
+            if confirmed.elapsed() >= ttl * 3 / 4 {
+                return Error::unavailable(format!(
+                    "source {name:?}: its claim could not be renewed for {} s (the metadata \
+                     database does not answer); stopped before another process may take it",
+                    confirmed.elapsed().as_secs()
+                ));
             }
         }
     };
@@ -292,10 +364,7 @@ async fn claimed<T>(
         result = work => result,
         lost = renew => Err(lost),
     };
-    if let Err(e) = ingestor.docs.release_source(name, &holder).await {
-        // It lapses by itself.
-        tracing::warn!(source = name, error = %e.chain(), "releasing a source claim");
-    }
+    claim.release().await;
     result
 }
 
