@@ -36,6 +36,21 @@ for overlay in k8s/overlays/*/; do
         echo "FAILED: $name" >&2
         status=1
     fi
+    # Our own rule: every CronJob's Job has a deadline, so a sync that hangs
+    # is stopped and the next run is not held up.
+    if ! "$VENV/bin/python" - "$OUT/$name.yaml" <<'PY'
+import sys, yaml
+bad = [d["metadata"]["name"] for d in yaml.safe_load_all(open(sys.argv[1]))
+       if d and d.get("kind") == "CronJob"
+       and not d["spec"]["jobTemplate"]["spec"].get("activeDeadlineSeconds")]
+if bad:
+    print("  CronJob without activeDeadlineSeconds: " + ", ".join(bad), file=sys.stderr)
+    sys.exit(1)
+PY
+    then
+        echo "FAILED: $name" >&2
+        status=1
+    fi
 done
 "$VENV/bin/kubectl" kustomize tests/k8s/broken >"$OUT/broken.yaml"
 if validate "$OUT/broken.yaml" 2>/dev/null; then

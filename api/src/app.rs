@@ -15,7 +15,7 @@ use rag_embed::{BertEmbedder, OrtEmbedder};
 use rag_inference::{Backend, CandleGenerator, OpenAiGenerator};
 use rag_ingest::{Chunker, Ingestor};
 use rag_retriever::{EmbeddingReranker, RetrieveOptions, Retriever};
-use rag_store::{EdgeVectorStore, QdrantServerStore, SqlDocumentStore};
+use rag_store::{EdgeVectorStore, QdrantServerStore, ShardedEdgeStore, SqlDocumentStore};
 
 use crate::config::{EmbedderRuntime, Settings};
 use crate::ops::models;
@@ -100,7 +100,22 @@ impl App {
         };
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
-        let vectors: Arc<dyn VectorStore> = if settings.vector_store.is_embedded() {
+        let simulated = settings.vector_store.simulated_shards;
+        let vectors: Arc<dyn VectorStore> = if settings.vector_store.is_embedded() && simulated > 1
+        {
+            // Measuring only: the engine split as a sharded cluster is.
+            let (path, dimension) = (settings.data_dir.join("vectors"), embedder.dimension());
+            let store = tokio::task::spawn_blocking(move || {
+                ShardedEdgeStore::open(&path, dimension, simulated)
+            })
+            .await??;
+            tracing::warn!(
+                shards = simulated,
+                "vector_store.simulated_shards: the embedded engine runs split into shards, for \
+                 measuring ranking as a sharded cluster ranks; not for serving"
+            );
+            Arc::new(store)
+        } else if settings.vector_store.is_embedded() {
             // Opening replays the engine's write-ahead log: blocking work.
             let (path, dimension) = (settings.data_dir.join("vectors"), embedder.dimension());
             let store =

@@ -10,11 +10,13 @@
 mod edge;
 pub mod server;
 mod settings;
+mod sharded;
 mod sql;
 
 pub use edge::EdgeVectorStore;
 pub use server::{QdrantServerStore, ServerSettings};
 pub use settings::VectorStoreSettings;
+pub use sharded::ShardedEdgeStore;
 pub use sql::SqlDocumentStore;
 
 /// Test helpers shared with other crates' tests.

@@ -26,6 +26,11 @@ pub struct VectorStoreSettings {
     pub timeout_s: f64,
     /// Creating the collection and its indexes (a cluster is slower).
     pub create_timeout_s: f64,
+    /// Embedded only, for measuring: split the engine into this many
+    /// shards, each with its own BM25 statistics, searched and merged as a
+    /// sharded Qdrant collection is (0 or 1: one engine). A data directory
+    /// holds one layout: use a new one to change it.
+    pub simulated_shards: usize,
 }
 
 impl Default for VectorStoreSettings {
@@ -41,6 +46,7 @@ impl Default for VectorStoreSettings {
             write_consistency_factor: d.write_consistency_factor,
             timeout_s: d.timeout.as_secs_f64(),
             create_timeout_s: d.create_timeout.as_secs_f64(),
+            simulated_shards: 0,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! collections of its own, named `rag-test-...`).
 
 use rag_core::{SearchFilter, SearchMode, VectorPoint, VectorQuery, VectorStore};
-use rag_store::{EdgeVectorStore, QdrantServerStore, ServerSettings};
+use rag_store::{EdgeVectorStore, QdrantServerStore, ServerSettings, ShardedEdgeStore};
 
 fn point(chunk: &str, doc: &str, groups: &[&str], dense: Vec<f32>, text: &str) -> VectorPoint {
     let norm = dense.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -237,6 +237,47 @@ async fn the_embedded_engine_passes_the_suite() {
         async move { EdgeVectorStore::open(&dir, 3).unwrap() }
     })
     .await;
+}
+
+/// The engine split into three shards, as a sharded cluster searches and
+/// merges (for measuring ranking), behaves like any store.
+#[tokio::test]
+async fn the_simulated_sharded_engine_passes_the_suite() {
+    let root = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    suite(|| {
+        let dir = root.path().join(
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                .to_string(),
+        );
+        async move { ShardedEdgeStore::open(&dir, 3, 3).unwrap() }
+    })
+    .await;
+}
+
+/// One simulated shard merges and fuses exactly as the engine does, so
+/// that what changes with more shards is the sharding alone.
+#[tokio::test]
+async fn one_simulated_shard_ranks_like_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = EdgeVectorStore::open(&dir.path().join("engine"), 3).unwrap();
+    let one = ShardedEdgeStore::open(&dir.path().join("one"), 3, 1).unwrap();
+    engine.upsert(corpus()).await.unwrap();
+    one.upsert(corpus()).await.unwrap();
+    for mode in [SearchMode::Dense, SearchMode::Sparse, SearchMode::Hybrid] {
+        for (dense, text) in [
+            ([0.9, 0.3, 0.0], "salary bands for engineers"),
+            ([0.0, 0.2, 0.9], "what is on the cafeteria menu"),
+            ([0.5, 0.35, 0.6], "robot firmware onboarding"),
+        ] {
+            let q = query(&dense, text, mode, None);
+            assert_eq!(
+                ids(&engine, &q).await,
+                ids(&one, &q).await,
+                "{mode:?} {text}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
