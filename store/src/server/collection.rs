@@ -882,6 +882,59 @@ mod tests {
         );
     }
 
+    /// The peer status is asked over REST with the API key; a server that
+    /// answers with an error is reported as unavailable, by address.
+    #[tokio::test]
+    async fn the_peer_status_is_fetched_with_the_api_key() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for status in ["200 OK", "500 Internal Server Error"] {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap();
+                requests.push(String::from_utf8_lossy(&buf[..n]).to_string());
+                let body = r#"{"result":{"status":"enabled","peers":{"7":{"uri":"http://p7:6335/"}},"message_send_failures":{"http://p7:6335/":{"count":3,"latest_error":"refused"}}},"status":"ok"}"#;
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(reply.as_bytes()).await.unwrap();
+            }
+            requests
+        });
+        let admin = QdrantAdmin {
+            client: Qdrant::from_url("http://127.0.0.1:9").build().unwrap(),
+            rest: Some((reqwest::Client::new(), url.clone(), Some("k3y".into()))),
+        };
+        let peers = admin.peers().await.unwrap();
+        assert_eq!(
+            peers.unreachable,
+            HashMap::from([(7, "refused".to_string())])
+        );
+        let err = admin.peers().await.unwrap_err();
+        assert!(
+            err.chain().contains(&format!("{url}/cluster")),
+            "{}",
+            err.chain()
+        );
+        let requests = server.await.unwrap();
+        assert!(requests[0].starts_with("GET /cluster "), "{}", requests[0]);
+        assert!(
+            requests[0].to_lowercase().contains("api-key: k3y"),
+            "{}",
+            requests[0]
+        );
+        // Without a REST address nothing is asked: no peers known.
+        let quiet = QdrantAdmin {
+            client: Qdrant::from_url("http://127.0.0.1:9").build().unwrap(),
+            rest: None,
+        };
+        assert_eq!(quiet.peers().await.unwrap(), Peers::default());
+    }
+
     /// `GET /cluster` as Qdrant 1.18 answers it, one peer failing.
     #[test]
     fn the_peer_status_is_read_from_the_cluster_api() {
