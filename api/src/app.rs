@@ -101,7 +101,7 @@ impl App {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
         let simulated = settings.vector_store.simulated_shards;
-        let vectors: Arc<dyn VectorStore> = if settings.vector_store.is_embedded() && simulated > 1
+        let vectors: Arc<dyn VectorStore> = if settings.vector_store.is_embedded() && simulated > 0
         {
             // Measuring only: the engine split as a sharded cluster is.
             let (path, dimension) = (settings.data_dir.join("vectors"), embedder.dimension());

@@ -28,8 +28,9 @@ pub struct VectorStoreSettings {
     pub create_timeout_s: f64,
     /// Embedded only, for measuring: split the engine into this many
     /// shards, each with its own BM25 statistics, searched and merged as a
-    /// sharded Qdrant collection is (0 or 1: one engine). A data directory
-    /// holds one layout: use a new one to change it.
+    /// sharded Qdrant collection is (0: the engine itself; 1: one shard,
+    /// the baseline to compare with). A data directory holds one layout:
+    /// use a new one to change it.
     pub simulated_shards: usize,
 }
 

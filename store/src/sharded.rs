@@ -4,7 +4,8 @@
 //! a hybrid query is fused once over the merged sides. Qdrant computes IDF
 //! per shard, so a term's weight differs from shard to shard; this store
 //! shows what that does to ranking on one machine
-//! (`vector_store.simulated_shards`, BENCHMARKS.md). It is for measuring,
+//! (`vector_store.simulated_shards`, BENCHMARKS.md; one simulated shard is
+//! the baseline, so that both sides merge and break ties alike). It is for measuring,
 //! not for serving: one engine is faster.
 
 use std::path::Path;
@@ -43,10 +44,19 @@ impl ShardedEdgeStore {
         for shard in &self.shards {
             all.extend(shard.search(query).await?);
         }
-        all.sort_by(|a, b| b.score.total_cmp(&a.score));
+        all.sort_by(by_score);
         all.truncate(query.limit);
         Ok(all)
     }
+}
+
+/// Best first; ties by chunk id, so that a comparison of shard counts
+/// measures the sharding, not the order of ties (the engine's is
+/// arbitrary).
+fn by_score(a: &ScoredChunk, b: &ScoredChunk) -> std::cmp::Ordering {
+    b.score
+        .total_cmp(&a.score)
+        .then_with(|| a.chunk_id.cmp(&b.chunk_id))
 }
 
 /// Qdrant's weighted RRF contribution of the item at `position` (0-based)
@@ -110,7 +120,7 @@ impl VectorStore for ShardedEdgeStore {
                 }
             }
         }
-        fused.sort_by(|a, b| b.score.total_cmp(&a.score));
+        fused.sort_by(by_score);
         fused.truncate(query.limit);
         Ok(fused)
     }

@@ -92,11 +92,16 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
 /// another process that holds it; released when the file is dropped.
 async fn lock_file(path: std::path::PathBuf) -> Result<std::fs::File> {
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)?;
+        // Read-only once it exists: a lock needs no write access, and the
+        // file may belong to another user (the sync jobs run as their own).
+        let file = match std::fs::File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?,
+            opened => opened?,
+        };
         file.lock()?;
         Ok(file)
     })

@@ -52,10 +52,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Response, Ap
     generator.check().await?;
     // Ready, but with something an operator should fix (a collection with
     // fewer replicas than configured).
+    // (The store logs each warning once, when it appears.)
     let warnings = app.vectors.warnings().await;
-    for warning in &warnings {
-        tracing::warn!("{warning}");
-    }
     Ok(Json(json!({
         "status": "ready",
         "documents": documents,

@@ -135,7 +135,15 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Reads the body of `GET /cluster`.
+    /// Whether the peer that sent this `GET /cluster` body is the Raft
+    /// leader: only the leader sends to every peer, so only its send
+    /// failures are current for all of them.
+    fn from_leader(body: &serde_json::Value) -> bool {
+        body["result"]["raft_info"]["role"] == "Leader"
+    }
+
+    /// Reads the body of `GET /cluster`: the peers, and those this peer
+    /// fails to send to.
     pub fn from_cluster_status(body: &serde_json::Value) -> Result<Self> {
         let result = &body["result"];
         let mut peers = Peers::default();
@@ -336,6 +344,43 @@ pub(super) struct QdrantAdmin {
     pub(super) rest: Option<(reqwest::Client, String, Option<String>)>,
 }
 
+impl QdrantAdmin {
+    /// `GET {url}/cluster`, within `timeout`.
+    async fn cluster_status(
+        client: &reqwest::Client,
+        url: &str,
+        api_key: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<serde_json::Value> {
+        let mut request = client.get(format!("{url}/cluster")).timeout(timeout);
+        if let Some(key) = api_key {
+            request = request.header("api-key", key);
+        }
+        request
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "reading the Qdrant cluster status at {url}/cluster (vector_store.rest_url)"
+                ))
+                .with_source(e)
+            })?
+            .json()
+            .await
+            .map_err(|e| Error::unavailable("the Qdrant cluster status is not JSON").with_source(e))
+    }
+}
+
+/// The REST address of a peer: the host of its cluster address, with the
+/// scheme and port of `rest_url` (every peer serves REST on the same port).
+fn peer_rest_url(rest_url: &str, peer_uri: &str) -> Option<String> {
+    let rest = reqwest::Url::parse(rest_url).ok()?;
+    let peer = reqwest::Url::parse(peer_uri).ok()?;
+    let port = rest.port_or_known_default()?;
+    Some(format!("{}://{}:{port}", rest.scheme(), peer.host_str()?))
+}
+
 #[async_trait]
 impl CollectionAdmin for QdrantAdmin {
     async fn exists(&self, name: &str) -> Result<bool> {
@@ -376,31 +421,45 @@ impl CollectionAdmin for QdrantAdmin {
             &cluster,
         ))
     }
+    /// Asks the server behind `rest_url` for the peers, then every peer
+    /// itself: a peer whose REST API does not answer is lost whatever the
+    /// others say, and send failures count only as the Raft leader reports
+    /// them (a follower sends to the leader alone, so its view of the
+    /// others is stale).
     async fn peers(&self) -> Result<Peers> {
         let Some((client, url, api_key)) = &self.rest else {
             return Ok(Peers::default());
         };
-        let mut request = client.get(format!("{url}/cluster"));
-        if let Some(key) = api_key {
-            request = request.header("api-key", key);
+        let key = api_key.as_deref();
+        let per_peer = std::time::Duration::from_secs(3);
+        let first = Self::cluster_status(client, url, key, per_peer).await?;
+        let listed = Peers::from_cluster_status(&first)?;
+        let mut peers = Peers {
+            uris: listed.uris.clone(),
+            unreachable: HashMap::new(),
+        };
+        let mut ids: Vec<u64> = listed.uris.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            let uri = &listed.uris[&id];
+            let Some(rest) = peer_rest_url(url, uri) else {
+                continue;
+            };
+            match Self::cluster_status(client, &rest, key, per_peer).await {
+                Ok(body) if Peers::from_leader(&body) => {
+                    let seen = Peers::from_cluster_status(&body)?;
+                    peers.unreachable.extend(seen.unreachable);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    peers.unreachable.insert(
+                        id,
+                        format!("its REST API at {rest} does not answer: {}", e.chain()),
+                    );
+                }
+            }
         }
-        let body: serde_json::Value = request
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| {
-                Error::unavailable(format!(
-                    "reading the Qdrant cluster status at {url}/cluster \
-                     (vector_store.rest_url)"
-                ))
-                .with_source(e)
-            })?
-            .json()
-            .await
-            .map_err(|e| {
-                Error::unavailable("the Qdrant cluster status is not JSON").with_source(e)
-            })?;
-        Peers::from_cluster_status(&body)
+        Ok(peers)
     }
 }
 
@@ -420,8 +479,9 @@ pub async fn ensure_collection(
 ) -> Result<Vec<String>> {
     let name = &settings.collection;
     let deadline = tokio::time::Instant::now() + settings.create_timeout;
-    if !admin.exists(name).await? {
-        let lost = admin.peers().await?.unreachable_described();
+    let existed = admin.exists(name).await?;
+    if !existed {
+        let lost = peers_or_none(admin).await.unreachable_described();
         if !lost.is_empty() {
             return Err(Error::unavailable(format!(
                 "cannot create the collection {name:?}: Qdrant {} unreachable; start it, or \
@@ -445,7 +505,7 @@ pub async fn ensure_collection(
     }
     // Checked before anything is written to it: a collection of another
     // layout is refused as it is.
-    let layout = ready_layout(admin, settings, deadline).await?;
+    let layout = ready_layout(admin, settings, deadline, existed).await?;
     let (errors, warnings) = check_layout(settings, dimension, &layout);
     if !errors.is_empty() {
         return Err(Error::invalid(errors.join("; ")));
@@ -458,22 +518,38 @@ pub async fn ensure_collection(
     Ok(warnings)
 }
 
+/// The peers, or none when they cannot be read (a single server without
+/// its REST port open, a moment's error): the check is for a clearer
+/// message and never stops a start by itself.
+async fn peers_or_none(admin: &dyn CollectionAdmin) -> Peers {
+    admin.peers().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e.chain(), "the Qdrant cluster's peers cannot be read");
+        Peers::default()
+    })
+}
+
 /// The collection's layout once it answers and no shard copy is still
 /// initialising, asked again (100 ms, doubling to 1 s) until `deadline`.
 /// A copy initialising on an unreachable peer will not finish: that fails
-/// at once, naming the peer.
+/// at once, naming the peer. A collection that `existed` before this start
+/// and still has a copy initialising at the deadline is used as it is
+/// (its warnings say what is short), as before this wait.
 async fn ready_layout(
     admin: &dyn CollectionAdmin,
     settings: &ServerSettings,
     deadline: tokio::time::Instant,
+    existed: bool,
 ) -> Result<Layout> {
     let name = &settings.collection;
     let mut pause = std::time::Duration::from_millis(100);
     loop {
         let waiting = match admin.layout(name).await {
             Ok(layout) if layout.initializing().is_empty() => return Ok(layout),
+            Ok(layout) if existed && tokio::time::Instant::now() + pause > deadline => {
+                return Ok(layout);
+            }
             Ok(layout) => {
-                let peers = admin.peers().await?;
+                let peers = peers_or_none(admin).await;
                 let stuck: Vec<String> = layout
                     .copies
                     .iter()
@@ -494,6 +570,8 @@ async fn ready_layout(
                     layout.initializing().iter().map(u32::to_string).collect();
                 Error::unavailable(format!("shard(s) {} still initialising", shards.join(", ")))
             }
+            // Only a server that cannot answer yet is waited for.
+            Err(e) if e.kind() != rag_core::ErrorKind::Unavailable => return Err(e),
             Err(e) => e,
         };
         if tokio::time::Instant::now() + pause > deadline {
@@ -604,6 +682,8 @@ mod tests {
         init_window: Duration,
         created_at: std::sync::Mutex<Option<tokio::time::Instant>>,
         peers: std::sync::Mutex<Peers>,
+        /// The peer status cannot be read (REST closed).
+        peers_fail: std::sync::atomic::AtomicBool,
     }
 
     const PEERS: u64 = 3;
@@ -731,6 +811,9 @@ mod tests {
             Ok(layout)
         }
         async fn peers(&self) -> Result<Peers> {
+            if self.peers_fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::unavailable("reading the Qdrant cluster status"));
+            }
             Ok(self.peers.lock().unwrap().clone())
         }
     }
@@ -882,57 +965,132 @@ mod tests {
         );
     }
 
-    /// The peer status is asked over REST with the API key; a server that
-    /// answers with an error is reported as unavailable, by address.
-    #[tokio::test]
-    async fn the_peer_status_is_fetched_with_the_api_key() {
+    /// A peer's REST API on 127.0.0.`n`:`port`, answering `GET /cluster`
+    /// with `body` and recording each request's head.
+    async fn rest_peer(
+        n: u8,
+        port: u16,
+        body: serde_json::Value,
+        log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> u16 {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let mut requests = Vec::new();
-            for status in ["200 OK", "500 Internal Server Error"] {
+        let listener =
+            tokio::net::TcpListener::bind(("127.0.0.".to_string() + &n.to_string(), port))
+                .await
+                .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 let mut buf = vec![0u8; 4096];
                 let n = stream.read(&mut buf).await.unwrap();
-                requests.push(String::from_utf8_lossy(&buf[..n]).to_string());
-                let body = r#"{"result":{"status":"enabled","peers":{"7":{"uri":"http://p7:6335/"}},"message_send_failures":{"http://p7:6335/":{"count":3,"latest_error":"refused"}}},"status":"ok"}"#;
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).to_string());
+                let body = body.to_string();
                 let reply = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
                     body.len()
                 );
                 stream.write_all(reply.as_bytes()).await.unwrap();
             }
-            requests
         });
+        port
+    }
+
+    /// A `GET /cluster` body from a peer of the three at 127.0.0.1-3.
+    fn cluster_body(role: &str, failing: &[(u8, &str)]) -> serde_json::Value {
+        let failures: serde_json::Map<String, serde_json::Value> = failing
+            .iter()
+            .map(|(n, error)| {
+                (
+                    format!("http://127.0.0.{n}:6335/"),
+                    serde_json::json!({"count": 4, "latest_error": error}),
+                )
+            })
+            .collect();
+        serde_json::json!({"result": {
+            "status": "enabled",
+            "peers": {
+                "1": {"uri": "http://127.0.0.1:6335/"},
+                "2": {"uri": "http://127.0.0.2:6335/"},
+                "3": {"uri": "http://127.0.0.3:6335/"}
+            },
+            "raft_info": {"role": role},
+            "message_send_failures": failures
+        }, "status": "ok"})
+    }
+
+    /// Every peer is asked (with the API key): one whose REST API does not
+    /// answer is lost, and send failures count as the leader reports them,
+    /// not as a follower's stale view does.
+    #[tokio::test]
+    async fn every_peer_is_asked_and_the_leader_counts() {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Peer 1, a follower, still lists peer 2 from long ago; peer 2 is
+        // the leader and fails to reach peer 3, which does not answer.
+        let port = rest_peer(1, 0, cluster_body("Follower", &[(2, "old")]), log.clone()).await;
+        rest_peer(
+            2,
+            port,
+            cluster_body("Leader", &[(3, "refused")]),
+            log.clone(),
+        )
+        .await;
+        let url = format!("http://127.0.0.1:{port}");
         let admin = QdrantAdmin {
             client: Qdrant::from_url("http://127.0.0.1:9").build().unwrap(),
-            rest: Some((reqwest::Client::new(), url.clone(), Some("k3y".into()))),
+            rest: Some((reqwest::Client::new(), url, Some("k3y".into()))),
         };
         let peers = admin.peers().await.unwrap();
-        assert_eq!(
-            peers.unreachable,
-            HashMap::from([(7, "refused".to_string())])
-        );
-        let err = admin.peers().await.unwrap_err();
+        assert_eq!(peers.uris.len(), 3);
+        assert_eq!(peers.unreachable.keys().collect::<Vec<_>>(), [&3]);
         assert!(
-            err.chain().contains(&format!("{url}/cluster")),
-            "{}",
-            err.chain()
+            peers.unreachable[&3].contains(&format!("127.0.0.3:{port}")),
+            "{:?}",
+            peers.unreachable
         );
-        let requests = server.await.unwrap();
-        assert!(requests[0].starts_with("GET /cluster "), "{}", requests[0]);
-        assert!(
-            requests[0].to_lowercase().contains("api-key: k3y"),
-            "{}",
-            requests[0]
-        );
+        let requests = log.lock().unwrap().clone();
+        // The Service's answer, then each of the two peers that answer.
+        assert_eq!(requests.len(), 3, "{requests:?}");
+        for request in &requests {
+            assert!(request.starts_with("GET /cluster "), "{request}");
+            assert!(request.to_lowercase().contains("api-key: k3y"), "{request}");
+        }
         // Without a REST address nothing is asked: no peers known.
         let quiet = QdrantAdmin {
             client: Qdrant::from_url("http://127.0.0.1:9").build().unwrap(),
             rest: None,
         };
         assert_eq!(quiet.peers().await.unwrap(), Peers::default());
+    }
+
+    /// Peers that cannot be read (a single server with only gRPC open)
+    /// never stop a start: it creates the collection as before.
+    #[tokio::test]
+    async fn a_start_goes_on_when_the_peers_cannot_be_read() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let admin = QdrantAdmin {
+            client: Qdrant::from_url("http://127.0.0.1:9").build().unwrap(),
+            rest: Some((
+                reqwest::Client::new(),
+                format!("http://127.0.0.1:{port}"),
+                None,
+            )),
+        };
+        assert!(admin.peers().await.is_err());
+        assert_eq!(peers_or_none(&admin).await, Peers::default());
+        let server = FakeServer {
+            peers_fail: true.into(),
+            ..FakeServer::default()
+        };
+        ensure_collection(&server, &cluster_settings(), 384)
+            .await
+            .unwrap();
+        assert_eq!(server.creates.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     /// `GET /cluster` as Qdrant 1.18 answers it, one peer failing.

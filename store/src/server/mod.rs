@@ -121,6 +121,9 @@ pub struct QdrantServerStore {
     /// The collection's operations, with their longer timeout.
     admin: QdrantAdmin,
     dimension: usize,
+    /// The warnings last logged: `/readyz` reads them at every probe, and
+    /// the log says each once, when it appears.
+    logged: std::sync::Mutex<Vec<String>>,
 }
 
 pub(crate) fn server_error(e: impl Into<BoxError>) -> Error {
@@ -178,12 +181,9 @@ impl QdrantServerStore {
             client: build_client(&settings, settings.create_timeout)?,
             rest,
         };
-        let warnings = ensure_collection(&admin, &settings, dimension).await?;
-        for warning in &warnings {
-            tracing::warn!(collection = %settings.collection, "{warning}");
-        }
+        ensure_collection(&admin, &settings, dimension).await?;
         tracing::info!(server = %settings.url, %version, collection = %settings.collection, "Qdrant server");
-        Ok(Self {
+        let store = Self {
             client,
             bm25: bm25()?,
             weighted_fusion: version_at_least(&version, WEIGHTED_RRF_SINCE),
@@ -191,7 +191,11 @@ impl QdrantServerStore {
             settings,
             admin,
             dimension,
-        })
+            logged: std::sync::Mutex::new(Vec::new()),
+        };
+        // Logged at start, then again whenever they change.
+        store.warnings().await;
+        Ok(store)
     }
 
     /// Whether the server applies fusion weights (1.17 and later): `rag`
@@ -508,6 +512,11 @@ impl VectorStore for QdrantServerStore {
             Ok(peers) => warnings.extend(peer_warnings(&self.settings, &layout, &peers)),
             Err(e) => warnings.push(format!("the cluster's peers cannot be read: {}", e.chain())),
         }
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        for warning in warnings.iter().filter(|w| !logged.contains(w)) {
+            tracing::warn!(collection = %self.settings.collection, "{warning}");
+        }
+        *logged = warnings.clone();
         warnings
     }
 }
