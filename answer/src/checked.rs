@@ -36,9 +36,13 @@ static PARTIAL_MARKER: LazyLock<Regex> =
 
 /// Words after which a full stop does not end the sentence.
 const ABBREVIATIONS: &[&str] = &[
-    "e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "approx", "incl", "dept", "st", "jan",
-    "feb", "mar", "apr", "aug", "sept", "sep", "oct", "nov", "dec", "fig", "p", "pp", "u.s",
+    "e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "prof", "jr", "sr", "approx", "incl",
+    "dept", "st", "ave", "jan", "feb", "mar", "apr", "aug", "sept", "sep", "oct", "nov", "dec",
+    "mon", "tue", "wed", "thu", "fri", "fig", "p", "pp", "u.s", "inc", "ltd", "corp", "co", "al",
+    "cf", "min", "max", "avg", "est", "hrs", "yrs", "govt", "mgr", "asst",
 ];
+/// Abbreviations that stand before a number ("No. 5").
+const NUMBERED: &[&str] = &["no", "nos", "sec", "art", "vol", "ch", "par", "para", "ref"];
 
 /// The checks' settings (from [`Policy`](crate::Policy)).
 #[derive(Debug, Clone, Copy)]
@@ -382,7 +386,10 @@ fn sentence_end(text: &str) -> Option<usize> {
             '\n' => return Some(i),
             '.' | '!' | '?' => match bytes.get(i + 1) {
                 None => return None,
-                Some(b) => b.is_ascii_whitespace() && !(c == '.' && abbreviation(&text[..i])),
+                Some(b) => {
+                    b.is_ascii_whitespace()
+                        && !(c == '.' && abbreviation(&text[..i], &text[i + 1..]))
+                }
             },
             _ => false,
         };
@@ -412,11 +419,14 @@ fn sentence_end(text: &str) -> Option<usize> {
     None
 }
 
-/// Whether a full stop after `before` follows an abbreviation, an initial
-/// or a list item's number, and so does not end a sentence.
-pub(crate) fn abbreviation(before: &str) -> bool {
+/// Whether a full stop between `before` and `after` follows an
+/// abbreviation, an initial or a list item's number, and so does not end a
+/// sentence. Written here rather than taken from a segmentation crate:
+/// Unicode's sentence rules (UAX #29) end a sentence after "Dr." or
+/// "U.S." when a capital follows, which is how quotes got cut.
+pub(crate) fn abbreviation(before: &str, after: &str) -> bool {
     let word = before
-        .rsplit(|c: char| c.is_whitespace() || c == '(')
+        .rsplit(|c: char| c.is_whitespace() || matches!(c, '(' | '"' | '“' | '\''))
         .next()
         .unwrap_or("")
         .to_lowercase();
@@ -425,7 +435,22 @@ pub(crate) fn abbreviation(before: &str) -> bool {
     if !line.is_empty() && line.chars().all(|c| c.is_ascii_digit()) {
         return true;
     }
+    let next = after.trim_start_matches([' ', '\t']).chars().next();
+    // "No. 5", "Sec. 3", "Vol. 2": before a number only ("the answer is no.").
+    if NUMBERED.contains(&word.as_str()) && next.is_some_and(|c| c.is_ascii_digit() || c == '#') {
+        return true;
+    }
+    // Dotted abbreviations: "i.e", "e.g", "u.s", "a.m", "ph.d".
+    let dotted = word.contains('.')
+        && word
+            .split('.')
+            .all(|part| (1..=3).contains(&part.len()) && part.chars().all(char::is_alphabetic));
+    // A sentence does not go on in lower case ("approx. two weeks", "dept.
+    // of"), unless a new line starts.
+    let lower_next = after.starts_with([' ', '\t']) && next.is_some_and(char::is_lowercase);
     word.chars().count() == 1 && word.chars().all(char::is_alphabetic)
+        || dotted
+        || lower_next
         || ABBREVIATIONS.contains(&word.as_str())
 }
 

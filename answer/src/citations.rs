@@ -113,15 +113,24 @@ pub fn support(answer: &str, passage: &str) -> f32 {
 /// full stop (`... a year. [1]`) belongs to that sentence.
 pub fn sentences_citing(answer: &str, n: usize) -> Vec<String> {
     let mut sentences: Vec<String> = Vec::new();
-    let mut current = String::new();
-    let mut chars = answer.chars().peekable();
-    while let Some(c) = chars.next() {
-        current.push(c);
-        if matches!(c, '.' | '!' | '?' | '\n') && chars.peek().is_none_or(|n| n.is_whitespace()) {
-            sentences.push(std::mem::take(&mut current));
+    let mut start = 0;
+    for (i, c) in answer.char_indices() {
+        let end = i + c.len_utf8();
+        let rest = &answer[end..];
+        let stop = match c {
+            '\n' => true,
+            '.' | '!' | '?' => {
+                rest.chars().next().is_none_or(char::is_whitespace)
+                    && !(c == '.' && crate::checked::abbreviation(&answer[start..i], rest))
+            }
+            _ => false,
+        };
+        if stop {
+            sentences.push(answer[start..end].to_string());
+            start = end;
         }
     }
-    sentences.push(current);
+    sentences.push(answer[start..].to_string());
     // Markers at the start of a segment (`... leave. [1] Next ...`) belong
     // to the sentence before.
     let mut merged: Vec<String> = Vec::new();

@@ -396,7 +396,8 @@ pub(crate) fn passage_sentences(passage: &str) -> Vec<&str> {
             }
             '.' | '!' | '?' => {
                 bytes.get(i + 1).is_none_or(u8::is_ascii_whitespace)
-                    && !(c == '.' && crate::checked::abbreviation(&passage[start..i]))
+                    && !(c == '.'
+                        && crate::checked::abbreviation(&passage[start..i], &passage[i + 1..]))
             }
             _ => false,
         };
@@ -719,6 +720,39 @@ mod tests {
                 "- Call the desk at (877)\n472-6716 for trains",
                 "1. Book\nearly.",
             ]
+        );
+    }
+
+    /// The abbreviations handbooks and policies use do not end sentences:
+    /// dotted ones, titles, "No." before a number, initials, a lower-case
+    /// continuation; a sentence that really ends there still does.
+    #[test]
+    fn passage_sentences_survive_abbreviations() {
+        let passage = "Use form No. 12 from the U.S. Office of Personnel Management, e.g. via \
+                       HR Links. Ask Dr. Lee or J. R. Smith at 9 a.m. Monday. Hours are min. \
+                       four a day, i.e. 20 a week. Was it approved? The answer is no. Appeals \
+                       go to St. Louis, Mo. in writing. Costs rose 2.5 percent vs. last year.";
+        assert_eq!(
+            passage_sentences(passage),
+            [
+                "Use form No. 12 from the U.S. Office of Personnel Management, e.g. via HR Links.",
+                "Ask Dr. Lee or J. R. Smith at 9 a.m. Monday.",
+                "Hours are min. four a day, i.e. 20 a week.",
+                "Was it approved?",
+                "The answer is no.",
+                "Appeals go to St. Louis, Mo. in writing.",
+                "Costs rose 2.5 percent vs. last year.",
+            ]
+        );
+        // An answer's sentences cite as they are split.
+        let answer = "Use form No. 12, i.e. the U.S. one [1]. Ask Dr. Lee [2].";
+        assert_eq!(
+            crate::citations::sentences_citing(answer, 1),
+            ["Use form No. 12, i.e. the U.S. one."]
+        );
+        assert_eq!(
+            crate::citations::sentences_citing(answer, 2),
+            ["Ask Dr. Lee."]
         );
     }
 
