@@ -157,6 +157,10 @@ pub struct QuestionResult {
     /// `must_include` string (answerable questions that have some).
     #[serde(default)]
     pub evidence_ok: Option<bool>,
+    /// The fewest prompt passages, in prompt order, that together hold
+    /// every `must_include` string (`None`: the prompt does not).
+    #[serde(default)]
+    pub evidence_at: Option<usize>,
     /// The answer quotes the best passage (`generator.extract_min_similarity`)
     /// because nothing the model said held up.
     #[serde(default)]
@@ -370,6 +374,7 @@ fn score(
             .join("\n");
         includes_all(&all, &q.must_include)
     });
+    let evidence_at = evidence_at(&prompt, &q.must_include);
     let gold_in_prompt = q
         .answerable
         .then(|| prompt.iter().any(|h| gold.contains(h.source.as_str())));
@@ -423,6 +428,7 @@ fn score(
             .map(|r| token_f1(shown, r)),
         citation_precision,
         evidence_ok,
+        evidence_at,
         top_similarity: answer_hits.first().map(|h| h.similarity),
         extracted: answer.usage.extracted,
         gold_in_prompt,
@@ -437,6 +443,23 @@ fn score(
         completion_tokens: answer.usage.completion_tokens,
         replayed: false,
     }
+}
+
+/// The fewest passages from the front of `prompt` that together hold
+/// every one of `must_include` (none to find: `None`).
+fn evidence_at(prompt: &[&Hit], must_include: &[String]) -> Option<usize> {
+    if must_include.is_empty() {
+        return None;
+    }
+    let mut seen = String::new();
+    for (i, hit) in prompt.iter().enumerate() {
+        seen.push_str(&hit.text);
+        seen.push('\n');
+        if includes_all(&seen, must_include) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// The verification check on the reference answer: cited to the first
@@ -508,6 +531,14 @@ pub struct Summary {
     /// Answerable questions whose prompt passages contain every
     /// `must_include` string.
     pub evidence_recall: f64,
+    /// Answerable questions (with `must_include`) whose first 1, 3 and 5
+    /// prompt passages hold every `must_include` string.
+    #[serde(default)]
+    pub evidence_at_1: f64,
+    #[serde(default)]
+    pub evidence_at_3: f64,
+    #[serde(default)]
+    pub evidence_at_5: f64,
     /// Of the answerable questions whose gold page was in the prompt, the
     /// share answered correctly (must-include): generation failures apart
     /// from retrieval ones.
@@ -556,6 +587,14 @@ pub fn summarize(results: &[&QuestionResult], price_per_1k: f64) -> Summary {
                 .map(|r| r.gold_rank.is_some_and(|g| g <= k) as u8 as f64),
         )
     };
+    let evidence_within = |k: usize| {
+        mean(
+            answerable
+                .iter()
+                .filter(|r| r.evidence_ok.is_some())
+                .map(|r| r.evidence_at.is_some_and(|n| n <= k) as u8 as f64),
+        )
+    };
     let latencies: Vec<u64> = results.iter().map(|r| r.total_ms).collect();
     let tokens = |r: &QuestionResult| (r.prompt_tokens + r.completion_tokens) as f64;
     Summary {
@@ -592,6 +631,9 @@ pub fn summarize(results: &[&QuestionResult], price_per_1k: f64) -> Summary {
                 .filter_map(|r| r.evidence_ok)
                 .map(|ok| ok as u8 as f64),
         ),
+        evidence_at_1: evidence_within(1),
+        evidence_at_3: evidence_within(3),
+        evidence_at_5: evidence_within(5),
         context_use: mean(
             answerable
                 .iter()
@@ -724,7 +766,7 @@ fn pct(x: f64) -> String {
 /// one without any), shown as a dash.
 type Row = (&'static str, fn(&Summary) -> Option<String>);
 
-const ROWS: [Row; 18] = [
+const ROWS: [Row; 19] = [
     ("questions", |s| Some(s.questions.to_string())),
     ("recall@1", |s| {
         (s.answerable > 0).then(|| pct(s.recall_at_1))
@@ -740,6 +782,16 @@ const ROWS: [Row; 18] = [
     }),
     ("evidence recall (prompt)", |s| {
         (s.answerable > 0).then(|| pct(s.evidence_recall))
+    }),
+    ("evidence@1 / @3 / @5", |s| {
+        (s.answerable > 0).then(|| {
+            format!(
+                "{} / {} / {}",
+                pct(s.evidence_at_1),
+                pct(s.evidence_at_3),
+                pct(s.evidence_at_5)
+            )
+        })
     }),
     ("context use (gold in prompt)", |s| {
         (s.answerable > 0).then(|| pct(s.context_use))
@@ -1048,6 +1100,7 @@ mod tests {
                 None
             },
             evidence_ok: answerable.then_some(rank.is_some()),
+            evidence_at: rank,
             top_similarity: None,
             extracted: false,
             gold_in_prompt: answerable.then_some(rank.is_some_and(|r| r <= 5)),
@@ -1082,12 +1135,37 @@ mod tests {
         // Evidence in the prompt for 1 and 2; the gold page there for both;
         // of those, 1 answered right.
         assert!((s.evidence_recall - 2.0 / 3.0).abs() < 1e-9);
+        // The evidence is in the first passage for 1, the first three for 2.
+        assert!((s.evidence_at_1 - 1.0 / 3.0).abs() < 1e-9);
+        assert!((s.evidence_at_3 - 2.0 / 3.0).abs() < 1e-9);
+        assert!((s.evidence_at_5 - 2.0 / 3.0).abs() < 1e-9);
         assert!((s.context_use - 0.5).abs() < 1e-9);
         assert_eq!((s.references_verified, s.alterations_caught), (None, None));
         assert!((s.citation_precision - (1.0 + 0.5 + 0.5) / 3.0).abs() < 1e-9);
         assert_eq!((s.p50_ms, s.p95_ms), (300, 400));
         assert!((s.cost_per_answer - 0.5).abs() < 1e-9); // 1000 tokens at 0.5 per 1k
         assert!((s.generation_seconds_per_answer - 1.0).abs() < 1e-9);
+    }
+
+    /// The fewest passages from the front that hold every fact together.
+    #[test]
+    fn evidence_is_found_at_the_passage_that_completes_it() {
+        let hit = |text: &str| Hit {
+            text: text.into(),
+            ..Default::default()
+        };
+        let (a, b, c) = (
+            hit("Leave is 28 days."),
+            hit("Request it in HRdesk."),
+            hit("Carry 5 days over."),
+        );
+        let prompt = [&a, &b, &c];
+        let facts = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(evidence_at(&prompt, &facts(&["28 days"])), Some(1));
+        assert_eq!(evidence_at(&prompt, &facts(&["28", "hrdesk"])), Some(2));
+        assert_eq!(evidence_at(&prompt, &facts(&["5 days", "28"])), Some(3));
+        assert_eq!(evidence_at(&prompt, &facts(&["40 days"])), None);
+        assert_eq!(evidence_at(&prompt, &[]), None);
     }
 
     #[test]
