@@ -129,6 +129,7 @@ impl App {
             let fusion = settings.retrieval.fusion;
             anyhow::ensure!(
                 store.weighted_fusion()
+                    || fusion.method == rag_core::FusionMethod::Convex
                     || (fusion.dense_weight == 1.0 && fusion.sparse_weight == 1.0),
                 "the Qdrant server is version {}, which ignores fusion weights (they need 1.17 or \
                  later): upgrade the server, or set retrieval.fusion.dense_weight and sparse_weight \

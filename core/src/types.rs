@@ -115,11 +115,27 @@ impl std::str::FromStr for SearchMode {
     }
 }
 
-/// Weights of reciprocal rank fusion: a candidate at rank `r` (from 0) of
-/// a list scores `weight / (rrf_k + r + 1)`.
+/// How a hybrid search combines its dense and sparse sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionMethod {
+    /// Reciprocal rank fusion: a candidate at rank `r` (from 0) of a list
+    /// scores `weight / (rrf_k + r + 1)`.
+    #[default]
+    Rrf,
+    /// A convex combination of each side's scores, min-max normalised over
+    /// its candidates: `(dense_weight * d + sparse_weight * s) /
+    /// (dense_weight + sparse_weight)`, a side a candidate is missing from
+    /// counting 0 (Bruch et al., "An Analysis of Fusion Functions for
+    /// Hybrid Retrieval", 2023).
+    Convex,
+}
+
+/// How the two sides of a hybrid search are fused, and their weights.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Fusion {
+    pub method: FusionMethod,
     pub rrf_k: usize,
     pub dense_weight: f32,
     pub sparse_weight: f32,
@@ -129,6 +145,7 @@ impl Default for Fusion {
     fn default() -> Self {
         // k = 60 is the constant of the RRF paper (Cormack et al., 2009).
         Self {
+            method: FusionMethod::Rrf,
             rrf_k: 60,
             dense_weight: 1.0,
             sparse_weight: 1.0,

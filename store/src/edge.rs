@@ -14,8 +14,8 @@ use qdrant_edge::{
 };
 use qdrant_edge::{CreateIndex, FieldIndexOperations};
 use rag_core::{
-    BoxError, Error, Result, ScoredChunk, SearchFilter, SearchMode, VectorPoint, VectorQuery,
-    VectorStore,
+    BoxError, Error, FusionMethod, Result, ScoredChunk, SearchFilter, SearchMode, VectorPoint,
+    VectorQuery, VectorStore,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -394,6 +394,21 @@ impl VectorStore for EdgeVectorStore {
             SearchMode::Sparse if !has_words => return Ok(vec![]),
             SearchMode::Sparse => (vec![], sparse()),
             SearchMode::Hybrid if !has_words => (vec![], dense()),
+            SearchMode::Hybrid if query.fusion.method == FusionMethod::Convex => {
+                let side = |mode| VectorQuery {
+                    mode,
+                    limit: query.limit * PREFETCH_FACTOR,
+                    ..query.clone()
+                };
+                let dense = self.search(&side(SearchMode::Dense)).await?;
+                let sparse = self.search(&side(SearchMode::Sparse)).await?;
+                return Ok(crate::fusion::convex(
+                    dense,
+                    sparse,
+                    &query.fusion,
+                    query.limit,
+                ));
+            }
             SearchMode::Hybrid => {
                 let prefetch = |q: ScoringQuery| Prefetch {
                     prefetches: vec![],

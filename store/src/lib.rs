@@ -8,6 +8,7 @@
 //!   SQLite (embedded) or Postgres (cluster), with one set of migrations.
 
 mod edge;
+mod fusion;
 pub mod server;
 mod settings;
 mod sharded;

@@ -107,6 +107,9 @@ impl VectorStore for ShardedEdgeStore {
             return Ok(dense.into_iter().take(query.limit).collect());
         }
         let f = query.fusion;
+        if f.method == rag_core::FusionMethod::Convex {
+            return Ok(crate::fusion::convex(dense, sparse, &f, query.limit));
+        }
         let mut fused: Vec<ScoredChunk> = Vec::new();
         for (list, weight) in [(dense, f.dense_weight), (sparse, f.sparse_weight)] {
             for (position, mut hit) in list.into_iter().enumerate() {

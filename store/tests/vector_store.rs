@@ -295,6 +295,58 @@ async fn one_simulated_shard_ranks_like_the_engine() {
     }
 }
 
+/// Convex fusion with all the weight on one side ranks as that side does;
+/// with both, a passage both sides like comes first. On the engine and on
+/// simulated shards.
+#[tokio::test]
+async fn convex_fusion_weighs_the_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = EdgeVectorStore::open(&dir.path().join("engine"), 3).unwrap();
+    let sharded = ShardedEdgeStore::open(&dir.path().join("sharded"), 3, 3).unwrap();
+    let stores: [&dyn VectorStore; 2] = [&engine, &sharded];
+    for store in stores {
+        store.upsert(corpus()).await.unwrap();
+        let convex = |dense_weight: f32, sparse_weight: f32| {
+            let mut q = query(
+                &[0.9, 0.1, 0.0],
+                "onboarding salaries",
+                SearchMode::Hybrid,
+                None,
+            );
+            q.fusion = rag_core::Fusion {
+                method: rag_core::FusionMethod::Convex,
+                dense_weight,
+                sparse_weight,
+                ..Default::default()
+            };
+            q
+        };
+        let dense = ids(store, &query(&[0.9, 0.1, 0.0], "", SearchMode::Dense, None)).await;
+        assert_eq!(ids(store, &convex(1.0, 0.0)).await, dense);
+        let sparse = ids(
+            store,
+            &query(
+                &[0.9, 0.1, 0.0],
+                "onboarding salaries",
+                SearchMode::Sparse,
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(
+            ids(store, &convex(0.0, 1.0)).await[..sparse.len()],
+            sparse[..]
+        );
+        // Evenly: every candidate of either side, once.
+        let mut even = ids(store, &convex(1.0, 1.0)).await;
+        even.sort();
+        let mut both: Vec<String> = dense.iter().chain(&sparse).cloned().collect();
+        both.sort();
+        both.dedup();
+        assert_eq!(even, both);
+    }
+}
+
 #[tokio::test]
 async fn a_qdrant_server_passes_the_suite() {
     let Ok(url) = std::env::var("RAG_QDRANT_URL") else {

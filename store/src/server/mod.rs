@@ -24,8 +24,8 @@ use qdrant_client::qdrant::{
 use qdrant_client::{Payload, Qdrant};
 use qdrant_edge::bm25_embed::EdgeBm25;
 use rag_core::{
-    BoxError, Error, Result, ScoredChunk, SearchFilter, SearchMode, VectorPoint, VectorQuery,
-    VectorStore,
+    BoxError, Error, FusionMethod, Result, ScoredChunk, SearchFilter, SearchMode, VectorPoint,
+    VectorQuery, VectorStore,
 };
 use serde_json::json;
 
@@ -414,6 +414,16 @@ impl VectorStore for QdrantServerStore {
     }
 
     async fn search(&self, q: &VectorQuery) -> Result<Vec<ScoredChunk>> {
+        if q.mode == SearchMode::Hybrid && q.fusion.method == FusionMethod::Convex {
+            let side = |mode| VectorQuery {
+                mode,
+                limit: q.limit * PREFETCH_FACTOR,
+                ..q.clone()
+            };
+            let dense = self.search(&side(SearchMode::Dense)).await?;
+            let sparse = self.search(&side(SearchMode::Sparse)).await?;
+            return Ok(crate::fusion::convex(dense, sparse, &q.fusion, q.limit));
+        }
         let weighted = q.fusion.dense_weight != 1.0 || q.fusion.sparse_weight != 1.0;
         if q.mode == SearchMode::Hybrid && weighted && !self.weighted_fusion {
             return Err(Error::invalid(format!(
@@ -557,6 +567,7 @@ mod tests {
             mode,
             fusion: FusionSettings {
                 rrf_k: 60,
+                method: FusionMethod::Rrf,
                 dense_weight: 1.0,
                 sparse_weight: 0.5,
             },
