@@ -116,11 +116,13 @@ impl App {
             );
             Arc::new(store)
         } else if settings.vector_store.is_embedded() {
+            let hnsw = settings.vector_store.hnsw();
             // Opening replays the engine's write-ahead log: blocking work.
             let (path, dimension) = (settings.data_dir.join("vectors"), embedder.dimension());
-            let store =
-                tokio::task::spawn_blocking(move || EdgeVectorStore::open(&path, dimension))
-                    .await??;
+            let store = tokio::task::spawn_blocking(move || {
+                EdgeVectorStore::open_with(&path, dimension, hnsw)
+            })
+            .await??;
             Arc::new(store)
         } else {
             let store =

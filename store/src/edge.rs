@@ -54,10 +54,25 @@ struct Engine {
     writes: Mutex<()>,
 }
 
+/// How the dense vectors' HNSW graph is built: its links per node (`m`)
+/// and its breadth while building (`ef_construct`); `None`: the engine's
+/// (16 and 100). Applies when a store is created.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HnswBuild {
+    pub m: Option<usize>,
+    pub ef_construct: Option<usize>,
+}
+
 impl EdgeVectorStore {
     /// Opens the store at `path`, creating it for `dimension`-sized vectors
     /// when it does not exist yet.
     pub fn open(path: &Path, dimension: usize) -> Result<Self> {
+        Self::open_with(path, dimension, HnswBuild::default())
+    }
+
+    /// [`EdgeVectorStore::open`], creating a new store's graph as `hnsw`
+    /// says (an existing store keeps the graph it was built with).
+    pub fn open_with(path: &Path, dimension: usize, hnsw: HnswBuild) -> Result<Self> {
         std::fs::create_dir_all(path)
             .map_err(|e| Error::internal(format!("creating {}", path.display())).with_source(e))?;
         let exists = path.join("edge_config.json").exists();
@@ -65,10 +80,18 @@ impl EdgeVectorStore {
             EdgeShard::load(path, None)
         } else {
             let config = EdgeConfig::builder()
-                .vector(
-                    DENSE,
-                    EdgeVectorParams::builder(dimension, Distance::Cosine).build(),
-                )
+                .vector(DENSE, {
+                    let mut params = EdgeVectorParams::builder(dimension, Distance::Cosine);
+                    if hnsw != HnswBuild::default() {
+                        let default = qdrant_edge::HnswIndexConfig::default();
+                        params = params.hnsw_config(qdrant_edge::HnswIndexConfig {
+                            m: hnsw.m.unwrap_or(default.m),
+                            ef_construct: hnsw.ef_construct.unwrap_or(default.ef_construct),
+                            ..default
+                        });
+                    }
+                    params.build()
+                })
                 // The engine keeps document frequencies and applies IDF at
                 // query time, so weights stay right as the corpus changes.
                 .sparse_vector(
@@ -515,6 +538,28 @@ impl VectorStore for EdgeVectorStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new store builds its graph as asked, and keeps that when
+    /// reopened with other settings.
+    #[test]
+    fn a_new_store_takes_its_hnsw_build_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let hnsw = HnswBuild {
+            m: Some(32),
+            ef_construct: Some(256),
+        };
+        let graph = |store: &EdgeVectorStore| {
+            let config = store.engine.shard.config().vectors[DENSE].hnsw_config;
+            config.map(|c| (c.m, c.ef_construct))
+        };
+        let store = EdgeVectorStore::open_with(dir.path(), 3, hnsw).unwrap();
+        assert_eq!(graph(&store), Some((32, 256)));
+        drop(store);
+        let store = EdgeVectorStore::open(dir.path(), 3).unwrap();
+        assert_eq!(graph(&store), Some((32, 256)));
+        let plain = tempfile::tempdir().unwrap();
+        assert_eq!(graph(&EdgeVectorStore::open(plain.path(), 3).unwrap()), None);
+    }
 
     #[test]
     fn chunk_ids_round_trip_through_point_ids() {

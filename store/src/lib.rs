@@ -14,7 +14,7 @@ mod settings;
 mod sharded;
 mod sql;
 
-pub use edge::EdgeVectorStore;
+pub use edge::{EdgeVectorStore, HnswBuild};
 pub use server::{QdrantServerStore, ServerSettings};
 pub use settings::VectorStoreSettings;
 pub use sharded::ShardedEdgeStore;

@@ -32,6 +32,12 @@ pub struct VectorStoreSettings {
     /// the baseline to compare with). A data directory holds one layout:
     /// use a new one to change it.
     pub simulated_shards: usize,
+    /// Embedded, new stores: links per node of the HNSW graph (engine
+    /// default 16 when unset).
+    pub hnsw_m: Option<usize>,
+    /// Embedded, new stores: the graph's breadth while building (engine
+    /// default 100 when unset).
+    pub hnsw_ef_construct: Option<usize>,
 }
 
 impl Default for VectorStoreSettings {
@@ -48,6 +54,8 @@ impl Default for VectorStoreSettings {
             timeout_s: d.timeout.as_secs_f64(),
             create_timeout_s: d.create_timeout.as_secs_f64(),
             simulated_shards: 0,
+            hnsw_m: None,
+            hnsw_ef_construct: None,
         }
     }
 }
@@ -56,6 +64,14 @@ impl VectorStoreSettings {
     /// Whether these settings name the embedded engine (no server URL).
     pub fn is_embedded(&self) -> bool {
         self.url.is_empty()
+    }
+
+    /// How a new embedded store builds its HNSW graph.
+    pub fn hnsw(&self) -> crate::HnswBuild {
+        crate::HnswBuild {
+            m: self.hnsw_m,
+            ef_construct: self.hnsw_ef_construct,
+        }
     }
 
     /// The server connection these settings describe, checked.

@@ -349,7 +349,9 @@ pub async fn query(
     for size in all_sizes {
         let scratch = tempfile::tempdir()?;
         let build = Instant::now();
-        let (store, docs) = scratch_store(scratch.path(), size, &texts, &vectors, &mut rng).await?;
+        let hnsw = app.settings.vector_store.hnsw();
+        let (store, docs) =
+            scratch_store(scratch.path(), size, &texts, &vectors, hnsw, &mut rng).await?;
         let build_s = build.elapsed().as_secs_f64();
         latencies(app, &store, &docs, &questions, size, build_s).await?;
         ann_recall(&store, &questions, &q_vectors, size).await?;
@@ -399,6 +401,7 @@ async fn scratch_store(
     size: usize,
     texts: &[String],
     vectors: &[Vec<f32>],
+    hnsw: rag_store::HnswBuild,
     rng: &mut rand::rngs::StdRng,
 ) -> anyhow::Result<(rag_store::EdgeVectorStore, rag_store::SqlDocumentStore)> {
     use rag_core::{ChunkRecord, DocumentRecord, DocumentStore, VectorPoint, VectorStore};
@@ -406,7 +409,8 @@ async fn scratch_store(
 
     let real = texts.len();
     let noise = rand_distr::Normal::new(0.0f32, 0.0316).expect("valid sigma");
-    let store = rag_store::EdgeVectorStore::open(&dir.join("vectors"), vectors[0].len())?;
+    let store =
+        rag_store::EdgeVectorStore::open_with(&dir.join("vectors"), vectors[0].len(), hnsw)?;
     let url = format!("sqlite://{}?mode=rwc", dir.join("meta.db").display());
     let docs = rag_store::SqlDocumentStore::connect(&url).await?;
     for (d, range) in (0..size).collect::<Vec<_>>().chunks(10).enumerate() {
