@@ -19,7 +19,7 @@ pub struct RetrievalSettings {
     pub relative_cutoff: f32,
     /// dense, sparse (BM25) or hybrid (both, fused).
     pub mode: SearchMode,
-    /// Reciprocal rank fusion of the hybrid mode.
+    /// How the hybrid mode fuses its two sides.
     pub fusion: Fusion,
     /// Hits at least this similar to a better one are dropped.
     pub dedup_similarity: f32,

@@ -558,7 +558,10 @@ mod tests {
         let store = EdgeVectorStore::open(dir.path(), 3).unwrap();
         assert_eq!(graph(&store), Some((32, 256)));
         let plain = tempfile::tempdir().unwrap();
-        assert_eq!(graph(&EdgeVectorStore::open(plain.path(), 3).unwrap()), None);
+        assert_eq!(
+            graph(&EdgeVectorStore::open(plain.path(), 3).unwrap()),
+            None
+        );
     }
 
     #[test]

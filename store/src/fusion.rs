@@ -19,12 +19,8 @@ pub(crate) fn convex(
     fusion: &Fusion,
     limit: usize,
 ) -> Vec<ScoredChunk> {
-    let total = fusion.dense_weight + fusion.sparse_weight;
-    let (wd, ws) = if total > 0.0 {
-        (fusion.dense_weight / total, fusion.sparse_weight / total)
-    } else {
-        (0.5, 0.5)
-    };
+    let wd = fusion.alpha.clamp(0.0, 1.0);
+    let ws = 1.0 - wd;
     let mut fused: HashMap<String, ScoredChunk> = HashMap::new();
     // Each side from its theoretical minimum (cosine -1, BM25 0) to its
     // best score here (Bruch et al.'s "TM2C2"): the last candidate of a
@@ -83,8 +79,7 @@ mod tests {
     fn scores_are_normalised_then_weighted() {
         let fusion = Fusion {
             method: FusionMethod::Convex,
-            dense_weight: 3.0,
-            sparse_weight: 1.0,
+            alpha: 0.75,
             ..Fusion::default()
         };
         // dense from -1 to its best: a 1.0, b 0.5, c 0.25; sparse from 0:
@@ -100,6 +95,7 @@ mod tests {
         // Equal weights: the side that agrees wins.
         let even = Fusion {
             method: FusionMethod::Convex,
+            alpha: 0.5,
             ..Fusion::default()
         };
         let fused = convex(

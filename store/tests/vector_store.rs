@@ -306,7 +306,7 @@ async fn convex_fusion_weighs_the_sides() {
     let stores: [&dyn VectorStore; 2] = [&engine, &sharded];
     for store in stores {
         store.upsert(corpus()).await.unwrap();
-        let convex = |dense_weight: f32, sparse_weight: f32| {
+        let convex = |alpha: f32| {
             let mut q = query(
                 &[0.9, 0.1, 0.0],
                 "onboarding salaries",
@@ -315,14 +315,13 @@ async fn convex_fusion_weighs_the_sides() {
             );
             q.fusion = rag_core::Fusion {
                 method: rag_core::FusionMethod::Convex,
-                dense_weight,
-                sparse_weight,
+                alpha,
                 ..Default::default()
             };
             q
         };
         let dense = ids(store, &query(&[0.9, 0.1, 0.0], "", SearchMode::Dense, None)).await;
-        assert_eq!(ids(store, &convex(1.0, 0.0)).await, dense);
+        assert_eq!(ids(store, &convex(1.0)).await, dense);
         let sparse = ids(
             store,
             &query(
@@ -333,12 +332,9 @@ async fn convex_fusion_weighs_the_sides() {
             ),
         )
         .await;
-        assert_eq!(
-            ids(store, &convex(0.0, 1.0)).await[..sparse.len()],
-            sparse[..]
-        );
+        assert_eq!(ids(store, &convex(0.0)).await[..sparse.len()], sparse[..]);
         // Evenly: every candidate of either side, once.
-        let mut even = ids(store, &convex(1.0, 1.0)).await;
+        let mut even = ids(store, &convex(0.5)).await;
         even.sort();
         let mut both: Vec<String> = dense.iter().chain(&sparse).cloned().collect();
         both.sort();

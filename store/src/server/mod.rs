@@ -570,6 +570,7 @@ mod tests {
                 method: FusionMethod::Rrf,
                 dense_weight: 1.0,
                 sparse_weight: 0.5,
+                alpha: 0.8,
             },
             filter: SearchFilter {
                 collection: Some("wiki".into()),
