@@ -34,12 +34,18 @@ static MARKER: LazyLock<Regex> =
 static PARTIAL_MARKER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^\[[\d,\s]*$").expect("valid regex"));
 
-/// Words after which a full stop does not end the sentence.
+/// Abbreviations that never end a sentence: what follows them belongs
+/// to it ("Dr. Lee", "e.g. HR Links", "approx. 5").
 const ABBREVIATIONS: &[&str] = &[
-    "e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "prof", "jr", "sr", "approx", "incl",
-    "dept", "st", "ave", "jan", "feb", "mar", "apr", "aug", "sept", "sep", "oct", "nov", "dec",
-    "mon", "tue", "wed", "thu", "fri", "fig", "p", "pp", "u.s", "inc", "ltd", "corp", "co", "al",
-    "cf", "min", "max", "avg", "est", "hrs", "yrs", "govt", "mgr", "asst",
+    "e.g", "i.e", "vs", "mr", "mrs", "ms", "dr", "prof", "approx", "incl", "dept", "st", "fig",
+    "p", "pp", "u.s", "cf",
+];
+/// Abbreviations that also end sentences ("... from Acme Ltd. Our office"):
+/// they end one when a capital follows.
+const CLOSING_ABBREVIATIONS: &[&str] = &[
+    "etc", "jr", "sr", "ave", "jan", "feb", "mar", "apr", "aug", "sept", "sep", "oct", "nov",
+    "dec", "mon", "tue", "wed", "thu", "fri", "inc", "ltd", "corp", "co", "al", "min", "max",
+    "avg", "est", "hrs", "yrs", "govt", "mgr", "asst",
 ];
 /// Abbreviations that stand before a number ("No. 5").
 const NUMBERED: &[&str] = &["no", "nos", "sec", "art", "vol", "ch", "par", "para", "ref"];
@@ -448,9 +454,12 @@ pub(crate) fn abbreviation(before: &str, after: &str) -> bool {
     // A sentence does not go on in lower case ("approx. two weeks", "dept.
     // of"), unless a new line starts.
     let lower_next = after.starts_with([' ', '\t']) && next.is_some_and(char::is_lowercase);
+    let closing =
+        CLOSING_ABBREVIATIONS.contains(&word.as_str()) && !next.is_some_and(char::is_uppercase);
     word.chars().count() == 1 && word.chars().all(char::is_alphabetic)
         || dotted
         || lower_next
+        || closing
         || ABBREVIATIONS.contains(&word.as_str())
 }
 

@@ -731,7 +731,8 @@ mod tests {
         let passage = "Use form No. 12 from the U.S. Office of Personnel Management, e.g. via \
                        HR Links. Ask Dr. Lee or J. R. Smith at 9 a.m. Monday. Hours are min. \
                        four a day, i.e. 20 a week. Was it approved? The answer is no. Appeals \
-                       go to St. Louis, Mo. in writing. Costs rose 2.5 percent vs. last year.";
+                       go to St. Louis, Mo. in writing. Costs rose 2.5 percent vs. last year. \
+                       Laptops come from Acme Ltd. Order them by Dec. 1 at the latest.";
         assert_eq!(
             passage_sentences(passage),
             [
@@ -742,6 +743,8 @@ mod tests {
                 "The answer is no.",
                 "Appeals go to St. Louis, Mo. in writing.",
                 "Costs rose 2.5 percent vs. last year.",
+                "Laptops come from Acme Ltd.",
+                "Order them by Dec. 1 at the latest.",
             ]
         );
         // An answer's sentences cite as they are split.

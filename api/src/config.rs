@@ -452,6 +452,16 @@ impl Settings {
             anyhow::bail!("feedback.retention_days must be a positive number of days");
         }
         settings.vector_store.server()?;
+        settings.vector_store.check_hnsw()?;
+        let fusion = settings.retrieval.fusion;
+        fusion.check()?;
+        if fusion.method == rag_core::FusionMethod::Convex && fusion.rrf_tuned() {
+            tracing::warn!(
+                "retrieval.fusion sets rrf_k, dense_weight or sparse_weight, which only RRF uses: \
+                 the method is convex (the default since convex fusion won on SciFact); set \
+                 method = \"rrf\" to keep them, or alpha to weigh the convex sides"
+            );
+        }
         Ok(settings)
     }
 

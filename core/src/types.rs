@@ -76,8 +76,9 @@ pub enum SearchMode {
     Dense,
     /// BM25 over stemmed words, without stop words.
     Sparse,
-    /// Both, fused by reciprocal rank: the best on the SciFact evaluation
-    /// (BENCHMARKS.md), hence the default.
+    /// Both, fused (`retrieval.fusion`: a convex combination of their
+    /// scaled scores by default, or reciprocal rank): the best on the
+    /// SciFact evaluation (BENCHMARKS.md), hence the default.
     #[default]
     Hybrid,
 }
@@ -135,7 +136,7 @@ pub enum FusionMethod {
 
 /// How the two sides of a hybrid search are fused, and their weights.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Fusion {
     pub method: FusionMethod,
     /// RRF: the rank constant.
@@ -158,6 +159,35 @@ impl Default for Fusion {
             // Tuned on half of SciFact's train queries (BENCHMARKS.md).
             alpha: 0.8,
         }
+    }
+}
+
+impl Fusion {
+    /// Checks the settings (`retrieval.fusion`), with a message that says
+    /// what to fix.
+    pub fn check(&self) -> crate::Result<()> {
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(crate::Error::invalid(format!(
+                "retrieval.fusion.alpha is {}: give the dense side's share, from 0 to 1 \
+                 (0.8 by default)",
+                self.alpha
+            )));
+        }
+        let weight = |w: f32| w.is_finite() && w >= 0.0;
+        if !(weight(self.dense_weight) && weight(self.sparse_weight)) || self.rrf_k == 0 {
+            return Err(crate::Error::invalid(
+                "retrieval.fusion: dense_weight and sparse_weight must be 0 or more, and rrf_k \
+                 at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether RRF's own settings differ from their defaults.
+    pub fn rrf_tuned(&self) -> bool {
+        let d = Self::default();
+        (self.rrf_k, self.dense_weight, self.sparse_weight)
+            != (d.rrf_k, d.dense_weight, d.sparse_weight)
     }
 }
 
@@ -484,5 +514,41 @@ impl std::fmt::Debug for Secret {
         } else {
             "(set)"
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fusion settings that cannot be what was meant are refused by name.
+    #[test]
+    fn fusion_settings_are_checked() {
+        assert!(Fusion::default().check().is_ok());
+        for bad in [
+            Fusion {
+                alpha: 80.0,
+                ..Fusion::default()
+            },
+            Fusion {
+                alpha: f32::NAN,
+                ..Fusion::default()
+            },
+            Fusion {
+                rrf_k: 0,
+                ..Fusion::default()
+            },
+            Fusion {
+                sparse_weight: -1.0,
+                ..Fusion::default()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        let err = serde_json::from_str::<Fusion>(r#"{"aplha": 0.5}"#).unwrap_err();
+        assert!(err.to_string().contains("aplha"), "{err}");
+        let rrf: Fusion = serde_json::from_str(r#"{"method": "rrf", "rrf_k": 20}"#).unwrap();
+        assert!(rrf.method == FusionMethod::Rrf && rrf.rrf_tuned());
+        assert!(!Fusion::default().rrf_tuned());
     }
 }

@@ -47,7 +47,7 @@ pub(crate) fn convex(
     fused
 }
 
-/// Each score scaled from `floor` (0) to the list's best (1).
+/// Each score scaled from `floor` (0) to the list's best (1); NaN counts 0.
 fn normalise(list: &[ScoredChunk], floor: f32) -> Vec<f32> {
     let max = list.iter().map(|h| h.score).fold(f32::MIN, f32::max);
     list.iter()
@@ -55,7 +55,8 @@ fn normalise(list: &[ScoredChunk], floor: f32) -> Vec<f32> {
             if max > floor {
                 ((h.score - floor) / (max - floor)).max(0.0)
             } else {
-                1.0
+                // Nothing above the floor: the side adds nothing.
+                0.0
             }
         })
         .collect()

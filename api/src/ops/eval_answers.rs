@@ -592,6 +592,8 @@ pub fn summarize(results: &[&QuestionResult], price_per_1k: f64) -> Summary {
             answerable
                 .iter()
                 .filter(|r| r.evidence_ok.is_some())
+                // A result resumed from before evidence@k was recorded.
+                .filter(|r| !(r.evidence_ok == Some(true) && r.evidence_at.is_none()))
                 .map(|r| r.evidence_at.is_some_and(|n| n <= k) as u8 as f64),
         )
     };

@@ -3,7 +3,8 @@
 //! named BM25 sparse vector per chunk (computed here with the same
 //! tokenizer as the embedded store, IDF applied by the server), keyword
 //! indexes on the filter fields, filters inside every prefetch, hybrid
-//! queries fused with weighted RRF.
+//! queries fused by the server with weighted RRF, or here by a convex
+//! combination of both sides (`retrieval.fusion.method`).
 //!
 //! The requests are built by pure functions so that unit tests check them
 //! without a server; `store/tests/vector_store.rs` runs the shared store
