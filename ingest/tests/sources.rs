@@ -801,14 +801,9 @@ async fn a_password_in_a_web_url_is_never_shown() {
     assert!(err.contains("http://") && !err.contains("s3cr3t"), "{err}");
 }
 
-/// A remote that accepts connections and never answers (a git server, a
-/// web site) holds a sync only as long as `sources.timeout_s`: the source
-/// fails alone, with the reason, and changes nothing.
-#[tokio::test]
-async fn a_silent_remote_times_out() {
-    let mut f = fixture().await;
-    f.ingestor.limits.source_timeout = std::time::Duration::from_secs(2);
-    // Accepts, reads nothing, answers nothing.
+/// A loopback address that accepts connections, reads nothing and
+/// answers nothing.
+fn silent_remote() -> std::net::SocketAddr {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -817,6 +812,17 @@ async fn a_silent_remote_times_out() {
             held.push(stream);
         }
     });
+    addr
+}
+
+/// A remote that accepts connections and never answers (a git server, a
+/// web site) holds a sync only as long as `sources.timeout_s`: the source
+/// fails alone, with the reason, and changes nothing.
+#[tokio::test]
+async fn a_silent_remote_times_out() {
+    let mut f = fixture().await;
+    f.ingestor.limits.source_timeout = std::time::Duration::from_secs(2);
+    let addr = silent_remote();
     f.add(
         "silent-git",
         SourceConfig::Git(GitConfig {
@@ -1034,14 +1040,7 @@ async fn a_sync_of_a_source_removed_meanwhile_leaves_nothing() {
 async fn a_source_has_one_writer_at_a_time() {
     let mut f = fixture().await;
     f.ingestor.limits.source_timeout = std::time::Duration::from_secs(3);
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = silent.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in silent.incoming().flatten() {
-            held.push(stream);
-        }
-    });
+    let addr = silent_remote();
     f.add("slow", web(&format!("http://{addr}/docs/"))).await;
     let site = Site::default();
     site.set("/docs/", "text/html", &html("Home", "Welcome home."));

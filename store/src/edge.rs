@@ -418,19 +418,7 @@ impl VectorStore for EdgeVectorStore {
             SearchMode::Sparse => (vec![], sparse()),
             SearchMode::Hybrid if !has_words => (vec![], dense()),
             SearchMode::Hybrid if query.fusion.method == FusionMethod::Convex => {
-                let side = |mode| VectorQuery {
-                    mode,
-                    limit: query.limit * PREFETCH_FACTOR,
-                    ..query.clone()
-                };
-                let dense = self.search(&side(SearchMode::Dense)).await?;
-                let sparse = self.search(&side(SearchMode::Sparse)).await?;
-                return Ok(crate::fusion::convex(
-                    dense,
-                    sparse,
-                    &query.fusion,
-                    query.limit,
-                ));
+                return crate::fusion::convex_search(self, query).await;
             }
             SearchMode::Hybrid => {
                 let prefetch = |q: ScoringQuery| Prefetch {

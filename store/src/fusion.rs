@@ -5,10 +5,31 @@
 
 use std::collections::HashMap;
 
-use rag_core::{Fusion, ScoredChunk};
+use rag_core::{Fusion, Result, ScoredChunk, SearchMode, VectorQuery, VectorStore};
 
 #[cfg(doc)]
 use rag_core::FusionMethod;
+
+/// `query` for one side of a hybrid search: its mode, with room for the
+/// candidates the other side may lack.
+pub(crate) fn side(query: &VectorQuery, mode: SearchMode) -> VectorQuery {
+    VectorQuery {
+        mode,
+        limit: query.limit * crate::edge::PREFETCH_FACTOR,
+        ..query.clone()
+    }
+}
+
+/// A hybrid search by convex fusion on `store`: each side searched apart,
+/// then [`convex`].
+pub(crate) async fn convex_search(
+    store: &(impl VectorStore + ?Sized),
+    query: &VectorQuery,
+) -> Result<Vec<ScoredChunk>> {
+    let dense = store.search(&side(query, SearchMode::Dense)).await?;
+    let sparse = store.search(&side(query, SearchMode::Sparse)).await?;
+    Ok(convex(dense, sparse, &query.fusion, query.limit))
+}
 
 /// Fuses `dense` and `sparse` (each best first) into the `limit` best,
 /// best first; ties by chunk id. A candidate keeps the cosine similarity

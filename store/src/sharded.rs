@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use rag_core::{Result, ScoredChunk, SearchMode, VectorPoint, VectorQuery, VectorStore};
 
 use crate::EdgeVectorStore;
-use crate::edge::PREFETCH_FACTOR;
 
 pub struct ShardedEdgeStore {
     shards: Vec<EdgeVectorStore>,
@@ -94,11 +93,7 @@ impl VectorStore for ShardedEdgeStore {
         if query.mode != SearchMode::Hybrid {
             return self.merged(query).await;
         }
-        let side = |mode| VectorQuery {
-            mode,
-            limit: query.limit * PREFETCH_FACTOR,
-            ..query.clone()
-        };
+        let side = |mode| crate::fusion::side(query, mode);
         let dense = self.merged(&side(SearchMode::Dense)).await?;
         let sparse = self.merged(&side(SearchMode::Sparse)).await?;
         if sparse.is_empty() {

@@ -416,14 +416,7 @@ impl VectorStore for QdrantServerStore {
 
     async fn search(&self, q: &VectorQuery) -> Result<Vec<ScoredChunk>> {
         if q.mode == SearchMode::Hybrid && q.fusion.method == FusionMethod::Convex {
-            let side = |mode| VectorQuery {
-                mode,
-                limit: q.limit * PREFETCH_FACTOR,
-                ..q.clone()
-            };
-            let dense = self.search(&side(SearchMode::Dense)).await?;
-            let sparse = self.search(&side(SearchMode::Sparse)).await?;
-            return Ok(crate::fusion::convex(dense, sparse, &q.fusion, q.limit));
+            return crate::fusion::convex_search(self, q).await;
         }
         let weighted = q.fusion.dense_weight != 1.0 || q.fusion.sparse_weight != 1.0;
         if q.mode == SearchMode::Hybrid && weighted && !self.weighted_fusion {
