@@ -198,6 +198,7 @@ impl App {
                 .settings
                 .sources
                 .apply(self.settings.ingest.limits()?)?,
+            context_header: self.settings.ingest.context_header,
         })
     }
 

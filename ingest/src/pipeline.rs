@@ -328,6 +328,10 @@ pub struct Ingestor {
     pub chunker: Arc<Chunker>,
     /// What one document may cost (size, pages, text, parse time).
     pub limits: Limits,
+    /// Whether each chunk is embedded and indexed under its document's
+    /// title and heading path ([`embedding_text`]); off only to measure
+    /// what that brings (`ingest.context_header`).
+    pub context_header: bool,
 }
 
 impl Ingestor {
@@ -504,7 +508,11 @@ impl Ingestor {
                 .map(|&(d, c)| {
                     let p = &waiting[d];
                     let chunk = &p.chunks[c];
-                    embedding_text(&p.record.title, &chunk.heading, &chunk.text)
+                    if self.context_header {
+                        embedding_text(&p.record.title, &chunk.heading, &chunk.text)
+                    } else {
+                        chunk.text.clone()
+                    }
                 })
                 .collect();
             let embedder = self.embedder.clone();

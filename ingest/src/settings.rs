@@ -16,6 +16,10 @@ pub struct IngestSettings {
     pub max_pages: usize,
     pub max_text_mb: f64,
     pub parse_timeout_s: f64,
+    /// Embed and index each chunk under its document's title and heading
+    /// path (on; off only to measure what that brings: BENCHMARKS.md). A
+    /// data directory keeps the vectors it was built with.
+    pub context_header: bool,
 }
 
 const MIB: f64 = (1 << 20) as f64;
@@ -28,6 +32,7 @@ impl Default for IngestSettings {
             max_pages: limits.max_pages,
             max_text_mb: limits.max_text_bytes as f64 / MIB,
             parse_timeout_s: limits.parse_timeout.as_secs_f64(),
+            context_header: true,
         }
     }
 }

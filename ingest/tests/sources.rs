@@ -66,6 +66,7 @@ async fn fixture() -> Fixture {
             docs,
             chunker: Arc::new(chunker),
             limits: Limits::default(),
+            context_header: true,
         },
         _dir: dir,
     }

@@ -132,6 +132,7 @@ async fn two_writers_and_a_repairer(url: &str) {
             docs: Arc::new(SqlDocumentStore::connect(url).await.unwrap()),
             chunker: chunker.clone(),
             limits: Limits::default(),
+            context_header: true,
         }
     };
     let (a, b) = (writer().await, writer().await);
@@ -235,5 +236,70 @@ async fn two_writers_and_repairs_on_sqlite_lose_no_vector() {
 async fn two_writers_and_repairs_on_postgres_lose_no_vector() {
     if let Some(url) = rag_store::testing::postgres_database("rag_writers").await {
         two_writers_and_a_repairer(&url).await;
+    }
+}
+
+/// Records what it is asked to embed.
+#[derive(Default)]
+struct Recording(std::sync::Mutex<Vec<String>>);
+
+impl Embedder for Recording {
+    fn model_id(&self) -> &str {
+        "recording"
+    }
+    fn dimension(&self) -> usize {
+        DIM
+    }
+    fn embed(&self, texts: &[&str]) -> rag_core::Result<Vec<Vec<f32>>> {
+        self.0
+            .lock()
+            .unwrap()
+            .extend(texts.iter().map(|t| t.to_string()));
+        Hashed.embed(texts)
+    }
+}
+
+/// With the context header (the default) a chunk is embedded under its
+/// page's title and heading path; without it, as its text alone.
+#[tokio::test]
+async fn the_context_header_is_what_the_embedder_reads() {
+    for header in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("meta.db").display());
+        let embedder = Arc::new(Recording::default());
+        let ingestor = Ingestor {
+            embedder: embedder.clone(),
+            vectors: Arc::new(EdgeVectorStore::open(&dir.path().join("vectors"), DIM).unwrap()),
+            docs: Arc::new(SqlDocumentStore::connect(&url).await.unwrap()),
+            chunker: Arc::new(
+                Chunker::new(
+                    word_tokenizer(),
+                    ChunkOptions {
+                        max_tokens: 40,
+                        overlap_tokens: 0,
+                    },
+                )
+                .unwrap(),
+            ),
+            limits: Limits::default(),
+            context_header: header,
+        };
+        let page = Input::Text {
+            source: "leave.md".into(),
+            title: "Leave".into(),
+            body: "# Leave\n\n## Carry-over\n\nFive days carry over.\n".into(),
+        };
+        ingestor
+            .ingest_inputs(&[page], &IngestOptions::default(), &|_| {})
+            .await
+            .unwrap();
+        let read = embedder.0.lock().unwrap().clone();
+        let carry = read
+            .iter()
+            .find(|t| t.contains("Five days carry over."))
+            .unwrap_or_else(|| panic!("{read:?}"));
+        // The chunk opens with its own heading, so the title alone leads.
+        assert_eq!(carry.starts_with("Leave\n# Leave"), header, "{carry:?}");
+        assert!(carry.trim_start_matches("Leave\n").starts_with("# Leave"), "{carry:?}");
     }
 }

@@ -195,6 +195,7 @@ pub async fn ingest(
         docs: std::sync::Arc::new(rag_store::SqlDocumentStore::connect(&url).await?),
         chunker: std::sync::Arc::new(chunker),
         limits: rag_ingest::Limits::default(),
+        context_header: true,
     };
     let report = ingestor
         .ingest(&files, &Default::default(), &|_| {})
