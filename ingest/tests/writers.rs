@@ -300,6 +300,9 @@ async fn the_context_header_is_what_the_embedder_reads() {
             .unwrap_or_else(|| panic!("{read:?}"));
         // The chunk opens with its own heading, so the title alone leads.
         assert_eq!(carry.starts_with("Leave\n# Leave"), header, "{carry:?}");
-        assert!(carry.trim_start_matches("Leave\n").starts_with("# Leave"), "{carry:?}");
+        assert!(
+            carry.trim_start_matches("Leave\n").starts_with("# Leave"),
+            "{carry:?}"
+        );
     }
 }
