@@ -20,14 +20,19 @@ pub(crate) fn side(query: &VectorQuery, mode: SearchMode) -> VectorQuery {
     }
 }
 
-/// A hybrid search by convex fusion on `store`: each side searched apart,
-/// then [`convex`].
+/// A hybrid search by convex fusion on `store`: each side searched apart
+/// (concurrently), then [`convex`].
 pub(crate) async fn convex_search(
     store: &(impl VectorStore + ?Sized),
     query: &VectorQuery,
 ) -> Result<Vec<ScoredChunk>> {
-    let dense = store.search(&side(query, SearchMode::Dense)).await?;
-    let sparse = store.search(&side(query, SearchMode::Sparse)).await?;
+    let (dense_query, sparse_query) = (
+        side(query, SearchMode::Dense),
+        side(query, SearchMode::Sparse),
+    );
+    // Both at once: on a server, two round trips in the time of one.
+    let (dense, sparse) =
+        tokio::try_join!(store.search(&dense_query), store.search(&sparse_query))?;
     Ok(convex(dense, sparse, &query.fusion, query.limit))
 }
 
