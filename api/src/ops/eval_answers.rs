@@ -366,15 +366,9 @@ fn score(
         .copied()
         .collect();
     let answerable_with_facts = q.answerable && !q.must_include.is_empty();
-    let evidence_ok = answerable_with_facts.then(|| {
-        let all: String = prompt
-            .iter()
-            .map(|h| h.text.as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
-        includes_all(&all, &q.must_include)
-    });
     let evidence_at = evidence_at(&prompt, &q.must_include);
+    // The whole prompt holds the facts exactly when some prefix of it does.
+    let evidence_ok = answerable_with_facts.then_some(evidence_at.is_some());
     let gold_in_prompt = q
         .answerable
         .then(|| prompt.iter().any(|h| gold.contains(h.source.as_str())));
@@ -451,10 +445,13 @@ fn evidence_at(prompt: &[&Hit], must_include: &[String]) -> Option<usize> {
     if must_include.is_empty() {
         return None;
     }
+    // The passages joined as the whole prompt's text is.
     let mut seen = String::new();
     for (i, hit) in prompt.iter().enumerate() {
+        if i > 0 {
+            seen.push('\n');
+        }
         seen.push_str(&hit.text);
-        seen.push('\n');
         if includes_all(&seen, must_include) {
             return Some(i + 1);
         }
