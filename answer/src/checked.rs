@@ -166,6 +166,20 @@ impl<'a> Checker<'a> {
         if !bare.chars().any(char::is_alphanumeric) {
             return;
         }
+        // A bare "Yes." or "No." answers with the claim that follows it,
+        // as "Yes, ..." does: held until that claim checks.
+        static PARTICLE: LazyLock<Regex> =
+            LazyLock::new(|| Regex::new(r"(?i)^\s*(yes|no)\s*[.!]?\s*$").expect("valid regex"));
+        if PARTICLE.is_match(&bare) {
+            let held = format!("{lead}{}", bare.trim());
+            if self.cited.is_empty() {
+                self.held.push(held);
+            } else {
+                // After a claim, it answers nothing the claim did not.
+                self.dropped += 1;
+            }
+            return;
+        }
         if is_refusal(&bare) || bare.trim_end().ends_with(':') {
             // Neither is a claim about a passage: a refusal says what the
             // documents do not cover, a lead-in introduces a list. Unless
@@ -207,12 +221,23 @@ impl<'a> Checker<'a> {
                 None => (vec![], String::new()),
             }
         } else {
-            let kept: Vec<usize> = given
+            let mut kept: Vec<usize> = given
                 .cited
                 .iter()
                 .copied()
                 .filter(|&n| supports(n))
                 .collect();
+            if kept.is_empty() && given.cited.len() > 1 {
+                // A sentence may join what two of its passages say ("due
+                // October 17, and the award choice by November 15"): it
+                // holds when each of its clauses holds on one of them.
+                kept = clauses_supported(&bare, &given.cited, |clause, n| {
+                    let hit = hits[n - 1];
+                    let context = format!("{}\n{}", hit.title, hit.heading);
+                    check_claim(clause, &hit.text, &context, thresholds.verify_min_support).is_ok()
+                })
+                .unwrap_or_default();
+            }
             self.removed += given.cited.len() - kept.len();
             (kept.clone(), keep_citations(&given.text, &kept))
         };
@@ -358,6 +383,22 @@ fn echoes(sentence: &str, question: &str) -> bool {
         .all(|w| same(w))
 }
 
+/// The passages of `cited` that, between them, hold each clause of
+/// `sentence` (each clause on one of them), or `None` when a clause holds
+/// on none or one passage holds them all (the sentence's own check).
+fn clauses_supported(
+    sentence: &str,
+    cited: &[usize],
+    holds: impl Fn(&str, usize) -> bool,
+) -> Option<Vec<usize>> {
+    let mut used = BTreeSet::new();
+    for (_, clause) in crate::verify::clauses(sentence) {
+        let n = cited.iter().copied().find(|&n| holds(clause, n))?;
+        used.insert(n);
+    }
+    (used.len() > 1).then(|| used.into_iter().collect())
+}
+
 /// The sentence with only the citations in `kept`.
 fn keep_citations(sentence: &str, kept: &[usize]) -> String {
     let text = CITATION.replace_all(sentence, |caps: &regex::Captures| {
@@ -383,7 +424,7 @@ fn keep_citations(sentence: &str, kept: &[usize]) -> String {
 /// markers that follow its full stop), or `None` while it may still go
 /// on. A sentence ends at a newline, or at `.`, `!` or `?` followed by a
 /// space, but not after an abbreviation or an initial.
-fn sentence_end(text: &str) -> Option<usize> {
+pub(crate) fn sentence_end(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     for (i, c) in text.char_indices() {
         let stop = match c {
@@ -565,6 +606,58 @@ mod tests {
         assert!(checked.abstained);
         assert_eq!(streamed, NOT_COVERED);
         let (checked, _) = run("The rules are:\n- Bananas are yellow [1].", 4, &hits);
+        assert!(checked.abstained, "{checked:?}");
+    }
+
+    /// A bare "Yes." or "No." goes with the claim after it, as "Yes, ..."
+    /// does: shown only once that claim checks.
+    #[test]
+    fn a_bare_yes_or_no_waits_for_its_claim() {
+        let leave = hit("Every employee has 28 days of paid annual leave per year.");
+        let hits = [&leave];
+        let (checked, streamed) = run(
+            "Yes. Employees have 28 days of paid annual leave [1].",
+            4,
+            &hits,
+        );
+        assert_eq!(
+            checked.text,
+            "Yes. Employees have 28 days of paid annual leave [1]."
+        );
+        assert_eq!(
+            (checked.dropped, streamed.as_str()),
+            (0, checked.text.as_str())
+        );
+        let (checked, streamed) = run(
+            "No. Employees have 30 days of paid annual leave [1].",
+            4,
+            &hits,
+        );
+        assert!(checked.abstained);
+        assert_eq!(streamed, NOT_COVERED);
+        let (checked, _) = run("Yes.", 1, &hits);
+        assert!(checked.abstained);
+    }
+
+    /// A sentence that joins two cited passages holds clause by clause;
+    /// a clause neither holds drops it.
+    #[test]
+    fn a_sentence_may_join_two_passages() {
+        let leave = hit("Every employee has 28 days of paid annual leave per year.");
+        let carry = hit("Up to 5 unused days carry over into the next year.");
+        let hits = [&leave, &carry];
+        let (checked, _) = run(
+            "Employees have 28 days of paid annual leave, and up to 5 unused days carry over [1, 2].",
+            3,
+            &hits,
+        );
+        assert_eq!(checked.dropped, 0, "{checked:?}");
+        assert_eq!(checked.cited, [1, 2]);
+        let (checked, _) = run(
+            "Employees have 28 days of paid annual leave, and up to 8 unused days carry over [1, 2].",
+            3,
+            &hits,
+        );
         assert!(checked.abstained, "{checked:?}");
     }
 

@@ -91,7 +91,7 @@ pub(crate) fn content_word(word: &str) -> bool {
     !STOP_WORDS.contains(&word)
 }
 
-fn content_words(text: &str) -> BTreeSet<String> {
+pub(crate) fn content_words(text: &str) -> BTreeSet<String> {
     WORD.find_iter(text)
         .map(|m| m.as_str().to_lowercase())
         .filter(|w| !STOP_WORDS.contains(&w.as_str()))
@@ -106,6 +106,27 @@ pub fn support(answer: &str, passage: &str) -> f32 {
     }
     let p = content_words(passage);
     a.iter().filter(|w| p.contains(*w)).count() as f32 / a.len() as f32
+}
+
+/// `text` with `marker` (say "[1, 3]") at the end of each of its
+/// sentences, before the full stop: how a reference answer cites its
+/// evidence, split as the checker splits the model's text.
+pub fn cite_each_sentence(text: &str, marker: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let end = crate::checked::sentence_end(rest)
+            .filter(|&end| end > 0)
+            .unwrap_or(rest.len());
+        let sentence = rest[..end].trim_end();
+        let body = sentence.trim_end_matches(['.', '!', '?']);
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&format!("{body} {marker}{}", &sentence[body.len()..]));
+        rest = rest[end..].trim_start();
+    }
+    out
 }
 
 /// The sentences of an answer that cite passage `n` (`[n]` or `[.., n]`),
@@ -216,6 +237,15 @@ pub fn best_quote(answer: &str, passage: &str) -> String {
 mod tests {
     use super::*;
     use crate::prompt::NOT_COVERED;
+
+    #[test]
+    fn each_sentence_cites_the_marker() {
+        assert_eq!(
+            cite_each_sentence("Up to 240 hours, i.e. 30 days. Ask HR first!", "[1, 3]"),
+            "Up to 240 hours, i.e. 30 days [1, 3]. Ask HR first [1, 3]!"
+        );
+        assert_eq!(cite_each_sentence("No", "[2]"), "No [2]");
+    }
 
     #[test]
     fn citations_to_unknown_passages_are_removed() {

@@ -28,6 +28,11 @@ pub enum Mismatch {
 static NUMBER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\d+(?:[.,:]\d+)*").expect("valid regex"));
 
+/// "Yes" or "No" opening an answer: it answers the question, the claim
+/// follows.
+static PARTICLE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)^\s*(yes|no)\b[,.;:!]?\s*").expect("valid regex"));
+
 /// Words, keeping an apostrophe inside (`can't`, `employee's`).
 static TOKEN: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"[\p{L}\p{N}]+(?:['’][\p{L}]+)?|%").expect("valid regex"));
@@ -256,6 +261,14 @@ fn same_amount(a: (&str, Option<&str>), b: (&str, Option<&str>)) -> bool {
 }
 
 fn numbers(text: &str) -> Vec<(String, Option<String>)> {
+    numbers_at(text)
+        .into_iter()
+        .map(|(_, value, unit)| (value, unit))
+        .collect()
+}
+
+/// [`numbers`], each with its byte offset in `text`.
+fn numbers_at(text: &str) -> Vec<(usize, String, Option<String>)> {
     let tokens: Vec<(usize, &str)> = TOKEN
         .find_iter(text)
         .map(|m| (m.start(), m.as_str()))
@@ -298,7 +311,7 @@ fn numbers(text: &str) -> Vec<(String, Option<String>)> {
         if spelled && unit.is_none() {
             continue;
         }
-        found.push((value, unit));
+        found.push((*start, value, unit));
     }
     found
 }
@@ -342,10 +355,36 @@ fn names(sentence: &str) -> Vec<String> {
     found
 }
 
-fn negated(words: &BTreeSet<String>) -> bool {
-    words
-        .iter()
-        .any(|w| NEGATIONS.contains(&w.as_str()) || w.ends_with("n't"))
+/// Phrases with a negation word that bound an amount or set an aside
+/// rather than negate: "no later than 30 days" is "within 30 days".
+static NOT_NEGATIONS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)\b(?:no|not)\s+(?:later|earlier|more|less|fewer|longer|sooner)\s+than\b|\bnot\s+(?:to\s+)?exceed(?:ing)?\b|\bno\s+matter\b|\bnot\s+only\b",
+    )
+    .expect("valid regex")
+});
+
+/// Negations made by a prefix ("unpaid"), with the word they negate: one
+/// negates a claim only about that word ("26 weeks of unpaid leave" does
+/// not deny "up to 26 weeks", it denies "26 weeks of paid leave").
+const AFFIXED: &[(&str, &str)] = &[
+    ("unpaid", "paid"),
+    ("ineligible", "eligible"),
+    ("unable", "able"),
+];
+
+/// Whether `text` is negated, read against `other` (the sentence it is
+/// compared with): bounds ("no later than") are not negations, and a
+/// prefixed one counts only where either speaks of what it negates.
+fn negated(text: &str, other: &str) -> bool {
+    let words = words_lower(&NOT_NEGATIONS.replace_all(text, " "));
+    let other = words_lower(other);
+    words.iter().any(|w| {
+        if let Some((_, root)) = AFFIXED.iter().find(|(prefixed, _)| prefixed == w) {
+            return words.contains(*root) || other.contains(*root) || other.contains(w);
+        }
+        NEGATIONS.contains(&w.as_str()) || w.ends_with("n't")
+    })
 }
 
 /// Whether an acronym ("CEO") is spelled out in `text` as consecutive
@@ -379,6 +418,7 @@ fn spelled_out(acronym: &str, text: &str) -> bool {
 /// quote or table row next): Markdown wraps a paragraph's lines, and "call (877)\n472-6716"
 /// is one sentence.
 pub(crate) fn passage_sentences(passage: &str) -> Vec<&str> {
+    const CLOSING_MARKS: &[char] = &['*', '_', '"', '”', '’', ')'];
     static BLOCK_START: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"^\s*(?:$|[-*+#>|]|\d+[.)]\s)").expect("valid regex"));
     let bytes = passage.as_bytes();
@@ -394,16 +434,28 @@ pub(crate) fn passage_sentences(passage: &str) -> Vec<&str> {
                 line.starts_with(['#', '|'])
                     || BLOCK_START.is_match(passage[i + 1..].split('\n').next().unwrap_or(""))
             }
+            // Closing marks after the stop stay with the sentence:
+            // "**Begin two weeks before.** Your last day ...".
             '.' | '!' | '?' => {
-                bytes.get(i + 1).is_none_or(u8::is_ascii_whitespace)
+                let after = &passage[i + 1..];
+                let close = after.len() - after.trim_start_matches(CLOSING_MARKS).len();
+                bytes.get(i + 1 + close).is_none_or(u8::is_ascii_whitespace)
                     && !(c == '.'
-                        && crate::checked::abbreviation(&passage[start..i], &passage[i + 1..]))
+                        && crate::checked::abbreviation(&passage[start..i], &after[close..]))
             }
             _ => false,
         };
         if end {
-            out.push(&passage[start..i + c.len_utf8()]);
-            start = i + c.len_utf8();
+            let after = &passage[i + c.len_utf8()..];
+            let stop =
+                i + c.len_utf8() + after.len() - after.trim_start_matches(CLOSING_MARKS).len();
+            let stop = if matches!(c, '.' | '!' | '?') {
+                stop
+            } else {
+                i + c.len_utf8()
+            };
+            out.push(&passage[start..stop]);
+            start = stop;
         }
     }
     out.push(&passage[start..]);
@@ -432,29 +484,35 @@ pub fn check_claim(
         return Err(Mismatch::Words);
     }
     // "No, ..." and "Yes, ..." answer the question; the claim follows.
-    static PARTICLE: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"(?i)^\s*(yes|no)\b[,.;:!]?\s*").expect("valid regex"));
     let sentence = PARTICLE.replace(sentence, "");
     let sentence = sentence.as_ref();
-    let mut closest = passage_sentences(passage);
-    closest.sort_by(|a, b| support(sentence, b).total_cmp(&support(sentence, a)));
-    // The closest sentence, and any other that shares a third of the
-    // claim's words (a claim may join two).
-    let window = closest
-        .iter()
-        .enumerate()
-        .filter(|(i, s)| *i == 0 || support(sentence, s) >= 0.34)
-        .map(|(_, s)| *s)
-        .collect::<Vec<_>>()
-        .join(" ");
-    let window_numbers = numbers(&window);
+    let sentences = passage_sentences(passage);
+    let claim = Near::new(sentence, &sentences, None);
+    // A claim may join two of the passage's sentences ("12 weeks of leave
+    // a year, 26 to care for a servicemember"): each of its clauses that a
+    // passage sentence supports on its own is also read against that one.
+    let parts: Vec<(usize, &str, Option<Near>)> = clauses(sentence)
+        .into_iter()
+        .map(|(at, clause)| {
+            let near = Near::new(clause, &sentences, Some(0.8));
+            (at, clause, (near.support >= min_support).then_some(near))
+        })
+        .collect();
+    let joined = parts.len() > 1;
+    let clause_at = |at: usize| parts.iter().rev().find(|(start, ..)| *start <= at);
     let context_numbers = numbers(context);
-    for (value, unit) in numbers(sentence) {
+    for (at, value, unit) in numbers_at(sentence) {
         let same = |(v, u): &(String, Option<String>)| {
             (*v == value && (unit.is_none() || u.is_none() || *u == unit))
                 || same_amount((&value, unit.as_deref()), (v, u.as_deref()))
         };
-        if !window_numbers.iter().any(same) && !context_numbers.iter().any(same) {
+        // A clause a sentence supports takes its figures from there: a
+        // figure of the joined sentence's is not this clause's.
+        let near = clause_at(at)
+            .and_then(|(_, _, near)| near.as_ref())
+            .filter(|_| joined)
+            .unwrap_or(&claim);
+        if !near.numbers.iter().any(same) && !context_numbers.iter().any(same) {
             return Err(Mismatch::Number(match unit {
                 Some(u) => format!("{value} {u}"),
                 None => value,
@@ -474,15 +532,134 @@ pub fn check_claim(
             return Err(Mismatch::Name(name));
         }
     }
-    // "not" is a stop word, so it does not move the choice of the
-    // closest sentence.
-    let claim = words_lower(sentence);
-    if let Some(closest) = closest.first()
-        && negated(&claim) != negated(&words_lower(closest))
-    {
-        return Err(Mismatch::Negation);
+    // An identifier with digits in it ("hspd12", "v2") is the passage's,
+    // or the claim names something else.
+    for id in TOKEN.find_iter(sentence).map(|m| m.as_str()).filter(|w| {
+        w.char_indices()
+            .any(|(i, c)| c.is_ascii_digit() && w[..i].ends_with(char::is_alphabetic))
+    }) {
+        if !known.contains(&id.to_lowercase()) {
+            return Err(Mismatch::Name(id.to_string()));
+        }
+    }
+    // Each clause says what the passage's closest clause says, or the
+    // opposite ("Your leave will not be paid out; you keep it": which of
+    // the two a clause speaks to decides). Where no passage clause shares
+    // a third of a clause's words, and two of them, the whole claim is read
+    // against its closest sentence. Of equally close clauses, those of the
+    // claim's closest sentence; any of them may agree. ("not" is a stop word, so it does not move
+    // the choice.)
+    let passage_clauses: Vec<&str> = sentences
+        .iter()
+        .flat_map(|s| clauses(s).into_iter().map(|(_, c)| c))
+        .collect();
+    for (_, clause, _) in &parts {
+        let scored: Vec<(&str, f32)> = passage_clauses
+            .iter()
+            .map(|c| (*c, support(clause, c)))
+            .collect();
+        let best = scored.iter().map(|(_, s)| *s).fold(0.0, f32::max);
+        let shared = best * crate::citations::content_words(clause).len() as f32;
+        if best < 0.3 || shared < 1.5 {
+            // No passage clause speaks to this one: the whole claim is
+            // read against its closest sentence.
+            if let Some(closest) = claim.closest
+                && negated(sentence, closest) != negated(closest, sentence)
+            {
+                return Err(Mismatch::Negation);
+            }
+            continue;
+        }
+        let mut targets: Vec<&str> = scored
+            .iter()
+            .filter(|(_, s)| *s == best)
+            .map(|(c, _)| *c)
+            .collect();
+        // Among equals, those of the sentence closest to the whole claim.
+        if let Some(closest) = claim.closest {
+            let within = |c: &str| closest.as_bytes().as_ptr_range().contains(&c.as_ptr());
+            if targets.iter().any(|c| within(c)) {
+                targets.retain(|c| within(c));
+            }
+        }
+        if !targets.is_empty()
+            && !targets
+                .iter()
+                .any(|t| negated(clause, t) == negated(t, clause))
+        {
+            return Err(Mismatch::Negation);
+        }
     }
     Ok(())
+}
+
+/// What of a passage is near a claim (or a clause of one): its closest
+/// sentence, and the numbers of that and of the other sentences close to
+/// it: for a whole claim, any that shares a third of its words (a claim
+/// may join two); for a clause, `within` of the closest one's share.
+struct Near<'p> {
+    closest: Option<&'p str>,
+    support: f32,
+    numbers: Vec<(String, Option<String>)>,
+}
+
+impl<'p> Near<'p> {
+    fn new(claim: &str, sentences: &[&'p str], within: Option<f32>) -> Self {
+        let mut ranked: Vec<(&str, f32)> =
+            sentences.iter().map(|s| (*s, support(claim, s))).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let best = ranked.first().map_or(0.0, |(_, score)| *score);
+        let min = within.map_or(0.34, |share| best * share);
+        let window = ranked
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, score))| *i == 0 || *score >= min)
+            .map(|(_, (s, _))| *s)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Self {
+            closest: ranked.first().map(|(s, _)| *s),
+            support: best,
+            numbers: numbers(&window),
+        }
+    }
+}
+
+/// The clauses of a claim, each with its byte offset: cut at commas,
+/// semicolons, colons, brackets and the conjunctions that join two
+/// statements. A piece with fewer than two words of its own (besides
+/// numbers) stays with the clause before it (or, first, the one after),
+/// so "(not to managers)" keeps its "not" and "26 weeks" its subject.
+pub(crate) fn clauses(claim: &str) -> Vec<(usize, &str)> {
+    static CUT: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?i)[,;:()]|\s(?:and|but|so|which|while|whereas)\s").expect("valid regex")
+    });
+    let mut cuts = vec![0];
+    cuts.extend(CUT.find_iter(claim).map(|m| m.start()));
+    cuts.push(claim.len());
+    let pieces: Vec<(usize, usize)> = cuts.windows(2).map(|w| (w[0], w[1])).collect();
+    let own_words = |(start, end): (usize, usize)| {
+        TOKEN
+            .find_iter(&claim[start..end])
+            .filter(|m| {
+                let w = m.as_str().to_lowercase();
+                crate::citations::content_word(&w)
+                    && !w.chars().all(|c| c.is_ascii_digit())
+                    && !NEGATIONS.contains(&w.as_str())
+            })
+            .count()
+    };
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for piece in pieces {
+        match merged.last_mut() {
+            Some(last) if own_words(piece) < 2 || own_words(*last) < 2 => last.1 = piece.1,
+            _ => merged.push(piece),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(start, end)| (start, &claim[start..end]))
+        .collect()
 }
 
 /// The sentence of `passage` that answers `question` best: the most of
@@ -674,7 +851,14 @@ fn flip_negation(answer: &str) -> Option<String> {
         Regex::new(r"(?i)\b(cannot|can't|won't|isn't|aren't|doesn't|don't|not|never|no)\b")
             .expect("valid regex")
     });
-    if let Some(m) = NEGATED.find(answer) {
+    // A bound ("no later than") is not a negation to flip, nor is the
+    // "No" that answers the question: the claim after it is.
+    let mut bounds: Vec<_> = NOT_NEGATIONS.find_iter(answer).map(|b| b.range()).collect();
+    bounds.extend(PARTICLE.find(answer).map(|p| p.range()));
+    if let Some(m) = NEGATED
+        .find_iter(answer)
+        .find(|m| !bounds.iter().any(|b| b.contains(&m.start())))
+    {
         let replacement = match m.as_str().to_lowercase().as_str() {
             "cannot" | "can't" => "can",
             "won't" => "will",
@@ -719,6 +903,13 @@ mod tests {
                 "- Taxis are fine at night",
                 "- Call the desk at (877)\n472-6716 for trains",
                 "1. Book\nearly.",
+            ]
+        );
+        assert_eq!(
+            passage_sentences("**Begin two weeks before.** Your last day (see HR.) is set."),
+            [
+                "**Begin two weeks before.**",
+                "Your last day (see HR.) is set."
             ]
         );
     }
@@ -957,6 +1148,129 @@ mod tests {
                 "{claim}"
             );
         }
+    }
+
+    const FMLA: &str = "FMLA entitles you to take up to 12 weeks of unpaid leave per 12 month \
+        period. You can take up to 26 weeks of unpaid FMLA to care for an ill servicemember. \
+        Eligibility needs one year of federal service.";
+
+    /// A claim that joins two of the passage's sentences holds where each
+    /// of its clauses does; a clause with another clause's figure fails.
+    #[test]
+    fn a_claim_may_join_two_sentences_clause_by_clause() {
+        for claim in [
+            "Up to 12 weeks of unpaid leave per 12-month period (26 weeks to care for an ill \
+             servicemember).",
+            "FMLA gives 12 weeks of unpaid leave, and 26 weeks to care for an ill servicemember.",
+            "Up to 26 weeks.",
+        ] {
+            assert_eq!(check_claim(claim, FMLA, "", 0.5), Ok(()), "{claim}");
+        }
+        for claim in [
+            "FMLA gives 26 weeks of unpaid leave per 12 month period, and 12 weeks to care for \
+             an ill servicemember.",
+            "Up to 12 weeks of unpaid leave per 12-month period (36 weeks to care for an ill \
+             servicemember).",
+        ] {
+            assert!(
+                matches!(check_claim(claim, FMLA, "", 0.5), Err(Mismatch::Number(_))),
+                "{claim}"
+            );
+        }
+    }
+
+    /// "unpaid" denies "paid", not every claim near it; a bound ("no later
+    /// than", "not to exceed") is no negation; each clause keeps its own.
+    #[test]
+    fn negations_are_read_where_they_apply() {
+        assert_eq!(
+            check_claim("Up to 26 weeks to care for a servicemember.", FMLA, "", 0.5),
+            Ok(())
+        );
+        assert_eq!(
+            check_claim(
+                "You can take 26 weeks of paid FMLA to care for a servicemember.",
+                FMLA,
+                "",
+                0.5
+            ),
+            Err(Mismatch::Negation)
+        );
+        let decision = "The DM will provide a decision as soon as possible, but not to exceed \
+                        30 calendar days from the request date. Travel days are paid at 75% \
+                        of the rate.";
+        for claim in [
+            "A decision comes within 30 calendar days of the request.",
+            "Travel days are paid at 75% of the rate, no matter how long you traveled.",
+        ] {
+            assert_eq!(check_claim(claim, decision, "", 0.5), Ok(()), "{claim}");
+        }
+        let fsa = "New employees must enroll within 60 days of their start date. Please note \
+                   that FSA does not automatically renew each year; you must re-enroll annually.";
+        assert_eq!(
+            check_claim(
+                "You must enroll within 60 days of your start date, and FSA does not renew \
+                 automatically each year.",
+                fsa,
+                "",
+                0.5
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_claim(
+                "You must enroll within 60 days of your start date, and FSA does renew \
+                 automatically each year.",
+                fsa,
+                "",
+                0.5
+            ),
+            Err(Mismatch::Negation)
+        );
+        // The alteration flips a negation, never a bound or the "No" that
+        // answers the question.
+        assert_eq!(
+            flip_negation("No: hours never expire.").as_deref(),
+            Some("No: hours always expire.")
+        );
+        assert_eq!(
+            flip_negation("Decide no later than 30 days; staff cannot appeal.").as_deref(),
+            Some("Decide no later than 30 days; staff can appeal.")
+        );
+    }
+
+    #[test]
+    fn an_identifier_with_digits_is_the_passages() {
+        let piv = "Email hspd12.security@gsa.gov to start your PIV card; use form SF85.";
+        for (claim, verdict) in [
+            ("Email hspd12.security@gsa.gov for a PIV card.", Ok(())),
+            (
+                "Email hspd24.security@gsa.gov for a PIV card.",
+                Err(Mismatch::Name("hspd24".into())),
+            ),
+            ("Start your PIV card with form SF85.", Ok(())),
+        ] {
+            assert_eq!(check_claim(claim, piv, "", 0.5), verdict, "{claim}");
+        }
+    }
+
+    #[test]
+    fn clauses_keep_short_pieces_with_their_neighbours() {
+        let claim = "Send it to the Talent team (not to hiring managers), using the form.";
+        let pieces: Vec<&str> = clauses(claim).into_iter().map(|(_, c)| c).collect();
+        assert_eq!(
+            pieces,
+            [
+                "Send it to the Talent team ",
+                "(not to hiring managers)",
+                ", using the form."
+            ]
+        );
+        let pieces: Vec<&str> = clauses("Yes: 12 weeks, paid.")
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect();
+        assert_eq!(pieces, ["Yes: 12 weeks, paid."]);
     }
 
     #[test]

@@ -476,14 +476,38 @@ fn verify_reference(
     if !q.answerable || q.must_include.is_empty() {
         return (None, vec![]);
     }
-    let Some(n) = prompt
+    // The reference cites every prompt passage that holds one of its
+    // facts (a question may need two pages); it is verified when the
+    // checker keeps each of its sentences, on whichever of those supports
+    // it. Not scored when the prompt lacks a fact.
+    let all = prompt
         .iter()
-        .position(|h| includes_all(&h.text, &q.must_include))
-        .map(|i| i + 1)
-    else {
+        .map(|h| h.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    if !includes_all(&all, &q.must_include) {
         return (None, vec![]);
-    };
-    let cited = format!("{reference} [{n}]");
+    }
+    let evidence: Vec<usize> = prompt
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            let text = h.text.to_lowercase();
+            q.must_include
+                .iter()
+                .any(|m| text.contains(&m.to_lowercase()))
+        })
+        .map(|(i, _)| i + 1)
+        .collect();
+    let marker = format!(
+        "[{}]",
+        evidence
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let cited = rag_answer::citations::cite_each_sentence(reference, &marker);
     let kept = |text: &str| {
         let checked = policy.check(asked, prompt, text);
         !checked.abstained && checked.usage.sentences_dropped == 0
@@ -493,7 +517,12 @@ fn verify_reference(
         // An alteration of a reference that fails already proves nothing.
         return (Some(false), vec![]);
     }
-    let alterations = rag_answer::verify::alterations(&cited, &prompt[n - 1].text)
+    let avoid = evidence
+        .iter()
+        .map(|&n| prompt[n - 1].text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let alterations = rag_answer::verify::alterations(&cited, &avoid)
         .into_iter()
         .map(|a| AlterationResult {
             kind: a.kind.name().to_string(),
