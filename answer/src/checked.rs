@@ -23,7 +23,7 @@ use rag_core::Hit;
 use regex::Regex;
 
 use crate::citations::{self, CITATION, is_refusal};
-use crate::verify::check_claim;
+use crate::verify::{check_claim, on_topic};
 
 /// A complete citation marker at the start of a text.
 static MARKER: LazyLock<Regex> =
@@ -204,12 +204,14 @@ impl<'a> Checker<'a> {
             self.dropped_claims.push(bare.trim().to_string());
             return;
         }
-        let (hits, thresholds) = (self.hits, self.thresholds);
-        let supports = |n: usize| {
+        let (hits, thresholds, question) = (self.hits, self.thresholds, self.question);
+        let holds = |claim: &str, n: usize| {
             let hit = hits[n - 1];
             let context = format!("{}\n{}", hit.title, hit.heading);
-            check_claim(&bare, &hit.text, &context, thresholds.verify_min_support).is_ok()
+            check_claim(claim, &hit.text, &context, thresholds.verify_min_support).is_ok()
+                && on_topic(claim, question, &hit.text, &context)
         };
+        let supports = |n: usize| holds(&bare, n);
         let (kept, text): (Vec<usize>, String) = if given.cited.is_empty() {
             // Small models often answer without citing: a sentence one
             // passage supports is attributed to it.
@@ -231,12 +233,7 @@ impl<'a> Checker<'a> {
                 // A sentence may join what two of its passages say ("due
                 // October 17, and the award choice by November 15"): it
                 // holds when each of its clauses holds on one of them.
-                kept = clauses_supported(&bare, &given.cited, |clause, n| {
-                    let hit = hits[n - 1];
-                    let context = format!("{}\n{}", hit.title, hit.heading);
-                    check_claim(clause, &hit.text, &context, thresholds.verify_min_support).is_ok()
-                })
-                .unwrap_or_default();
+                kept = clauses_supported(&bare, &given.cited, holds).unwrap_or_default();
             }
             self.removed += given.cited.len() - kept.len();
             (kept.clone(), keep_citations(&given.text, &kept))

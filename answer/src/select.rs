@@ -64,7 +64,7 @@ static WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[\p{L}\p{N}]+").exp
 
 /// Lowercase content words, with a plural or verb ending off so "leaves"
 /// meets "leave" and "approved" meets "approval" halfway ("approv").
-fn terms(text: &str) -> BTreeSet<String> {
+pub(crate) fn terms(text: &str) -> BTreeSet<String> {
     WORD.find_iter(text)
         .map(|m| m.as_str().to_lowercase())
         .filter(|w| crate::citations::content_word(w) && !QUESTION_WORDS.contains(&w.as_str()))

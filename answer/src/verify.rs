@@ -22,6 +22,8 @@ pub enum Mismatch {
     /// The sentence negates what the passage's closest sentence affirms,
     /// or the other way round.
     Negation,
+    /// Words the sentence puts in quotation marks are not the passage's.
+    Quote(String),
 }
 
 /// Numbers as written: `45`, `1,000`, `2.5`, `$59`, `10%`, `9:30`.
@@ -32,6 +34,10 @@ static NUMBER: LazyLock<Regex> =
 /// follows.
 static PARTICLE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)^\s*(yes|no)\b[,.;:!]?\s*").expect("valid regex"));
+
+/// Text in straight or curly double quotation marks.
+static QUOTED: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#""([^"\n]+)"|“([^”\n]+)”"#).expect("valid regex"));
 
 /// Words, keeping an apostrophe inside (`can't`, `employee's`).
 static TOKEN: LazyLock<Regex> =
@@ -519,6 +525,24 @@ pub fn check_claim(
             }));
         }
     }
+    // Quotation marks promise the passage's own words.
+    let flat = |t: &str| {
+        t.to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let source = flat(&format!("{passage}\n{context}"));
+    for quoted in QUOTED
+        .captures_iter(sentence)
+        .filter_map(|c| c.get(1).or_else(|| c.get(2)))
+    {
+        let words = flat(quoted.as_str());
+        if !words.is_empty() && !format!(" {source} ").contains(&format!(" {words} ")) {
+            return Err(Mismatch::Quote(quoted.as_str().to_string()));
+        }
+    }
     let known = words_lower(&format!("{passage}\n{context}"));
     for name in names(sentence) {
         let lower = name.to_lowercase().replace('’', "'");
@@ -591,6 +615,24 @@ pub fn check_claim(
         }
     }
     Ok(())
+}
+
+/// Whether the passage speaks of what the claim takes from the question:
+/// of the claim's words that the question also has (two or more), at
+/// least half are the passage's (or its title's and heading's). "The
+/// vesting schedule for stock options is subject to approval" repeats
+/// the question's subject over a passage on something else.
+pub(crate) fn on_topic(claim: &str, question: &str, passage: &str, context: &str) -> bool {
+    let asked = crate::select::terms(question);
+    let taken: Vec<String> = crate::select::terms(claim)
+        .into_iter()
+        .filter(|w| asked.contains(w))
+        .collect();
+    if taken.len() < 2 {
+        return true;
+    }
+    let known = crate::select::terms(&format!("{passage}\n{context}"));
+    2 * taken.iter().filter(|w| known.contains(*w)).count() >= taken.len()
 }
 
 /// What of a passage is near a claim (or a clause of one): its closest
@@ -1252,6 +1294,52 @@ mod tests {
         ] {
             assert_eq!(check_claim(claim, piv, "", 0.5), verdict, "{claim}");
         }
+    }
+
+    /// Quotation marks promise the passage's words; the question's subject
+    /// over a passage on something else is no support.
+    #[test]
+    fn quotes_and_the_questions_subject_are_the_passages() {
+        let form = "Request leave on OPM Form 71 in HR Links.";
+        assert_eq!(
+            check_claim(
+                "Request leave on \"OPM Form 71\" in HR Links.",
+                form,
+                "",
+                0.5
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_claim(
+                "Request leave on \"Leave Form 71\" in HR Links.",
+                form,
+                "",
+                0.5
+            ),
+            Err(Mismatch::Quote("Leave Form 71".into()))
+        );
+        let approval = "Your schedule is subject to supervisor agreement and approval.";
+        let question = "What is the vesting schedule for employee stock options?";
+        let echo = "The vesting schedule for employee stock options is subject to supervisor \
+                    agreement and approval.";
+        assert_eq!(check_claim(echo, approval, "", 0.5), Ok(()));
+        assert!(!on_topic(echo, question, approval, ""));
+        let laundry = "Laundry expenses are allowed if official travel is at least 4 nights.";
+        let claim = "You can expense laundry on a trip of at least 4 nights.";
+        assert!(on_topic(
+            claim,
+            "can I expense doing laundry on a work trip?",
+            laundry,
+            ""
+        ));
+        // The title may name the subject the text does not.
+        assert!(on_topic(
+            "Stock options vest over four years.",
+            question,
+            "They vest over four years.",
+            "Employee stock options"
+        ));
     }
 
     #[test]

@@ -71,7 +71,31 @@ pub fn answer_kind(q: &Question) -> &'static str {
         "hundred",
     ];
     let lower = q.question.to_lowercase();
-    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| lower.starts_with(p));
+    // What is asked: the sentences that end in a question mark ("I'm on a
+    // Mac. How do I log in?" asks one thing), or the whole text.
+    let asks: Vec<&str> = {
+        let mut asks = Vec::new();
+        let mut start = 0;
+        for (i, c) in lower.char_indices() {
+            if matches!(c, '.' | '!' | '?') && lower[i + 1..].starts_with([' ', '\n'])
+                || i + 1 == lower.len()
+            {
+                let sentence = lower[start..=i].trim();
+                if sentence.ends_with('?') {
+                    asks.push(sentence);
+                }
+                start = i + 1;
+            }
+        }
+        if asks.is_empty() {
+            asks.push(lower.trim());
+        }
+        asks
+    };
+    let starts = |prefixes: &[&str]| {
+        asks.iter()
+            .any(|a| prefixes.iter().any(|p| a.starts_with(p)))
+    };
     let numeric = q
         .must_include
         .iter()
@@ -91,28 +115,33 @@ pub fn answer_kind(q: &Question) -> &'static str {
         "what", "which", "who", "when", "where", "why", "how", "is", "are", "can", "could", "do",
         "does", "did", "will", "should",
     ];
-    let words: Vec<&str> = lower
-        .split(|c: char| !c.is_alphanumeric() && c != '\'')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let two_questions = lower.trim_end().trim_end_matches('?').contains('?')
-        || words
-            .windows(2)
-            .any(|w| w[0] == "and" && ASKING.contains(&w[1]));
+    let two_questions = asks.len() > 1
+        || asks.iter().any(|a| {
+            let words: Vec<&str> = a
+                .split(|c: char| !c.is_alphanumeric() && c != '\'')
+                .filter(|w| !w.is_empty())
+                .collect();
+            words
+                .windows(2)
+                .any(|w| w[0] == "and" && ASKING.contains(&w[1]))
+        });
+    // The question's own form first: a procedure stays one when its
+    // answer holds a form number.
     if !q.answerable {
         "unanswerable"
     } else if !q.history.is_empty() {
         "follow-up"
     } else if two_questions || q.kind == "multi-part" {
         "multi-part"
-    } else if numeric {
-        "numeric"
     } else if starts(&[
         "how do i",
         "how can i",
         "how should i",
         "how to",
         "what steps",
+        "what are the steps",
+        "what's the process",
+        "what is the process",
         "what do i do",
         "what should i do",
         "where do i",
@@ -120,9 +149,11 @@ pub fn answer_kind(q: &Question) -> &'static str {
     ]) {
         "procedure"
     } else if starts(&["what is ", "what are ", "what's ", "what does ", "define "])
-        && !lower.contains(" for ")
+        && !asks.iter().any(|a| a.contains(" for "))
     {
         "definition"
+    } else if numeric {
+        "numeric"
     } else {
         "fact"
     }
@@ -1317,6 +1348,20 @@ mod tests {
             (
                 "how do I sign up for the transit subsidy?",
                 &["SmartBenefits"][..],
+                &[][..],
+                true,
+                "procedure",
+            ),
+            (
+                "I'm on a Mac. How do I log into the remote desktop? It's for one program.",
+                &["vdi"][..],
+                &[][..],
+                true,
+                "procedure",
+            ),
+            (
+                "my flight is ticketed. how do I change it?",
+                &["472-6716"][..],
                 &[][..],
                 true,
                 "procedure",
