@@ -18,7 +18,7 @@ pub mod metrics;
 mod settings;
 mod shape;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rag_core::{
@@ -67,6 +67,11 @@ pub struct RetrieveOptions {
     /// Append the next chunk of the document to a hit that ends
     /// mid-sentence.
     pub expand_neighbours: bool,
+    /// The best hit takes in up to this many of the chunks that follow it
+    /// in its document (stopping at one that is a hit of its own): the fact
+    /// a question is after often sits just past the passage that matched
+    /// its words. 0: off.
+    pub continue_best: usize,
     /// Search the exact neighbours instead of the approximate index.
     pub exact: bool,
     /// See [`VectorQuery::hnsw_ef`].
@@ -83,6 +88,7 @@ impl Default for RetrieveOptions {
             dedup_similarity: 0.98,
             mmr_lambda: None,
             expand_neighbours: false,
+            continue_best: 0,
             exact: false,
             hnsw_ef: None,
         }
@@ -100,7 +106,9 @@ pub struct Retriever {
 struct Candidate {
     hit: Hit,
     vector: Vec<f32>,
-    ordinal: usize,
+    /// The ordinal of the last chunk its text takes in (its own, until
+    /// it is joined with the ones after it).
+    last: usize,
 }
 
 impl Retriever {
@@ -151,6 +159,10 @@ impl Retriever {
             for c in &mut candidates {
                 self.expand(c).await?;
             }
+        }
+        if options.continue_best > 0 {
+            self.continue_best(&mut candidates, options.continue_best)
+                .await?;
         }
         Ok(candidates
             .into_iter()
@@ -224,7 +236,7 @@ impl Retriever {
                     url: doc.url.clone(),
                 },
                 vector: s.vector,
-                ordinal: chunk.ordinal,
+                last: chunk.ordinal,
             });
         }
         Ok(out)
@@ -265,10 +277,33 @@ impl Retriever {
         if !cut_mid_sentence(&c.hit.text) {
             return Ok(());
         }
-        if let Some(next) = self.docs.chunk_at(&c.hit.doc_id, c.ordinal + 1).await?
+        if let Some(next) = self.docs.chunk_at(&c.hit.doc_id, c.last + 1).await?
             && next.heading == c.hit.heading
         {
             c.hit.text = join_overlapping(&c.hit.text, &next.text);
+            c.last = next.ordinal;
+        }
+        Ok(())
+    }
+
+    /// Appends to the best hit up to `n` chunks that follow it in its
+    /// document, stopping before one that is itself a hit (it is shown
+    /// already) or the document's end. The chunks are the same document's,
+    /// so under the same labels the hit was admitted with.
+    async fn continue_best(&self, candidates: &mut [Candidate], n: usize) -> Result<()> {
+        let shown: HashSet<String> = candidates.iter().map(|c| c.hit.chunk_id.clone()).collect();
+        let Some(best) = candidates.first_mut() else {
+            return Ok(());
+        };
+        for _ in 0..n {
+            let Some(next) = self.docs.chunk_at(&best.hit.doc_id, best.last + 1).await? else {
+                break;
+            };
+            if shown.contains(&next.id) {
+                break;
+            }
+            best.hit.text = join_overlapping(&best.hit.text, &next.text);
+            best.last = next.ordinal;
         }
         Ok(())
     }

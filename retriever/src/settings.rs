@@ -27,6 +27,9 @@ pub struct RetrievalSettings {
     pub mmr_lambda: Option<f32>,
     /// A hit that ends mid-sentence takes in the next chunk.
     pub expand_neighbours: bool,
+    /// The best hit takes in up to this many of the chunks that follow it
+    /// in its document; 0 is off.
+    pub continue_best: usize,
     /// Rescore candidates with the reranker (the embedder's cosine on the
     /// bare passage until a cross-encoder ships).
     pub rerank: bool,
@@ -47,6 +50,7 @@ impl Default for RetrievalSettings {
             dedup_similarity: shaping.dedup_similarity,
             mmr_lambda: shaping.mmr_lambda,
             expand_neighbours: shaping.expand_neighbours,
+            continue_best: shaping.continue_best,
             rerank: false,
             hnsw_ef: shaping.hnsw_ef,
         }
@@ -70,6 +74,7 @@ impl RetrievalSettings {
             dedup_similarity: self.dedup_similarity,
             mmr_lambda: self.mmr_lambda,
             expand_neighbours: self.expand_neighbours,
+            continue_best: self.continue_best,
             exact: false,
             hnsw_ef: self.hnsw_ef,
         }

@@ -101,8 +101,11 @@ pub fn join_overlapping(first: &str, next: &str) -> String {
     let rest = &next[overlap..];
     if overlap > 0 {
         format!("{first}{rest}")
-    } else {
+    } else if cut_mid_sentence(first) {
         format!("{first} {rest}")
+    } else {
+        // A new paragraph, heading or list: Markdown keeps it a block.
+        format!("{first}\n\n{rest}")
     }
 }
 

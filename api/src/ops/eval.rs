@@ -139,6 +139,7 @@ pub async fn score(app: &App, beir: &Beir, mode: SearchMode) -> anyhow::Result<S
     });
     // Ranking documents, not showing passages: no neighbour text needed.
     options.expand_neighbours = false;
+    options.continue_best = 0;
     let mut total = Scores::default();
     let started = Instant::now();
     for (id, text) in &beir.queries {
