@@ -8,7 +8,10 @@
 //!   or dropped;
 //! - each citation is kept only if its passage supports the claim
 //!   ([`check_claim`]: the words, and every number, unit, name and
-//!   negation); a sentence none of whose citations holds is dropped;
+//!   negation); a sentence that cites two or more passages, none of which
+//!   supports it alone, is kept when each of its clauses holds on one of
+//!   them; a sentence none of whose citations holds is dropped;
+//! - a bare "Yes." or "No." goes with the next claim: shown if it checks;
 //! - a refusal ("the documents do not say ...") or a lead-in ending in a
 //!   colon is held until a checked sentence follows it; a text with no
 //!   checked sentence becomes the abstention.
@@ -103,8 +106,12 @@ pub(crate) struct Checker<'a> {
     removed: usize,
     dropped: usize,
     dropped_claims: Vec<String>,
-    /// Refusals and lead-ins waiting for a checked sentence.
+    /// Refusals, lead-ins and a bare "Yes."/"No." waiting for a checked
+    /// sentence.
     held: Vec<String>,
+    /// Where in `held` a bare "Yes."/"No." waits: it goes with the very
+    /// next claim, shown if that claim checks, dropped if not.
+    particle: Option<usize>,
 }
 
 impl<'a> Checker<'a> {
@@ -121,6 +128,7 @@ impl<'a> Checker<'a> {
             dropped: 0,
             dropped_claims: Vec::new(),
             held: Vec::new(),
+            particle: None,
         }
     }
 
@@ -167,12 +175,14 @@ impl<'a> Checker<'a> {
             return;
         }
         // A bare "Yes." or "No." answers with the claim that follows it,
-        // as "Yes, ..." does: held until that claim checks.
+        // as "Yes, ..." does: held until that claim is checked, and shown
+        // only with it.
         static PARTICLE: LazyLock<Regex> =
             LazyLock::new(|| Regex::new(r"(?i)^\s*(yes|no)\s*[.!]?\s*$").expect("valid regex"));
         if PARTICLE.is_match(&bare) {
             let held = format!("{lead}{}", bare.trim());
-            if self.cited.is_empty() {
+            if self.cited.is_empty() && self.particle.is_none() {
+                self.particle = Some(self.held.len());
                 self.held.push(held);
             } else {
                 // After a claim, it answers nothing the claim did not.
@@ -200,8 +210,7 @@ impl<'a> Checker<'a> {
         // "Which per diem applies in Denver?" "The per diem applies in
         // Denver." passes any passage that names both, and says nothing.
         if echoes(&bare, self.question) {
-            self.dropped += 1;
-            self.dropped_claims.push(bare.trim().to_string());
+            self.drop_claim(&bare);
             return;
         }
         let (hits, thresholds, question) = (self.hits, self.thresholds, self.question);
@@ -229,7 +238,16 @@ impl<'a> Checker<'a> {
                 .copied()
                 .filter(|&n| supports(n))
                 .collect();
-            if kept.is_empty() && given.cited.len() > 1 {
+            let joined = given
+                .cited
+                .iter()
+                .map(|&n| hits[n - 1].text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
+            if kept.is_empty()
+                && given.cited.len() > 1
+                && citations::support(&bare, &joined) >= thresholds.verify_min_support
+            {
                 // A sentence may join what two of its passages say ("due
                 // October 17, and the award choice by November 15"): it
                 // holds when each of its clauses holds on one of them.
@@ -239,16 +257,27 @@ impl<'a> Checker<'a> {
             (kept.clone(), keep_citations(&given.text, &kept))
         };
         if kept.is_empty() {
-            self.dropped += 1;
-            self.dropped_claims.push(bare.trim().to_string());
+            self.drop_claim(&bare);
             return;
         }
+        self.particle = None;
         let held = std::mem::take(&mut self.held);
         for h in held {
             self.emit(&h, emit);
         }
         self.cited.extend(kept);
         self.emit(&format!("{lead}{text}"), emit);
+    }
+
+    /// A claim that does not hold goes, and the "Yes." or "No." that
+    /// waited for it with it.
+    fn drop_claim(&mut self, bare: &str) {
+        self.dropped += 1;
+        self.dropped_claims.push(bare.trim().to_string());
+        if let Some(at) = self.particle.take() {
+            self.held.remove(at);
+            self.dropped += 1;
+        }
     }
 
     fn emit(&mut self, text: &str, emit: &mut dyn FnMut(&str)) {
@@ -634,6 +663,17 @@ mod tests {
         assert_eq!(streamed, NOT_COVERED);
         let (checked, _) = run("Yes.", 1, &hits);
         assert!(checked.abstained);
+        // It goes with the very next claim, not a later one.
+        let (checked, _) = run(
+            "No. Employees have 30 days of paid annual leave [1]. Employees have 28 days of \
+             paid annual leave [1].",
+            3,
+            &hits,
+        );
+        assert_eq!(
+            checked.text,
+            "Employees have 28 days of paid annual leave [1]."
+        );
     }
 
     /// A sentence that joins two cited passages holds clause by clause;
@@ -653,6 +693,22 @@ mod tests {
         let (checked, _) = run(
             "Employees have 28 days of paid annual leave, and up to 8 unused days carry over [1, 2].",
             3,
+            &hits,
+        );
+        assert!(checked.abstained, "{checked:?}");
+    }
+
+    /// Stitching two passages needs clauses that stand alone: "which
+    /// lasts 12 weeks" is about the Denver interns, whom the passage with
+    /// 12 weeks does not name.
+    #[test]
+    fn a_relative_clause_is_not_stitched_to_another_passage() {
+        let interns = hit("Interns in the Denver office get paid parental leave of 4 weeks.");
+        let employees = hit("Employees get 12 weeks of paid parental leave.");
+        let hits = [&interns, &employees];
+        let (checked, _) = run(
+            "In Denver, interns get paid parental leave, which lasts 12 weeks [1, 2].",
+            2,
             &hits,
         );
         assert!(checked.abstained, "{checked:?}");

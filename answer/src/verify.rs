@@ -362,35 +362,74 @@ fn names(sentence: &str) -> Vec<String> {
 }
 
 /// Phrases with a negation word that bound an amount or set an aside
-/// rather than negate: "no later than 30 days" is "within 30 days".
+/// rather than negate: "no later than 30 days" is "within 30 days". A
+/// bound still has a direction: see [`bound_flipped`].
 static NOT_NEGATIONS: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?i)\b(?:no|not)\s+(?:later|earlier|more|less|fewer|longer|sooner)\s+than\b|\bnot\s+(?:to\s+)?exceed(?:ing)?\b|\bno\s+matter\b|\bnot\s+only\b",
+        r"(?i)\b(?:no|not)\s+(?:later|earlier|more|less|fewer|longer|sooner)\s+than\b|\bnot\s+(?:to\s+)?exceed(?:ing)?\b|\bno\s+matter\b",
     )
     .expect("valid regex")
 });
 
-/// Negations made by a prefix ("unpaid"), with the word they negate: one
-/// negates a claim only about that word ("26 weeks of unpaid leave" does
-/// not deny "up to 26 weeks", it denies "26 weeks of paid leave").
-const AFFIXED: &[(&str, &str)] = &[
-    ("unpaid", "paid"),
-    ("ineligible", "eligible"),
-    ("unable", "able"),
+/// "unpaid" denies pay, not everything near it: "26 weeks of unpaid
+/// leave" does not deny "up to 26 weeks", it denies "26 weeks of paid
+/// leave". It negates only a text that speaks of pay (or the other does).
+const PAY_WORDS: &[&str] = &[
+    "paid",
+    "pay",
+    "pays",
+    "salary",
+    "wage",
+    "wages",
+    "compensated",
+    "compensation",
+    "unpaid",
 ];
 
-/// Whether `text` is negated, read against `other` (the sentence it is
-/// compared with): bounds ("no later than") are not negations, and a
-/// prefixed one counts only where either speaks of what it negates.
+/// Whether `text` is negated, read against `other` (the text it is
+/// compared with): bounds ("no later than") are not negations, and
+/// "unpaid" counts only where either speaks of pay.
 fn negated(text: &str, other: &str) -> bool {
     let words = words_lower(&NOT_NEGATIONS.replace_all(text, " "));
     let other = words_lower(other);
     words.iter().any(|w| {
-        if let Some((_, root)) = AFFIXED.iter().find(|(prefixed, _)| prefixed == w) {
-            return words.contains(*root) || other.contains(*root) || other.contains(w);
+        if w == "unpaid" {
+            return PAY_WORDS
+                .iter()
+                .any(|p| *p != "unpaid" && words.contains(*p) || other.contains(*p));
         }
         NEGATIONS.contains(&w.as_str()) || w.ends_with("n't")
     })
+}
+
+/// Whether one text bounds an amount the other way round: "no more than
+/// 240 hours" against "more than 240 hours", "must not exceed $75"
+/// against "must exceed $75".
+fn bound_flipped(a: &str, b: &str) -> bool {
+    static COMPARISON: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(
+            r"(?i)\b(?:(no|not)\s+(?:to\s+)?)?((?:later|earlier|more|less|fewer|longer|sooner)\s+than|exceed(?:s|ed|ing)?)\b",
+        )
+        .expect("valid regex")
+    });
+    // Each comparison of a text, with whether a "no" or "not" bounds it.
+    let comparisons = |text: &str| -> Vec<(String, bool)> {
+        COMPARISON
+            .captures_iter(text)
+            .map(|c| {
+                let word = c[2].to_lowercase();
+                let word = if word.starts_with("exceed") {
+                    "exceed".to_string()
+                } else {
+                    word.split_whitespace().collect::<Vec<_>>().join(" ")
+                };
+                (word, c.get(1).is_some())
+            })
+            .collect()
+    };
+    let (a, b) = (comparisons(a), comparisons(b));
+    a.iter()
+        .any(|(word, bounded)| b.iter().any(|(w, other)| w == word && other != bounded))
 }
 
 /// Whether an acronym ("CEO") is spelled out in `text` as consecutive
@@ -493,14 +532,14 @@ pub fn check_claim(
     let sentence = PARTICLE.replace(sentence, "");
     let sentence = sentence.as_ref();
     let sentences = passage_sentences(passage);
-    let claim = Near::new(sentence, &sentences, None);
+    let claim = Near::new(sentence, &sentences, false);
     // A claim may join two of the passage's sentences ("12 weeks of leave
     // a year, 26 to care for a servicemember"): each of its clauses that a
     // passage sentence supports on its own is also read against that one.
     let parts: Vec<(usize, &str, Option<Near>)> = clauses(sentence)
         .into_iter()
         .map(|(at, clause)| {
-            let near = Near::new(clause, &sentences, Some(0.8));
+            let near = Near::new(clause, &sentences, true);
             (at, clause, (near.support >= min_support).then_some(near))
         })
         .collect();
@@ -588,7 +627,8 @@ pub fn check_claim(
             // No passage clause speaks to this one: the whole claim is
             // read against its closest sentence.
             if let Some(closest) = claim.closest
-                && negated(sentence, closest) != negated(closest, sentence)
+                && (negated(sentence, closest) != negated(closest, sentence)
+                    || bound_flipped(sentence, closest))
             {
                 return Err(Mismatch::Negation);
             }
@@ -609,7 +649,7 @@ pub fn check_claim(
         if !targets.is_empty()
             && !targets
                 .iter()
-                .any(|t| negated(clause, t) == negated(t, clause))
+                .any(|t| negated(clause, t) == negated(t, clause) && !bound_flipped(clause, t))
         {
             return Err(Mismatch::Negation);
         }
@@ -637,8 +677,11 @@ pub(crate) fn on_topic(claim: &str, question: &str, passage: &str, context: &str
 
 /// What of a passage is near a claim (or a clause of one): its closest
 /// sentence, and the numbers of that and of the other sentences close to
-/// it: for a whole claim, any that shares a third of its words (a claim
-/// may join two); for a clause, `within` of the closest one's share.
+/// it. For a whole claim, any that shares a third of its words (a claim
+/// may join two). For a clause, only those as close as the closest, read
+/// without numbers: a figure of the neighbouring row ("Part-time staff
+/// earn 4 hours", "Full-time staff earn 8 hours") must not make a row
+/// closer to a clause that carries it.
 struct Near<'p> {
     closest: Option<&'p str>,
     support: f32,
@@ -646,12 +689,17 @@ struct Near<'p> {
 }
 
 impl<'p> Near<'p> {
-    fn new(claim: &str, sentences: &[&'p str], within: Option<f32>) -> Self {
+    fn new(claim: &str, sentences: &[&'p str], clause: bool) -> Self {
+        let words = if clause {
+            NUMBER_WORD.replace_all(claim, " ").into_owned()
+        } else {
+            claim.to_string()
+        };
         let mut ranked: Vec<(&str, f32)> =
-            sentences.iter().map(|s| (*s, support(claim, s))).collect();
+            sentences.iter().map(|s| (*s, support(&words, s))).collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let best = ranked.first().map_or(0.0, |(_, score)| *score);
-        let min = within.map_or(0.34, |share| best * share);
+        let min = if clause { best } else { 0.34 };
         let window = ranked
             .iter()
             .enumerate()
@@ -667,14 +715,32 @@ impl<'p> Near<'p> {
     }
 }
 
+/// A word with a digit in it.
+static NUMBER_WORD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[\p{L}\p{N}$%.,:]*\d[\p{L}\p{N}%.,:]*").expect("valid regex"));
+
+/// Words that open a clause about the one before it.
+const RELATIVE: &[&str] = &[
+    "which",
+    "that",
+    "who",
+    "whom",
+    "whose",
+    "where",
+    "when",
+    "lasting",
+    "including",
+];
+
 /// The clauses of a claim, each with its byte offset: cut at commas,
 /// semicolons, colons, brackets and the conjunctions that join two
 /// statements. A piece with fewer than two words of its own (besides
 /// numbers) stays with the clause before it (or, first, the one after),
-/// so "(not to managers)" keeps its "not" and "26 weeks" its subject.
+/// so "(not to managers)" keeps its "not" and "26 weeks" its subject, and
+/// so does one that opens with "which", "who", "including"...
 pub(crate) fn clauses(claim: &str) -> Vec<(usize, &str)> {
     static CUT: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"(?i)[,;:()]|\s(?:and|but|so|which|while|whereas)\s").expect("valid regex")
+        Regex::new(r"(?i)[,;:()]|\s(?:and|but|so|while|whereas)\s").expect("valid regex")
     });
     let mut cuts = vec![0];
     cuts.extend(CUT.find_iter(claim).map(|m| m.start()));
@@ -691,10 +757,19 @@ pub(crate) fn clauses(claim: &str) -> Vec<(usize, &str)> {
             })
             .count()
     };
+    // "..., which lasts 12 weeks" says what the clause before it is about:
+    // without a subject of its own, it is not a claim apart.
+    let relative = |(start, end): (usize, usize)| {
+        TOKEN
+            .find(&claim[start..end])
+            .is_some_and(|m| RELATIVE.contains(&m.as_str().to_lowercase().as_str()))
+    };
     let mut merged: Vec<(usize, usize)> = Vec::new();
     for piece in pieces {
         match merged.last_mut() {
-            Some(last) if own_words(piece) < 2 || own_words(*last) < 2 => last.1 = piece.1,
+            Some(last) if own_words(piece) < 2 || own_words(*last) < 2 || relative(piece) => {
+                last.1 = piece.1
+            }
             _ => merged.push(piece),
         }
     }
@@ -1339,6 +1414,59 @@ mod tests {
             question,
             "They vest over four years.",
             "Employee stock options"
+        ));
+    }
+
+    /// What a review found passing: a bound turned round, a prefixed
+    /// negation dropped, a clause taking the neighbouring row's figure.
+    #[test]
+    fn bounds_keep_their_direction_and_rows_their_figures() {
+        for (passage, claim) in [
+            (
+                "You may carry over no more than 240 hours.",
+                "You may carry over more than 240 hours.",
+            ),
+            (
+                "Meal claims must not exceed $75 per day.",
+                "Meal claims must exceed $75 per day.",
+            ),
+            (
+                "Employees on probation are unable to telework.",
+                "Employees on probation can telework.",
+            ),
+            (
+                "Contractors are ineligible for the transit benefit.",
+                "Contractors qualify for the transit benefit.",
+            ),
+        ] {
+            assert_eq!(
+                check_claim(claim, passage, "", 0.5),
+                Err(Mismatch::Negation),
+                "{claim}"
+            );
+        }
+        assert_eq!(
+            check_claim(
+                "You may carry over up to 240 hours, no more than that.",
+                "You may carry over no more than 240 hours.",
+                "",
+                0.5
+            ),
+            Ok(())
+        );
+        let rows = "New employees must enroll in the health benefits program within 60 \
+                    calendar days of their official start date. Part-time staff earn 4 hours of \
+                    leave per pay period. Full-time staff earn 8 hours of leave per pay period.";
+        assert!(matches!(
+            check_claim(
+                "New employees must enroll in the health benefits program within 60 calendar \
+                 days of their official start date, and part-time staff earn 8 hours of leave \
+                 per pay period.",
+                rows,
+                "",
+                0.5
+            ),
+            Err(Mismatch::Number(_))
         ));
     }
 

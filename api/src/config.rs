@@ -453,6 +453,13 @@ impl Settings {
         }
         settings.vector_store.server()?;
         settings.vector_store.check_hnsw()?;
+        if settings.retrieval.continue_best > MAX_CONTINUE_BEST {
+            anyhow::bail!(
+                "retrieval.continue_best is {}: at most {MAX_CONTINUE_BEST} chunks may follow the \
+                 best hit (one is what the handbook measure gains from; 0 turns it off)",
+                settings.retrieval.continue_best
+            );
+        }
         let fusion = settings.retrieval.fusion;
         fusion.check()?;
         if fusion.method == rag_core::FusionMethod::Convex && fusion.rrf_tuned() {
@@ -476,6 +483,10 @@ impl Settings {
         }
     }
 }
+
+/// Chunks the best hit may take in after it (`retrieval.continue_best`):
+/// each costs a query and prompt room.
+const MAX_CONTINUE_BEST: usize = 8;
 
 #[cfg(test)]
 mod tests {
@@ -531,6 +542,10 @@ mod tests {
             (
                 "[feedback]\nretention_days = -1\n",
                 "feedback.retention_days",
+            ),
+            (
+                "[retrieval]\ncontinue_best = 50\n",
+                "retrieval.continue_best",
             ),
         ] {
             std::fs::write(&file, text).unwrap();

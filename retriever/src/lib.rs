@@ -109,6 +109,8 @@ struct Candidate {
     /// The ordinal of the last chunk its text takes in (its own, until
     /// it is joined with the ones after it).
     last: usize,
+    /// The version of its document it was admitted at.
+    content_hash: String,
 }
 
 impl Retriever {
@@ -161,8 +163,7 @@ impl Retriever {
             }
         }
         if options.continue_best > 0 {
-            self.continue_best(&mut candidates, options.continue_best)
-                .await?;
+            self.continue_best(&mut candidates, options).await?;
         }
         Ok(candidates
             .into_iter()
@@ -237,6 +238,7 @@ impl Retriever {
                 },
                 vector: s.vector,
                 last: chunk.ordinal,
+                content_hash: doc.content_hash.clone(),
             });
         }
         Ok(out)
@@ -286,20 +288,33 @@ impl Retriever {
         Ok(())
     }
 
-    /// Appends to the best hit up to `n` chunks that follow it in its
-    /// document, stopping before one that is itself a hit (it is shown
-    /// already) or the document's end. The chunks are the same document's,
-    /// so under the same labels the hit was admitted with.
-    async fn continue_best(&self, candidates: &mut [Candidate], n: usize) -> Result<()> {
+    /// Appends to the best hit up to `options.continue_best` chunks that
+    /// follow it in its document, stopping before one that is itself a hit
+    /// (it is shown already), one on another page, or the document's end.
+    /// Each chunk is read first and its document after: it is taken only
+    /// while the document is still the version the hit was admitted at and
+    /// still passes the caller's filter (an ingest may replace it, or
+    /// narrow its groups, between the search and this).
+    async fn continue_best(
+        &self,
+        candidates: &mut [Candidate],
+        options: &RetrieveOptions,
+    ) -> Result<()> {
         let shown: HashSet<String> = candidates.iter().map(|c| c.hit.chunk_id.clone()).collect();
         let Some(best) = candidates.first_mut() else {
             return Ok(());
         };
-        for _ in 0..n {
+        for _ in 0..options.continue_best {
             let Some(next) = self.docs.chunk_at(&best.hit.doc_id, best.last + 1).await? else {
                 break;
             };
-            if shown.contains(&next.id) {
+            if shown.contains(&next.id) || next.page != best.hit.page {
+                break;
+            }
+            let current = self.docs.document(&best.hit.doc_id).await?;
+            if !current.is_some_and(|doc| {
+                doc.content_hash == best.content_hash && admits(&options.filter, &doc)
+            }) {
                 break;
             }
             best.hit.text = join_overlapping(&best.hit.text, &next.text);

@@ -87,16 +87,23 @@ pub fn cut_mid_sentence(text: &str) -> bool {
     }
 }
 
+/// The fewest characters two chunks share for one to be taken to repeat
+/// the other's end.
+const MIN_OVERLAP: usize = 10;
+
 /// `first` followed by `next`, without the text they share: chunks overlap
 /// (the splitter repeats the end of one at the start of the next).
 pub fn join_overlapping(first: &str, next: &str) -> String {
     let first = first.trim_end();
     let next = next.trim_start();
-    // The longest suffix of `first` that starts `next`, at char boundaries.
+    // The longest suffix of `first` that starts `next`, at char
+    // boundaries; a few characters in common ("y" of "pay" and "yearly")
+    // are chance, not the splitter's overlap.
     let overlap = next
         .char_indices()
         .map(|(i, c)| i + c.len_utf8())
         .rfind(|&n| first.ends_with(&next[..n]))
+        .filter(|&n| n >= MIN_OVERLAP)
         .unwrap_or(0);
     let rest = &next[overlap..];
     if overlap > 0 {
@@ -186,6 +193,18 @@ mod tests {
             join_overlapping("ends here", "Next part."),
             "ends here Next part."
         );
-        assert_eq!(join_overlapping("café au", "au lait"), "café au lait");
+        assert_eq!(
+            join_overlapping("le café au lait chaud", "café au lait chaud est servi."),
+            "le café au lait chaud est servi."
+        );
+        // A letter or two in common is chance; whole rows stay rows.
+        assert_eq!(
+            join_overlapping("Leave is accrued each pay", "yearly reviews follow."),
+            "Leave is accrued each pay yearly reviews follow."
+        );
+        assert_eq!(
+            join_overlapping("| GS-5 | $59 |", "| GS-7 | $68 |"),
+            "| GS-5 | $59 |\n\n| GS-7 | $68 |"
+        );
     }
 }
