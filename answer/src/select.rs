@@ -242,6 +242,14 @@ pub fn parts(question: &str) -> Vec<&str> {
 /// items and table rows on one line each, without headings, list marks or
 /// sentences of fewer than three words. A table row is read with its
 /// header: `Location: Denver; Rate: $69`.
+/// A sentence that announces a list: it ends in a colon, or points below.
+static LEAD_IN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i):$|\b(?:below|the following|these steps|as follows)\b").expect("valid regex")
+});
+
+/// The most list items a lead-in's candidate takes.
+const MAX_STEPS: usize = 6;
+
 fn units_of(text: &str) -> Vec<String> {
     static LIST_MARK: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"^(?:[-*+>]\s+|\d+[.)]\s+)+").expect("valid regex"));
@@ -258,8 +266,29 @@ fn units_of(text: &str) -> Vec<String> {
         .collect();
     let mut header: Option<Vec<String>> = None;
     let mut out = Vec::new();
+    // A lead-in ("Enroll using the process below:") and the list items
+    // after it: the steps are the answer the lead-in only announces, so
+    // they are also one candidate together.
+    let mut steps: Option<(String, Vec<String>)> = None;
+    let flush = |steps: &mut Option<(String, Vec<String>)>, out: &mut Vec<String>| {
+        if let Some((lead, items)) = steps.take()
+            && items.len() >= 2
+        {
+            let lead = lead.trim_end_matches([':', '.', ';', ',']);
+            let items: Vec<&str> = items
+                .iter()
+                .map(|i| i.trim_end_matches(['.', ';', ',']))
+                .take(MAX_STEPS)
+                .collect();
+            out.push(format!("{lead}: {}.", items.join("; ")));
+        }
+    };
     for sentence in passage_sentences(text) {
         let sentence = sentence.trim();
+        let item = LIST_MARK.is_match(sentence);
+        if !item {
+            flush(&mut steps, &mut out);
+        }
         if sentence.starts_with('#') {
             header = None;
             continue;
@@ -301,7 +330,13 @@ fn units_of(text: &str) -> Vec<String> {
         if line.split_whitespace().count() >= 3 {
             out.push(line.to_string());
         }
+        match &mut steps {
+            Some((_, items)) if item && !line.is_empty() => items.push(line.to_string()),
+            _ if !item && LEAD_IN.is_match(line) => steps = Some((line.to_string(), Vec::new())),
+            _ => {}
+        }
     }
+    flush(&mut steps, &mut out);
     out
 }
 
@@ -414,8 +449,17 @@ pub fn parse_picks(reply: &str, count: usize, max: usize) -> Vec<usize> {
 /// The answer of `picked` sentences: each verbatim, ending in a stop and
 /// citing its passage, in the order given.
 pub fn compose(picked: &[&Candidate]) -> String {
+    // A lead-in picked beside its steps is said once, with them.
+    let stem = |c: &Candidate| c.text.trim_end_matches([':', ';', ',', '.']).to_string();
     picked
         .iter()
+        .filter(|c| {
+            !picked.iter().any(|other| {
+                other.passage == c.passage
+                    && other.text.len() > c.text.len()
+                    && other.text.starts_with(&stem(c))
+            })
+        })
         .map(|c| {
             let text = c.text.trim_end_matches([':', ';', ',']);
             let stop = if text.ends_with(['.', '!', '?']) {
@@ -481,6 +525,40 @@ mod tests {
         assert_eq!(found[0].text, "An original medical certification");
         // Nothing shares a word with the question: no candidate.
         assert!(candidates("Who won the chess tournament?", &given, 3).is_empty());
+    }
+
+    /// A lead-in that announces a list is also a candidate with the list:
+    /// the steps are what a "how do I" question wants.
+    #[test]
+    fn a_lead_in_takes_its_steps() {
+        let units = units_of(
+            "To receive a transit subsidy, enroll using the process below.\n\n\
+             1. Go to transitapp.ost.dot.gov\n2. Log in to your account\n\
+             3. Click Transit Benefit Application\n\nQuestions go to HR.",
+        );
+        let steps = "To receive a transit subsidy, enroll using the process below: Go to \
+                     transitapp.ost.dot.gov; Log in to your account; Click Transit Benefit \
+                     Application.";
+        assert!(units.contains(&steps.to_string()), "{units:?}");
+        // Each step is still a candidate of its own; a sentence that
+        // announces nothing takes nothing.
+        assert!(units.contains(&"Log in to your account".to_string()));
+        assert_eq!(
+            units_of("Book trains early.\n\n- Use the portal\n- Keep all receipts").len(),
+            3
+        );
+        // Picked with its steps, the lead-in is said once.
+        let lead = Candidate {
+            passage: 1,
+            text: "To receive a transit subsidy, enroll using the process below.".into(),
+            score: 1.0,
+        };
+        let whole = Candidate {
+            passage: 1,
+            text: steps.into(),
+            score: 0.9,
+        };
+        assert_eq!(compose(&[&lead, &whole]), format!("{steps} [1]"));
     }
 
     /// A table row is read with its header; headings and rules are not
