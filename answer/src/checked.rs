@@ -238,15 +238,17 @@ impl<'a> Checker<'a> {
                 .copied()
                 .filter(|&n| supports(n))
                 .collect();
-            let joined = given
-                .cited
-                .iter()
-                .map(|&n| hits[n - 1].text.as_str())
-                .collect::<Vec<_>>()
-                .join("\n");
+            let joined = || {
+                given
+                    .cited
+                    .iter()
+                    .map(|&n| hits[n - 1].text.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
             if kept.is_empty()
                 && given.cited.len() > 1
-                && citations::support(&bare, &joined) >= thresholds.verify_min_support
+                && citations::support(&bare, &joined()) >= thresholds.verify_min_support
             {
                 // A sentence may join what two of its passages say ("due
                 // October 17, and the award choice by November 15"): it

@@ -470,37 +470,33 @@ pub(crate) fn passage_sentences(passage: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     for (i, c) in passage.char_indices() {
+        let next = i + c.len_utf8();
+        // Where the sentence ends, if it ends here.
         let end = match c {
-            ';' => true,
+            ';' => Some(next),
             // After a heading or table row (one line each), or before a
             // new block.
             '\n' => {
                 let line = passage[..i].rsplit('\n').next().unwrap_or("").trim_start();
-                line.starts_with(['#', '|'])
-                    || BLOCK_START.is_match(passage[i + 1..].split('\n').next().unwrap_or(""))
+                (line.starts_with(['#', '|'])
+                    || BLOCK_START.is_match(passage[i + 1..].split('\n').next().unwrap_or("")))
+                .then_some(next)
             }
             // Closing marks after the stop stay with the sentence:
             // "**Begin two weeks before.** Your last day ...".
             '.' | '!' | '?' => {
-                let after = &passage[i + 1..];
+                let after = &passage[next..];
                 let close = after.len() - after.trim_start_matches(CLOSING_MARKS).len();
-                bytes.get(i + 1 + close).is_none_or(u8::is_ascii_whitespace)
+                (bytes.get(next + close).is_none_or(u8::is_ascii_whitespace)
                     && !(c == '.'
-                        && crate::checked::abbreviation(&passage[start..i], &after[close..]))
+                        && crate::checked::abbreviation(&passage[start..i], &after[close..])))
+                .then_some(next + close)
             }
-            _ => false,
+            _ => None,
         };
-        if end {
-            let after = &passage[i + c.len_utf8()..];
-            let stop =
-                i + c.len_utf8() + after.len() - after.trim_start_matches(CLOSING_MARKS).len();
-            let stop = if matches!(c, '.' | '!' | '?') {
-                stop
-            } else {
-                i + c.len_utf8()
-            };
-            out.push(&passage[start..stop]);
-            start = stop;
+        if let Some(end) = end {
+            out.push(&passage[start..end]);
+            start = end;
         }
     }
     out.push(&passage[start..]);
@@ -572,7 +568,8 @@ pub fn check_claim(
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let source = flat(&format!("{passage}\n{context}"));
+    let labelled = format!("{passage}\n{context}");
+    let source = flat(&labelled);
     for quoted in QUOTED
         .captures_iter(sentence)
         .filter_map(|c| c.get(1).or_else(|| c.get(2)))
@@ -582,7 +579,7 @@ pub fn check_claim(
             return Err(Mismatch::Quote(quoted.as_str().to_string()));
         }
     }
-    let known = words_lower(&format!("{passage}\n{context}"));
+    let known = words_lower(&labelled);
     for name in names(sentence) {
         let lower = name.to_lowercase().replace('’', "'");
         let bare = lower.trim_end_matches("'s");
@@ -590,7 +587,7 @@ pub fn check_claim(
         if ![bare, singular]
             .iter()
             .any(|w| known.contains(*w) || known.contains(&format!("{w}s")))
-            && !spelled_out(&name, &format!("{passage}\n{context}"))
+            && !spelled_out(&name, &labelled)
         {
             return Err(Mismatch::Name(name));
         }
@@ -610,8 +607,8 @@ pub fn check_claim(
     // the two a clause speaks to decides). Where no passage clause shares
     // a third of a clause's words, and two of them, the whole claim is read
     // against its closest sentence. Of equally close clauses, those of the
-    // claim's closest sentence; any of them may agree. ("not" is a stop word, so it does not move
-    // the choice.)
+    // claim's closest sentence; any of them may agree. ("not" is a stop
+    // word, so it does not move the choice.)
     let passage_clauses: Vec<&str> = sentences
         .iter()
         .flat_map(|s| clauses(s).into_iter().map(|(_, c)| c))

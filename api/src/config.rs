@@ -453,15 +453,8 @@ impl Settings {
         }
         settings.vector_store.server()?;
         settings.vector_store.check_hnsw()?;
-        if settings.retrieval.continue_best > MAX_CONTINUE_BEST {
-            anyhow::bail!(
-                "retrieval.continue_best is {}: at most {MAX_CONTINUE_BEST} chunks may follow the \
-                 best hit (one is what the handbook measure gains from; 0 turns it off)",
-                settings.retrieval.continue_best
-            );
-        }
+        settings.retrieval.check()?;
         let fusion = settings.retrieval.fusion;
-        fusion.check()?;
         if fusion.method == rag_core::FusionMethod::Convex && fusion.rrf_tuned() {
             tracing::warn!(
                 "retrieval.fusion sets rrf_k, dense_weight or sparse_weight, which only RRF uses: \
@@ -483,10 +476,6 @@ impl Settings {
         }
     }
 }
-
-/// Chunks the best hit may take in after it (`retrieval.continue_best`):
-/// each costs a query and prompt room.
-const MAX_CONTINUE_BEST: usize = 8;
 
 #[cfg(test)]
 mod tests {

@@ -159,7 +159,7 @@ impl Retriever {
         candidates.truncate(options.k);
         if options.expand_neighbours {
             for c in &mut candidates {
-                self.expand(c).await?;
+                self.expand(c, &options.filter).await?;
             }
         }
         if options.continue_best > 0 {
@@ -275,11 +275,11 @@ impl Retriever {
     }
 
     /// Appends the document's next chunk when the hit ends mid-sentence.
-    async fn expand(&self, c: &mut Candidate) -> Result<()> {
+    async fn expand(&self, c: &mut Candidate, filter: &SearchFilter) -> Result<()> {
         if !cut_mid_sentence(&c.hit.text) {
             return Ok(());
         }
-        if let Some(next) = self.docs.chunk_at(&c.hit.doc_id, c.last + 1).await?
+        if let Some(next) = self.next_chunk(c, filter).await?
             && next.heading == c.hit.heading
         {
             c.hit.text = join_overlapping(&c.hit.text, &next.text);
@@ -291,10 +291,6 @@ impl Retriever {
     /// Appends to the best hit up to `options.continue_best` chunks that
     /// follow it in its document, stopping before one that is itself a hit
     /// (it is shown already), one on another page, or the document's end.
-    /// Each chunk is read first and its document after: it is taken only
-    /// while the document is still the version the hit was admitted at and
-    /// still passes the caller's filter (an ingest may replace it, or
-    /// narrow its groups, between the search and this).
     async fn continue_best(
         &self,
         candidates: &mut [Candidate],
@@ -305,21 +301,34 @@ impl Retriever {
             return Ok(());
         };
         for _ in 0..options.continue_best {
-            let Some(next) = self.docs.chunk_at(&best.hit.doc_id, best.last + 1).await? else {
+            let Some(next) = self.next_chunk(best, &options.filter).await? else {
                 break;
             };
             if shown.contains(&next.id) || next.page != best.hit.page {
-                break;
-            }
-            let current = self.docs.document(&best.hit.doc_id).await?;
-            if !current.is_some_and(|doc| {
-                doc.content_hash == best.content_hash && admits(&options.filter, &doc)
-            }) {
                 break;
             }
             best.hit.text = join_overlapping(&best.hit.text, &next.text);
             best.last = next.ordinal;
         }
         Ok(())
+    }
+
+    /// The chunk after the last one `c` takes in, while its document is
+    /// still the version `c` was admitted at and still passes `filter`:
+    /// the chunk is read first and the document after, so an ingest that
+    /// replaces the document, or narrows its groups, between the search
+    /// and this shows nothing of the new version.
+    async fn next_chunk(
+        &self,
+        c: &Candidate,
+        filter: &SearchFilter,
+    ) -> Result<Option<ChunkRecord>> {
+        let Some(next) = self.docs.chunk_at(&c.hit.doc_id, c.last + 1).await? else {
+            return Ok(None);
+        };
+        let current = self.docs.document(&c.hit.doc_id).await?;
+        Ok(current
+            .is_some_and(|doc| doc.content_hash == c.content_hash && admits(filter, &doc))
+            .then_some(next))
     }
 }

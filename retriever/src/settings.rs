@@ -57,7 +57,24 @@ impl Default for RetrievalSettings {
     }
 }
 
+/// Chunks the best hit may take in after it (`continue_best`): each costs
+/// a query and prompt room.
+const MAX_CONTINUE_BEST: usize = 8;
+
 impl RetrievalSettings {
+    /// Checks the settings (`[retrieval]`), with a message that says what
+    /// to fix.
+    pub fn check(&self) -> rag_core::Result<()> {
+        if self.continue_best > MAX_CONTINUE_BEST {
+            return Err(rag_core::Error::invalid(format!(
+                "retrieval.continue_best is {}: at most {MAX_CONTINUE_BEST} chunks may follow \
+                 the best hit (one is what the handbook measure gains from; 0 turns it off)",
+                self.continue_best
+            )));
+        }
+        self.fusion.check()
+    }
+
     /// The options of one retrieval: these settings, with a request's `k`,
     /// mode and filter.
     pub fn options(

@@ -403,7 +403,8 @@ fn score(
     let gold_in_prompt = q
         .answerable
         .then(|| prompt.iter().any(|h| gold.contains(h.source.as_str())));
-    let (reference_verified, alterations) = verify_reference(policy, q, asked, &prompt);
+    let (reference_verified, alterations) =
+        verify_reference(policy, q, asked, &prompt, evidence_ok);
     // A citation names a passage given to the model, so one of these.
     let texts: BTreeMap<&str, String> = answer_hits
         .iter()
@@ -500,23 +501,17 @@ fn verify_reference(
     q: &Question,
     asked: &str,
     prompt: &[&Hit],
+    evidence_ok: Option<bool>,
 ) -> (Option<bool>, Vec<AlterationResult>) {
     let Some(reference) = q.answer.as_deref().map(str::trim).filter(|r| !r.is_empty()) else {
         return (None, vec![]);
     };
-    if !q.answerable || q.must_include.is_empty() {
-        return (None, vec![]);
-    }
     // The reference cites every prompt passage that holds one of its
     // facts (a question may need two pages); it is verified when the
     // checker keeps each of its sentences, on whichever of those supports
-    // it. Not scored when the prompt lacks a fact.
-    let all = prompt
-        .iter()
-        .map(|h| h.text.as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
-    if !includes_all(&all, &q.must_include) {
+    // it. Not scored when the question has no facts to check or the
+    // prompt lacks one (`evidence_ok`).
+    if evidence_ok != Some(true) {
         return (None, vec![]);
     }
     let evidence: Vec<usize> = prompt
