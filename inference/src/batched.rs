@@ -297,19 +297,22 @@ impl Embedding {
 /// step in a profile: its Q4_K_M file stores most matrices as Q5_0, since
 /// 896 columns do not divide into 256-wide K-quant blocks).
 ///
-/// With AVX-512 VNNI, Q4_1, Q5_0 and Q8_0 run on our kernels (`qgemv.rs`),
-/// on the file's bytes. Otherwise Q5_0 becomes Q8_0 exactly (the same
-/// scale and integers), Q4_1 is requantized to Q8_0, and both run on
-/// candle's AVX2 Q8_0 kernel. Q5_1 is requantized to Q8_0 either way (an
-/// error below half of Q8_0's step, 1/254 of a block's largest weight,
-/// much finer than its own). The K-quants and Q4_0 stay on candle's
-/// kernels (AVX2, and AVX-512 VNNI for Q4_K).
+/// With AVX-512 VNNI, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K run on our kernels
+/// (`qgemv.rs`), on the file's bytes repacked. Otherwise Q5_0 becomes Q8_0
+/// exactly (the same scale and integers), Q4_1 is requantized to Q8_0, and
+/// both run on candle's AVX2 Q8_0 kernel, and the K-quants stay on
+/// candle's (prompts on `qgemm.rs`'s AVX2 kernels). Q5_1 is requantized to
+/// Q8_0 either way (an error below half of Q8_0's step, 1/254 of a
+/// block's largest weight, much finer than its own). Q4_0 and the other
+/// K-quants stay on candle's kernels.
 fn for_decoding(t: QTensor, own: bool) -> candle_core::Result<Quantized> {
     let (rows, cols) = t.shape().dims2()?;
     let blocks = match t.dtype() {
         GgmlDType::Q4_1 if own => Some((Format::Q4_1, t.data()?.into_owned())),
         GgmlDType::Q5_0 if own => Some((Format::Q5_0, t.data()?.into_owned())),
         GgmlDType::Q8_0 => Some((Format::Q8_0, t.data()?.into_owned())),
+        GgmlDType::Q4K if own => Some((Format::Q4K, t.data()?.into_owned())),
+        GgmlDType::Q6K if own => Some((Format::Q6K, t.data()?.into_owned())),
         GgmlDType::Q5_0 => Some((Format::Q8_0, q5_0_to_q8_0(&t.data()?))),
         GgmlDType::Q4_1 | GgmlDType::Q5_1 => Some((
             Format::Q8_0,

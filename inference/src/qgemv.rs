@@ -1,6 +1,7 @@
-//! Matrix-vector products on GGML's Q4_1, Q5_0 and Q8_0 weights, for decoding
-//! steps (one token: every weight is read once per token, so the bytes
-//! read and the instructions per weight set the speed).
+//! Matrix-vector products on GGML's Q4_1, Q5_0, Q8_0, Q4_K and Q6_K
+//! weights, for decoding steps (one token: every weight is read once per
+//! token, so the bytes read and the instructions per weight set the speed)
+//! and, eight tokens at a time, for prompts on the one quantized copy.
 //!
 //! Written here because candle 0.11's Q4_1 and Q5_0 dot products are scalar
 //! (two thirds of a decoding step in a profile), and converting to its fast
@@ -16,6 +17,14 @@
 //! does, and each block's integer sums are scaled once. A portable version
 //! computes the same sums where AVX-512 VNNI is missing (tests; the
 //! decoder uses candle's Q8_0 kernels there instead).
+//!
+//! The K-quants' blocks of 256 are repacked the same way, block of 32 by
+//! block of 32 (Q4_K's nibbles as Q4_1's, Q6_K's low nibbles too, with
+//! their 2 high bits beside them), their per-32 (Q4_K) or per-16 (Q6_K)
+//! integer scales unpacked to a byte per row in front of each unit of 256;
+//! a tile of Q4_K takes 148 bytes per row and 256 weights, the file 144.
+//! candle 0.11 has AVX-512 VNNI kernels for Q4_K decoding steps only, and
+//! multiplies a prompt on Q4_K and Q6_K one token and row at a time.
 
 use half::f16;
 
@@ -33,6 +42,12 @@ pub(crate) enum Format {
     Q5_0,
     /// f16 scale `d`, 32 signed bytes: `d * q` (repacked as `q + 128`).
     Q8_0,
+    /// Blocks of 256: f16 `d` and `dmin`, 6-bit scales `sc` and minimums
+    /// `m` per 32, 4-bit codes: `d * sc * q - dmin * m`.
+    Q4K,
+    /// Blocks of 256: 4 + 2-bit codes, 8-bit signed scales `sc` per 16, f16
+    /// `d`: `d * sc * (q - 32)`.
+    Q6K,
 }
 
 impl Format {
@@ -42,6 +57,16 @@ impl Format {
             Self::Q4_1 => 20,
             Self::Q5_0 => 22,
             Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q6K => 210,
+        }
+    }
+
+    /// Columns of one GGML block (a unit of a tile).
+    fn columns(self) -> usize {
+        match self {
+            Self::Q4_1 | Self::Q5_0 | Self::Q8_0 => BLOCK,
+            Self::Q4K | Self::Q6K => K_BLOCK,
         }
     }
 
@@ -51,20 +76,131 @@ impl Format {
         match self {
             Self::Q4_1 => 2,
             Self::Q5_0 => 4,
-            Self::Q8_0 => 0,
+            Self::Q8_0 | Self::Q4K | Self::Q6K => 0,
         }
     }
 
     /// Where the quants of a tile block start: after the 16 rows' scales
-    /// (at 0) and extras (at `2 * ROWS`).
+    /// (at 0) and extras (at `2 * ROWS`). The K-quants: where the first
+    /// block of 32 starts, after the header of their unit.
     fn quants_at(self) -> usize {
-        ROWS * (2 + self.extra_bytes())
+        match self {
+            Self::Q4K => Q4K_HEADER,
+            Self::Q6K => Q6K_HEADER,
+            _ => ROWS * (2 + self.extra_bytes()),
+        }
     }
 
-    /// Bytes of one block of a tile: scales, extras, quants of 16 rows.
+    /// Bytes of one unit of a tile (a GGML block of 16 rows): scales,
+    /// extras, quants. The same bytes as the file's blocks, but for Q4_K,
+    /// whose 12 bytes of packed 6-bit scales take 16 here.
     fn tile_bytes(self) -> usize {
-        ROWS * self.block_bytes()
+        match self {
+            Self::Q4K => Q4K_HEADER + 8 * ROWS * BLOCK / 2,
+            Self::Q6K => Q6K_HEADER + 8 * ROWS * (BLOCK / 2 + BLOCK / 4),
+            _ => ROWS * self.block_bytes(),
+        }
     }
+}
+
+/// Columns of a K-quant block.
+const K_BLOCK: usize = 256;
+/// A Q4_K unit of a tile starts with the 16 rows' `d` and `dmin` (f16),
+/// then per block of 32 the 16 rows' scales, then their minimums (bytes);
+/// 8 blocks of 32 follow, each 16 rows' nibbles as Q4_1's.
+const Q4K_HEADER: usize = 4 * ROWS + 16 * ROWS;
+/// A Q6_K unit starts with the 16 rows' `d` (f16), then per 16 columns the
+/// 16 rows' scales (signed bytes); 8 blocks of 32 follow, each 16 rows'
+/// low nibbles as Q4_1's, then their 2 high bits (see `high_bits`).
+const Q6K_HEADER: usize = 2 * ROWS + 16 * ROWS;
+
+/// Q4_K's 6-bit scale and minimum of block `j` of 32 (GGML's
+/// `get_scale_min_k4`; `q`: the 12 bytes of packed scales).
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// One row's K-quant block: its 256 codes (Q4_K: 0..16, Q6_K: 0..64),
+/// and per block of 32 its scale and minimum (Q4_K) or per 16 its scale
+/// (Q6_K, in `scales`; `mins` unused), and `d` and `dmin`.
+struct KBlock {
+    codes: [u8; K_BLOCK],
+    scales: [u8; 16],
+    mins: [u8; 8],
+    d: [u8; 2],
+    dmin: [u8; 2],
+}
+
+impl KBlock {
+    fn parse(format: Format, block: &[u8]) -> Self {
+        let mut k = Self {
+            codes: [0; K_BLOCK],
+            scales: [0; 16],
+            mins: [0; 8],
+            d: [0; 2],
+            dmin: [0; 2],
+        };
+        match format {
+            Format::Q4K => {
+                k.d.copy_from_slice(&block[..2]);
+                k.dmin.copy_from_slice(&block[2..4]);
+                for j in 0..8 {
+                    (k.scales[j], k.mins[j]) = scale_min_k4(j, &block[4..16]);
+                }
+                // Per 64 columns, 32 bytes: low nibbles first, then high.
+                for (p, qs) in block[16..].chunks_exact(32).enumerate() {
+                    for (i, q) in qs.iter().enumerate() {
+                        k.codes[64 * p + i] = q & 0x0f;
+                        k.codes[64 * p + 32 + i] = q >> 4;
+                    }
+                }
+            }
+            Format::Q6K => {
+                let (ql, qh) = (&block[..128], &block[128..192]);
+                k.scales.copy_from_slice(&block[192..208]);
+                k.d.copy_from_slice(&block[208..210]);
+                // Per 128 columns: quarter q's 32 columns take the low
+                // (q < 2) or high nibbles of 32 bytes of `ql`, and 2 bits
+                // at 2q of 32 bytes of `qh`.
+                for h in 0..2 {
+                    for q in 0..4 {
+                        for l in 0..32 {
+                            let low = ql[64 * h + 32 * (q % 2) + l];
+                            let low = if q < 2 { low & 0x0f } else { low >> 4 };
+                            let high = (qh[32 * h + l] >> (2 * q)) & 3;
+                            k.codes[128 * h + 32 * q + l] = low | high << 4;
+                        }
+                    }
+                }
+            }
+            _ => unreachable!("{format:?} is not a K-quant"),
+        }
+        k
+    }
+}
+
+/// Where row `r`'s byte of group `g` (4 columns) and column `c % 4` lies
+/// among the 256 bytes of a block's nibbles: the low nibble holds column
+/// `4g + k`, the high nibble column `16 + 4g + k`.
+fn nibble_at(c: usize, r: usize) -> (usize, u32) {
+    let (g, k) = (c % 16 / 4, c % 4);
+    (64 * g + 4 * r + k, if c < 16 { 0 } else { 4 })
+}
+
+/// Q6_K's 2 high bits of column `c` of a block, row `r`, among its 128
+/// bytes: in the order the kernels read the nibbles (see `avx512::dots`),
+/// register `i` (columns `4(i/2)..` for even `i`, `16 + 4(i/2)..` for odd)
+/// takes bits `2(i % 4)` of the 64 bytes at `64 (i / 4)`.
+fn high_bits_at(c: usize, r: usize) -> (usize, u32) {
+    let i = 2 * (c % 16 / 4) + c / 16;
+    (64 * (i / 4) + 4 * r + c % 4, 2 * (i % 4) as u32)
 }
 
 /// A `(rows, cols)` weight matrix, repacked in tiles of 16 rows (rows
@@ -81,6 +217,9 @@ pub(crate) struct QMatrix {
 pub(crate) struct Q8Input {
     scales: Vec<f32>,
     sums: Vec<f32>,
+    /// The sums of each half block (for Q6_K's -32, whose scales change
+    /// every 16 columns).
+    halves: Vec<f32>,
     qs: Vec<i8>,
 }
 
@@ -92,14 +231,20 @@ impl Q8Input {
         let mut input = Self {
             scales: Vec::with_capacity(blocks),
             sums: Vec::with_capacity(blocks),
+            halves: Vec::with_capacity(2 * blocks),
             qs: Vec::with_capacity(x.len()),
         };
         for block in x.chunks_exact(BLOCK) {
             let start = input.qs.len();
             let d = quantize_block(block, &mut input.qs);
-            let sum: i32 = input.qs[start..].iter().map(|&q| i32::from(q)).sum();
+            let half = |h: usize| -> i32 {
+                let qs = &input.qs[start + h * BLOCK / 2..start + (h + 1) * BLOCK / 2];
+                qs.iter().map(|&q| i32::from(q)).sum()
+            };
+            let (low, high) = (half(0), half(1));
             input.scales.push(d);
-            input.sums.push(sum as f32);
+            input.sums.push((low + high) as f32);
+            input.halves.extend([low as f32, high as f32]);
         }
         input
     }
@@ -115,16 +260,32 @@ impl Q8Input {
 impl QMatrix {
     /// Repacks `data`, GGML's `rows * cols / 32` blocks of `format`.
     pub fn new(format: Format, data: &[u8], rows: usize, cols: usize) -> anyhow::Result<Self> {
-        let size = format.block_bytes();
+        let (size, per) = (format.block_bytes(), format.columns());
         anyhow::ensure!(
-            cols.is_multiple_of(BLOCK) && data.len() == rows * cols / BLOCK * size,
+            cols.is_multiple_of(per) && data.len() == rows * cols / per * size,
             "{rows}x{cols} {format:?} weights need {} bytes, not {}",
-            rows * cols / BLOCK * size,
+            rows * cols / per * size,
             data.len()
         );
-        let blocks = cols / BLOCK;
+        let blocks = cols / per;
         let tiles = rows.div_ceil(ROWS);
         let mut out = vec![0u8; tiles * blocks * format.tile_bytes()];
+        if matches!(format, Format::Q4K | Format::Q6K) {
+            for (i, unit) in out.chunks_exact_mut(format.tile_bytes()).enumerate() {
+                let (t, b) = (i / blocks, i % blocks);
+                for r in 0..ROWS.min(rows.saturating_sub(t * ROWS)) {
+                    let row = t * ROWS + r;
+                    let block = KBlock::parse(format, &data[(row * blocks + b) * size..][..size]);
+                    pack_k(format, &block, r, unit);
+                }
+            }
+            return Ok(Self {
+                format,
+                tiles: out,
+                rows,
+                cols,
+            });
+        }
         for (i, tile) in out.chunks_exact_mut(format.tile_bytes()).enumerate() {
             let (t, b) = (i / blocks, i % blocks);
             // Scales, then offsets or high bits, then the 16 rows' bytes
@@ -160,7 +321,37 @@ impl QMatrix {
             cols,
         })
     }
+}
 
+/// Row `r`'s values in one unit of a K-quant tile, as candle dequantizes
+/// them (the same operations in the same order).
+fn k_row(format: Format, unit: &[u8], r: usize) -> [f32; K_BLOCK] {
+    let mut out = [0f32; K_BLOCK];
+    let d = f16_at(unit, 2 * r);
+    for (c, o) in out.iter_mut().enumerate() {
+        let (b, within) = (c / BLOCK, c % BLOCK);
+        let block = &unit[format.quants_at() + b * k_block_bytes(format)..];
+        let (at, shift) = nibble_at(within, r);
+        let mut q = (block[at] >> shift) & 0x0f;
+        match format {
+            Format::Q4K => {
+                let dmin = f16_at(unit, 2 * ROWS + 2 * r);
+                let sc = unit[4 * ROWS + ROWS * b + r];
+                let m = unit[4 * ROWS + 8 * ROWS + ROWS * b + r];
+                *o = d * f32::from(sc) * f32::from(q) - dmin * f32::from(m);
+            }
+            _ => {
+                let (at, shift) = high_bits_at(within, r);
+                q |= ((block[ROWS * BLOCK / 2 + at] >> shift) & 3) << 4;
+                let sc = unit[2 * ROWS + ROWS * (c / 16) + r] as i8;
+                *o = d * f32::from(sc) * f32::from(q as i8 - 32);
+            }
+        }
+    }
+    out
+}
+
+impl QMatrix {
     /// `(rows, cols)`.
     pub fn shape(&self) -> (usize, usize) {
         (self.rows, self.cols)
@@ -169,13 +360,17 @@ impl QMatrix {
     /// Rows `ids`, dequantized (the values candle's dequantization of the
     /// file's blocks gives), one after the other.
     pub fn rows(&self, ids: &[u32]) -> Vec<f32> {
-        let blocks = self.cols / BLOCK;
+        let blocks = self.cols / self.format.columns();
         let bytes = self.format.tile_bytes();
         let mut out = Vec::with_capacity(ids.len() * self.cols);
         for &id in ids {
             let (t, r) = (id as usize / ROWS, id as usize % ROWS);
             for b in 0..blocks {
                 let block = &self.tiles[(t * blocks + b) * bytes..][..bytes];
+                if matches!(self.format, Format::Q4K | Format::Q6K) {
+                    out.extend(k_row(self.format, block, r));
+                    continue;
+                }
                 let d = f16_at(block, 2 * r);
                 let quants = &block[self.format.quants_at()..];
                 match self.format {
@@ -194,6 +389,7 @@ impl QMatrix {
                         let q = portable::weights(quants, r, high);
                         out.extend(q.iter().map(|&q| d * (q - 16) as f32));
                     }
+                    Format::Q4K | Format::Q6K => unreachable!("above"),
                 }
             }
         }
@@ -233,7 +429,7 @@ impl QMatrix {
                 let at = parts.partition_point(|p| p.0 <= i) - 1;
                 let (first, m, dst, kernel) = &parts[at];
                 let t = i - first;
-                let bytes = m.cols / BLOCK * m.format.tile_bytes();
+                let bytes = m.cols / m.format.columns() * m.format.tile_bytes();
                 let tile = &m.tiles[t * bytes..(t + 1) * bytes];
                 for (c, chunk) in inputs.chunks(MAX_INPUTS).enumerate() {
                     let products = &mut products[..chunk.len()];
@@ -261,6 +457,43 @@ impl QMatrix {
             }
         }
         outs
+    }
+}
+
+/// Bytes of one block of 32 in a K-quant unit: 16 rows' nibbles, and
+/// Q6_K's high bits.
+fn k_block_bytes(format: Format) -> usize {
+    match format {
+        Format::Q4K => ROWS * BLOCK / 2,
+        _ => ROWS * (BLOCK / 2 + BLOCK / 4),
+    }
+}
+
+/// Writes row `r` of a K-quant block into its tile's unit.
+fn pack_k(format: Format, k: &KBlock, r: usize, unit: &mut [u8]) {
+    unit[2 * r..2 * r + 2].copy_from_slice(&k.d);
+    if format == Format::Q4K {
+        unit[2 * ROWS + 2 * r..2 * ROWS + 2 * r + 2].copy_from_slice(&k.dmin);
+        for j in 0..8 {
+            unit[4 * ROWS + ROWS * j + r] = k.scales[j];
+            unit[4 * ROWS + 8 * ROWS + ROWS * j + r] = k.mins[j];
+        }
+    } else {
+        for j in 0..16 {
+            unit[2 * ROWS + ROWS * j + r] = k.scales[j];
+        }
+    }
+    let bytes = k_block_bytes(format);
+    for (b, codes) in k.codes.chunks_exact(BLOCK).enumerate() {
+        let block = &mut unit[format.quants_at() + b * bytes..][..bytes];
+        for (c, &q) in codes.iter().enumerate() {
+            let (at, shift) = nibble_at(c, r);
+            block[at] |= (q & 0x0f) << shift;
+            if format == Format::Q6K {
+                let (at, shift) = high_bits_at(c, r);
+                block[ROWS * BLOCK / 2 + at] |= (q >> 4) << shift;
+            }
+        }
     }
 }
 
@@ -297,6 +530,8 @@ fn kernel(format: Format) -> Kernel {
             Format::Q4_1 => |t, x, out| unsafe { avx512::tile_q4_1(t, x, out) },
             Format::Q5_0 => |t, x, out| unsafe { avx512::tile_q5_0(t, x, out) },
             Format::Q8_0 => |t, x, out| unsafe { avx512::tile_q8_0(t, x, out) },
+            Format::Q4K => |t, x, out| unsafe { avx512::tile_q4k(t, x, out) },
+            Format::Q6K => |t, x, out| unsafe { avx512::tile_q6k(t, x, out) },
         };
     }
     portable(format)
@@ -307,6 +542,8 @@ fn portable(format: Format) -> Kernel {
         Format::Q4_1 => |t, xs, out| each(t, xs, out, portable::tile_q4_1),
         Format::Q5_0 => |t, xs, out| each(t, xs, out, portable::tile_q5_0),
         Format::Q8_0 => |t, xs, out| each(t, xs, out, portable::tile_q8_0),
+        Format::Q4K => |t, xs, out| each(t, xs, out, portable::tile_q4k),
+        Format::Q6K => |t, xs, out| each(t, xs, out, portable::tile_q6k),
     }
 }
 
@@ -337,7 +574,30 @@ pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
 }
 
 mod portable {
-    use super::{BLOCK, Format, Q8Input, ROWS, f16_at};
+    use super::{BLOCK, Format, K_BLOCK, Q8Input, ROWS, f16_at, k_row};
+
+    /// Each row's dequantized values times the rounded input (the SIMD
+    /// kernels' sums, in another order).
+    fn tile_k(format: Format, tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
+        *out = [0.0; ROWS];
+        for (u, unit) in tile.chunks_exact(format.tile_bytes()).enumerate() {
+            for (r, o) in out.iter_mut().enumerate() {
+                let w = k_row(format, unit, r);
+                for (c, w) in w.iter().enumerate() {
+                    let at = u * K_BLOCK + c;
+                    *o += w * x.scales[at / BLOCK] * f32::from(x.qs[at]);
+                }
+            }
+        }
+    }
+
+    pub fn tile_q4k(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
+        tile_k(Format::Q4K, tile, x, out);
+    }
+
+    pub fn tile_q6k(tile: &[u8], x: &Q8Input, out: &mut [f32; ROWS]) {
+        tile_k(Format::Q6K, tile, x, out);
+    }
 
     /// Row `r`'s 32 unsigned weights of one tile block (`nibbles`: 256
     /// bytes, `high`: its Q5_0 bits).
@@ -405,7 +665,7 @@ mod portable {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Format, MAX_INPUTS, Q8Input, ROWS};
+    use super::{BLOCK, Format, MAX_INPUTS, Q8Input, ROWS, k_block_bytes};
 
     /// 16 f16 at the start of `bytes`, as f32.
     #[inline]
@@ -457,6 +717,110 @@ mod avx512 {
             w[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
         }
         w
+    }
+
+    /// The integer dot products of block `b` of the input with the 16
+    /// columns of each half of a tile block: `w` in the order of [`dots`]
+    /// with `halves`, even registers for the first half.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn half_dots(x: &Q8Input, b: usize, w: &[__m512i; 8]) -> (__m512i, __m512i) {
+        let (mut low, mut high) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for g in 0..4 {
+            low = _mm512_dpbusd_epi32(low, w[2 * g], _mm512_set1_epi32(x.word(b, 4 * g)));
+            high =
+                _mm512_dpbusd_epi32(high, w[2 * g + 1], _mm512_set1_epi32(x.word(b, 16 + 4 * g)));
+        }
+        (low, high)
+    }
+
+    /// 16 bytes at the start of `bytes`, unsigned or signed, as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn bytes_f32(bytes: &[u8], signed: bool) -> __m512 {
+        assert!(bytes.len() >= 16);
+        // SAFETY: 16 bytes are there (asserted).
+        let v = unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) };
+        _mm512_cvtepi32_ps(if signed {
+            _mm512_cvtepi8_epi32(v)
+        } else {
+            _mm512_cvtepu8_epi32(v)
+        })
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub fn tile_q4k(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
+        assert!(xs.len() <= MAX_INPUTS);
+        let format = Format::Q4K;
+        let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
+        for (u, unit) in tile.chunks_exact(format.tile_bytes()).enumerate() {
+            let (d, dmin) = (scales(unit), scales(&unit[2 * ROWS..]));
+            for j in 0..8 {
+                let b = 8 * u + j;
+                let sc = _mm512_mul_ps(d, bytes_f32(&unit[4 * ROWS + ROWS * j..], false));
+                let m = _mm512_mul_ps(dmin, bytes_f32(&unit[12 * ROWS + ROWS * j..], false));
+                let w = nibbles(&unit[format.quants_at() + j * k_block_bytes(format)..]);
+                for (x, acc) in xs.iter().zip(&mut acc) {
+                    let (low, high) = half_dots(x, b, &w);
+                    let dots = _mm512_cvtepi32_ps(_mm512_add_epi32(low, high));
+                    let s = x.scales[b];
+                    *acc = _mm512_fmadd_ps(_mm512_mul_ps(sc, _mm512_set1_ps(s)), dots, *acc);
+                    *acc = _mm512_fnmadd_ps(m, _mm512_set1_ps(s * x.sums[b]), *acc);
+                }
+            }
+        }
+        store(out, &acc);
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub fn tile_q6k(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
+        assert!(xs.len() <= MAX_INPUTS);
+        let format = Format::Q6K;
+        let two_bits = _mm512_set1_epi8(0x30);
+        let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
+        for (u, unit) in tile.chunks_exact(format.tile_bytes()).enumerate() {
+            let d = scales(unit);
+            for j in 0..8 {
+                let b = 8 * u + j;
+                let low_scale = _mm512_mul_ps(d, bytes_f32(&unit[2 * ROWS + 2 * ROWS * j..], true));
+                let high_scale =
+                    _mm512_mul_ps(d, bytes_f32(&unit[3 * ROWS + 2 * ROWS * j..], true));
+                let block = &unit[format.quants_at() + j * k_block_bytes(format)..];
+                let mut w = nibbles(block);
+                // Register i's high bits: bits 2(i % 4) of the 64 bytes at
+                // 64 (i / 4), moved to bits 4 and 5.
+                let high = [
+                    load(&block[ROWS * BLOCK / 2..]),
+                    load(&block[ROWS * BLOCK / 2 + 64..]),
+                ];
+                for (i, w) in w.iter_mut().enumerate() {
+                    let h = high[i / 4];
+                    let bits = match i % 4 {
+                        0 => _mm512_slli_epi16::<4>(h),
+                        1 => _mm512_slli_epi16::<2>(h),
+                        2 => h,
+                        _ => _mm512_srli_epi16::<2>(h),
+                    };
+                    *w = _mm512_or_si512(*w, _mm512_and_si512(bits, two_bits));
+                }
+                for (x, acc) in xs.iter().zip(&mut acc) {
+                    let (low, high) = half_dots(x, b, &w);
+                    let s = _mm512_set1_ps(x.scales[b]);
+                    // The codes are stored as q + 32.
+                    let low = _mm512_sub_ps(
+                        _mm512_cvtepi32_ps(low),
+                        _mm512_set1_ps(32.0 * x.halves[2 * b]),
+                    );
+                    let high = _mm512_sub_ps(
+                        _mm512_cvtepi32_ps(high),
+                        _mm512_set1_ps(32.0 * x.halves[2 * b + 1]),
+                    );
+                    *acc = _mm512_fmadd_ps(_mm512_mul_ps(low_scale, s), low, *acc);
+                    *acc = _mm512_fmadd_ps(_mm512_mul_ps(high_scale, s), high, *acc);
+                }
+            }
+        }
+        store(out, &acc);
     }
 
     #[inline]
@@ -572,9 +936,29 @@ pub(crate) mod tests {
     }
 
     fn blocks(format: Format, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-        let count = rows * cols / BLOCK;
-        arbitrary_blocks(format.block_bytes(), count, format == Format::Q4_1, seed)
+        let count = rows * cols / format.columns();
+        let offset = matches!(format, Format::Q4_1 | Format::Q4K);
+        let mut data = arbitrary_blocks(format.block_bytes(), count, offset, seed);
+        if format == Format::Q6K {
+            // Its f16 scale is last.
+            for block in data.chunks_exact_mut(210) {
+                block[209] = 0x20 | (block[209] & 0x03);
+            }
+        }
+        data
     }
+
+    /// Every format, with candle's type and a width it takes.
+    const FORMATS: [(Format, candle_core::quantized::GgmlDType, usize); 5] = {
+        use candle_core::quantized::GgmlDType;
+        [
+            (Format::Q4_1, GgmlDType::Q4_1, 96),
+            (Format::Q5_0, GgmlDType::Q5_0, 96),
+            (Format::Q8_0, GgmlDType::Q8_0, 96),
+            (Format::Q4K, GgmlDType::Q4K, 512),
+            (Format::Q6K, GgmlDType::Q6K, 512),
+        ]
+    };
 
     /// `data`, GGML blocks of `dtype`, as candle dequantizes them.
     fn candle_dense(
@@ -596,13 +980,8 @@ pub(crate) mod tests {
     /// exactly, in whole and partial tiles.
     #[test]
     fn rows_are_the_dequantized_rows() {
-        use candle_core::quantized::GgmlDType;
-        for (format, dtype) in [
-            (Format::Q4_1, GgmlDType::Q4_1),
-            (Format::Q5_0, GgmlDType::Q5_0),
-            (Format::Q8_0, GgmlDType::Q8_0),
-        ] {
-            let (rows, cols) = (37, 96);
+        for (format, dtype, cols) in FORMATS {
+            let rows = 37;
             let data = blocks(format, rows, cols, 11);
             let m = QMatrix::new(format, &data, rows, cols).unwrap();
             let dense = candle_dense(dtype, data, rows, cols)
@@ -623,8 +1002,8 @@ pub(crate) mod tests {
     #[test]
     fn inputs_together_get_what_they_get_alone() {
         use candle_core::{Device, Tensor};
-        for format in [Format::Q4_1, Format::Q5_0, Format::Q8_0] {
-            let (rows, cols, inputs) = (40, 96, MAX_INPUTS + 3);
+        for (format, _, cols) in FORMATS {
+            let (rows, inputs) = (40, MAX_INPUTS + 3);
             let m = QMatrix::new(format, &blocks(format, rows, cols, 5), rows, cols).unwrap();
             let xs = Tensor::randn(0f32, 1.0, inputs * cols, &Device::Cpu)
                 .unwrap()
@@ -650,14 +1029,9 @@ pub(crate) mod tests {
     /// float rounding.
     #[test]
     fn products_match_the_dequantized_weights() {
-        use candle_core::quantized::GgmlDType;
         use candle_core::{Device, Tensor};
-        for (format, dtype) in [
-            (Format::Q4_1, GgmlDType::Q4_1),
-            (Format::Q5_0, GgmlDType::Q5_0),
-            (Format::Q8_0, GgmlDType::Q8_0),
-        ] {
-            for (rows, cols) in [(48, 576), (37, 96)] {
+        for (format, dtype, width) in FORMATS {
+            for (rows, cols) in [(48, 6 * width), (37, width)] {
                 let data = blocks(format, rows, cols, 3 + rows as u64);
                 let m = QMatrix::new(format, &data, rows, cols).unwrap();
                 let dense = candle_dense(dtype, data, rows, cols);
@@ -688,7 +1062,7 @@ pub(crate) mod tests {
                     );
                 }
                 let scale = expected.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let bytes = cols / BLOCK * format.tile_bytes();
+                let bytes = cols / format.columns() * format.tile_bytes();
                 for (t, tile) in m.tiles.chunks_exact(bytes).enumerate() {
                     let mut rows_out = [0f32; ROWS];
                     portable(format)(
