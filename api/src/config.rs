@@ -262,10 +262,11 @@ struct GeneratorSection {
     /// the memory; the arithmetic of candle's own models).
     quantized_decoding: bool,
     /// candle, as above: prompts on the quantized weights too (our int8
-    /// kernels), so only the quantized copy is held: about a third of the
-    /// memory, but prefill is slower than on the f32 copy on CPUs without
-    /// AVX-512 VNNI for now. Needs `quantized_decoding`.
-    quantized_prefill: bool,
+    /// kernels), so only the quantized copy is held: a third to a sixth of
+    /// the memory. Unset: on where the CPU has AVX-512 VNNI (prefill is
+    /// faster there than on an f32 copy), off elsewhere (slower there).
+    /// Needs `quantized_decoding`.
+    quantized_prefill: Option<bool>,
     /// candle (llama and qwen2): a prompt starts from the keys and values
     /// of the prompt before, where the two share their start (the system
     /// prompt and instructions): a shorter time to first token, but a
@@ -311,7 +312,7 @@ impl Default for GeneratorSection {
             queue_depth: 16,
             max_batch: rag_inference::DEFAULT_MAX_BATCH,
             quantized_decoding: true,
-            quantized_prefill: false,
+            quantized_prefill: None,
             prefix_cache: false,
             max_tokens: 200,
             temperature: 0.0,
@@ -351,10 +352,11 @@ impl TryFrom<GeneratorSection> for GeneratorSettings {
                 max_batch: s.max_batch,
                 prefix_cache: s.prefix_cache,
                 precision: match (s.quantized_decoding, s.quantized_prefill) {
-                    (true, true) => Precision::Quantized,
-                    (true, false) => Precision::Both,
-                    (false, false) => Precision::Dequantized,
-                    (false, true) => {
+                    (true, None) => Precision::default(),
+                    (true, Some(true)) => Precision::Quantized,
+                    (true, Some(false)) => Precision::Both,
+                    (false, None | Some(false)) => Precision::Dequantized,
+                    (false, Some(true)) => {
                         return Err(rag_core::Error::invalid(
                             "generator.quantized_prefill = true needs \
                              generator.quantized_decoding = true",
@@ -561,12 +563,14 @@ mod tests {
         std::fs::write(&file, "[generator]\ndevice = \"gpu\"\n").unwrap();
         let err = format!("{:#}", Settings::load(Some(&file), None).unwrap_err());
         assert!(err.contains("generator.device"), "{err}");
-        // How the weights are held: two copies by default, one quantized
-        // copy when prompts run on it too, f32 only; prompts on quantized
-        // weights without decoding on them is refused by name.
+        // How the weights are held: by default one quantized copy where
+        // our kernels run (AVX-512 VNNI), else two; one quantized copy when
+        // prompts run on it too, two when they do not, f32 only; prompts on
+        // quantized weights without decoding on them is refused by name.
         for (text, precision) in [
-            ("", Precision::Both),
+            ("", Precision::default()),
             ("quantized_prefill = true\n", Precision::Quantized),
+            ("quantized_prefill = false\n", Precision::Both),
             ("quantized_decoding = false\n", Precision::Dequantized),
         ] {
             std::fs::write(&file, format!("[generator]\n{text}")).unwrap();

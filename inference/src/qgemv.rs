@@ -252,7 +252,12 @@ impl Q8Input {
     /// Four inputs of block `b` from column `at` on, as one little-endian
     /// word.
     fn word(&self, b: usize, at: usize) -> i32 {
-        let q = &self.qs[b * BLOCK + at..b * BLOCK + at + 4];
+        // One check of the block's bounds; the kernels' columns are
+        // constants, so the word's own check folds away.
+        let block: &[i8; BLOCK] = self.qs[b * BLOCK..(b + 1) * BLOCK]
+            .try_into()
+            .expect("a whole block");
+        let q = &block[at..at + 4];
         i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8])
     }
 }
@@ -667,6 +672,29 @@ mod avx512 {
 
     use super::{BLOCK, Format, MAX_INPUTS, Q8Input, ROWS, k_block_bytes};
 
+    /// `pub fn $name(tile, xs, out)`: kernel `$n` for as many inputs as
+    /// `xs` holds (at most [`MAX_INPUTS`]), each count compiled apart so
+    /// that the accumulators stay in registers.
+    macro_rules! by_inputs {
+        ($name:ident, $n:ident) => {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+            pub fn $name(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
+                const { assert!(MAX_INPUTS == 8) };
+                match xs.len() {
+                    1 => $n::<1>(tile, xs.try_into().expect("1"), out),
+                    2 => $n::<2>(tile, xs.try_into().expect("2"), out),
+                    3 => $n::<3>(tile, xs.try_into().expect("3"), out),
+                    4 => $n::<4>(tile, xs.try_into().expect("4"), out),
+                    5 => $n::<5>(tile, xs.try_into().expect("5"), out),
+                    6 => $n::<6>(tile, xs.try_into().expect("6"), out),
+                    7 => $n::<7>(tile, xs.try_into().expect("7"), out),
+                    8 => $n::<8>(tile, xs.try_into().expect("8"), out),
+                    n => panic!("{n} inputs: at most {MAX_INPUTS} at a time"),
+                }
+            }
+        };
+    }
+
     /// 16 f16 at the start of `bytes`, as f32.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -748,11 +776,12 @@ mod avx512 {
         })
     }
 
+    by_inputs!(tile_q4k, q4k);
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub fn tile_q4k(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
-        assert!(xs.len() <= MAX_INPUTS);
+    fn q4k<const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
         let format = Format::Q4K;
-        let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
+        let mut acc = [_mm512_setzero_ps(); N];
         for (u, unit) in tile.chunks_exact(format.tile_bytes()).enumerate() {
             let (d, dmin) = (scales(unit), scales(&unit[2 * ROWS..]));
             for j in 0..8 {
@@ -772,12 +801,13 @@ mod avx512 {
         store(out, &acc);
     }
 
+    by_inputs!(tile_q6k, q6k);
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub fn tile_q6k(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
-        assert!(xs.len() <= MAX_INPUTS);
+    fn q6k<const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
         let format = Format::Q6K;
         let two_bits = _mm512_set1_epi8(0x30);
-        let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
+        let mut acc = [_mm512_setzero_ps(); N];
         for (u, unit) in tile.chunks_exact(format.tile_bytes()).enumerate() {
             let d = scales(unit);
             for j in 0..8 {
@@ -825,17 +855,18 @@ mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn store(out: &mut [[f32; ROWS]], acc: &[__m512; MAX_INPUTS]) {
+    fn store(out: &mut [[f32; ROWS]], acc: &[__m512]) {
         for (o, acc) in out.iter_mut().zip(acc) {
             // SAFETY: `o` holds 16 f32.
             unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *acc) };
         }
     }
 
+    by_inputs!(tile_q4_1, q4_1);
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub fn tile_q4_1(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
-        assert!(xs.len() <= MAX_INPUTS);
-        let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
+    fn q4_1<const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
+        let mut acc = [_mm512_setzero_ps(); N];
         for (b, block) in tile.chunks_exact(Format::Q4_1.tile_bytes()).enumerate() {
             let w = nibbles(&block[Format::Q4_1.quants_at()..]);
             let (d, m) = (scales(block), scales(&block[2 * ROWS..]));
@@ -848,10 +879,11 @@ mod avx512 {
         store(out, &acc);
     }
 
+    by_inputs!(tile_q8_0, q8_0);
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub fn tile_q8_0(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
-        assert!(xs.len() <= MAX_INPUTS);
-        let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
+    fn q8_0<const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
+        let mut acc = [_mm512_setzero_ps(); N];
         for (b, block) in tile.chunks_exact(Format::Q8_0.tile_bytes()).enumerate() {
             let bytes = &block[Format::Q8_0.quants_at()..];
             let w: [__m512i; 8] = std::array::from_fn(|g| load(&bytes[64 * g..]));
@@ -865,9 +897,10 @@ mod avx512 {
         store(out, &acc);
     }
 
+    by_inputs!(tile_q5_0, q5_0);
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub fn tile_q5_0(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
-        assert!(xs.len() <= MAX_INPUTS);
+    fn q5_0<const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
         let fifth = _mm512_set1_epi8(0x10);
         // Within each row's word of high bits: byte k of the word into all
         // four bytes of the row's lane, for k = 0..4.
@@ -885,7 +918,7 @@ mod avx512 {
             _mm512_set1_epi32(0x08040201),
             _mm512_set1_epi32(0x80402010_u32 as i32),
         ];
-        let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
+        let mut acc = [_mm512_setzero_ps(); N];
         for (b, block) in tile.chunks_exact(Format::Q5_0.tile_bytes()).enumerate() {
             let high_bits = load(&block[2 * ROWS..]);
             let mut w = nibbles(&block[Format::Q5_0.quants_at()..]);
