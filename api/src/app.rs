@@ -240,6 +240,7 @@ impl App {
                         let device = cfg.device;
                         let (max_batch, precision, prefix_cache) =
                             (cfg.max_batch, cfg.precision, cfg.prefix_cache);
+                        use_amx(cfg.amx);
                         tokio::task::spawn_blocking(move || {
                             let generator =
                                 CandleGenerator::load_with(&path, &device.open()?, precision)?;
@@ -459,5 +460,13 @@ impl App {
             select_confirm: self.settings.generator.select_confirm,
             ..Policy::default()
         }
+    }
+}
+
+/// Prompts on AMX tiles as `generator.amx` says; asked for where the CPU
+/// or kernel lacks them, said once in the log.
+pub(crate) fn use_amx(on: bool) {
+    if rag_inference::use_amx(on) != on {
+        tracing::warn!("generator.amx: this CPU or kernel has no AMX-INT8; prompts run on AVX-512");
     }
 }

@@ -26,6 +26,19 @@ pub use gguf_tokenizer::tokenizer_from_gguf;
 pub use openai::{OpenAiConfig, OpenAiGenerator};
 pub use settings::{Backend, CandleSettings, Device, OpenAiSettings};
 
+/// Prompts on AMX tiles (`qgemv.rs`) where this CPU and kernel have
+/// AMX-INT8, for the whole process: the same products as without, to the
+/// bit. Returns whether prompts will use them.
+pub fn use_amx(on: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return qgemv::amx::set(on);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = on;
+        false
+    }
+}
+
 /// The number of threads candle's CPU kernels use: `RAYON_NUM_THREADS`,
 /// else the physical cores (which candle looks up again at every call).
 pub fn candle_threads() -> usize {

@@ -415,6 +415,26 @@ impl QMatrix {
         }
         assert!(xs.len().is_multiple_of(cols), "input length");
         let inputs: Vec<Q8Input> = xs.chunks_exact(cols).map(Q8Input::quantize).collect();
+        // A prompt on AMX tiles, where asked for: per tile of 16 tokens
+        // (zeros after the last token) and block of 32 columns, the 16
+        // tokens' integers side by side, so that a tile loads 512
+        // contiguous bytes.
+        let amx = inputs.len() > MAX_INPUTS && amx_enabled();
+        let packed: Vec<i8> = if amx {
+            let blocks = cols / BLOCK;
+            let mut packed = vec![0i8; inputs.len().next_multiple_of(AMX_TOKENS) * cols];
+            for (i, x) in inputs.iter().enumerate() {
+                let (group, t) = (i / AMX_TOKENS, i % AMX_TOKENS);
+                for (b, block) in x.qs.chunks_exact(BLOCK).enumerate() {
+                    let at = ((group * blocks + b) * AMX_TOKENS + t) * BLOCK;
+                    packed[at..at + BLOCK].copy_from_slice(block);
+                }
+            }
+            packed
+        } else {
+            Vec::new()
+        };
+        let per_call = if amx { AMX_TOKENS } else { MAX_INPUTS };
         let padded = |m: &Self| m.rows.div_ceil(ROWS) * ROWS;
         let mut outs: Vec<Vec<f32>> = matrices
             .iter()
@@ -425,22 +445,37 @@ impl QMatrix {
         let mut parts = Vec::with_capacity(matrices.len());
         let mut total = 0;
         for (m, out) in matrices.iter().zip(&mut outs) {
-            parts.push((total, *m, Out(out.as_mut_ptr()), kernel(m.format)));
+            let kernel = kernel(m.format);
+            parts.push((
+                total,
+                *m,
+                Out(out.as_mut_ptr()),
+                kernel,
+                amx_kernel(m.format),
+            ));
             total += m.rows.div_ceil(ROWS);
         }
         candle_core::utils::barrier_pool().execute_chunked(total, |range| {
-            let mut products = [[0f32; ROWS]; MAX_INPUTS];
+            let mut products = [[0f32; ROWS]; AMX_TOKENS];
             for i in range {
                 let at = parts.partition_point(|p| p.0 <= i) - 1;
-                let (first, m, dst, kernel) = &parts[at];
+                let (first, m, dst, kernel, amx_kernel) = &parts[at];
                 let t = i - first;
                 let bytes = m.cols / m.format.columns() * m.format.tile_bytes();
                 let tile = &m.tiles[t * bytes..(t + 1) * bytes];
-                for (c, chunk) in inputs.chunks(MAX_INPUTS).enumerate() {
+                for (c, chunk) in inputs.chunks(per_call).enumerate() {
                     let products = &mut products[..chunk.len()];
-                    kernel(tile, chunk, products);
+                    match amx_kernel {
+                        // SAFETY: AMX is enabled (so supported); `packed`
+                        // holds whole tiles of tokens of `cols` bytes.
+                        Some(amx_kernel) if amx => unsafe {
+                            let qs = packed.as_ptr().add(c * AMX_TOKENS * cols);
+                            amx_kernel(tile, qs, chunk, products)
+                        },
+                        _ => kernel(tile, chunk, products),
+                    }
                     for (j, p) in products.iter().enumerate() {
-                        let input = c * MAX_INPUTS + j;
+                        let input = c * per_call + j;
                         // SAFETY: the pool hands out disjoint ranges of
                         // tiles, each tile's rows written by one thread,
                         // and `outs` (whole tiles long) outlives the call.
@@ -514,6 +549,36 @@ const MAX_INPUTS: usize = 8;
 /// One tile's blocks times up to [`MAX_INPUTS`] inputs: per input, the 16
 /// rows' products.
 type Kernel = fn(&[u8], &[Q8Input], &mut [[f32; ROWS]]);
+
+/// Tokens one AMX call takes.
+const AMX_TOKENS: usize = 16;
+
+/// One tile's blocks times up to [`AMX_TOKENS`] tokens, whose integers
+/// lie block after block, 16 tokens' side by side in each.
+type AmxKernel = unsafe fn(&[u8], *const i8, &[Q8Input], &mut [[f32; ROWS]]);
+
+/// Whether prompts run on AMX tiles ([`amx::set`]).
+fn amx_enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return amx::enabled();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn amx_kernel(format: Format) -> Option<AmxKernel> {
+    #[cfg(target_arch = "x86_64")]
+    if amx::enabled() {
+        return Some(match format {
+            Format::Q4_1 => amx::tile_q4_1,
+            Format::Q5_0 => amx::tile_q5_0,
+            Format::Q8_0 => amx::tile_q8_0,
+            Format::Q4K => amx::tile_q4k,
+            Format::Q6K => amx::tile_q6k,
+        });
+    }
+    let _ = format;
+    None
+}
 
 /// Whether the AVX-512 kernels can run (the decoder uses them only then).
 pub(crate) fn available() -> bool {
@@ -672,27 +737,244 @@ mod avx512 {
 
     use super::{BLOCK, Format, MAX_INPUTS, Q8Input, ROWS, k_block_bytes};
 
-    /// `pub fn $name(tile, xs, out)`: kernel `$n` for as many inputs as
-    /// `xs` holds (at most [`MAX_INPUTS`]), each count compiled apart so
-    /// that the accumulators stay in registers.
+    /// The formats as constants, so that each kernel is compiled for one.
+    pub(super) const Q4_1: u8 = 0;
+    pub(super) const Q5_0: u8 = 1;
+    pub(super) const Q8_0: u8 = 2;
+    pub(super) const Q4K: u8 = 3;
+    pub(super) const Q6K: u8 = 4;
+
+    pub(super) const fn format(f: u8) -> Format {
+        match f {
+            Q4_1 => Format::Q4_1,
+            Q5_0 => Format::Q5_0,
+            Q8_0 => Format::Q8_0,
+            Q4K => Format::Q4K,
+            _ => Format::Q6K,
+        }
+    }
+
+    /// Blocks of 32 columns in `tile`.
+    pub(super) fn blocks(f: u8, tile: &[u8]) -> usize {
+        let format = format(f);
+        tile.len() / format.tile_bytes() * (format.columns() / BLOCK)
+    }
+
+    /// `pub fn $name(tile, xs, out)`: [`vnni`] for format `$f` and as many
+    /// inputs as `xs` holds (at most [`MAX_INPUTS`]), each count compiled
+    /// apart so that the accumulators stay in registers.
     macro_rules! by_inputs {
-        ($name:ident, $n:ident) => {
+        ($name:ident, $f:expr) => {
             #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
             pub fn $name(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
                 const { assert!(MAX_INPUTS == 8) };
                 match xs.len() {
-                    1 => $n::<1>(tile, xs.try_into().expect("1"), out),
-                    2 => $n::<2>(tile, xs.try_into().expect("2"), out),
-                    3 => $n::<3>(tile, xs.try_into().expect("3"), out),
-                    4 => $n::<4>(tile, xs.try_into().expect("4"), out),
-                    5 => $n::<5>(tile, xs.try_into().expect("5"), out),
-                    6 => $n::<6>(tile, xs.try_into().expect("6"), out),
-                    7 => $n::<7>(tile, xs.try_into().expect("7"), out),
-                    8 => $n::<8>(tile, xs.try_into().expect("8"), out),
+                    1 => vnni::<$f, 1>(tile, xs.try_into().expect("1"), out),
+                    2 => vnni::<$f, 2>(tile, xs.try_into().expect("2"), out),
+                    3 => vnni::<$f, 3>(tile, xs.try_into().expect("3"), out),
+                    4 => vnni::<$f, 4>(tile, xs.try_into().expect("4"), out),
+                    5 => vnni::<$f, 5>(tile, xs.try_into().expect("5"), out),
+                    6 => vnni::<$f, 6>(tile, xs.try_into().expect("6"), out),
+                    7 => vnni::<$f, 7>(tile, xs.try_into().expect("7"), out),
+                    8 => vnni::<$f, 8>(tile, xs.try_into().expect("8"), out),
                     n => panic!("{n} inputs: at most {MAX_INPUTS} at a time"),
                 }
             }
         };
+    }
+
+    by_inputs!(tile_q4_1, Q4_1);
+    by_inputs!(tile_q5_0, Q5_0);
+    by_inputs!(tile_q8_0, Q8_0);
+    by_inputs!(tile_q4k, Q4K);
+    by_inputs!(tile_q6k, Q6K);
+
+    /// One tile's blocks times `N` inputs: per input, the 16 rows'
+    /// products.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn vnni<const F: u8, const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..blocks(F, tile) {
+            let block = block::<F>(tile, b);
+            for (x, acc) in xs.iter().zip(&mut acc) {
+                let (low, high) = split_dots::<F>(x, b, &block.w);
+                *acc = combine::<F>(&block, x, b, low, high, *acc);
+            }
+        }
+        store(out, &acc);
+    }
+
+    /// One block of 32 columns of a tile, ready to multiply: its codes,
+    /// unsigned, in 8 registers of 16 rows by 4 columns (columns `4i..`
+    /// for Q8_0; for the others columns `4(i/2)..` for even `i` and
+    /// `16 + 4(i/2)..` for odd `i`), and per row what turns a token's
+    /// integer sums into its products (the format's scales and offsets).
+    pub(super) struct Block {
+        pub(super) w: [__m512i; 8],
+        a: __m512,
+        b: __m512,
+    }
+
+    /// Block `b` (of 32 columns) of `tile`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn block<const F: u8>(tile: &[u8], b: usize) -> Block {
+        let format = format(F);
+        let zero = _mm512_setzero_ps();
+        match F {
+            Q4_1 => {
+                let block = &tile[b * format.tile_bytes()..];
+                Block {
+                    w: nibbles(&block[format.quants_at()..]),
+                    a: scales(block),
+                    b: scales(&block[2 * ROWS..]),
+                }
+            }
+            Q8_0 => {
+                let block = &tile[b * format.tile_bytes()..];
+                let bytes = &block[format.quants_at()..];
+                Block {
+                    w: std::array::from_fn(|g| load(&bytes[64 * g..])),
+                    a: scales(block),
+                    b: zero,
+                }
+            }
+            Q5_0 => {
+                let block = &tile[b * format.tile_bytes()..];
+                let fifth = _mm512_set1_epi8(0x10);
+                // Within each row's word of high bits: byte k of the word
+                // into all four bytes of the row's lane, for k = 0..4.
+                let spread = |k: i32| {
+                    _mm512_set4_epi32(
+                        0x0c0c0c0c + k * 0x01010101,
+                        0x08080808 + k * 0x01010101,
+                        0x04040404 + k * 0x01010101,
+                        k * 0x01010101,
+                    )
+                };
+                let spreads = [spread(0), spread(1), spread(2), spread(3)];
+                // Byte j of a lane tests bit 4 * (g % 2) + j of its byte.
+                let bits = [
+                    _mm512_set1_epi32(0x08040201),
+                    _mm512_set1_epi32(0x80402010_u32 as i32),
+                ];
+                let high_bits = load(&block[2 * ROWS..]);
+                let mut w = nibbles(&block[format.quants_at()..]);
+                for (i, w) in w.iter_mut().enumerate() {
+                    // Column c = 4g + j (+ 16 for odd i) has its bit in
+                    // byte c / 8 of the row's word, at c % 8.
+                    let g = i / 2;
+                    let spread = _mm512_shuffle_epi8(high_bits, spreads[g / 2 + 2 * (i % 2)]);
+                    let set = _mm512_test_epi8_mask(spread, bits[g % 2]);
+                    *w = _mm512_or_si512(*w, _mm512_maskz_mov_epi8(set, fifth));
+                }
+                Block {
+                    w,
+                    a: scales(block),
+                    b: zero,
+                }
+            }
+            Q4K => {
+                let (unit, j) = (&tile[b / 8 * format.tile_bytes()..], b % 8);
+                let (d, dmin) = (scales(unit), scales(&unit[2 * ROWS..]));
+                Block {
+                    w: nibbles(&unit[format.quants_at() + j * k_block_bytes(format)..]),
+                    a: _mm512_mul_ps(d, bytes_f32(&unit[4 * ROWS + ROWS * j..], false)),
+                    b: _mm512_mul_ps(dmin, bytes_f32(&unit[12 * ROWS + ROWS * j..], false)),
+                }
+            }
+            _ => {
+                let (unit, j) = (&tile[b / 8 * format.tile_bytes()..], b % 8);
+                let d = scales(unit);
+                let two_bits = _mm512_set1_epi8(0x30);
+                let block = &unit[format.quants_at() + j * k_block_bytes(format)..];
+                let mut w = nibbles(block);
+                // Register i's high bits: bits 2(i % 4) of the 64 bytes at
+                // 64 (i / 4), moved to bits 4 and 5.
+                let high = [
+                    load(&block[ROWS * BLOCK / 2..]),
+                    load(&block[ROWS * BLOCK / 2 + 64..]),
+                ];
+                for (i, w) in w.iter_mut().enumerate() {
+                    let h = high[i / 4];
+                    let bits = match i % 4 {
+                        0 => _mm512_slli_epi16::<4>(h),
+                        1 => _mm512_slli_epi16::<2>(h),
+                        2 => h,
+                        _ => _mm512_srli_epi16::<2>(h),
+                    };
+                    *w = _mm512_or_si512(*w, _mm512_and_si512(bits, two_bits));
+                }
+                Block {
+                    w,
+                    a: _mm512_mul_ps(d, bytes_f32(&unit[2 * ROWS + 2 * ROWS * j..], true)),
+                    b: _mm512_mul_ps(d, bytes_f32(&unit[3 * ROWS + 2 * ROWS * j..], true)),
+                }
+            }
+        }
+    }
+
+    /// The integer dot products of input block `b` with the block's codes
+    /// `w`, over its first 16 columns and over its last 16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn split_dots<const F: u8>(x: &Q8Input, b: usize, w: &[__m512i; 8]) -> (__m512i, __m512i) {
+        let (mut low, mut high) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for g in 0..4 {
+            let (l, h) = if F == Q8_0 {
+                (g, 4 + g)
+            } else {
+                (2 * g, 2 * g + 1)
+            };
+            low = _mm512_dpbusd_epi32(low, w[l], _mm512_set1_epi32(x.word(b, 4 * g)));
+            high = _mm512_dpbusd_epi32(high, w[h], _mm512_set1_epi32(x.word(b, 16 + 4 * g)));
+        }
+        (low, high)
+    }
+
+    /// `acc` plus input `x`'s products with the block (block `b` of the
+    /// input), from its integer sums over the block's halves.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn combine<const F: u8>(
+        block: &Block,
+        x: &Q8Input,
+        b: usize,
+        low: __m512i,
+        high: __m512i,
+        acc: __m512,
+    ) -> __m512 {
+        let s = _mm512_set1_ps(x.scales[b]);
+        let whole = || _mm512_cvtepi32_ps(_mm512_add_epi32(low, high));
+        match F {
+            Q4_1 => {
+                let acc = _mm512_fmadd_ps(_mm512_mul_ps(block.a, s), whole(), acc);
+                _mm512_fmadd_ps(block.b, _mm512_set1_ps(x.scales[b] * x.sums[b]), acc)
+            }
+            Q8_0 | Q5_0 => {
+                // The codes are stored as q + 128 (Q8_0) or q + 16.
+                let offset = if F == Q8_0 { 128.0 } else { 16.0 };
+                let dots = _mm512_sub_ps(whole(), _mm512_set1_ps(offset * x.sums[b]));
+                _mm512_fmadd_ps(_mm512_mul_ps(block.a, s), dots, acc)
+            }
+            Q4K => {
+                let acc = _mm512_fmadd_ps(_mm512_mul_ps(block.a, s), whole(), acc);
+                _mm512_fnmadd_ps(block.b, _mm512_set1_ps(x.scales[b] * x.sums[b]), acc)
+            }
+            _ => {
+                // The codes are stored as q + 32.
+                let low = _mm512_sub_ps(
+                    _mm512_cvtepi32_ps(low),
+                    _mm512_set1_ps(32.0 * x.halves[2 * b]),
+                );
+                let high = _mm512_sub_ps(
+                    _mm512_cvtepi32_ps(high),
+                    _mm512_set1_ps(32.0 * x.halves[2 * b + 1]),
+                );
+                let acc = _mm512_fmadd_ps(_mm512_mul_ps(block.a, s), low, acc);
+                _mm512_fmadd_ps(_mm512_mul_ps(block.b, s), high, acc)
+            }
+        }
     }
 
     /// 16 f16 at the start of `bytes`, as f32.
@@ -713,27 +995,8 @@ mod avx512 {
         unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) }
     }
 
-    /// The integer dot products of one tile block's weights `w` with input
-    /// block `b`, one per row, as floats. `w[i]` holds the 16 rows' weights
-    /// of 4 columns: 4i.. (Q8_0), or, with `halves` (Q4_1, Q5_0), 4(i/2)..
-    /// for even i and 16 + 4(i/2).. for odd i.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn dots(x: &Q8Input, b: usize, w: &[__m512i; 8], halves: bool) -> __m512 {
-        let mut acc = _mm512_setzero_si512();
-        for (i, w) in w.iter().enumerate() {
-            let column = if halves {
-                4 * (i / 2) + 16 * (i % 2)
-            } else {
-                4 * i
-            };
-            acc = _mm512_dpbusd_epi32(acc, *w, _mm512_set1_epi32(x.word(b, column)));
-        }
-        _mm512_cvtepi32_ps(acc)
-    }
-
-    /// The 8 nibble registers of a Q4_1 or Q5_0 tile block (`bytes`: its
-    /// 256 bytes of nibbles), in the order of [`dots`] with `halves`.
+    /// The 8 nibble registers of a tile block (`bytes`: its 256 bytes of
+    /// nibbles), in the order of [`Block`] for the formats with halves.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     fn nibbles(bytes: &[u8]) -> [__m512i; 8] {
@@ -745,21 +1008,6 @@ mod avx512 {
             w[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
         }
         w
-    }
-
-    /// The integer dot products of block `b` of the input with the 16
-    /// columns of each half of a tile block: `w` in the order of [`dots`]
-    /// with `halves`, even registers for the first half.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn half_dots(x: &Q8Input, b: usize, w: &[__m512i; 8]) -> (__m512i, __m512i) {
-        let (mut low, mut high) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-        for g in 0..4 {
-            low = _mm512_dpbusd_epi32(low, w[2 * g], _mm512_set1_epi32(x.word(b, 4 * g)));
-            high =
-                _mm512_dpbusd_epi32(high, w[2 * g + 1], _mm512_set1_epi32(x.word(b, 16 + 4 * g)));
-        }
-        (low, high)
     }
 
     /// 16 bytes at the start of `bytes`, unsigned or signed, as f32.
@@ -776,168 +1024,214 @@ mod avx512 {
         })
     }
 
-    by_inputs!(tile_q4k, q4k);
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn q4k<const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
-        let format = Format::Q4K;
-        let mut acc = [_mm512_setzero_ps(); N];
-        for (u, unit) in tile.chunks_exact(format.tile_bytes()).enumerate() {
-            let (d, dmin) = (scales(unit), scales(&unit[2 * ROWS..]));
-            for j in 0..8 {
-                let b = 8 * u + j;
-                let sc = _mm512_mul_ps(d, bytes_f32(&unit[4 * ROWS + ROWS * j..], false));
-                let m = _mm512_mul_ps(dmin, bytes_f32(&unit[12 * ROWS + ROWS * j..], false));
-                let w = nibbles(&unit[format.quants_at() + j * k_block_bytes(format)..]);
-                for (x, acc) in xs.iter().zip(&mut acc) {
-                    let (low, high) = half_dots(x, b, &w);
-                    let dots = _mm512_cvtepi32_ps(_mm512_add_epi32(low, high));
-                    let s = x.scales[b];
-                    *acc = _mm512_fmadd_ps(_mm512_mul_ps(sc, _mm512_set1_ps(s)), dots, *acc);
-                    *acc = _mm512_fnmadd_ps(m, _mm512_set1_ps(s * x.sums[b]), *acc);
-                }
-            }
-        }
-        store(out, &acc);
-    }
-
-    by_inputs!(tile_q6k, q6k);
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn q6k<const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
-        let format = Format::Q6K;
-        let two_bits = _mm512_set1_epi8(0x30);
-        let mut acc = [_mm512_setzero_ps(); N];
-        for (u, unit) in tile.chunks_exact(format.tile_bytes()).enumerate() {
-            let d = scales(unit);
-            for j in 0..8 {
-                let b = 8 * u + j;
-                let low_scale = _mm512_mul_ps(d, bytes_f32(&unit[2 * ROWS + 2 * ROWS * j..], true));
-                let high_scale =
-                    _mm512_mul_ps(d, bytes_f32(&unit[3 * ROWS + 2 * ROWS * j..], true));
-                let block = &unit[format.quants_at() + j * k_block_bytes(format)..];
-                let mut w = nibbles(block);
-                // Register i's high bits: bits 2(i % 4) of the 64 bytes at
-                // 64 (i / 4), moved to bits 4 and 5.
-                let high = [
-                    load(&block[ROWS * BLOCK / 2..]),
-                    load(&block[ROWS * BLOCK / 2 + 64..]),
-                ];
-                for (i, w) in w.iter_mut().enumerate() {
-                    let h = high[i / 4];
-                    let bits = match i % 4 {
-                        0 => _mm512_slli_epi16::<4>(h),
-                        1 => _mm512_slli_epi16::<2>(h),
-                        2 => h,
-                        _ => _mm512_srli_epi16::<2>(h),
-                    };
-                    *w = _mm512_or_si512(*w, _mm512_and_si512(bits, two_bits));
-                }
-                for (x, acc) in xs.iter().zip(&mut acc) {
-                    let (low, high) = half_dots(x, b, &w);
-                    let s = _mm512_set1_ps(x.scales[b]);
-                    // The codes are stored as q + 32.
-                    let low = _mm512_sub_ps(
-                        _mm512_cvtepi32_ps(low),
-                        _mm512_set1_ps(32.0 * x.halves[2 * b]),
-                    );
-                    let high = _mm512_sub_ps(
-                        _mm512_cvtepi32_ps(high),
-                        _mm512_set1_ps(32.0 * x.halves[2 * b + 1]),
-                    );
-                    *acc = _mm512_fmadd_ps(_mm512_mul_ps(low_scale, s), low, *acc);
-                    *acc = _mm512_fmadd_ps(_mm512_mul_ps(high_scale, s), high, *acc);
-                }
-            }
-        }
-        store(out, &acc);
-    }
-
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn store(out: &mut [[f32; ROWS]], acc: &[__m512]) {
+    pub(super) fn store(out: &mut [[f32; ROWS]], acc: &[__m512]) {
         for (o, acc) in out.iter_mut().zip(acc) {
             // SAFETY: `o` holds 16 f32.
             unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *acc) };
         }
     }
+}
 
-    by_inputs!(tile_q4_1, q4_1);
+/// Prompts on AMX tiles (Intel's Advanced Matrix Extensions, Sapphire
+/// Rapids and later), behind `use_amx`: one instruction (`tdpbsud`)
+/// multiplies 16 tokens by 16 columns by 16 weight rows, where AVX-512
+/// VNNI takes 16 (one per token and 4 columns). The weights are the
+/// VNNI tiles' registers, stored in the layout AMX reads (4 columns of 16
+/// rows side by side is its "VNNI" layout of the right operand), the
+/// tokens' integers are read where they lie, and each block's sums go
+/// through the VNNI kernels' own `combine`: the same integers and the same
+/// float operations, so the products are the VNNI kernels' to the bit.
+///
+/// Written with `asm!` because Rust's AMX intrinsics and its `amx-int8`
+/// feature detection are unstable (rustc 1.95).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn q4_1<const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
-        let mut acc = [_mm512_setzero_ps(); N];
-        for (b, block) in tile.chunks_exact(Format::Q4_1.tile_bytes()).enumerate() {
-            let w = nibbles(&block[Format::Q4_1.quants_at()..]);
-            let (d, m) = (scales(block), scales(&block[2 * ROWS..]));
-            for (x, acc) in xs.iter().zip(&mut acc) {
-                let dots = dots(x, b, &w, true);
-                *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.scales[b])), dots, *acc);
-                *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(x.scales[b] * x.sums[b]), *acc);
-            }
-        }
-        store(out, &acc);
+    use super::avx512::{Q4_1, Q4K, Q5_0, Q6K, Q8_0, block, blocks, combine, store};
+    use super::{BLOCK, Q8Input, ROWS};
+
+    /// Tokens one call takes: the rows of a tile.
+    pub(crate) const TOKENS: usize = super::AMX_TOKENS;
+
+    static WANTED: AtomicBool = AtomicBool::new(false);
+
+    /// Whether prompts go through AMX: where asked for ([`set`]) and this
+    /// CPU and kernel have it.
+    pub(crate) fn enabled() -> bool {
+        WANTED.load(Ordering::Relaxed) && supported()
     }
 
-    by_inputs!(tile_q8_0, q8_0);
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn q8_0<const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
-        let mut acc = [_mm512_setzero_ps(); N];
-        for (b, block) in tile.chunks_exact(Format::Q8_0.tile_bytes()).enumerate() {
-            let bytes = &block[Format::Q8_0.quants_at()..];
-            let w: [__m512i; 8] = std::array::from_fn(|g| load(&bytes[64 * g..]));
-            let d = scales(block);
-            for (x, acc) in xs.iter().zip(&mut acc) {
-                // The weights are stored as q + 128.
-                let dots = _mm512_sub_ps(dots(x, b, &w, false), _mm512_set1_ps(128.0 * x.sums[b]));
-                *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.scales[b])), dots, *acc);
-            }
-        }
-        store(out, &acc);
+    /// Asks for AMX (or not) for this process's prompts; returns whether
+    /// they will use it.
+    pub fn set(on: bool) -> bool {
+        WANTED.store(on, Ordering::Relaxed);
+        enabled()
     }
 
-    by_inputs!(tile_q5_0, q5_0);
+    /// AMX-INT8 on the CPU (CPUID leaf 7: AMX-TILE and AMX-INT8), the VNNI
+    /// kernels beside it, and Linux's permission to use the tiles' state
+    /// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, asked once
+    /// for the whole process).
+    pub(crate) fn supported() -> bool {
+        static SUPPORTED: OnceLock<bool> = OnceLock::new();
+        *SUPPORTED.get_or_init(|| {
+            if !super::available() || !cfg!(target_os = "linux") {
+                return false;
+            }
+            // CPUID leaf 7 exists on every CPU with AVX-512.
+            let leaf = __cpuid_count(7, 0);
+            if leaf.edx & (3 << 24) != 3 << 24 {
+                return false;
+            }
+            const ARCH_PRCTL: i64 = 158;
+            const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+            const XFEATURE_XTILEDATA: i64 = 18;
+            let result: i64;
+            // SAFETY: arch_prctl with these arguments only changes which
+            // state the kernel saves for this process.
+            unsafe {
+                asm!(
+                    "syscall",
+                    inlateout("rax") ARCH_PRCTL => result,
+                    in("rdi") ARCH_REQ_XCOMP_PERM,
+                    in("rsi") XFEATURE_XTILEDATA,
+                    lateout("rcx") _,
+                    lateout("r11") _,
+                    options(nostack),
+                );
+            }
+            result == 0
+        })
+    }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn q5_0<const N: usize>(tile: &[u8], xs: &[Q8Input; N], out: &mut [[f32; ROWS]]) {
-        let fifth = _mm512_set1_epi8(0x10);
-        // Within each row's word of high bits: byte k of the word into all
-        // four bytes of the row's lane, for k = 0..4.
-        let spread = |k: i32| {
-            _mm512_set4_epi32(
-                0x0c0c0c0c + k * 0x01010101,
-                0x08080808 + k * 0x01010101,
-                0x04040404 + k * 0x01010101,
-                k * 0x01010101,
-            )
+    /// The tile configuration: palette 1; tmm0 and tmm1 the sums over a
+    /// block's first and last 16 columns (16 tokens by 16 rows, i32),
+    /// tmm2 and tmm3 the tokens' integers of those columns (16 by 16
+    /// bytes), tmm4 and tmm5 the weights' codes (4 groups of 4 columns by
+    /// 16 rows).
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    impl Config {
+        fn new() -> Self {
+            let mut c = [0u8; 64];
+            c[0] = 1;
+            let tiles: [(u16, u8); 6] = [(64, 16), (64, 16), (16, 16), (16, 16), (64, 4), (64, 4)];
+            for (t, (bytes, rows)) in tiles.into_iter().enumerate() {
+                c[16 + 2 * t..18 + 2 * t].copy_from_slice(&bytes.to_le_bytes());
+                c[48 + t] = rows;
+            }
+            Self(c)
+        }
+    }
+
+    #[repr(C, align(64))]
+    struct Scratch<T>(T);
+
+    /// `pub fn $name`: [`tile`] for one format.
+    macro_rules! for_format {
+        ($name:ident, $f:ident) => {
+            /// # Safety
+            /// As [`tile`].
+            pub(crate) unsafe fn $name(
+                t: &[u8],
+                qs: *const i8,
+                xs: &[Q8Input],
+                out: &mut [[f32; ROWS]],
+            ) {
+                // SAFETY: the caller's promise.
+                unsafe { tile::<$f>(t, qs, xs, out) }
+            }
         };
-        let spreads = [spread(0), spread(1), spread(2), spread(3)];
-        // Byte j of a lane tests bit 4 * (g % 2) + j of its byte.
-        let bits = [
-            _mm512_set1_epi32(0x08040201),
-            _mm512_set1_epi32(0x80402010_u32 as i32),
-        ];
-        let mut acc = [_mm512_setzero_ps(); N];
-        for (b, block) in tile.chunks_exact(Format::Q5_0.tile_bytes()).enumerate() {
-            let high_bits = load(&block[2 * ROWS..]);
-            let mut w = nibbles(&block[Format::Q5_0.quants_at()..]);
-            for (i, w) in w.iter_mut().enumerate() {
-                // Column c = 4g + j (+ 16 for odd i) has its bit in byte
-                // c / 8 of the row's word, at c % 8.
-                let g = i / 2;
-                let spread = _mm512_shuffle_epi8(high_bits, spreads[g / 2 + 2 * (i % 2)]);
-                let set = _mm512_test_epi8_mask(spread, bits[g % 2]);
-                *w = _mm512_or_si512(*w, _mm512_maskz_mov_epi8(set, fifth));
+    }
+    for_format!(tile_q4_1, Q4_1);
+    for_format!(tile_q5_0, Q5_0);
+    for_format!(tile_q8_0, Q8_0);
+    for_format!(tile_q4k, Q4K);
+    for_format!(tile_q6k, Q6K);
+
+    /// One tile's blocks times up to 16 tokens `xs`, whose integers lie
+    /// from `qs` block after block, the 16 tokens' 32 bytes side by side in
+    /// each: per token, the 16 rows' products.
+    ///
+    /// # Safety
+    /// [`supported`] holds; `qs` has 512 bytes per block of the tile's
+    /// columns (rows beyond `xs` anything).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const F: u8>(
+        tile: &[u8],
+        qs: *const i8,
+        xs: &[Q8Input],
+        out: &mut [[f32; ROWS]],
+    ) {
+        assert!(xs.len() <= TOKENS);
+        let config = Config::new();
+        let mut codes = Scratch([[0u8; 64]; 8]);
+        let mut sums = Scratch([[0i32; ROWS]; 2 * TOKENS]);
+        let mut acc = [_mm512_setzero_ps(); TOKENS];
+        // The right operand's rows in the order of the columns: the low
+        // half's 4 registers, then the high half's.
+        let order: [usize; 8] = if F == Q8_0 {
+            [0, 1, 2, 3, 4, 5, 6, 7]
+        } else {
+            [0, 2, 4, 6, 1, 3, 5, 7]
+        };
+        // SAFETY: the configuration is valid (palette 1, 6 tiles within
+        // its limits); the tiles are released below.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack)) };
+        for b in 0..blocks(F, tile) {
+            let block = block::<F>(tile, b);
+            for (to, &i) in codes.0.iter_mut().zip(&order) {
+                // SAFETY: 64 bytes.
+                unsafe { _mm512_store_si512(to.as_mut_ptr().cast(), block.w[i]) };
             }
-            let d = scales(block);
-            for (x, acc) in xs.iter().zip(&mut acc) {
-                // The weights are stored as q + 16.
-                let dots = _mm512_sub_ps(dots(x, b, &w, true), _mm512_set1_ps(16.0 * x.sums[b]));
-                *acc = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.scales[b])), dots, *acc);
+            // SAFETY: the loads read the block's 512 bytes of tokens (the
+            // caller's promise), 16 rows of 16 bytes twice, and the 512 bytes
+            // of `codes`; the stores write the 2 KiB of `sums`.
+            unsafe {
+                let (x, stride) = (qs.add(b * TOKENS * BLOCK), BLOCK);
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tileloadd tmm2, [{x} + {stride}]",
+                    "tileloadd tmm3, [{x2} + {stride}]",
+                    "tileloadd tmm4, [{w} + {sixty_four}]",
+                    "tileloadd tmm5, [{w2} + {sixty_four}]",
+                    "tdpbsud tmm0, tmm2, tmm4",
+                    "tdpbsud tmm1, tmm3, tmm5",
+                    "tilestored [{s} + {sixty_four}], tmm0",
+                    "tilestored [{s2} + {sixty_four}], tmm1",
+                    x = in(reg) x,
+                    x2 = in(reg) x.add(BLOCK / 2),
+                    stride = in(reg) stride,
+                    w = in(reg) codes.0.as_ptr(),
+                    w2 = in(reg) codes.0.as_ptr().add(4),
+                    sixty_four = in(reg) 64usize,
+                    s = in(reg) sums.0.as_mut_ptr(),
+                    s2 = in(reg) sums.0.as_mut_ptr().add(TOKENS),
+                    options(nostack),
+                );
+            }
+            for (j, (x, acc)) in xs.iter().zip(&mut acc).enumerate() {
+                // SAFETY: 16 i32 each.
+                let (low, high) = unsafe {
+                    (
+                        _mm512_load_si512(sums.0[j].as_ptr().cast()),
+                        _mm512_load_si512(sums.0[TOKENS + j].as_ptr().cast()),
+                    )
+                };
+                *acc = combine::<F>(&block, x, b, low, high, *acc);
             }
         }
-        store(out, &acc);
+        // SAFETY: gives back the tiles configured above.
+        unsafe { asm!("tilerelease", options(nostack)) };
+        store(out, &acc[..xs.len()]);
     }
 }
 
@@ -1027,6 +1321,41 @@ pub(crate) mod tests {
                 .flat_map(|&i| dense[i as usize].clone())
                 .collect();
             assert_eq!(got, expected, "{format:?}");
+        }
+    }
+
+    /// On AMX tiles a prompt's products are the VNNI kernels', to the bit,
+    /// for every format, in whole and partial tiles of rows and of tokens.
+    /// Skipped (and said) where the CPU or kernel has no AMX-INT8, unless
+    /// `RAG_REQUIRE_AMX` is set.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_products_are_the_vnni_ones() {
+        use candle_core::{Device, Tensor};
+        if !amx::supported() {
+            assert!(
+                std::env::var_os("RAG_REQUIRE_AMX").is_none(),
+                "RAG_REQUIRE_AMX is set but this CPU or kernel has no AMX-INT8"
+            );
+            eprintln!("skipped: this CPU or kernel has no AMX-INT8");
+            return;
+        }
+        for (format, _, width) in FORMATS {
+            let (rows, cols, inputs) = (37, 2 * width, 2 * AMX_TOKENS + 5);
+            let m = QMatrix::new(format, &blocks(format, rows, cols, 9), rows, cols).unwrap();
+            let xs = Tensor::randn(0f32, 1.0, inputs * cols, &Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            amx::set(false);
+            let vnni = QMatrix::gemv_many(&[&m, &m], &xs);
+            assert!(amx::set(true));
+            let tiles = QMatrix::gemv_many(&[&m, &m], &xs);
+            amx::set(false);
+            let differs = (vnni.iter().flatten())
+                .zip(tiles.iter().flatten())
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(differs, None, "{format:?}: the first product that differs");
         }
     }
 

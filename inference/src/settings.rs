@@ -77,6 +77,8 @@ pub struct CandleSettings {
     /// they share their start (llama and qwen2; see
     /// [`crate::CandleGenerator::set_prefix_cache`]).
     pub prefix_cache: bool,
+    /// Prompts on AMX tiles where the CPU has AMX-INT8 ([`crate::use_amx`]).
+    pub amx: bool,
 }
 
 /// An OpenAI-compatible server: vLLM, TGI, Ollama's `/v1`, llama.cpp,

@@ -120,11 +120,15 @@ pub async fn generate(settings: Settings, args: GenerateBenchArgs) -> anyhow::Re
         concurrent,
     } = args;
     let model = model.unwrap_or_else(|| settings.generator.backend.model().to_string());
-    // The weights held as the settings say (generator.quantized_prefill).
+    // The weights held as the settings say (generator.quantized_prefill,
+    // generator.amx).
     let precision = settings
         .generator
         .candle()
         .map_or_else(Default::default, |c| c.precision);
+    if let Some(c) = settings.generator.candle() {
+        crate::app::use_amx(c.amx);
+    }
     let app = App::open(settings).await?;
     let path = app.generator_path(&model)?;
     let device = device.open()?;
