@@ -26,7 +26,7 @@
 
 use candle_core::quantized::{GgmlDType, QTensor};
 
-use crate::qgemv::{BLOCK, Out, f16_at, quantize_block};
+use crate::qgemv::{BLOCK, Out, f16_at, quantize_block, scale_min_k4};
 
 /// Rows one task of the thread pool takes (their scales stay in L1/L2).
 const CHUNK: usize = 16;
@@ -207,20 +207,6 @@ struct Chunk<'a> {
     offsets: Vec<f32>,
 }
 
-/// Q4_K's 6-bit scale and minimum of sub-block `j` (GGML's
-/// `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
-    let (sc, m) = if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    };
-    (f32::from(sc), f32::from(m))
-}
-
 impl<'a> Chunk<'a> {
     fn new(kernel: Kernel, weights: &'a [u8], blocks: usize) -> Self {
         let (bytes, per_block) = kernel.block();
@@ -258,6 +244,7 @@ impl<'a> Chunk<'a> {
                         let block = &row[b / 8 * 144..];
                         let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
                         let (sc, m) = scale_min_k4(b % 8, &block[4..16]);
+                        let (sc, m) = (f32::from(sc), f32::from(m));
                         scales[at] = d * sc;
                         offsets[2 * b * CHUNK + i] = dmin * m;
                         offsets[(2 * b + 1) * CHUNK + i] = dmin * m;
