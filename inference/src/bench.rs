@@ -257,3 +257,95 @@ pub async fn concurrent(
         mean_latency_s: latency / clients as f64,
     })
 }
+
+/// One product of a prompt with one weight matrix, on one path: the
+/// fastest of its runs (the minimum, since the host's noise only adds).
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelRun {
+    pub format: String,
+    /// `f32` (candle's gemm on the dequantized weights), `vnni` or `amx`
+    /// (ours on the quantized tiles).
+    pub path: &'static str,
+    pub rows: usize,
+    pub cols: usize,
+    pub tokens: usize,
+    pub best_ms: f64,
+    /// Multiply-adds per second, in billions.
+    pub gmacs: f64,
+}
+
+/// `tokens` by `(rows, cols)` weights of each format our tiles take, on
+/// each path this CPU has, `runs` times each (arbitrary weights: candle's
+/// quantization of normal values).
+pub fn kernels(
+    rows: usize,
+    cols: usize,
+    tokens: usize,
+    runs: usize,
+) -> anyhow::Result<Vec<KernelRun>> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    use crate::qgemv::{Format, QMatrix};
+
+    anyhow::ensure!(
+        crate::qgemv::available(),
+        "our tiles need AVX-512 VNNI, which this CPU lacks"
+    );
+    let cpu = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (tokens, cols), &cpu)?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let best = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        f()?;
+        let mut best = f64::MAX;
+        for _ in 0..runs.max(1) {
+            let started = Instant::now();
+            f()?;
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    };
+    let amx_was = crate::use_amx(false);
+    let mut out = Vec::new();
+    for (dtype, format) in [
+        (GgmlDType::Q4K, Format::Q4K),
+        (GgmlDType::Q6K, Format::Q6K),
+        (GgmlDType::Q5_0, Format::Q5_0),
+        (GgmlDType::Q8_0, Format::Q8_0),
+    ] {
+        let w = QTensor::quantize(&Tensor::randn(0f32, 1.0, (rows, cols), &cpu)?, dtype)?;
+        let dense = w.dequantize(&cpu)?.t()?;
+        let matrix = QMatrix::new(format, &w.data()?, rows, cols)?;
+        let mut paths: Vec<(&'static str, f64)> = vec![(
+            "f32",
+            best(&mut || {
+                x.matmul(&dense)?;
+                Ok(())
+            })?,
+        )];
+        for (path, amx) in [("vnni", false), ("amx", true)] {
+            if crate::use_amx(amx) != amx {
+                continue;
+            }
+            let seconds = best(&mut || {
+                QMatrix::gemv_many(&[&matrix], &xs);
+                Ok(())
+            })?;
+            paths.push((path, seconds));
+        }
+        crate::use_amx(false);
+        for (path, seconds) in paths {
+            out.push(KernelRun {
+                format: format!("{format:?}"),
+                path,
+                rows,
+                cols,
+                tokens,
+                best_ms: seconds * 1e3,
+                gmacs: (rows * cols * tokens) as f64 / seconds / 1e9,
+            });
+        }
+    }
+    crate::use_amx(amx_was);
+    Ok(out)
+}
