@@ -249,6 +249,12 @@ impl Q8Input {
         input
     }
 
+    /// `cols` zeros, as an input (what a missing token of a group is).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn zero(cols: usize) -> Self {
+        Self::quantize(&vec![0f32; cols])
+    }
+
     /// Four inputs of block `b` from column `at` on, as one little-endian
     /// word.
     fn word(&self, b: usize, at: usize) -> i32 {
@@ -434,7 +440,6 @@ impl QMatrix {
         } else {
             Vec::new()
         };
-        let per_call = if amx { AMX_TOKENS } else { MAX_INPUTS };
         let padded = |m: &Self| m.rows.div_ceil(ROWS) * ROWS;
         let mut outs: Vec<Vec<f32>> = matrices
             .iter()
@@ -456,26 +461,32 @@ impl QMatrix {
             total += m.rows.div_ceil(ROWS);
         }
         candle_core::utils::barrier_pool().execute_chunked(total, |range| {
-            let mut products = [[0f32; ROWS]; AMX_TOKENS];
+            let mut products = [[0f32; ROWS]; MAX_INPUTS];
+            let mut all = vec![[0f32; ROWS]; if amx { inputs.len() } else { 0 }];
             for i in range {
                 let at = parts.partition_point(|p| p.0 <= i) - 1;
                 let (first, m, dst, kernel, amx_kernel) = &parts[at];
                 let t = i - first;
                 let bytes = m.cols / m.format.columns() * m.format.tile_bytes();
                 let tile = &m.tiles[t * bytes..(t + 1) * bytes];
-                for (c, chunk) in inputs.chunks(per_call).enumerate() {
-                    let products = &mut products[..chunk.len()];
-                    match amx_kernel {
+                let calls: Vec<(usize, &[Q8Input])> = match amx_kernel {
+                    Some(amx_kernel) if amx => {
                         // SAFETY: AMX is enabled (so supported); `packed`
-                        // holds whole tiles of tokens of `cols` bytes.
-                        Some(amx_kernel) if amx => unsafe {
-                            let qs = packed.as_ptr().add(c * AMX_TOKENS * cols);
-                            amx_kernel(tile, qs, chunk, products)
-                        },
-                        _ => kernel(tile, chunk, products),
+                        // holds every whole group of tokens.
+                        unsafe { amx_kernel(tile, packed.as_ptr(), cols, &inputs, &mut all) };
+                        vec![(0, &inputs[..])]
                     }
+                    _ => inputs.chunks(MAX_INPUTS).enumerate().collect(),
+                };
+                for (c, chunk) in calls {
+                    let products: &[[f32; ROWS]] = if amx {
+                        &all
+                    } else {
+                        kernel(tile, chunk, &mut products[..chunk.len()]);
+                        &products[..chunk.len()]
+                    };
                     for (j, p) in products.iter().enumerate() {
-                        let input = c * per_call + j;
+                        let input = c * MAX_INPUTS + j;
                         // SAFETY: the pool hands out disjoint ranges of
                         // tiles, each tile's rows written by one thread,
                         // and `outs` (whole tiles long) outlives the call.
@@ -553,9 +564,10 @@ type Kernel = fn(&[u8], &[Q8Input], &mut [[f32; ROWS]]);
 /// Tokens one AMX call takes.
 const AMX_TOKENS: usize = 16;
 
-/// One tile's blocks times up to [`AMX_TOKENS`] tokens, whose integers
-/// lie block after block, 16 tokens' side by side in each.
-type AmxKernel = unsafe fn(&[u8], *const i8, &[Q8Input], &mut [[f32; ROWS]]);
+/// One tile's blocks times every token, whose integers lie per group of
+/// [`AMX_TOKENS`] tokens and block after block, the group's side by side
+/// in each (`cols` columns).
+type AmxKernel = unsafe fn(&[u8], *const i8, usize, &[Q8Input], &mut [[f32; ROWS]]);
 
 /// Whether prompts run on AMX tiles ([`amx::set`]).
 fn amx_enabled() -> bool {
@@ -1053,7 +1065,7 @@ pub(crate) mod amx {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use super::avx512::{Q4_1, Q4K, Q5_0, Q6K, Q8_0, block, blocks, combine, store};
+    use super::avx512::{Block, Q4_1, Q4K, Q5_0, Q6K, Q8_0, block, blocks, combine, store};
     use super::{BLOCK, Q8Input, ROWS};
 
     /// Tokens one call takes: the rows of a tile.
@@ -1142,11 +1154,12 @@ pub(crate) mod amx {
             pub(crate) unsafe fn $name(
                 t: &[u8],
                 qs: *const i8,
+                cols: usize,
                 xs: &[Q8Input],
                 out: &mut [[f32; ROWS]],
             ) {
                 // SAFETY: the caller's promise.
-                unsafe { tile::<$f>(t, qs, xs, out) }
+                unsafe { tile::<$f>(t, qs, cols, xs, out) }
             }
         };
     }
@@ -1156,82 +1169,85 @@ pub(crate) mod amx {
     for_format!(tile_q4k, Q4K);
     for_format!(tile_q6k, Q6K);
 
-    /// One tile's blocks times up to 16 tokens `xs`, whose integers lie
-    /// from `qs` block after block, the 16 tokens' 32 bytes side by side in
-    /// each: per token, the 16 rows' products.
+    /// One tile's blocks times every token of `xs`, whose integers lie
+    /// from `qs` per group of 16 tokens (`16 * cols` bytes, zeros after
+    /// the last token) and block after block, the 16 tokens' 32 bytes side
+    /// by side in each: per token, the 16 rows' products. The weights are
+    /// unpacked once for all the groups.
     ///
     /// # Safety
-    /// [`supported`] holds; `qs` has 512 bytes per block of the tile's
-    /// columns (rows beyond `xs` anything).
+    /// [`supported`] holds; `qs` holds every group of `xs`, whole.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn tile<const F: u8>(
         tile: &[u8],
         qs: *const i8,
+        cols: usize,
         xs: &[Q8Input],
         out: &mut [[f32; ROWS]],
     ) {
-        assert!(xs.len() <= TOKENS);
+        assert_eq!(xs.len(), out.len());
+        let blocks: Vec<Block> = (0..blocks(F, tile)).map(|b| block::<F>(tile, b)).collect();
         let config = Config::new();
-        let mut codes = Scratch([[0u8; 64]; 8]);
         let mut sums = Scratch([[0i32; ROWS]; 2 * TOKENS]);
-        let mut acc = [_mm512_setzero_ps(); TOKENS];
-        // The right operand's rows in the order of the columns: the low
-        // half's 4 registers, then the high half's.
-        let order: [usize; 8] = if F == Q8_0 {
-            [0, 1, 2, 3, 4, 5, 6, 7]
-        } else {
-            [0, 2, 4, 6, 1, 3, 5, 7]
-        };
+        // The right operand's rows, 4 groups of 4 columns of one half of a
+        // block: every other register from the first (low half) or the
+        // second (high half), or for Q8_0 the first 4 and the last 4.
+        let (high, step): (usize, usize) = if F == Q8_0 { (4, 64) } else { (1, 128) };
+        let zero = Q8Input::zero(cols);
         // SAFETY: the configuration is valid (palette 1, 6 tiles within
         // its limits); the tiles are released below.
         unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack)) };
-        for b in 0..blocks(F, tile) {
-            let block = block::<F>(tile, b);
-            for (to, &i) in codes.0.iter_mut().zip(&order) {
-                // SAFETY: 64 bytes.
-                unsafe { _mm512_store_si512(to.as_mut_ptr().cast(), block.w[i]) };
+        for (g, (xs, out)) in xs.chunks(TOKENS).zip(out.chunks_mut(TOKENS)).enumerate() {
+            // A last group's missing tokens are zeros: their products are
+            // computed and dropped.
+            let xs: [&Q8Input; TOKENS] = std::array::from_fn(|j| xs.get(j).unwrap_or(&zero));
+            let mut acc = [_mm512_setzero_ps(); TOKENS];
+            for (b, block) in blocks.iter().enumerate() {
+                // SAFETY: the loads read the group's 512 bytes of block b
+                // (the caller's promise), 16 rows of 16 bytes twice, and 4
+                // of the block's registers twice; the stores write the
+                // 2 KiB of `sums`.
+                unsafe {
+                    let x = qs.add((g * blocks.len() + b) * TOKENS * BLOCK);
+                    let w = block.w.as_ptr().cast::<u8>();
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tileloadd tmm2, [{x} + {stride}]",
+                        "tileloadd tmm3, [{x2} + {stride}]",
+                        "tileloadd tmm4, [{w} + {step}]",
+                        "tileloadd tmm5, [{w2} + {step}]",
+                        "tdpbsud tmm0, tmm2, tmm4",
+                        "tdpbsud tmm1, tmm3, tmm5",
+                        "tilestored [{s} + {sixty_four}], tmm0",
+                        "tilestored [{s2} + {sixty_four}], tmm1",
+                        x = in(reg) x,
+                        x2 = in(reg) x.add(BLOCK / 2),
+                        stride = in(reg) BLOCK,
+                        w = in(reg) w,
+                        w2 = in(reg) w.add(64 * high),
+                        step = in(reg) step,
+                        sixty_four = in(reg) 64usize,
+                        s = in(reg) sums.0.as_mut_ptr(),
+                        s2 = in(reg) sums.0.as_mut_ptr().add(TOKENS),
+                        options(nostack),
+                    );
+                }
+                for j in 0..TOKENS {
+                    // SAFETY: 16 i32 each.
+                    let (low, high) = unsafe {
+                        (
+                            _mm512_load_si512(sums.0[j].as_ptr().cast()),
+                            _mm512_load_si512(sums.0[TOKENS + j].as_ptr().cast()),
+                        )
+                    };
+                    acc[j] = combine::<F>(block, xs[j], b, low, high, acc[j]);
+                }
             }
-            // SAFETY: the loads read the block's 512 bytes of tokens (the
-            // caller's promise), 16 rows of 16 bytes twice, and the 512 bytes
-            // of `codes`; the stores write the 2 KiB of `sums`.
-            unsafe {
-                let (x, stride) = (qs.add(b * TOKENS * BLOCK), BLOCK);
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tileloadd tmm2, [{x} + {stride}]",
-                    "tileloadd tmm3, [{x2} + {stride}]",
-                    "tileloadd tmm4, [{w} + {sixty_four}]",
-                    "tileloadd tmm5, [{w2} + {sixty_four}]",
-                    "tdpbsud tmm0, tmm2, tmm4",
-                    "tdpbsud tmm1, tmm3, tmm5",
-                    "tilestored [{s} + {sixty_four}], tmm0",
-                    "tilestored [{s2} + {sixty_four}], tmm1",
-                    x = in(reg) x,
-                    x2 = in(reg) x.add(BLOCK / 2),
-                    stride = in(reg) stride,
-                    w = in(reg) codes.0.as_ptr(),
-                    w2 = in(reg) codes.0.as_ptr().add(4),
-                    sixty_four = in(reg) 64usize,
-                    s = in(reg) sums.0.as_mut_ptr(),
-                    s2 = in(reg) sums.0.as_mut_ptr().add(TOKENS),
-                    options(nostack),
-                );
-            }
-            for (j, (x, acc)) in xs.iter().zip(&mut acc).enumerate() {
-                // SAFETY: 16 i32 each.
-                let (low, high) = unsafe {
-                    (
-                        _mm512_load_si512(sums.0[j].as_ptr().cast()),
-                        _mm512_load_si512(sums.0[TOKENS + j].as_ptr().cast()),
-                    )
-                };
-                *acc = combine::<F>(&block, x, b, low, high, *acc);
-            }
+            store(out, &acc[..out.len()]);
         }
         // SAFETY: gives back the tiles configured above.
         unsafe { asm!("tilerelease", options(nostack)) };
-        store(out, &acc[..xs.len()]);
     }
 }
 
