@@ -647,7 +647,12 @@ pub(crate) fn quantize_block(block: &[f32], qs: &mut Vec<i8>) -> f32 {
     let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = max / 127.0;
     let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
-    qs.extend(block.iter().map(|v| (v * inverse).round() as i8));
+    // To the nearest integer, ties to even (GGML's SIMD rounding), by
+    // adding and taking off 1.5 * 2^23: two additions the compiler
+    // vectorizes, where `round` is a libm call per value (a fifth of the
+    // time of a prompt's product on AMX). |v * inverse| <= 127 here.
+    const SHIFT: f32 = 12_582_912.0;
+    qs.extend(block.iter().map(|v| ((v * inverse + SHIFT) - SHIFT) as i8));
     d
 }
 
