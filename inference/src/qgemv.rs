@@ -814,7 +814,7 @@ mod avx512 {
         for b in 0..blocks(F, tile) {
             let block = block::<F>(tile, b);
             for (x, acc) in xs.iter().zip(&mut acc) {
-                let (low, high) = split_dots::<F>(x, b, &block.w);
+                let (low, high) = split_dots(x, b, &block.w);
                 *acc = combine::<F>(&block, x, b, low, high, *acc);
             }
         }
@@ -822,10 +822,10 @@ mod avx512 {
     }
 
     /// One block of 32 columns of a tile, ready to multiply: its codes,
-    /// unsigned, in 8 registers of 16 rows by 4 columns (columns `4i..`
-    /// for Q8_0; for the others columns `4(i/2)..` for even `i` and
-    /// `16 + 4(i/2)..` for odd `i`), and per row what turns a token's
-    /// integer sums into its products (the format's scales and offsets).
+    /// unsigned, in 8 registers of 16 rows by 4 columns (columns `4i..`,
+    /// AMX's layout of a right operand when read one after the other), and
+    /// per row what turns a token's integer sums into its products (the
+    /// format's scales and offsets).
     pub(super) struct Block {
         pub(super) w: [__m512i; 8],
         a: __m512,
@@ -836,6 +836,20 @@ mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) fn block<const F: u8>(tile: &[u8], b: usize) -> Block {
+        let mut block = unpacked::<F>(tile, b);
+        if F != Q8_0 {
+            // From the nibbles' order (low, high, low, ...) to the columns'.
+            let w = block.w;
+            block.w = [w[0], w[2], w[4], w[6], w[1], w[3], w[5], w[7]];
+        }
+        block
+    }
+
+    /// [`block`], the nibble formats' registers in the order of their
+    /// bytes: columns `4(i/2)..` for even `i`, `16 + 4(i/2)..` for odd.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn unpacked<const F: u8>(tile: &[u8], b: usize) -> Block {
         let format = format(F);
         let zero = _mm512_setzero_ps();
         match F {
@@ -935,16 +949,11 @@ mod avx512 {
     /// `w`, over its first 16 columns and over its last 16.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn split_dots<const F: u8>(x: &Q8Input, b: usize, w: &[__m512i; 8]) -> (__m512i, __m512i) {
+    fn split_dots(x: &Q8Input, b: usize, w: &[__m512i; 8]) -> (__m512i, __m512i) {
         let (mut low, mut high) = (_mm512_setzero_si512(), _mm512_setzero_si512());
         for g in 0..4 {
-            let (l, h) = if F == Q8_0 {
-                (g, 4 + g)
-            } else {
-                (2 * g, 2 * g + 1)
-            };
-            low = _mm512_dpbusd_epi32(low, w[l], _mm512_set1_epi32(x.word(b, 4 * g)));
-            high = _mm512_dpbusd_epi32(high, w[h], _mm512_set1_epi32(x.word(b, 16 + 4 * g)));
+            low = _mm512_dpbusd_epi32(low, w[g], _mm512_set1_epi32(x.word(b, 4 * g)));
+            high = _mm512_dpbusd_epi32(high, w[4 + g], _mm512_set1_epi32(x.word(b, 16 + 4 * g)));
         }
         (low, high)
     }
@@ -1013,7 +1022,7 @@ mod avx512 {
     }
 
     /// The 8 nibble registers of a tile block (`bytes`: its 256 bytes of
-    /// nibbles), in the order of [`Block`] for the formats with halves.
+    /// nibbles), in the order of [`unpacked`].
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     fn nibbles(bytes: &[u8]) -> [__m512i; 8] {
@@ -1127,19 +1136,25 @@ pub(crate) mod amx {
         })
     }
 
-    /// The tile configuration: palette 1; tmm0 and tmm1 the sums over a
-    /// block's first and last 16 columns (16 tokens by 16 rows, i32),
-    /// tmm2 and tmm3 the tokens' integers of those columns (16 by 16
-    /// bytes), tmm4 and tmm5 the weights' codes (4 groups of 4 columns by
-    /// 16 rows).
+    /// The tile configuration: palette 1; tmm0 and tmm1 sums (16 tokens
+    /// by 16 rows, i32) of two products, tmm2 and tmm3 their tokens'
+    /// integers (16 by `columns` bytes), tmm4 and tmm5 their weights'
+    /// codes (`columns / 4` groups of 4 columns by 16 rows).
     #[repr(C, align(64))]
     struct Config([u8; 64]);
 
     impl Config {
-        fn new() -> Self {
+        fn new(columns: u16, groups: u8) -> Self {
             let mut c = [0u8; 64];
             c[0] = 1;
-            let tiles: [(u16, u8); 6] = [(64, 16), (64, 16), (16, 16), (16, 16), (64, 4), (64, 4)];
+            let tiles: [(u16, u8); 6] = [
+                (64, 16),
+                (64, 16),
+                (columns, 16),
+                (columns, 16),
+                (64, groups),
+                (64, groups),
+            ];
             for (t, (bytes, rows)) in tiles.into_iter().enumerate() {
                 c[16 + 2 * t..18 + 2 * t].copy_from_slice(&bytes.to_le_bytes());
                 c[48 + t] = rows;
@@ -1192,12 +1207,17 @@ pub(crate) mod amx {
     ) {
         assert_eq!(xs.len(), out.len());
         let blocks: Vec<Block> = (0..blocks(F, tile)).map(|b| block::<F>(tile, b)).collect();
-        let config = Config::new();
+        // Q6_K's scales change every 16 columns: its halves apart (two
+        // products of 16 columns); the others a whole block at a time, two
+        // blocks in flight.
+        let halves = F == Q6K;
+        let config = if halves {
+            Config::new(16, 4)
+        } else {
+            Config::new(32, 8)
+        };
         let mut sums = Scratch([[0i32; ROWS]; 2 * TOKENS]);
-        // The right operand's rows, 4 groups of 4 columns of one half of a
-        // block: every other register from the first (low half) or the
-        // second (high half), or for Q8_0 the first 4 and the last 4.
-        let (high, step): (usize, usize) = if F == Q8_0 { (4, 64) } else { (1, 128) };
+        let none = _mm512_setzero_si512();
         let zero = Q8Input::zero(cols);
         // SAFETY: the configuration is valid (palette 1, 6 tiles within
         // its limits); the tiles are released below.
@@ -1206,48 +1226,75 @@ pub(crate) mod amx {
             // A last group's missing tokens are zeros: their products are
             // computed and dropped.
             let xs: [&Q8Input; TOKENS] = std::array::from_fn(|j| xs.get(j).unwrap_or(&zero));
+            let group = |b: usize| {
+                // SAFETY: inside the group's blocks (the caller's promise).
+                unsafe { qs.add((g * blocks.len() + b) * TOKENS * BLOCK) }
+            };
             let mut acc = [_mm512_setzero_ps(); TOKENS];
-            for (b, block) in blocks.iter().enumerate() {
-                // SAFETY: the loads read the group's 512 bytes of block b
-                // (the caller's promise), 16 rows of 16 bytes twice, and 4
-                // of the block's registers twice; the stores write the
-                // 2 KiB of `sums`.
+            let mut b = 0;
+            while b < blocks.len() {
+                // Block b's sums (two halves, or whole) in `sums[..16]`,
+                // block b + 1's (whole, when there is one) in `sums[16..]`.
+                let next = (b + 1).min(blocks.len() - 1);
+                // SAFETY: the loads read the group's 512 bytes of blocks b
+                // and `next` (the caller's promise) and their 512 bytes of
+                // registers; the stores write the 2 KiB of `sums`.
                 unsafe {
-                    let x = qs.add((g * blocks.len() + b) * TOKENS * BLOCK);
-                    let w = block.w.as_ptr().cast::<u8>();
+                    let (w, w2) = (blocks[b].w.as_ptr().cast::<u8>(), blocks[next].w.as_ptr());
+                    let (x, x2, stride) = if halves {
+                        (group(b), group(b).add(BLOCK / 2), BLOCK)
+                    } else {
+                        (group(b), group(next), BLOCK)
+                    };
+                    let w2 = if halves {
+                        w.add(4 * 64)
+                    } else {
+                        w2.cast::<u8>()
+                    };
                     asm!(
                         "tilezero tmm0",
                         "tilezero tmm1",
                         "tileloadd tmm2, [{x} + {stride}]",
+                        "tileloadd tmm4, [{w} + {sixty_four}]",
                         "tileloadd tmm3, [{x2} + {stride}]",
-                        "tileloadd tmm4, [{w} + {step}]",
-                        "tileloadd tmm5, [{w2} + {step}]",
+                        "tileloadd tmm5, [{w2} + {sixty_four}]",
                         "tdpbsud tmm0, tmm2, tmm4",
                         "tdpbsud tmm1, tmm3, tmm5",
                         "tilestored [{s} + {sixty_four}], tmm0",
                         "tilestored [{s2} + {sixty_four}], tmm1",
                         x = in(reg) x,
-                        x2 = in(reg) x.add(BLOCK / 2),
-                        stride = in(reg) BLOCK,
+                        x2 = in(reg) x2,
+                        stride = in(reg) stride,
                         w = in(reg) w,
-                        w2 = in(reg) w.add(64 * high),
-                        step = in(reg) step,
+                        w2 = in(reg) w2,
                         sixty_four = in(reg) 64usize,
                         s = in(reg) sums.0.as_mut_ptr(),
                         s2 = in(reg) sums.0.as_mut_ptr().add(TOKENS),
                         options(nostack),
                     );
                 }
-                for j in 0..TOKENS {
-                    // SAFETY: 16 i32 each.
-                    let (low, high) = unsafe {
-                        (
-                            _mm512_load_si512(sums.0[j].as_ptr().cast()),
-                            _mm512_load_si512(sums.0[TOKENS + j].as_ptr().cast()),
-                        )
-                    };
-                    acc[j] = combine::<F>(block, xs[j], b, low, high, acc[j]);
+                let load = |row: usize| {
+                    // SAFETY: 16 i32.
+                    unsafe { _mm512_load_si512(sums.0[row].as_ptr().cast()) }
+                };
+                if halves {
+                    for j in 0..TOKENS {
+                        let (low, high) = (load(j), load(TOKENS + j));
+                        acc[j] = combine::<F>(&blocks[b], xs[j], b, low, high, acc[j]);
+                    }
+                    b += 1;
+                    continue;
                 }
+                for j in 0..TOKENS {
+                    acc[j] = combine::<F>(&blocks[b], xs[j], b, load(j), none, acc[j]);
+                }
+                if next > b {
+                    for j in 0..TOKENS {
+                        let sums = load(TOKENS + j);
+                        acc[j] = combine::<F>(&blocks[next], xs[j], next, sums, none, acc[j]);
+                    }
+                }
+                b += 2;
             }
             store(out, &acc[..out.len()]);
         }
@@ -1361,8 +1408,9 @@ pub(crate) mod tests {
             eprintln!("skipped: this CPU or kernel has no AMX-INT8");
             return;
         }
-        for (format, _, width) in FORMATS {
-            let (rows, cols, inputs) = (37, 2 * width, 2 * AMX_TOKENS + 5);
+        // Odd and even numbers of blocks of 32 (for Q4_1, Q5_0, Q8_0).
+        for (format, cols) in FORMATS.iter().flat_map(|&(f, _, w)| [(f, w), (f, 2 * w)]) {
+            let (rows, inputs) = (37, 2 * AMX_TOKENS + 5);
             let m = QMatrix::new(format, &blocks(format, rows, cols, 9), rows, cols).unwrap();
             let xs = Tensor::randn(0f32, 1.0, inputs * cols, &Device::Cpu)
                 .unwrap()
@@ -1376,7 +1424,10 @@ pub(crate) mod tests {
             let differs = (vnni.iter().flatten())
                 .zip(tiles.iter().flatten())
                 .position(|(a, b)| a.to_bits() != b.to_bits());
-            assert_eq!(differs, None, "{format:?}: the first product that differs");
+            assert_eq!(
+                differs, None,
+                "{format:?} {cols}: the first product that differs"
+            );
         }
     }
 
