@@ -235,6 +235,17 @@ impl Q8Input {
             qs: Vec::with_capacity(x.len()),
         };
         for block in x.chunks_exact(BLOCK) {
+            #[cfg(target_arch = "x86_64")]
+            if available() {
+                let mut qs = [0i8; BLOCK];
+                // SAFETY: the CPU has AVX-512 (checked above).
+                let (d, low, high) = unsafe { avx512::quantize(block, &mut qs) };
+                input.qs.extend_from_slice(&qs);
+                input.scales.push(d);
+                input.sums.push((low + high) as f32);
+                input.halves.extend([low as f32, high as f32]);
+                continue;
+            }
             let start = input.qs.len();
             let d = quantize_block(block, &mut input.qs);
             let half = |h: usize| -> i32 {
@@ -420,7 +431,7 @@ impl QMatrix {
             assert_eq!(m.cols, cols, "input length");
         }
         assert!(xs.len().is_multiple_of(cols), "input length");
-        let inputs: Vec<Q8Input> = xs.chunks_exact(cols).map(Q8Input::quantize).collect();
+        let inputs = quantize_all(xs, cols);
         // A prompt on AMX tiles, where asked for: per tile of 16 tokens
         // (zeros after the last token) and block of 32 columns, the 16
         // tokens' integers side by side, so that a tile loads 512
@@ -546,6 +557,33 @@ fn pack_k(format: Format, k: &KBlock, r: usize, unit: &mut [u8]) {
             }
         }
     }
+}
+
+/// Each row of `xs` (`cols` long) rounded to 8 bits; a prompt's rows
+/// on candle's threads.
+fn quantize_all(xs: &[f32], cols: usize) -> Vec<Q8Input> {
+    let rows = xs.len() / cols;
+    if rows < 2 * MAX_INPUTS {
+        return xs.chunks_exact(cols).map(Q8Input::quantize).collect();
+    }
+    struct Slots(*mut Option<Q8Input>);
+    // SAFETY: the pool hands out disjoint ranges of rows, each slot
+    // written by one thread.
+    unsafe impl Sync for Slots {}
+    let mut inputs: Vec<Option<Q8Input>> = (0..rows).map(|_| None).collect();
+    let slots = Slots(inputs.as_mut_ptr());
+    let slots = &slots;
+    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+        for i in range {
+            let input = Q8Input::quantize(&xs[i * cols..(i + 1) * cols]);
+            // SAFETY: slot i is this task's, and `inputs` outlives the call.
+            unsafe { *slots.0.add(i) = Some(input) };
+        }
+    });
+    inputs
+        .into_iter()
+        .map(|x| x.expect("every row quantized"))
+        .collect()
 }
 
 /// Where parallel tasks write their results, each its own part (for
@@ -1003,6 +1041,32 @@ mod avx512 {
         }
     }
 
+    /// [`super::quantize_block`] for one block of 32, to the bit (the
+    /// same largest magnitude, scale and rounding: `vcvtps2dq` rounds to
+    /// nearest, ties to even), with the sums of its halves.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn quantize(block: &[f32], out: &mut [i8; BLOCK]) -> (f32, i32, i32) {
+        assert_eq!(block.len(), BLOCK);
+        // SAFETY: 32 floats (asserted).
+        let (a, b) = unsafe {
+            (
+                _mm512_loadu_ps(block.as_ptr()),
+                _mm512_loadu_ps(block.as_ptr().add(16)),
+            )
+        };
+        let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        let d = max / 127.0;
+        let inverse = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inverse));
+        let qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inverse));
+        // SAFETY: 16 bytes each, inside `out`.
+        unsafe {
+            _mm_storeu_si128(out.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(qa));
+            _mm_storeu_si128(out.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(qb));
+        }
+        (d, _mm512_reduce_add_epi32(qa), _mm512_reduce_add_epi32(qb))
+    }
+
     /// 16 f16 at the start of `bytes`, as f32.
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -1428,6 +1492,37 @@ pub(crate) mod tests {
                 differs, None,
                 "{format:?} {cols}: the first product that differs"
             );
+        }
+    }
+
+    /// The AVX-512 rounding of the inputs is the scalar one, to the bit,
+    /// with the sums of the halves (values of every magnitude, zeros).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn inputs_round_the_same_with_and_without_avx512() {
+        use candle_core::{Device, Tensor};
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let mut xs = Tensor::randn(0f32, 1.0, 64 * BLOCK, &Device::Cpu)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (i, block) in xs.chunks_exact_mut(BLOCK).enumerate() {
+            let scale = 10f32.powi(i as i32 % 9 - 4);
+            block.iter_mut().for_each(|v| *v *= scale);
+        }
+        xs[..BLOCK].fill(0.0);
+        for block in xs.chunks_exact(BLOCK) {
+            let mut scalar = Vec::new();
+            let d = quantize_block(block, &mut scalar);
+            let mut simd = [0i8; BLOCK];
+            // SAFETY: checked above.
+            let (e, low, high) = unsafe { avx512::quantize(block, &mut simd) };
+            assert_eq!((d.to_bits(), &scalar[..]), (e.to_bits(), &simd[..]));
+            let sum = |qs: &[i8]| qs.iter().map(|&q| i32::from(q)).sum::<i32>();
+            assert_eq!((low, high), (sum(&simd[..16]), sum(&simd[16..])));
         }
     }
 
