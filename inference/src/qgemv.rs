@@ -472,32 +472,23 @@ impl QMatrix {
             total += m.rows.div_ceil(ROWS);
         }
         candle_core::utils::barrier_pool().execute_chunked(total, |range| {
-            let mut products = [[0f32; ROWS]; MAX_INPUTS];
-            let mut all = vec![[0f32; ROWS]; if amx { inputs.len() } else { 0 }];
+            let mut products = vec![[0f32; ROWS]; inputs.len()];
             for i in range {
                 let at = parts.partition_point(|p| p.0 <= i) - 1;
                 let (first, m, dst, kernel, amx_kernel) = &parts[at];
                 let t = i - first;
                 let bytes = m.cols / m.format.columns() * m.format.tile_bytes();
                 let tile = &m.tiles[t * bytes..(t + 1) * bytes];
-                let calls: Vec<(usize, &[Q8Input])> = match amx_kernel {
-                    Some(amx_kernel) if amx => {
-                        // SAFETY: AMX is enabled (so supported); `packed`
-                        // holds every whole group of tokens.
-                        unsafe { amx_kernel(tile, packed.as_ptr(), cols, &inputs, &mut all) };
-                        vec![(0, &inputs[..])]
-                    }
-                    _ => inputs.chunks(MAX_INPUTS).enumerate().collect(),
-                };
-                for (c, chunk) in calls {
-                    let products: &[[f32; ROWS]] = if amx {
-                        &all
-                    } else {
-                        kernel(tile, chunk, &mut products[..chunk.len()]);
-                        &products[..chunk.len()]
-                    };
-                    for (j, p) in products.iter().enumerate() {
-                        let input = c * MAX_INPUTS + j;
+                match amx_kernel {
+                    // SAFETY: AMX is enabled (so supported); `packed` holds
+                    // every whole group of tokens.
+                    Some(amx_kernel) if amx => unsafe {
+                        amx_kernel(tile, packed.as_ptr(), cols, &inputs, &mut products)
+                    },
+                    _ => kernel(tile, &inputs, &mut products),
+                }
+                {
+                    for (input, p) in products.iter().enumerate() {
                         // SAFETY: the pool hands out disjoint ranges of
                         // tiles, each tile's rows written by one thread,
                         // and `outs` (whole tiles long) outlives the call.
@@ -595,8 +586,8 @@ unsafe impl Sync for Out {}
 /// Inputs one kernel call takes (its accumulators stay in registers).
 const MAX_INPUTS: usize = 8;
 
-/// One tile's blocks times up to [`MAX_INPUTS`] inputs: per input, the 16
-/// rows' products.
+/// One tile's blocks times any number of inputs (the SIMD kernels take
+/// [`MAX_INPUTS`] at a time): per input, the 16 rows' products.
 type Kernel = fn(&[u8], &[Q8Input], &mut [[f32; ROWS]]);
 
 /// Tokens one AMX call takes.
@@ -823,6 +814,9 @@ mod avx512 {
             #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
             pub fn $name(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
                 const { assert!(MAX_INPUTS == 8) };
+                if xs.len() > MAX_INPUTS {
+                    return prompt::<$f>(tile, xs, out);
+                }
                 match xs.len() {
                     1 => vnni::<$f, 1>(tile, xs.try_into().expect("1"), out),
                     2 => vnni::<$f, 2>(tile, xs.try_into().expect("2"), out),
@@ -843,6 +837,27 @@ mod avx512 {
     by_inputs!(tile_q8_0, Q8_0);
     by_inputs!(tile_q4k, Q4K);
     by_inputs!(tile_q6k, Q6K);
+
+    /// One tile's blocks times a prompt's tokens, 8 at a time, the blocks
+    /// unpacked once for all of them: per token, the 16 rows' products.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn prompt<const F: u8>(tile: &[u8], xs: &[Q8Input], out: &mut [[f32; ROWS]]) {
+        assert_eq!(xs.len(), out.len());
+        let blocks: Vec<Block> = (0..blocks(F, tile)).map(|b| block::<F>(tile, b)).collect();
+        let zero = Q8Input::zero(blocks.len() * BLOCK);
+        for (xs, out) in xs.chunks(MAX_INPUTS).zip(out.chunks_mut(MAX_INPUTS)) {
+            // A last chunk's missing tokens are zeros, computed and dropped.
+            let xs: [&Q8Input; MAX_INPUTS] = std::array::from_fn(|j| xs.get(j).unwrap_or(&zero));
+            let mut acc = [_mm512_setzero_ps(); MAX_INPUTS];
+            for (b, block) in blocks.iter().enumerate() {
+                for (x, acc) in xs.iter().zip(&mut acc) {
+                    let (low, high) = split_dots(x, b, &block.w);
+                    *acc = combine::<F>(block, x, b, low, high, *acc);
+                }
+            }
+            store(out, &acc[..out.len()]);
+        }
+    }
 
     /// One tile's blocks times `N` inputs: per input, the 16 rows'
     /// products.
