@@ -467,6 +467,8 @@ impl App {
 /// or kernel lacks them, said once in the log.
 pub(crate) fn use_amx(on: bool) {
     if rag_inference::use_amx(on) != on {
-        tracing::warn!("generator.amx: this CPU or kernel has no AMX-INT8; prompts run on AVX-512");
+        tracing::debug!(
+            "generator.amx: this CPU or kernel has no AMX-INT8; prompts run on AVX-512"
+        );
     }
 }

@@ -274,8 +274,8 @@ struct GeneratorSection {
     prefix_cache: bool,
     /// candle, one quantized copy of a GGUF's weights: prompts on AMX
     /// tiles where the CPU has AMX-INT8 (Sapphire Rapids and later), the
-    /// same products as on AVX-512 VNNI, to the bit. Off by default until
-    /// measured end to end.
+    /// same products as on AVX-512 VNNI, to the bit; ignored elsewhere.
+    /// On by default (the 0.5B model prefills 1.6 times as fast).
     amx: bool,
     max_tokens: usize,
     temperature: f64,
@@ -319,7 +319,7 @@ impl Default for GeneratorSection {
             quantized_decoding: true,
             quantized_prefill: None,
             prefix_cache: false,
-            amx: false,
+            amx: true,
             max_tokens: 200,
             temperature: 0.0,
             seed: 42,
