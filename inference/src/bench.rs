@@ -305,7 +305,7 @@ pub fn kernels(
         }
         Ok(best)
     };
-    let amx_was = crate::use_amx(false);
+    let amx_was = crate::qgemv::amx_enabled();
     let mut out = Vec::new();
     for (dtype, format) in [
         (GgmlDType::Q4K, Format::Q4K),

@@ -599,7 +599,7 @@ const AMX_TOKENS: usize = 16;
 type AmxKernel = unsafe fn(&[u8], *const i8, usize, &[Q8Input], &mut [[f32; ROWS]]);
 
 /// Whether prompts run on AMX tiles ([`amx::set`]).
-fn amx_enabled() -> bool {
+pub(crate) fn amx_enabled() -> bool {
     #[cfg(target_arch = "x86_64")]
     return amx::enabled();
     #[cfg(not(target_arch = "x86_64"))]
@@ -1547,7 +1547,9 @@ pub(crate) mod tests {
     fn inputs_together_get_what_they_get_alone() {
         use candle_core::{Device, Tensor};
         for (format, _, cols) in FORMATS {
-            let (rows, inputs) = (40, MAX_INPUTS + 3);
+            // More than two kernel calls' worth: the prompt path, its
+            // rows rounded on several threads.
+            let (rows, inputs) = (40, 2 * MAX_INPUTS + 3);
             let m = QMatrix::new(format, &blocks(format, rows, cols, 5), rows, cols).unwrap();
             let xs = Tensor::randn(0f32, 1.0, inputs * cols, &Device::Cpu)
                 .unwrap()
