@@ -37,6 +37,7 @@ phase models
 "$RAG" models fetch
 "$RAG" models fetch smollm2-135m-instruct
 "$RAG" models fetch gemma3-270m
+"$RAG" models fetch nomic-embed-text-v1.5
 # The `rag` binary sets this itself (BENCHMARKS.md, "Quantized against
 # dequantized weights"); the library tests that load models directly get it from here.
 export CANDLE_DEQUANTIZE_ALL=1

@@ -173,17 +173,17 @@ pub fn rerank(
     if candidates.is_empty() {
         return Ok(candidates);
     }
-    let mut texts = vec![question];
-    texts.extend(candidates.iter().map(|c| c.text.as_str()));
-    let vectors = embedder.embed(&texts)?;
-    if vectors.len() != texts.len() {
+    let texts: Vec<&str> = candidates.iter().map(|c| c.text.as_str()).collect();
+    let asked = embedder.embed_queries(&[question])?;
+    let sentences = embedder.embed(&texts)?;
+    if asked.len() != 1 || sentences.len() != texts.len() {
         return Err(rag_core::Error::internal(format!(
             "the embedder returned {} vectors for {} texts",
-            vectors.len(),
-            texts.len()
+            asked.len() + sentences.len(),
+            texts.len() + 1
         )));
     }
-    let (asked, sentences) = vectors.split_first().expect("checked: one per text");
+    let asked = &asked[0];
     // The cosine whatever the embedder's norm: the threshold is on it.
     let norm = |v: &[f32]| {
         v.iter()
@@ -192,7 +192,7 @@ pub fn rerank(
             .sqrt()
             .max(f32::EPSILON)
     };
-    for (candidate, vector) in candidates.iter_mut().zip(sentences) {
+    for (candidate, vector) in candidates.iter_mut().zip(&sentences) {
         let dot: f32 = asked.iter().zip(vector).map(|(a, b)| a * b).sum();
         let cosine = dot / (norm(asked) * norm(vector));
         candidate.score = cosine + candidate.score / 4.0;

@@ -11,7 +11,7 @@ use rag_core::{
     Answer, DocumentStore, Embedder, Error, GenerationRequest, Generator, Hit, Reranker,
     SearchFilter, SearchMode, TextSink, VectorStore,
 };
-use rag_embed::{BertEmbedder, OrtEmbedder};
+use rag_embed::{BertEmbedder, NomicEmbedder, OrtEmbedder};
 use rag_inference::{Backend, CandleGenerator, OpenAiGenerator};
 use rag_ingest::{Chunker, Ingestor};
 use rag_retriever::{EmbeddingReranker, RetrieveOptions, Retriever};
@@ -75,6 +75,16 @@ impl App {
         }
         let model_dir = settings.models_dir.join(spec.dir);
         let (embedder, tokenizer): (Arc<dyn Embedder>, _) = match settings.embedder.runtime {
+            // Read from its GGUF by candle whatever the runtime setting says:
+            // there is no ONNX graph of it.
+            _ if spec.is_gguf_embedder() => {
+                let path = spec.path(&settings.models_dir);
+                let e = tokio::task::spawn_blocking(move || NomicEmbedder::load(&path))
+                    .await?
+                    .with_context(|| format!("loading the embedder {} on candle", spec.name))?;
+                let tokenizer = e.tokenizer().clone();
+                (Arc::new(e), tokenizer)
+            }
             EmbedderRuntime::Onnx => {
                 let runtime = models::spec(models::ONNX_RUNTIME)?;
                 if !runtime.is_installed(&settings.models_dir) {

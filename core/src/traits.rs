@@ -13,8 +13,15 @@ pub trait Embedder: Send + Sync {
     /// Name of the model, recorded with the data it embedded.
     fn model_id(&self) -> &str;
     fn dimension(&self) -> usize;
-    /// One L2-normalised vector per text, in order.
+    /// One L2-normalised vector per passage (what is stored and searched),
+    /// in order.
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+    /// One vector per question, to search the passages' vectors with. Models
+    /// trained with an instruction for each side (nomic's `search_query: `)
+    /// override it; for the others a question is embedded as a passage is.
+    fn embed_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.embed(texts)
+    }
 }
 
 /// Dense, sparse (BM25) and hybrid search over chunks. The sparse vectors

@@ -1,14 +1,18 @@
-//! Sentence embeddings of all-MiniLM-L6-v2 on CPU, two runtimes:
+//! Sentence embeddings on CPU:
 //!
-//! - [`OrtEmbedder`]: ONNX Runtime (the default: 3x candle's passages/s on
-//!   the handbook's chunks, `rag bench ingest --peer`, BENCHMARKS.md);
-//! - [`BertEmbedder`]: candle's BERT, no native library needed.
+//! - all-MiniLM-L6-v2 on two runtimes: [`OrtEmbedder`], ONNX Runtime (the
+//!   default: 3x candle's passages/s on the handbook's chunks, `rag bench
+//!   ingest --peer`, BENCHMARKS.md), and [`BertEmbedder`], candle's BERT, no
+//!   native library needed;
+//! - nomic-embed-text-v1.5 on candle ([`NomicEmbedder`]), read from its GGUF.
 //!
-//! Both do mean pooling over the attention mask, then L2 normalisation, as
-//! sentence-transformers does for that model.
+//! All do mean pooling over the attention mask, then L2 normalisation, as
+//! sentence-transformers does for these models.
 
+mod nomic;
 mod onnx;
 
+pub use nomic::NomicEmbedder;
 pub use onnx::OrtEmbedder;
 
 use std::path::{Path, PathBuf};

@@ -1,10 +1,11 @@
 //! Both runtimes on the real model: the same vectors, and vectors that mean
-//! something. Needs `rag models fetch` (scripts/test.sh runs it).
+//! something; nomic-embed-text-v1.5 on its own. Needs `rag models fetch`
+//! and `rag models fetch nomic-embed-text-v1.5` (scripts/test.sh runs both).
 
 use std::path::PathBuf;
 
 use rag_core::Embedder;
-use rag_embed::{BertEmbedder, OrtEmbedder};
+use rag_embed::{BertEmbedder, NomicEmbedder, OrtEmbedder};
 
 fn models_dir() -> PathBuf {
     std::env::var_os("RAG_MODELS_DIR")
@@ -54,4 +55,54 @@ fn onnx_and_candle_agree_and_rank_by_meaning() {
     // Batching and order do not change a text's vector.
     let single = onnx.embed(&[texts[2]]).unwrap();
     assert!(cos(&single[0], &b[2]) > 0.9999);
+}
+
+#[test]
+fn nomic_reads_its_gguf_and_ranks_by_meaning_with_its_prefixes() {
+    let path = models_dir().join("nomic-embed-text-v1.5/nomic-embed-text-v1.5.f16.gguf");
+    assert!(
+        path.exists(),
+        "run `rag models fetch nomic-embed-text-v1.5` first ({} is missing)",
+        path.display()
+    );
+    let nomic = NomicEmbedder::load(&path).unwrap();
+    assert_eq!(nomic.dimension(), 768);
+    // BERT's uncased WordPiece, built from the vocabulary in the GGUF.
+    let ids = nomic
+        .tokenizer()
+        .encode("Hello, World! Unaffordable", true)
+        .unwrap();
+    assert_eq!(ids.get_tokens()[..4], ["[CLS]", "hello", ",", "world"]);
+    assert_eq!(ids.get_ids()[..2], [101, 7592]);
+    assert_eq!(ids.get_tokens().last().map(String::as_str), Some("[SEP]"));
+    assert!(
+        ids.get_tokens().iter().any(|t| t.starts_with("##")),
+        "{:?}",
+        ids.get_tokens()
+    );
+
+    let question = nomic
+        .embed_queries(&["What is the capital of France?"])
+        .unwrap();
+    let passages = [
+        "Paris is the capital and largest city of France.",
+        "Berlin is the capital and largest city of Germany.",
+        "Mitochondria are the powerhouse of the cell.",
+        // Longer than the 512 tokens embedded: truncated, still a vector.
+        &"The travel policy applies to every trip. ".repeat(200),
+    ];
+    let vectors = nomic.embed(&passages).unwrap();
+    for v in &vectors {
+        assert_eq!(v.len(), 768);
+        assert!((cos(v, v) - 1.0).abs() < 1e-4, "not normalised");
+    }
+    let scores: Vec<f32> = vectors.iter().map(|v| cos(&question[0], v)).collect();
+    assert!(scores[0] > scores[1] + 0.05, "{scores:?}");
+    assert!(scores[1] > scores[2] + 0.05, "{scores:?}");
+    // The prefixes matter: a question embedded as a passage is another vector.
+    let as_passage = nomic.embed(&["What is the capital of France?"]).unwrap();
+    assert!(cos(&as_passage[0], &question[0]) < 0.99);
+    // Batching and order do not change a text's vector.
+    let single = nomic.embed(&[passages[2]]).unwrap();
+    assert!(cos(&single[0], &vectors[2]) > 0.9999);
 }

@@ -178,7 +178,7 @@ impl Retriever {
     async fn embed(&self, question: &str) -> Result<Vec<f32>> {
         let embedder = self.embedder.clone();
         let q = question.to_string();
-        tokio::task::spawn_blocking(move || embedder.embed(&[q.as_str()]))
+        tokio::task::spawn_blocking(move || embedder.embed_queries(&[q.as_str()]))
             .await
             .map_err(|e| Error::internal("a blocking task failed").with_source(e))??
             .pop()

@@ -132,14 +132,12 @@ impl Reranker for EmbeddingReranker {
     }
 
     fn score(&self, question: &str, passages: &[&str]) -> Result<Vec<f32>> {
-        let mut texts = Vec::with_capacity(passages.len() + 1);
-        texts.push(question);
-        texts.extend_from_slice(passages);
-        let vectors = self.embedder.embed(&texts)?;
-        let (q, rest) = vectors
-            .split_first()
+        let asked = self.embedder.embed_queries(&[question])?;
+        let q = asked
+            .first()
             .ok_or_else(|| rag_core::Error::internal("the embedder returned no vector"))?;
-        Ok(rest.iter().map(|v| dot(q, v)).collect())
+        let vectors = self.embedder.embed(passages)?;
+        Ok(vectors.iter().map(|v| dot(q, v)).collect())
     }
 }
 

@@ -46,7 +46,9 @@ pub fn models(settings: &Settings, args: ModelsArgs) -> anyhow::Result<ExitCode>
         ModelsCommand::Fetch { names } => {
             let names = if names.is_empty() {
                 let mut names = vec![settings.embedder.model.clone()];
-                if settings.embedder.runtime == config::EmbedderRuntime::Onnx {
+                if settings.embedder.runtime == config::EmbedderRuntime::Onnx
+                    && !models::spec(&settings.embedder.model)?.is_gguf_embedder()
+                {
                     names.push(models::ONNX_RUNTIME.to_string());
                 }
                 if let Some(candle) = settings.generator.candle() {

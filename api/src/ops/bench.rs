@@ -167,7 +167,12 @@ pub async fn ingest(
     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
     // The peer gets the thread count the embedder was opened with.
     let threads = app.settings.embedder.threads();
-    let engine = format!("rag-{}", app.settings.embedder.runtime.as_str());
+    let gguf = crate::ops::models::spec(&app.settings.embedder.model)?.is_gguf_embedder();
+    let engine = if gguf {
+        "rag-candle".to_string()
+    } else {
+        format!("rag-{}", app.settings.embedder.runtime.as_str())
+    };
 
     let embedder = app.embedder.clone();
     embedder.embed(&refs[..refs.len().min(16)])?; // warm-up
@@ -337,7 +342,7 @@ pub async fn query(
         .collect();
     let q_vectors = app
         .embedder
-        .embed(&questions.iter().map(String::as_str).collect::<Vec<_>>())?;
+        .embed_queries(&questions.iter().map(String::as_str).collect::<Vec<_>>())?;
     println!(
         "{}",
         json!({"corpus": corpus.display().to_string(), "real_chunks": real,
@@ -483,7 +488,7 @@ async fn latencies(
             (vec![], vec![], vec![], vec![]);
         for q in questions {
             let t0 = Instant::now();
-            let dense = app.embedder.embed(&[q.as_str()])?.remove(0);
+            let dense = app.embedder.embed_queries(&[q.as_str()])?.remove(0);
             let t1 = Instant::now();
             let hits = store
                 .search(&VectorQuery {

