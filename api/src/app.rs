@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Context;
 use rag_answer::Policy;
 use rag_core::{
-    Answer, DocumentStore, Embedder, Error, GenerationRequest, Generator, Hit, Reranker,
-    SearchFilter, SearchMode, TextSink, VectorStore,
+    Answer, DocumentStore, Embedder, EmbedderRecord, Error, GenerationRequest, Generator, Hit,
+    Reranker, SearchFilter, SearchMode, TextSink, VectorStore,
 };
 use rag_embed::{BertEmbedder, NomicEmbedder, OrtEmbedder};
 use rag_inference::{Backend, CandleGenerator, OpenAiGenerator};
@@ -66,55 +66,128 @@ fn not_fetched(name: &str, path: &std::path::Path) -> anyhow::Error {
     )
 }
 
+/// The configured embedder, and the tokenizer chunks are counted in.
+pub async fn load_embedder(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn Embedder>, tokenizers::Tokenizer)> {
+    let spec = models::spec(&settings.embedder.model)?;
+    if !spec.is_installed(&settings.models_dir) {
+        return Err(not_fetched(spec.name, &settings.models_dir.join(spec.dir)));
+    }
+    let model_dir = settings.models_dir.join(spec.dir);
+    Ok(match settings.embedder.runtime {
+        // Read from its GGUF by candle whatever the runtime setting says:
+        // there is no ONNX graph of it.
+        _ if spec.is_gguf_embedder() => {
+            let path = spec.path(&settings.models_dir);
+            let e = tokio::task::spawn_blocking(move || NomicEmbedder::load(&path))
+                .await?
+                .with_context(|| format!("loading the embedder {} on candle", spec.name))?;
+            let tokenizer = e.tokenizer().clone();
+            (Arc::new(e) as Arc<dyn Embedder>, tokenizer)
+        }
+        EmbedderRuntime::Onnx => {
+            let runtime = models::spec(models::ONNX_RUNTIME)?;
+            if !runtime.is_installed(&settings.models_dir) {
+                return Err(not_fetched(
+                    runtime.name,
+                    &runtime.path(&settings.models_dir),
+                ));
+            }
+            let threads = settings.embedder.threads();
+            let e = OrtEmbedder::load(&model_dir, &runtime.path(&settings.models_dir), threads)
+                .with_context(|| format!("loading the embedder {} on ONNX Runtime", spec.name))?;
+            let tokenizer = e.tokenizer().clone();
+            (Arc::new(e), tokenizer)
+        }
+        EmbedderRuntime::Candle => {
+            let e = BertEmbedder::load(&model_dir)
+                .with_context(|| format!("loading the embedder {} on candle", spec.name))?;
+            let tokenizer = e.tokenizer().clone();
+            (Arc::new(e), tokenizer)
+        }
+    })
+}
+
+/// What an embedder records itself as (`rag_core::EmbedderRecord`).
+pub fn embedder_record(embedder: &dyn Embedder) -> EmbedderRecord {
+    EmbedderRecord {
+        model: embedder.model_id().to_string(),
+        dimension: embedder.dimension(),
+    }
+}
+
+/// The embedder a data directory's vectors were made with; `None` for a
+/// new one.
+pub async fn recorded_embedder(docs: &dyn DocumentStore) -> anyhow::Result<Option<EmbedderRecord>> {
+    Ok(match docs.embedder().await? {
+        Some(recorded) => Some(recorded),
+        // Documents but no record: made before embedders were recorded,
+        // when MiniLM was the only one (either runtime, the same vectors).
+        None if docs.document_count().await? > 0 => Some(EmbedderRecord {
+            model: LEGACY_EMBEDDER.to_string(),
+            dimension: 384,
+        }),
+        None => None,
+    })
+}
+
+/// Refuses a data directory whose vectors another embedder made, and
+/// records the embedder in one that has none recorded.
+async fn check_embedder(docs: &dyn DocumentStore, embedder: &dyn Embedder) -> anyhow::Result<()> {
+    let configured = embedder_record(embedder);
+    let recorded = recorded_embedder(docs)
+        .await?
+        .unwrap_or_else(|| configured.clone());
+    if recorded != configured {
+        anyhow::bail!(
+            "the vectors in this data directory were made by the embedder {} ({}-d), but {} \
+             ({}-d) is configured: set embedder.model back to it, or run `rag reembed` to \
+             rebuild the vectors with the configured one",
+            recorded.model,
+            recorded.dimension,
+            configured.model,
+            configured.dimension
+        );
+    }
+    if docs.embedder().await?.is_none() {
+        docs.set_embedder(&configured).await?;
+    }
+    Ok(())
+}
+
+/// The folder of an embedded vector store holding `embedder`'s vectors:
+/// `vectors` for MiniLM's (where they always were), `vectors-MODEL` for
+/// another's, so that `rag reembed` builds the new ones beside the old.
+pub fn vectors_dir(data_dir: &std::path::Path, embedder: &EmbedderRecord) -> std::path::PathBuf {
+    if embedder.model == LEGACY_EMBEDDER {
+        data_dir.join("vectors")
+    } else {
+        data_dir.join(format!("vectors-{}", embedder.model))
+    }
+}
+
+/// The model id of the one embedder there was before they were recorded.
+const LEGACY_EMBEDDER: &str = "all-MiniLM-L6-v2";
+
 impl App {
     /// Opens the stores and the embedder; the generator is loaded on first use.
     pub async fn open(settings: Settings) -> anyhow::Result<Self> {
-        let spec = models::spec(&settings.embedder.model)?;
-        if !spec.is_installed(&settings.models_dir) {
-            return Err(not_fetched(spec.name, &settings.models_dir.join(spec.dir)));
-        }
-        let model_dir = settings.models_dir.join(spec.dir);
-        let (embedder, tokenizer): (Arc<dyn Embedder>, _) = match settings.embedder.runtime {
-            // Read from its GGUF by candle whatever the runtime setting says:
-            // there is no ONNX graph of it.
-            _ if spec.is_gguf_embedder() => {
-                let path = spec.path(&settings.models_dir);
-                let e = tokio::task::spawn_blocking(move || NomicEmbedder::load(&path))
-                    .await?
-                    .with_context(|| format!("loading the embedder {} on candle", spec.name))?;
-                let tokenizer = e.tokenizer().clone();
-                (Arc::new(e), tokenizer)
-            }
-            EmbedderRuntime::Onnx => {
-                let runtime = models::spec(models::ONNX_RUNTIME)?;
-                if !runtime.is_installed(&settings.models_dir) {
-                    return Err(not_fetched(
-                        runtime.name,
-                        &runtime.path(&settings.models_dir),
-                    ));
-                }
-                let threads = settings.embedder.threads();
-                let e = OrtEmbedder::load(&model_dir, &runtime.path(&settings.models_dir), threads)
-                    .with_context(|| {
-                        format!("loading the embedder {} on ONNX Runtime", spec.name)
-                    })?;
-                let tokenizer = e.tokenizer().clone();
-                (Arc::new(e), tokenizer)
-            }
-            EmbedderRuntime::Candle => {
-                let e = BertEmbedder::load(&model_dir)
-                    .with_context(|| format!("loading the embedder {} on candle", spec.name))?;
-                let tokenizer = e.tokenizer().clone();
-                (Arc::new(e), tokenizer)
-            }
-        };
+        let (embedder, tokenizer) = load_embedder(&settings).await?;
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+        // Before the vector store: it is opened with the embedder's dimension.
+        let docs: Arc<dyn DocumentStore> =
+            Arc::new(SqlDocumentStore::connect(&settings.database_url()).await?);
+        check_embedder(docs.as_ref(), embedder.as_ref()).await?;
         let simulated = settings.vector_store.simulated_shards;
         let vectors: Arc<dyn VectorStore> = if settings.vector_store.is_embedded() && simulated > 0
         {
             // Measuring only: the engine split as a sharded cluster is.
-            let (path, dimension) = (settings.data_dir.join("vectors"), embedder.dimension());
+            let (path, dimension) = (
+                vectors_dir(&settings.data_dir, &embedder_record(embedder.as_ref())),
+                embedder.dimension(),
+            );
             let store = tokio::task::spawn_blocking(move || {
                 ShardedEdgeStore::open(&path, dimension, simulated)
             })
@@ -128,7 +201,10 @@ impl App {
         } else if settings.vector_store.is_embedded() {
             let hnsw = settings.vector_store.hnsw();
             // Opening replays the engine's write-ahead log: blocking work.
-            let (path, dimension) = (settings.data_dir.join("vectors"), embedder.dimension());
+            let (path, dimension) = (
+                vectors_dir(&settings.data_dir, &embedder_record(embedder.as_ref())),
+                embedder.dimension(),
+            );
             let store = tokio::task::spawn_blocking(move || {
                 EdgeVectorStore::open_with(&path, dimension, hnsw)
             })
@@ -150,8 +226,6 @@ impl App {
             );
             Arc::new(store)
         };
-        let docs: Arc<dyn DocumentStore> =
-            Arc::new(SqlDocumentStore::connect(&settings.database_url()).await?);
         if settings.vector_store.is_embedded() {
             // The embedded vector store is this process's alone (it locks
             // its folder): a writer still registered died with an earlier

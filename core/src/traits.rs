@@ -1,8 +1,8 @@
 use async_trait::async_trait;
 
 use crate::{
-    AnswerRecord, ApiKeyRecord, ChatMessage, ChunkRecord, DocumentRecord, Generation,
-    GenerationRequest, Result, ScoredChunk, SourceRecord, VectorPoint, VectorQuery,
+    AnswerRecord, ApiKeyRecord, ChatMessage, ChunkRecord, DocumentRecord, EmbedderRecord,
+    Generation, GenerationRequest, Result, ScoredChunk, SourceRecord, VectorPoint, VectorQuery,
 };
 
 /// Turns passages and questions into dense vectors.
@@ -89,6 +89,10 @@ pub trait DocumentStore: Send + Sync {
     /// Every committed chunk id (with repeats, if the store has any).
     async fn chunk_ids(&self) -> Result<Vec<String>>;
     async fn document_count(&self) -> Result<usize>;
+    /// The embedder the vectors were made with; `None` until one is set.
+    async fn embedder(&self) -> Result<Option<EmbedderRecord>>;
+    /// Records the embedder the vectors are made with from now on.
+    async fn set_embedder(&self, embedder: &EmbedderRecord) -> Result<()>;
     /// Registers a writer, its heartbeat now on the database's clock.
     async fn register_writer(&self, writer: &str) -> Result<()>;
     /// Renews a writer's heartbeat; `false` when the writer is gone (taken

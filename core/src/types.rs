@@ -440,6 +440,15 @@ impl KeyRole {
     }
 }
 
+/// The embedder a data directory's vectors were made with. Vectors of
+/// another model (or dimension) mean nothing to its questions' vectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedderRecord {
+    /// `Embedder::model_id`.
+    pub model: String,
+    pub dimension: usize,
+}
+
 /// A place documents are synced from (`rag sources add`), as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceRecord {

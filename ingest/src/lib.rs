@@ -12,6 +12,7 @@ mod formats;
 pub mod fuzzing;
 mod load;
 mod pipeline;
+mod reembed;
 mod settings;
 pub mod sources;
 mod writer;
@@ -24,6 +25,7 @@ pub use pipeline::{
     Content, DocumentOutcome, IngestOptions, IngestReport, Ingestor, Input, Progress,
     collect_files, embedding_text,
 };
+pub use reembed::{ReembedReport, rebuild_vectors};
 pub use settings::{IngestSettings, SourcesSettings};
 pub use writer::{WRITER_TIMEOUT_S, delete_unreferenced, repair, target};
 

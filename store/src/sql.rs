@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use rag_core::{
-    AnswerRecord, ApiKeyRecord, BoxError, ChunkRecord, DocumentRecord, DocumentStore, Error,
-    KeyRole, ReferenceLock, Result, SourceRecord, WriterLease,
+    AnswerRecord, ApiKeyRecord, BoxError, ChunkRecord, DocumentRecord, DocumentStore,
+    EmbedderRecord, Error, KeyRole, ReferenceLock, Result, SourceRecord, WriterLease,
 };
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -693,6 +693,33 @@ impl DocumentStore for SqlDocumentStore {
         Ok(row.try_get::<i64, _>("n").map_err(db_error)? as usize)
     }
 
+    async fn embedder(&self) -> Result<Option<EmbedderRecord>> {
+        let row = sqlx::query("SELECT model, dimension FROM embedder WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(|row| {
+            Ok(EmbedderRecord {
+                model: row.try_get("model").map_err(db_error)?,
+                dimension: row.try_get::<i64, _>("dimension").map_err(db_error)? as usize,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_embedder(&self, embedder: &EmbedderRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO embedder (id, model, dimension) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET model = excluded.model, dimension = excluded.dimension",
+        )
+        .bind(&embedder.model)
+        .bind(embedder.dimension as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
     async fn start_run(&self, started_at: &str) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         sqlx::query("INSERT INTO ingest_runs (id, started_at) VALUES ($1, $2)")
@@ -1014,9 +1041,27 @@ mod tests {
         }
     }
 
+    /// One embedder recorded at a time; recording another replaces it.
+    async fn embedder(store: &SqlDocumentStore) {
+        assert_eq!(store.embedder().await.unwrap(), None);
+        let minilm = EmbedderRecord {
+            model: "all-MiniLM-L6-v2".into(),
+            dimension: 384,
+        };
+        store.set_embedder(&minilm).await.unwrap();
+        assert_eq!(store.embedder().await.unwrap().as_ref(), Some(&minilm));
+        let nomic = EmbedderRecord {
+            model: "nomic-embed-text-v1.5".into(),
+            dimension: 768,
+        };
+        store.set_embedder(&nomic).await.unwrap();
+        assert_eq!(store.embedder().await.unwrap(), Some(nomic));
+    }
+
     async fn exercise(url: &str) {
         let store = SqlDocumentStore::connect(url).await.unwrap();
         sources(&store).await;
+        embedder(&store).await;
         let d = doc("a.md", "h1");
         let chunks = vec![chunk(&d, 0, "one"), chunk(&d, 1, "two")];
         store.replace_document(&d, &chunks).await.unwrap();

@@ -190,6 +190,43 @@ pub async fn keys(settings: Settings, args: KeysArgs) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(clap::Args)]
+pub struct ReembedArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn reembed(settings: Settings, args: ReembedArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let done = crate::ops::reembed::reembed(&settings, |r| {
+        let rate = r.embedded as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        eprint!(
+            "\r{} documents, {} chunks embedded ({rate:.1}/s), {} kept from an earlier run",
+            r.documents, r.embedded, r.kept
+        );
+    })
+    .await?;
+    eprintln!();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else if let Some(report) = &done.report {
+        println!(
+            "re-embedded {} chunks of {} documents with {} ({}-d), was {} ({}-d); {} kept from an earlier run, {} stale points removed",
+            report.embedded + report.kept,
+            report.documents,
+            done.to.model,
+            done.to.dimension,
+            done.from.model,
+            done.from.dimension,
+            report.kept,
+            report.removed
+        );
+    } else {
+        println!("the vectors are {}'s already: nothing to do", done.to.model);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn doctor(settings: Settings, args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let DoctorArgs { json } = args;
     let app = App::open(settings).await?;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::dir_name;
+use super::scratch_name;
 use crate::app::App;
 use crate::config::Settings;
 use crate::ops::{bench, load};
@@ -201,7 +201,12 @@ pub async fn query(settings: Settings, args: QueryBenchArgs) -> anyhow::Result<E
         queries,
         scratch,
     } = args;
-    let dir = scratch.unwrap_or_else(|| settings.data_dir.join("bench").join(dir_name(&corpus)));
+    let dir = scratch.unwrap_or_else(|| {
+        settings
+            .data_dir
+            .join("bench")
+            .join(scratch_name(&settings, &corpus))
+    });
     let settings = settings.scratch(dir);
     let app = App::open(settings).await?;
     bench::query(&app, &corpus, &sizes, queries).await?;

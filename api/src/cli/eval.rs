@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rag_core::{SearchFilter, SearchMode};
 use rag_ingest::IngestOptions;
 
-use super::{dir_name, ingest_progress, progress_bar};
+use super::{dir_name, ingest_progress, progress_bar, scratch_name};
 use crate::app::App;
 use crate::config::Settings;
 use crate::ops::eval;
@@ -194,7 +194,10 @@ pub async fn answers(mut settings: Settings, args: EvalAnswersArgs) -> anyhow::R
         None => None,
     };
     if let Some(corpus) = &args.corpus {
-        let dir = settings.data_dir.join("eval").join(dir_name(corpus));
+        let dir = settings
+            .data_dir
+            .join("eval")
+            .join(scratch_name(&settings, corpus));
         settings = settings.scratch(dir);
     }
     let app = Arc::new(App::open(settings).await?);
@@ -336,7 +339,12 @@ pub async fn retrieval(settings: Settings, args: RetrievalEvalArgs) -> anyhow::R
     } = args;
     let data = eval::load(&beir, &split)?;
     let name = dir_name(&beir);
-    let dir = scratch.unwrap_or_else(|| settings.data_dir.join("eval").join(&name));
+    let dir = scratch.unwrap_or_else(|| {
+        settings
+            .data_dir
+            .join("eval")
+            .join(scratch_name(&settings, &beir))
+    });
     let settings = settings.scratch(dir);
     let app = App::open(settings).await?;
     let bar = progress_bar(data.corpus.len() as u64, json);

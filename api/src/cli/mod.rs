@@ -73,6 +73,11 @@ pub enum Command {
     Keys(admin::KeysArgs),
     /// Check that the metadata and the vectors agree.
     Doctor(admin::DoctorArgs),
+    /// Make the vectors again with the configured embedder (after changing
+    /// `embedder.model`), from the chunks stored: no source is read again.
+    /// The old vectors serve until the new ones are complete; a killed run
+    /// resumes where it stopped. Embedded vector store only.
+    Reembed(admin::ReembedArgs),
     /// Measure throughput; prints JSON lines.
     Bench(bench::BenchArgs),
     /// Install or list models.
@@ -99,6 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(args) => admin::keys(settings, args).await,
         Command::Mcp(args) => admin::mcp(settings, args).await,
         Command::Doctor(args) => admin::doctor(settings, args).await,
+        Command::Reembed(args) => admin::reembed(settings, args).await,
         Command::Bench(args) => match args.command {
             bench::BenchCommand::Generate(args) => bench::generate(settings, args).await,
             bench::BenchCommand::Ingest(args) => bench::ingest(settings, args).await,
@@ -129,6 +135,17 @@ pub(crate) fn ingest_progress(bar: ProgressBar) -> impl Fn(Progress) + Send + Sy
                 bar.println(format!("failed: {source}: {reason}"));
             }
         }
+    }
+}
+
+/// The scratch store of a corpus for the configured embedder: one per
+/// embedder, since a store holds one embedder's vectors.
+pub(crate) fn scratch_name(settings: &Settings, corpus: &std::path::Path) -> String {
+    let name = dir_name(corpus);
+    if settings.embedder.model == crate::ops::models::DEFAULT_EMBEDDER {
+        name
+    } else {
+        format!("{name}-{}", settings.embedder.model)
     }
 }
 

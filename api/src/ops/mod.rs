@@ -9,3 +9,4 @@ pub mod eval_answers;
 pub mod eval_trace;
 pub mod load;
 pub mod models;
+pub mod reembed;
