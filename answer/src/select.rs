@@ -60,6 +60,77 @@ const AMOUNT_QUESTIONS: &[&str] = &[
     "rate",
 ];
 
+/// Questions after a name (a tool, a form, a place, a person): their
+/// answer names something the question does not.
+const NAME_QUESTIONS: &[&str] = &[
+    "which ",
+    "who ",
+    "where ",
+    "what tool",
+    "what form",
+    "what app",
+    "what system",
+    "what software",
+    "what service",
+    "what website",
+    "what site",
+    "what email",
+    "what address",
+    "what number",
+    "what phone",
+    "what program",
+    "what is the name",
+    "what's the name",
+    "is there a tool",
+    "is there an app",
+    "is there a form",
+    "is there a way",
+    "who do i",
+    "who should i",
+];
+
+/// Questions after a way of doing something: their answer points to a
+/// form, a link, a team or the steps.
+const STEP_QUESTIONS: &[&str] = &[
+    "how do i",
+    "how can i",
+    "how should i",
+    "how would i",
+    "how to ",
+    "how does one",
+    "what do i need to do",
+    "what should i do",
+    "what's the process",
+    "what is the process",
+];
+
+/// What a sentence should hold to answer what `question` asks for: a
+/// name, a link or a number the question does not have, for a question
+/// after a name or a way; `None` for other questions.
+fn wants_specific(question: &str) -> bool {
+    let lower = format!("{} ", question.to_lowercase());
+    NAME_QUESTIONS
+        .iter()
+        .chain(STEP_QUESTIONS)
+        .any(|q| lower.starts_with(q) || lower.contains(&format!(" {q}")))
+}
+
+/// Whether `text` names something `question` does not: a capitalised word
+/// after its first, a link, an email address or a figure.
+fn names_something(text: &str, question: &str) -> bool {
+    let asked = question.to_lowercase();
+    let new = |w: &str| !asked.contains(&w.to_lowercase());
+    if text.contains("http") || text.contains("www.") || text.contains('@') {
+        return true;
+    }
+    WORD.find_iter(text).enumerate().any(|(i, m)| {
+        let w = m.as_str();
+        let capital = i > 0 && w.chars().next().is_some_and(char::is_uppercase) && w != "I";
+        let figure = w.chars().any(|c| c.is_ascii_digit());
+        (capital || figure) && new(w)
+    })
+}
+
 static WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[\p{L}\p{N}]+").expect("valid regex"));
 
 /// Lowercase content words, with a plural or verb ending off so "leaves"
@@ -126,6 +197,7 @@ pub fn candidates(question: &str, given: &[&Hit], max: usize) -> Vec<Candidate> 
     let total: f32 = asked.iter().map(|w| weight(w)).sum();
     let lower = question.to_lowercase();
     let wants_amount = AMOUNT_QUESTIONS.iter().any(|q| lower.contains(q));
+    let wants_name = !wants_amount && wants_specific(question);
     let mut scored: Vec<Candidate> = units
         .into_iter()
         .filter(|(_, _, words, _)| asked.iter().any(|w| words.contains(w)))
@@ -142,7 +214,9 @@ pub fn candidates(question: &str, given: &[&Hit], max: usize) -> Vec<Candidate> 
                     }
                 })
                 .sum();
-            let amount = if wants_amount && text.chars().any(|c| c.is_ascii_digit()) {
+            let amount = if (wants_amount && text.chars().any(|c| c.is_ascii_digit()))
+                || (wants_name && names_something(&text, question))
+            {
                 0.15
             } else {
                 0.0
@@ -525,6 +599,35 @@ mod tests {
         assert_eq!(found[0].text, "An original medical certification");
         // Nothing shares a word with the question: no candidate.
         assert!(candidates("Who won the chess tournament?", &given, 3).is_empty());
+    }
+
+    /// A question after a name (a tool, a form) ranks the sentence that
+    /// names one above the one that only repeats its words.
+    #[test]
+    fn a_question_after_a_name_prefers_the_sentence_that_names_one() {
+        let keys = hit(
+            "Signing keys",
+            "",
+            "We strongly recommend a password manager for your signing keys. \
+             Keep signing keys in KeePassXC, a password manager.",
+        );
+        let given = [&keys];
+        // Both sentences hold the same words of the question.
+        let asked = "Which password manager should I use for my signing keys?";
+        let found = candidates(asked, &given, 2);
+        assert!(found[0].text.contains("KeePassXC"), "{found:?}");
+        assert!(found[0].score > found[1].score + 0.1, "{found:?}");
+        // A name the question has is not news.
+        assert!(!names_something(
+            "Use KeePassXC for keys.",
+            "Is KeePassXC approved?"
+        ));
+        assert!(names_something("Email help@gsa.gov for keys.", asked));
+        assert!(wants_specific("how do I sign up for the transit subsidy?"));
+        assert!(wants_specific(
+            "is there a tool that stops me committing secrets?"
+        ));
+        assert!(!wants_specific("Can I carry over my leave?"));
     }
 
     /// A lead-in that announces a list is also a candidate with the list:
