@@ -122,38 +122,60 @@ pub fn embedder_record(embedder: &dyn Embedder) -> EmbedderRecord {
 pub async fn recorded_embedder(docs: &dyn DocumentStore) -> anyhow::Result<Option<EmbedderRecord>> {
     Ok(match docs.embedder().await? {
         Some(recorded) => Some(recorded),
-        // Documents but no record: made before embedders were recorded,
-        // when MiniLM was the only one (either runtime, the same vectors).
-        None if docs.document_count().await? > 0 => Some(EmbedderRecord {
-            model: LEGACY_EMBEDDER.to_string(),
-            dimension: 384,
-        }),
+        None if docs.document_count().await? > 0 => Some(legacy_embedder()),
         None => None,
     })
 }
 
+/// Documents but no record: made before embedders were recorded, when
+/// MiniLM was the only one (either runtime, the same vectors).
+fn legacy_embedder() -> EmbedderRecord {
+    EmbedderRecord {
+        model: LEGACY_EMBEDDER.to_string(),
+        dimension: 384,
+    }
+}
+
 /// Refuses a data directory whose vectors another embedder made, and
-/// records the embedder in one that has none recorded.
-async fn check_embedder(docs: &dyn DocumentStore, embedder: &dyn Embedder) -> anyhow::Result<()> {
+/// records the embedder in one that has none recorded. `embedded`: the
+/// vector store is the embedded one, which `rag reembed` rebuilds.
+async fn check_embedder(
+    docs: &dyn DocumentStore,
+    embedder: &dyn Embedder,
+    embedded: bool,
+) -> anyhow::Result<()> {
     let configured = embedder_record(embedder);
-    let recorded = recorded_embedder(docs)
-        .await?
-        .unwrap_or_else(|| configured.clone());
-    if recorded != configured {
-        anyhow::bail!(
-            "the vectors in this data directory were made by the embedder {} ({}-d), but {} \
-             ({}-d) is configured: set embedder.model back to it, or run `rag reembed` to \
-             rebuild the vectors with the configured one",
-            recorded.model,
-            recorded.dimension,
-            configured.model,
-            configured.dimension
-        );
+    let recorded = match docs.embedder().await? {
+        Some(recorded) => recorded,
+        None => {
+            let first = if docs.document_count().await? > 0 {
+                legacy_embedder()
+            } else {
+                configured.clone()
+            };
+            docs.record_first_embedder(&first).await?
+        }
+    };
+    if recorded == configured {
+        return Ok(());
     }
-    if docs.embedder().await?.is_none() {
-        docs.set_embedder(&configured).await?;
-    }
-    Ok(())
+    let what_to_do = if embedded {
+        "or stop the service and run `rag reembed` to make the vectors again with the \
+         configured one"
+    } else {
+        "or, to change embedders with a Qdrant server, set vector_store.collection to a new \
+         collection and database.url to a new database and ingest the documents again \
+         (`rag reembed` rebuilds the embedded store only)"
+    };
+    anyhow::bail!(
+        "the vectors of this knowledge base were made by the embedder {} ({}-d), but {} ({}-d) \
+         is configured: set embedder.model back to {}, {what_to_do}",
+        recorded.model,
+        recorded.dimension,
+        configured.model,
+        configured.dimension,
+        recorded.model,
+    )
 }
 
 /// The folder of an embedded vector store holding `embedder`'s vectors:
@@ -179,7 +201,8 @@ impl App {
         // Before the vector store: it is opened with the embedder's dimension.
         let docs: Arc<dyn DocumentStore> =
             Arc::new(SqlDocumentStore::connect(&settings.database_url()).await?);
-        check_embedder(docs.as_ref(), embedder.as_ref()).await?;
+        let embedded = settings.vector_store.is_embedded();
+        check_embedder(docs.as_ref(), embedder.as_ref(), embedded).await?;
         let simulated = settings.vector_store.simulated_shards;
         let vectors: Arc<dyn VectorStore> = if settings.vector_store.is_embedded() && simulated > 0
         {
@@ -226,6 +249,14 @@ impl App {
             );
             Arc::new(store)
         };
+        // A `rag reembed` that switched while the store was being opened
+        // would have this process on the old vectors.
+        if docs.embedder().await?.as_ref() != Some(&embedder_record(embedder.as_ref())) {
+            anyhow::bail!(
+                "the embedder of this knowledge base changed while it was being opened (a `rag \
+                 reembed` finished): start again"
+            );
+        }
         if settings.vector_store.is_embedded() {
             // The embedded vector store is this process's alone (it locks
             // its folder): a writer still registered died with an earlier

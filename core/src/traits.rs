@@ -93,6 +93,9 @@ pub trait DocumentStore: Send + Sync {
     async fn embedder(&self) -> Result<Option<EmbedderRecord>>;
     /// Records the embedder the vectors are made with from now on.
     async fn set_embedder(&self, embedder: &EmbedderRecord) -> Result<()>;
+    /// Records `embedder` unless one is recorded already; returns the one
+    /// recorded now (another process may have been first).
+    async fn record_first_embedder(&self, embedder: &EmbedderRecord) -> Result<EmbedderRecord>;
     /// Registers a writer, its heartbeat now on the database's clock.
     async fn register_writer(&self, writer: &str) -> Result<()>;
     /// Renews a writer's heartbeat; `false` when the writer is gone (taken

@@ -720,6 +720,21 @@ impl DocumentStore for SqlDocumentStore {
         Ok(())
     }
 
+    async fn record_first_embedder(&self, embedder: &EmbedderRecord) -> Result<EmbedderRecord> {
+        sqlx::query(
+            "INSERT INTO embedder (id, model, dimension) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&embedder.model)
+        .bind(embedder.dimension as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        self.embedder()
+            .await?
+            .ok_or_else(|| Error::internal("the embedder row vanished as it was written"))
+    }
+
     async fn start_run(&self, started_at: &str) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         sqlx::query("INSERT INTO ingest_runs (id, started_at) VALUES ($1, $2)")
@@ -1048,12 +1063,14 @@ mod tests {
             model: "all-MiniLM-L6-v2".into(),
             dimension: 384,
         };
-        store.set_embedder(&minilm).await.unwrap();
+        assert_eq!(store.record_first_embedder(&minilm).await.unwrap(), minilm);
         assert_eq!(store.embedder().await.unwrap().as_ref(), Some(&minilm));
         let nomic = EmbedderRecord {
             model: "nomic-embed-text-v1.5".into(),
             dimension: 768,
         };
+        // The first one stays first; setting one replaces it.
+        assert_eq!(store.record_first_embedder(&nomic).await.unwrap(), minilm);
         store.set_embedder(&nomic).await.unwrap();
         assert_eq!(store.embedder().await.unwrap(), Some(nomic));
     }

@@ -75,8 +75,9 @@ pub enum Command {
     Doctor(admin::DoctorArgs),
     /// Make the vectors again with the configured embedder (after changing
     /// `embedder.model`), from the chunks stored: no source is read again.
-    /// The old vectors serve until the new ones are complete; a killed run
-    /// resumes where it stopped. Embedded vector store only.
+    /// Stop the service first (the old vectors are locked while it runs);
+    /// a killed run leaves the old vectors in use and the next run resumes
+    /// where it stopped. Embedded vector store only.
     Reembed(admin::ReembedArgs),
     /// Measure throughput; prints JSON lines.
     Bench(bench::BenchArgs),
