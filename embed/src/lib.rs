@@ -114,17 +114,7 @@ impl BertEmbedder {
     }
 
     fn embed_batch(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, EmbedError> {
-        let encodings = encode_padded(&self.tokenizer, texts)?;
-        let ids: Vec<Tensor> = encodings
-            .iter()
-            .map(|e| Tensor::new(e.get_ids(), &self.device))
-            .collect::<candle_core::Result<_>>()?;
-        let masks: Vec<Tensor> = encodings
-            .iter()
-            .map(|e| Tensor::new(e.get_attention_mask(), &self.device))
-            .collect::<candle_core::Result<_>>()?;
-        let ids = Tensor::stack(&ids, 0)?;
-        let mask = Tensor::stack(&masks, 0)?;
+        let (ids, mask) = batch_tensors(&self.tokenizer, texts, &self.device)?;
         let type_ids = ids.zeros_like()?;
         let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
         // Mean over the real tokens only.
@@ -162,6 +152,23 @@ impl Embedder for BertEmbedder {
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         sorted_batches(texts, BATCH, |batch| Ok(self.embed_batch(batch)?))
     }
+}
+
+/// A batch's token ids and attention mask, `(texts, longest)`, for candle.
+pub(crate) fn batch_tensors(
+    tokenizer: &Tokenizer,
+    texts: &[&str],
+    device: &Device,
+) -> std::result::Result<(Tensor, Tensor), EmbedError> {
+    let encodings = encode_padded(tokenizer, texts)?;
+    let rows = |row: fn(&tokenizers::Encoding) -> &[u32]| {
+        let rows = encodings
+            .iter()
+            .map(|e| Tensor::new(row(e), device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::stack(&rows, 0)
+    };
+    Ok((rows(|e| e.get_ids())?, rows(|e| e.get_attention_mask())?))
 }
 
 /// Tokenizes a batch, padded to its longest text.

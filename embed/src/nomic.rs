@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::nomic_bert::{Config, NomicBertModel};
 use rag_core::{Embedder, Result};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::{BATCH, EmbedError, encode_padded, sorted_batches};
+use crate::{BATCH, EmbedError, batch_tensors, sorted_batches};
 
 const DOCUMENT_PREFIX: &str = "search_document: ";
 const QUERY_PREFIX: &str = "search_query: ";
@@ -105,17 +105,7 @@ impl NomicEmbedder {
     ) -> std::result::Result<Vec<Vec<f32>>, EmbedError> {
         let prefixed: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
         let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
-        let encodings = encode_padded(&self.tokenizer, &refs)?;
-        let ids: Vec<Tensor> = encodings
-            .iter()
-            .map(|e| Tensor::new(e.get_ids(), &self.device))
-            .collect::<candle_core::Result<_>>()?;
-        let masks: Vec<Tensor> = encodings
-            .iter()
-            .map(|e| Tensor::new(e.get_attention_mask(), &self.device))
-            .collect::<candle_core::Result<_>>()?;
-        let ids = Tensor::stack(&ids, 0)?;
-        let mask = Tensor::stack(&masks, 0)?;
+        let (ids, mask) = batch_tensors(&self.tokenizer, &refs, &self.device)?;
         let hidden = self.model.forward(&ids, None, Some(&mask))?;
         let pooled = candle_transformers::models::nomic_bert::mean_pooling(&hidden, &mask)?;
         let normalised = candle_transformers::models::nomic_bert::l2_normalize(&pooled)?;
