@@ -133,6 +133,12 @@ pub async fn ingest(
     limit: usize,
     peers: &[EmbedPeer],
 ) -> anyhow::Result<()> {
+    let gguf = crate::ops::models::spec(&app.settings.embedder.model)?.is_gguf_embedder();
+    anyhow::ensure!(
+        peers.is_empty() || !gguf,
+        "the peers run MiniLM's ONNX graph; {} has none: measure it without --peer",
+        app.settings.embedder.model
+    );
     let mut files = rag_ingest::collect_files(&[corpus.to_path_buf()])?;
     let chunker = rag_ingest::Chunker::new(app.tokenizer.clone(), app.settings.chunking)?;
     let started = Instant::now();
@@ -167,7 +173,6 @@ pub async fn ingest(
     let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
     // The peer gets the thread count the embedder was opened with.
     let threads = app.settings.embedder.threads();
-    let gguf = crate::ops::models::spec(&app.settings.embedder.model)?.is_gguf_embedder();
     let engine = if gguf {
         "rag-candle".to_string()
     } else {
