@@ -209,7 +209,7 @@ impl<'a> Checker<'a> {
         }
         // "Which per diem applies in Denver?" "The per diem applies in
         // Denver." passes any passage that names both, and says nothing.
-        if echoes(&bare, self.question) {
+        if echoes(&bare, self.question) || points_elsewhere(&bare) {
             self.drop_claim(&bare);
             return;
         }
@@ -379,6 +379,48 @@ pub(crate) fn says_nothing_new(sentence: &str, question: &str) -> bool {
         .filter(|w| !FRAME_WORDS.contains(w) && citations::content_word(w))
         .count();
     new <= 1
+}
+
+/// Whether `sentence` only says where something is written ("This is
+/// mentioned in the passage under the section "Important notes".", "It is
+/// listed under **Severance Pay** in [1]."): a pointer into the passages,
+/// which asserts nothing the reader asked, yet holds on any passage that
+/// has the section's name.
+fn points_elsewhere(sentence: &str) -> bool {
+    static POINTER: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(
+            r#"(?i)^(?:this|it|that|these|they)\s+(?:is|are|can be|was|were)\s+(?:\w+ly\s+)?(?:mentioned|stated|indicated|described|listed|noted|covered|explained|outlined|found|discussed|shown|specified|detailed|addressed)\s+(?:in|under|on|within)\b(?P<rest>.*)$"#,
+        )
+        .expect("valid regex")
+    });
+    let Some(found) = POINTER.captures(sentence.trim()) else {
+        return false;
+    };
+    // What it is about ("... regarding the rental car program") is a topic,
+    // not a claim.
+    let rest = [" regarding ", " about ", " related to "]
+        .iter()
+        .fold(&found["rest"], |rest, topic| {
+            rest.split(topic).next().unwrap_or_default()
+        });
+    // Only the place may follow (a section, a passage, a name in quotes or
+    // bold, a citation), not a claim: no figure, no "as ..." or "that ...".
+    static PLACE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(
+            r#"(?i)\b(?:passages?|sections?|documents?|pages?|headings?|sources?|handbook)\b|["“][^"”]+["”]|\*\*[^*]+\*\*|\[\d+\]"#,
+        )
+        .expect("valid regex")
+    });
+    static CLAIM: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?i)\b(?:as|that|which|because|if|when)\b").expect("valid regex")
+    });
+    static NAMED: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"["“][^"”]*["”]|\*\*[^*]*\*\*|\[\d+\]"#).expect("valid regex")
+    });
+    let unquoted = NAMED.replace_all(rest, " ");
+    PLACE.is_match(rest)
+        && !CLAIM.is_match(&unquoted)
+        && !unquoted.chars().any(|c| c.is_ascii_digit())
 }
 
 /// Whether `sentence` only restates a question that asks for something
@@ -728,5 +770,25 @@ mod tests {
         assert_eq!(streamed, checked.text);
         let (checked, _) = run("Every employee has 30 days of paid annual leave.", 2, &hits);
         assert!(checked.abstained);
+    }
+    #[test]
+    fn a_pointer_into_the_passages_is_no_answer() {
+        for pointer in [
+            "This is mentioned in the passage [1] under the section \"Important notes\" regarding the rental car program.",
+            "It is listed under **Severance Pay** in the FLSA exemption status section of the HR Links. [1]",
+            "This is stated in the passage [1] under the section \"Getting approval for advanced sick leave.\"",
+            "This is indicated in the passage [1] under the section \"Meals and Incidental Expenses (M&IE)\".",
+        ] {
+            let bare = pointer.trim_end_matches(" [1]");
+            assert!(points_elsewhere(bare), "{pointer}");
+        }
+        for claim in [
+            "It is described in [1] as 15 days of leave a year.",
+            "This is covered in full by GSA's insurance.",
+            "It is listed in the handbook that parking costs $10.",
+            "The per diem is listed in the passage.",
+        ] {
+            assert!(!points_elsewhere(claim), "{claim}");
+        }
     }
 }
